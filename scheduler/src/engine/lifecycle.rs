@@ -1,0 +1,257 @@
+//! Slots ending and what that does to their gang: elastic slots go back to
+//! the gang's to-do list, a gang that falls below `min` is torn down and
+//! re-queued whole, a gang out of attempts fails, a gang with all its work
+//! done succeeds.
+
+use crate::engine::{Engine, EngineError, GangPhase, PendingReason, SlotState};
+use crate::event::{Decision, GangOutcome, SlotOutcome, StopReason};
+use crate::model::{AllocId, GangId, NodeId, NodeState, OnDrain};
+use crate::resources::Resources;
+
+impl Engine {
+    pub(crate) fn slot_finished(&mut self, id: AllocId, outcome: SlotOutcome) -> Result<(), EngineError> {
+        let alloc = self.allocs.get(&id).ok_or(EngineError::UnknownAlloc(id))?.clone();
+        if alloc.stopping {
+            // A stop we asked for has completed: the gang was already updated.
+            if let Some(deadline) = alloc.expected_end {
+                self.terminating.remove(&(deadline, id));
+            }
+            self.release_alloc(id);
+            return Ok(());
+        }
+        self.release_alloc(id);
+        let gang = alloc.gang;
+        match outcome {
+            SlotOutcome::Succeeded => {
+                self.slot_left(gang, alloc.slot, alloc.res, SlotState::Done);
+                self.after_progress(gang);
+            }
+            SlotOutcome::Failed | SlotOutcome::Stopped => {
+                self.slot_left(gang, alloc.slot, alloc.res, SlotState::Todo);
+                let g = self.gangs.get_mut(&gang).expect("a live alloc has a live gang");
+                g.failures += 1;
+                let (failures, max_attempts) = (g.failures, g.spec.max_attempts);
+                if failures >= max_attempts {
+                    let why = format!("slot {} failed; {failures} of {max_attempts} attempts used", alloc.slot);
+                    self.finish(gang, GangOutcome::Failed, why);
+                } else if g.rigid() || g.running < g.spec.min {
+                    let backoff = self.config.policy.retry_backoff.saturating_mul(1 << (failures - 1).min(16));
+                    let why = format!("slot {} failed (failure {failures} of {max_attempts}); retrying", alloc.slot);
+                    self.teardown(gang, &why);
+                    let now = self.now;
+                    let g = self.gangs.get_mut(&gang).expect("torn-down gang stays");
+                    g.eligible_at = now + backoff;
+                } else {
+                    self.after_progress(gang);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bookkeeping for a slot that stops counting as running.
+    pub(crate) fn slot_left(&mut self, gang: GangId, slot: u32, res: Resources, to: SlotState) {
+        let g = self.gangs.get_mut(&gang).expect("slot of a live gang");
+        g.slots[slot as usize] = to;
+        g.running -= 1;
+        match to {
+            SlotState::Done => g.done += 1,
+            SlotState::Todo => {
+                // Keep the to-do list sorted high to low so the lowest index runs next.
+                let pos = g.todo.partition_point(|&s| s > slot);
+                g.todo.insert(pos, slot);
+            }
+            SlotState::Running(_) => unreachable!("a leaving slot is not running"),
+        }
+        let (rank, queue) = (g.rank, g.queue);
+        self.queues[queue].allocated -= res;
+        if self.config.classes[rank].preemptible {
+            self.preemptible_running[rank] -= 1;
+        }
+    }
+
+    /// After a slot succeeded or an elastic slot left: finish, wait for the
+    /// next wave, or grow again.
+    pub(crate) fn after_progress(&mut self, gang: GangId) {
+        let g = &self.gangs[&gang];
+        if g.done == g.spec.total_completions() {
+            self.finish(gang, GangOutcome::Succeeded, String::new());
+        } else if g.running == 0 {
+            // The next wave needs `min` slots together again.
+            self.growable.remove(&(g.rank, g.seq, g.id));
+            let g = self.gangs.get_mut(&gang).expect("live gang");
+            g.phase = GangPhase::Pending;
+            g.blocker = PendingReason::NotYetTried;
+            let key = self.pending_key(&self.gangs[&gang]);
+            self.pending.insert(key);
+        } else {
+            self.update_growable(gang);
+        }
+    }
+
+    pub(crate) fn update_growable(&mut self, gang: GangId) {
+        let g = &self.gangs[&gang];
+        let key = (g.rank, g.seq, g.id);
+        if g.phase == GangPhase::Running && g.running < g.spec.max && !g.todo.is_empty() {
+            self.growable.insert(key);
+        } else {
+            self.growable.remove(&key);
+        }
+    }
+
+    /// SIGTERM one running slot; its room stays held until it stops or its grace ends.
+    pub(crate) fn stop_alloc(&mut self, id: AllocId, reason: StopReason) {
+        let deadline = self.now + self.config.policy.grace_period;
+        let alloc = self.allocs.get_mut(&id).expect("stopping a live alloc");
+        debug_assert!(!alloc.stopping);
+        alloc.stopping = true;
+        alloc.expected_end = Some(deadline);
+        let (gang, slot, node, res) = (alloc.gang, alloc.slot, alloc.node, alloc.res);
+        self.terminating.insert((deadline, id));
+        self.slot_left(gang, slot, res, SlotState::Todo);
+        self.emit(Decision::Stop { gang, slot, node, alloc: id, reason, deadline });
+    }
+
+    fn running_allocs(&self, gang: GangId) -> Vec<AllocId> {
+        self.gangs[&gang]
+            .slots
+            .iter()
+            .filter_map(|s| match s {
+                SlotState::Running(a) => Some(*a),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Stops every running slot of a gang and puts it back in the queue, whole.
+    pub(crate) fn teardown(&mut self, gang: GangId, why: &str) {
+        for a in self.running_allocs(gang) {
+            self.stop_alloc(a, StopReason::GangTornDown);
+        }
+        self.requeue(gang, why);
+    }
+
+    /// Puts a gang with no running slots back in the queue.
+    pub(crate) fn requeue(&mut self, gang: GangId, why: &str) {
+        let g = self.gangs.get_mut(&gang).expect("live gang");
+        debug_assert_eq!(g.running, 0);
+        let growable_key = (g.rank, g.seq, g.id);
+        if g.rigid() {
+            // All-or-nothing gangs restart from scratch.
+            g.done = 0;
+            g.slots.iter_mut().for_each(|s| *s = SlotState::Todo);
+            g.todo = (0..g.slots.len() as u32).rev().collect();
+        }
+        let was_pending = g.phase == GangPhase::Pending;
+        g.phase = GangPhase::Pending;
+        g.blocker = PendingReason::NotYetTried;
+        let attempts = g.attempts;
+        self.growable.remove(&growable_key);
+        if !was_pending {
+            let key = self.pending_key(&self.gangs[&gang]);
+            self.pending.insert(key);
+        }
+        self.emit(Decision::Requeued { gang, attempts, reason: why.to_string() });
+    }
+
+    /// Ends a gang for good, stopping whatever still runs.
+    pub(crate) fn finish(&mut self, gang: GangId, outcome: GangOutcome, reason: String) {
+        let stop_reason = match outcome {
+            GangOutcome::Cancelled => StopReason::Cancelled,
+            _ => StopReason::GangFailed,
+        };
+        for a in self.running_allocs(gang) {
+            self.stop_alloc(a, stop_reason.clone());
+        }
+        self.drop_reservation(gang);
+        let key = self.pending_key(&self.gangs[&gang]);
+        self.pending.remove(&key);
+        let g = self.gangs.remove(&gang).expect("live gang");
+        self.growable.remove(&(g.rank, g.seq, g.id));
+        self.emit(Decision::Finished { gang, outcome, reason });
+    }
+
+    pub(crate) fn cancel(&mut self, gang: GangId) -> Result<(), EngineError> {
+        if !self.gangs.contains_key(&gang) {
+            return Err(EngineError::UnknownGang(gang));
+        }
+        self.finish(gang, GangOutcome::Cancelled, "cancelled".to_string());
+        Ok(())
+    }
+
+    pub(crate) fn lose_node(&mut self, id: NodeId) -> Result<(), EngineError> {
+        let node = self.nodes.get_mut(id.0 as usize).and_then(|n| n.as_mut()).ok_or(EngineError::UnknownNode(id))?;
+        if node.state == NodeState::Lost {
+            return Ok(());
+        }
+        node.state = NodeState::Lost;
+        let capacity = node.capacity;
+        let allocs = node.allocs.clone();
+        self.total -= capacity;
+        self.topology_version += 1;
+        self.reindex(id);
+        let mut hit = Vec::new();
+        for a in allocs {
+            let alloc = self.allocs[&a].clone();
+            if alloc.stopping {
+                if let Some(deadline) = alloc.expected_end {
+                    self.terminating.remove(&(deadline, a));
+                }
+                self.release_alloc(a);
+                continue;
+            }
+            self.release_alloc(a);
+            self.slot_left(alloc.gang, alloc.slot, alloc.res, SlotState::Todo);
+            if !hit.contains(&alloc.gang) {
+                hit.push(alloc.gang);
+            }
+        }
+        for gang in hit {
+            let g = &self.gangs[&gang];
+            if g.running < g.spec.min && g.done < g.spec.total_completions() {
+                let why = format!("{} was lost", self.node(id).name);
+                self.teardown(gang, &why);
+            } else {
+                self.after_progress(gang);
+            }
+        }
+        let holders: Vec<_> =
+            self.reservations.iter().filter(|(_, r)| r.nodes.iter().any(|(n, _)| *n == id)).map(|(g, _)| *g).collect();
+        for g in holders {
+            self.drop_reservation(g);
+        }
+        Ok(())
+    }
+
+    /// Moves the movable slots off a draining node; batch slots finish there.
+    pub(crate) fn drain(&mut self, id: NodeId) {
+        let allocs = self.node(id).allocs.clone();
+        let mut hit = Vec::new();
+        for a in allocs {
+            let alloc = &self.allocs[&a];
+            if alloc.stopping {
+                continue;
+            }
+            let gang = alloc.gang;
+            let rank = self.gangs[&gang].rank;
+            if self.config.classes[rank].on_drain == OnDrain::Move {
+                self.stop_alloc(a, StopReason::Drained);
+                if !hit.contains(&gang) {
+                    hit.push(gang);
+                }
+            }
+        }
+        for gang in hit {
+            let g = &self.gangs[&gang];
+            if g.running < g.spec.min {
+                let why = format!("{} is draining", self.node(id).name);
+                self.teardown(gang, &why);
+            } else {
+                self.update_growable(gang);
+            }
+        }
+        if self.node(id).allocs.is_empty() {
+            self.emit(Decision::NodeDrained { node: id });
+        }
+    }
+}

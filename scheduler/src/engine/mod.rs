@@ -1,0 +1,634 @@
+//! The scheduling engine: a deterministic state machine.
+//!
+//! [`Engine::apply`] takes one [`Event`]; [`Engine::schedule`] runs a
+//! scheduling pass and returns every [`Decision`] made since the last call.
+//! [`Engine::handle`] does both. Nothing here reads a clock, does I/O or
+//! iterates a hash map to decide anything, so the same events always produce
+//! the same decisions.
+//!
+//! The modules split the work:
+//! - `place`: the free-capacity index and where one gang's slots fit;
+//! - `pass`: the order in which pending gangs are tried, backfill, growth;
+//! - `reserve`: reservations that keep wide gangs from starving;
+//! - `preempt`: choosing the cheapest victims for a blocked gang;
+//! - `lifecycle`: slots ending, gangs torn down, re-queued, finished;
+//! - `reason`: why a gang is pending, in words.
+
+mod lifecycle;
+mod place;
+mod pass;
+mod preempt;
+mod reason;
+mod reserve;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use rustc_hash::FxHashMap;
+
+use crate::event::{Decision, Event};
+use crate::model::{AllocId, Config, GangId, GangSpec, NodeId, NodeSpec, NodeState, Ordering, Time};
+use crate::resources::Resources;
+
+pub use reason::PendingReason;
+
+/// Why an event was refused. A refused event changes nothing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum EngineError {
+    #[error("{0} is already registered")]
+    NodeExists(NodeId),
+    #[error("node name `{0}` is already used by another node")]
+    NodeNameTaken(String),
+    #[error("{0} is not a known node")]
+    UnknownNode(NodeId),
+    #[error("{0} was already submitted")]
+    GangExists(GangId),
+    #[error("{0} is not a known gang")]
+    UnknownGang(GangId),
+    #[error("{0} is not a live allocation")]
+    UnknownAlloc(AllocId),
+    #[error("unknown priority class `{0}` (known: {1})")]
+    UnknownClass(String, String),
+    #[error("unknown queue `{0}`")]
+    UnknownQueue(String),
+    #[error("invalid gang `{name}`: {why}")]
+    InvalidGang { name: String, why: String },
+    #[error("time cannot go back from {now} to {to}")]
+    TimeWentBack { now: Time, to: Time },
+}
+
+/// A gang's state as a caller sees it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum GangPhase {
+    Pending,
+    Running,
+}
+
+/// A read-only view of a gang.
+#[derive(Clone, Debug)]
+pub struct GangView<'a> {
+    pub id: GangId,
+    pub spec: &'a GangSpec,
+    pub phase: GangPhase,
+    pub running: u32,
+    pub completed: u32,
+    pub attempts: u32,
+    pub failures: u32,
+    /// Set while pending.
+    pub reason: Option<String>,
+}
+
+/// A read-only view of a node.
+#[derive(Clone, Debug)]
+pub struct NodeView<'a> {
+    pub id: NodeId,
+    pub name: &'a str,
+    pub state: NodeState,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub reserved: Resources,
+    pub slots: usize,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum SlotState {
+    Todo,
+    Running(AllocId),
+    Done,
+}
+
+#[derive(Debug)]
+pub(crate) struct Gang {
+    pub id: GangId,
+    pub spec: GangSpec,
+    pub rank: usize,
+    pub queue: usize,
+    /// Arrival order; kept across re-queues so a victim returns to its place.
+    pub seq: u64,
+    /// Gangs that could block each other identically share a key.
+    pub shape_key: u64,
+    pub phase: GangPhase,
+    pub slots: Vec<SlotState>,
+    /// Todo slot indices, highest first so `pop` yields the lowest.
+    pub todo: Vec<u32>,
+    pub running: u32,
+    pub done: u32,
+    pub attempts: u32,
+    pub failures: u32,
+    pub submitted_at: Time,
+    pub eligible_at: Time,
+    pub group: Option<u32>,
+    pub locality: Vec<(NodeId, u32)>,
+    pub blocker: PendingReason,
+    /// Gangs this one was evicted for: it may never evict them back.
+    pub preempted_by: Vec<GangId>,
+}
+
+impl Gang {
+    pub fn allocated(&self) -> Resources {
+        self.spec.slot.times(self.running)
+    }
+    /// Slots still to place before the gang runs: `min`, or fewer when less work is left.
+    pub fn start_need(&self) -> u32 {
+        self.spec.min.min(self.todo.len() as u32).max(1)
+    }
+    pub fn rigid(&self) -> bool {
+        self.spec.min == self.spec.max
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Alloc {
+    pub gang: GangId,
+    pub slot: u32,
+    pub node: NodeId,
+    pub res: Resources,
+    pub started: Time,
+    /// When it is expected to end: start + estimate, the grace deadline once stopping, or never.
+    pub expected_end: Option<Time>,
+    pub stopping: bool,
+    pub exclusive: bool,
+    pub group: Option<u32>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Node {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub state: NodeState,
+    pub allocated: Resources,
+    /// Sum of the reservations held on this node.
+    pub reserved: Resources,
+    pub allocs: Vec<AllocId>,
+    pub exclusive_allocs: u32,
+    /// (anti-affinity group, slots on this node)
+    pub groups: Vec<(u32, u32)>,
+    /// The key under which the node sits in the free index, if it is in it.
+    pub index_key: Option<(u64, u64)>,
+}
+
+impl Node {
+    pub fn free(&self) -> Resources {
+        self.capacity.saturating_sub(&self.allocated)
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct QueueState {
+    pub name: String,
+    pub guarantee: f64,
+    pub cap: f64,
+    pub allocated: Resources,
+    /// Quota promised to this queue's preemptors while their victims stop.
+    pub promised: Resources,
+}
+
+impl Reservation {
+    pub fn total(&self) -> Resources {
+        self.nodes.iter().fold(Resources::ZERO, |acc, (_, r)| acc + *r)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct Reservation {
+    pub start: Time,
+    pub nodes: Vec<(NodeId, Resources)>,
+    /// Made by preemption: the room victims are freeing. Kept across passes.
+    pub nomination: bool,
+    /// Creation order: a holder yields only to reservations made before its own,
+    /// since every later one was planned around it.
+    pub order: u64,
+}
+
+/// The scheduler core. See the module documentation.
+pub struct Engine {
+    pub(crate) config: Config,
+    pub(crate) class_rank: FxHashMap<String, usize>,
+    pub(crate) queues: Vec<QueueState>,
+    pub(crate) queue_index: FxHashMap<String, usize>,
+    pub(crate) nodes: Vec<Option<Node>>,
+    pub(crate) node_names: FxHashMap<String, NodeId>,
+    /// Ready nodes by (free cpu, free memory, id).
+    pub(crate) free_index: BTreeSet<(u64, u64, u32)>,
+    /// Capacity of all nodes that are not lost.
+    pub(crate) total: Resources,
+    /// Bumped whenever capacity changes, to invalidate feasibility caches.
+    pub(crate) topology_version: u64,
+    pub(crate) feasible_cache: FxHashMap<u64, (u64, Option<String>)>,
+    pub(crate) gangs: FxHashMap<GangId, Gang>,
+    pub(crate) allocs: FxHashMap<AllocId, Alloc>,
+    pub(crate) next_alloc: u64,
+    /// Pending gangs by (rank, queue, seq); under FIFO ordering rank and queue are 0.
+    pub(crate) pending: BTreeSet<(usize, usize, u64, GangId)>,
+    /// Running gangs that have work left and room under `max`.
+    pub(crate) growable: BTreeSet<(usize, u64, GangId)>,
+    pub(crate) reservations: BTreeMap<GangId, Reservation>,
+    pub(crate) next_reservation: u64,
+    /// Stopping allocations by grace deadline.
+    pub(crate) terminating: BTreeSet<(Time, AllocId)>,
+    pub(crate) groups: FxHashMap<String, u32>,
+    /// Running slots per priority rank that are preemptible.
+    pub(crate) preemptible_running: Vec<u64>,
+    pub(crate) now: Time,
+    pub(crate) seq: u64,
+    pub(crate) out: Vec<Decision>,
+}
+
+impl Engine {
+    pub fn new(mut config: Config) -> Engine {
+        // Rank 0 is the most important class.
+        config.classes.sort_by(|a, b| b.value.cmp(&a.value).then_with(|| a.name.cmp(&b.name)));
+        let class_rank = config.classes.iter().enumerate().map(|(i, c)| (c.name.clone(), i)).collect();
+        let mut engine = Engine {
+            preemptible_running: vec![0; config.classes.len()],
+            config,
+            class_rank,
+            queues: Vec::new(),
+            queue_index: FxHashMap::default(),
+            nodes: Vec::new(),
+            node_names: FxHashMap::default(),
+            free_index: BTreeSet::new(),
+            total: Resources::ZERO,
+            topology_version: 0,
+            feasible_cache: FxHashMap::default(),
+            gangs: FxHashMap::default(),
+            allocs: FxHashMap::default(),
+            next_alloc: 1,
+            pending: BTreeSet::new(),
+            growable: BTreeSet::new(),
+            reservations: BTreeMap::new(),
+            next_reservation: 0,
+            terminating: BTreeSet::new(),
+            groups: FxHashMap::default(),
+            now: 0,
+            seq: 0,
+            out: Vec::new(),
+        };
+        for q in engine.config.queues.clone() {
+            engine.add_queue(&q.name, q.guarantee, q.cap);
+        }
+        engine
+    }
+
+    fn add_queue(&mut self, name: &str, guarantee: f64, cap: f64) -> usize {
+        let idx = self.queues.len();
+        self.queues.push(QueueState { name: name.to_string(), guarantee, cap, allocated: Resources::ZERO, promised: Resources::ZERO });
+        self.queue_index.insert(name.to_string(), idx);
+        idx
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// Applies an event and runs a scheduling pass.
+    pub fn handle(&mut self, event: Event) -> Result<Vec<Decision>, EngineError> {
+        self.apply(event)?;
+        Ok(self.schedule())
+    }
+
+    /// Applies one event. Decisions it causes at once (stops after a node
+    /// loss, a cancel) are kept for the next [`Engine::schedule`]. A refused
+    /// event leaves the engine unchanged.
+    pub fn apply(&mut self, event: Event) -> Result<(), EngineError> {
+        match event {
+            Event::NodeAdded { node, spec } => self.add_node(node, spec),
+            Event::NodeUpdated { node, spec } => self.update_node(node, spec),
+            Event::NodeCordoned { node } => self.set_node_state(node, NodeState::Cordoned),
+            Event::NodeUncordoned { node } => self.set_node_state(node, NodeState::Ready),
+            Event::NodeDrained { node } => self.set_node_state(node, NodeState::Draining),
+            Event::NodeLost { node } => self.lose_node(node),
+            Event::GangSubmitted { gang, spec } => self.submit(gang, spec),
+            Event::GangCancelled { gang } => self.cancel(gang),
+            Event::SlotFinished { alloc, outcome } => self.slot_finished(alloc, outcome),
+            Event::TimeAdvanced { now } => self.advance(now),
+        }
+    }
+
+    fn advance(&mut self, to: Time) -> Result<(), EngineError> {
+        if to < self.now {
+            return Err(EngineError::TimeWentBack { now: self.now, to });
+        }
+        self.now = to;
+        // Victims past their grace deadline have been SIGKILLed: their room is free.
+        while let Some(&(deadline, alloc)) = self.terminating.first() {
+            if deadline > to {
+                break;
+            }
+            self.terminating.pop_first();
+            self.release_alloc(alloc);
+        }
+        Ok(())
+    }
+
+    fn node_mut(&mut self, id: NodeId) -> Result<&mut Node, EngineError> {
+        self.nodes.get_mut(id.0 as usize).and_then(|n| n.as_mut()).ok_or(EngineError::UnknownNode(id))
+    }
+
+    pub(crate) fn node(&self, id: NodeId) -> &Node {
+        self.nodes[id.0 as usize].as_ref().expect("node ids in engine state are valid")
+    }
+
+    fn add_node(&mut self, id: NodeId, spec: NodeSpec) -> Result<(), EngineError> {
+        if let Some(&other) = self.node_names.get(&spec.name) {
+            if other != id {
+                return Err(EngineError::NodeNameTaken(spec.name));
+            }
+        }
+        let slot = id.0 as usize;
+        if self.nodes.len() <= slot {
+            self.nodes.resize_with(slot + 1, || None);
+        }
+        if let Some(existing) = &self.nodes[slot] {
+            if existing.state != NodeState::Lost {
+                return Err(EngineError::NodeExists(id));
+            }
+        }
+        self.node_names.insert(spec.name.clone(), id);
+        self.total += spec.capacity;
+        self.nodes[slot] = Some(Node {
+            name: spec.name,
+            labels: spec.labels,
+            capacity: spec.capacity,
+            state: NodeState::Ready,
+            allocated: Resources::ZERO,
+            reserved: Resources::ZERO,
+            allocs: Vec::new(),
+            exclusive_allocs: 0,
+            groups: Vec::new(),
+            index_key: None,
+        });
+        self.reindex(id);
+        self.topology_version += 1;
+        Ok(())
+    }
+
+    fn update_node(&mut self, id: NodeId, spec: NodeSpec) -> Result<(), EngineError> {
+        if let Some(&other) = self.node_names.get(&spec.name) {
+            if other != id {
+                return Err(EngineError::NodeNameTaken(spec.name));
+            }
+        }
+        let node = self.node_mut(id)?;
+        if node.state == NodeState::Lost {
+            return Err(EngineError::UnknownNode(id));
+        }
+        let old_cap = node.capacity;
+        let old_name = std::mem::replace(&mut node.name, spec.name.clone());
+        node.capacity = spec.capacity;
+        node.labels = spec.labels;
+        self.total = self.total - old_cap + spec.capacity;
+        self.node_names.remove(&old_name);
+        self.node_names.insert(spec.name, id);
+        self.reindex(id);
+        self.topology_version += 1;
+        Ok(())
+    }
+
+    fn set_node_state(&mut self, id: NodeId, state: NodeState) -> Result<(), EngineError> {
+        let node = self.node_mut(id)?;
+        if node.state == NodeState::Lost {
+            return Err(EngineError::UnknownNode(id));
+        }
+        node.state = state;
+        self.reindex(id);
+        if state == NodeState::Draining {
+            self.drain(id);
+        }
+        Ok(())
+    }
+
+    fn submit(&mut self, id: GangId, spec: GangSpec) -> Result<(), EngineError> {
+        if self.gangs.contains_key(&id) {
+            return Err(EngineError::GangExists(id));
+        }
+        validate_gang(&spec)?;
+        let rank = *self.class_rank.get(&spec.priority).ok_or_else(|| {
+            let known: Vec<&str> = self.config.classes.iter().map(|c| c.name.as_str()).collect();
+            EngineError::UnknownClass(spec.priority.clone(), known.join(", "))
+        })?;
+        let queue = match self.queue_index.get(&spec.queue) {
+            Some(&q) => q,
+            None => match self.config.auto_queue.clone() {
+                Some(t) => self.add_queue(&spec.queue, t.guarantee, t.cap),
+                None => return Err(EngineError::UnknownQueue(spec.queue.clone())),
+            },
+        };
+        let group = spec.constraints.anti_affinity.as_ref().map(|g| {
+            let next = self.groups.len() as u32;
+            *self.groups.entry(g.clone()).or_insert(next)
+        });
+        let locality = spec
+            .locality
+            .iter()
+            .filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w)))
+            .collect();
+        let completions = spec.total_completions();
+        self.seq += 1;
+        let gang = Gang {
+            id,
+            shape_key: shape_key(&spec, group),
+            rank,
+            queue,
+            seq: self.seq,
+            phase: GangPhase::Pending,
+            slots: vec![SlotState::Todo; completions as usize],
+            todo: (0..completions).rev().collect(),
+            running: 0,
+            done: 0,
+            attempts: 0,
+            failures: 0,
+            submitted_at: self.now,
+            eligible_at: self.now,
+            group,
+            locality,
+            blocker: PendingReason::NotYetTried,
+            preempted_by: Vec::new(),
+            spec,
+        };
+        self.pending.insert(self.pending_key(&gang));
+        self.gangs.insert(id, gang);
+        Ok(())
+    }
+
+    pub(crate) fn pending_key(&self, g: &Gang) -> (usize, usize, u64, GangId) {
+        match self.config.policy.ordering {
+            Ordering::Fifo => (0, 0, g.seq, g.id),
+            Ordering::PriorityFair => (g.rank, g.queue, g.seq, g.id),
+        }
+    }
+
+    pub(crate) fn emit(&mut self, d: Decision) {
+        self.out.push(d);
+    }
+
+    // ----- read-only views -----
+
+    pub fn gang(&self, id: GangId) -> Option<GangView<'_>> {
+        self.gangs.get(&id).map(|g| GangView {
+            id,
+            spec: &g.spec,
+            phase: g.phase,
+            running: g.running,
+            completed: g.done,
+            attempts: g.attempts,
+            failures: g.failures,
+            reason: (g.phase == GangPhase::Pending).then(|| self.describe(g)),
+        })
+    }
+
+    /// Live gangs in submission order.
+    pub fn gang_ids(&self) -> Vec<GangId> {
+        let mut ids: Vec<(u64, GangId)> = self.gangs.values().map(|g| (g.seq, g.id)).collect();
+        ids.sort_unstable();
+        ids.into_iter().map(|(_, id)| id).collect()
+    }
+
+    pub fn pending_count(&self) -> usize {
+        self.pending.len()
+    }
+
+    pub fn node_view(&self, id: NodeId) -> Option<NodeView<'_>> {
+        let n = self.nodes.get(id.0 as usize)?.as_ref()?;
+        Some(NodeView {
+            id,
+            name: &n.name,
+            state: n.state,
+            capacity: n.capacity,
+            allocated: n.allocated,
+            reserved: n.reserved,
+            slots: n.allocs.len(),
+        })
+    }
+
+    pub fn node_ids(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.nodes.iter().enumerate().filter(|(_, n)| n.is_some()).map(|(i, _)| NodeId(i as u32))
+    }
+
+    pub fn node_id(&self, name: &str) -> Option<NodeId> {
+        self.node_names.get(name).copied()
+    }
+
+    /// The node a live allocation (running or stopping) is on.
+    pub fn alloc_node(&self, alloc: AllocId) -> Option<NodeId> {
+        self.allocs.get(&alloc).map(|a| a.node)
+    }
+
+    /// Capacity of all nodes that are not lost.
+    pub fn capacity(&self) -> Resources {
+        self.total
+    }
+
+    /// Resources held by slots (running or stopping) on nodes that are not lost.
+    pub fn allocated(&self) -> Resources {
+        let mut sum = Resources::ZERO;
+        for n in self.nodes.iter().flatten() {
+            if n.state != NodeState::Lost {
+                sum += n.allocated;
+            }
+        }
+        sum
+    }
+
+    /// The priority rank of a class name (0 = most important).
+    pub fn class_rank(&self, name: &str) -> Option<usize> {
+        self.class_rank.get(name).copied()
+    }
+
+    /// Allocated share of each queue, in queue order, for reports.
+    pub fn queue_shares(&self) -> Vec<(String, f64)> {
+        self.queues.iter().map(|q| (q.name.clone(), q.allocated.dominant_share(&self.total))).collect()
+    }
+
+    /// A dump of nodes, slots and reservations, for debugging a failed property.
+    pub fn dump(&self) -> String {
+        let mut out = format!("now={}\n", self.now);
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            out += &format!("node {i} {:?} alloc={} reserved={}\n", n.state, n.allocated, n.reserved);
+            for a in &n.allocs {
+                let al = &self.allocs[a];
+                out += &format!("  {a} {} slot {} {} stopping={} end={:?}\n", al.gang, al.slot, al.res, al.stopping, al.expected_end);
+            }
+        }
+        for (g, r) in &self.reservations {
+            out += &format!("reservation {g} start={} nomination={} nodes={:?}\n", r.start, r.nomination, r.nodes);
+        }
+        out
+    }
+
+    /// Checks the engine's accounting. Used by property tests and the simulator's debug mode.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let mut sum = Resources::ZERO;
+            for a in &n.allocs {
+                let alloc = self.allocs.get(a).ok_or_else(|| format!("node {i} lists dead {a}"))?;
+                sum += alloc.res;
+            }
+            if sum != n.allocated {
+                return Err(format!("node {i}: allocated {} but slots hold {}", n.allocated, sum));
+            }
+            if !n.allocated.fits_in(&n.capacity) {
+                return Err(format!("node {i} over-committed: {} on {}", n.allocated, n.capacity));
+            }
+        }
+        for g in self.gangs.values() {
+            let running = g.slots.iter().filter(|s| matches!(s, SlotState::Running(_))).count() as u32;
+            if running != g.running {
+                return Err(format!("{} counts {} running slots but has {}", g.id, g.running, running));
+            }
+            if g.phase == GangPhase::Pending && running > 0 {
+                return Err(format!("{} is pending with {} running slots", g.id, running));
+            }
+        }
+        for (qi, q) in self.queues.iter().enumerate() {
+            let mut sum = Resources::ZERO;
+            for g in self.gangs.values().filter(|g| g.queue == qi) {
+                sum += g.allocated();
+            }
+            if sum != q.allocated {
+                return Err(format!("queue {} accounts {} but its gangs hold {}", q.name, q.allocated, sum));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn validate_gang(spec: &GangSpec) -> Result<(), EngineError> {
+    let bad = |why: &str| Err(EngineError::InvalidGang { name: spec.name.clone(), why: why.to_string() });
+    if spec.min == 0 {
+        return bad("min must be at least 1");
+    }
+    if spec.max < spec.min {
+        return bad("max must be at least min");
+    }
+    if spec.slot.is_zero() {
+        return bad("a slot must ask for some cpu or memory");
+    }
+    if spec.total_completions() == 0 {
+        return bad("completions must be at least 1");
+    }
+    if spec.max_attempts == 0 {
+        return bad("max_attempts must be at least 1");
+    }
+    Ok(())
+}
+
+/// Gangs with equal keys fit or fail to fit in exactly the same places.
+fn shape_key(spec: &GangSpec, group: Option<u32>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    spec.slot.hash(&mut h);
+    spec.min.hash(&mut h);
+    spec.constraints.labels.hash(&mut h);
+    spec.constraints.one_slot_per_node.hash(&mut h);
+    spec.constraints.exclusive.hash(&mut h);
+    group.hash(&mut h);
+    spec.estimated_runtime.hash(&mut h);
+    h.finish()
+}

@@ -1,0 +1,296 @@
+//! One scheduling pass: which pending gang is tried when.
+//!
+//! Under [`Ordering::PriorityFair`] the pass first tries gangs that have
+//! waited past the reservation bound (oldest first: they get reservations,
+//! so nothing starves), then every priority class from the top; inside a
+//! class, the queue with the smallest dominant share goes next (DRF, with
+//! queues under their guarantee ahead of borrowers). Under
+//! [`Ordering::Fifo`] gangs go in arrival order. A gang that cannot start
+//! may preempt, may get a reservation, and otherwise lets later gangs
+//! backfill past it (unless backfill is off: FCFS). Last, running elastic
+//! gangs grow into what is left.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+
+use rustc_hash::{FxHashMap, FxHashSet};
+
+use crate::engine::{Engine, GangPhase, PendingReason};
+use crate::event::Decision;
+use crate::model::{GangId, NodeId, Ordering};
+
+/// State carried through one pass.
+#[derive(Default)]
+struct PassState {
+    /// Shapes that found no room this pass, and the reason given.
+    blocked: FxHashMap<u64, PendingReason>,
+    tried: FxHashSet<GangId>,
+    reservations: usize,
+    /// FCFS: the first gang that could not start.
+    head: Option<GangId>,
+}
+
+const GROWTH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Engine {
+    /// Runs a scheduling pass and returns every decision made since the last call.
+    pub fn schedule(&mut self) -> Vec<Decision> {
+        let previous = self.clear_starvation_reservations();
+        let mut pass = PassState::default();
+        match self.config.policy.ordering {
+            Ordering::Fifo => {
+                let order: Vec<GangId> = self.pending.iter().map(|k| k.3).collect();
+                for id in order {
+                    self.try_gang(id, &mut pass);
+                }
+            }
+            Ordering::PriorityFair => {
+                let bound = self.config.policy.reserve_after;
+                let mut starving: Vec<(u64, GangId)> = Vec::new();
+                if self.config.policy.max_reservations > 0 {
+                    for &(_, _, seq, id) in &self.pending {
+                        if self.now.saturating_sub(self.gangs[&id].submitted_at) >= bound {
+                            starving.push((seq, id));
+                        }
+                    }
+                    starving.sort_unstable();
+                }
+                for (_, id) in starving {
+                    self.try_gang(id, &mut pass);
+                }
+                self.fair_order_pass(&mut pass);
+            }
+        }
+        self.grow(&mut pass);
+        self.emit_reservation_changes(previous);
+        std::mem::take(&mut self.out)
+    }
+
+    /// Tries pending gangs class by class; inside a class, queues in DRF order.
+    fn fair_order_pass(&mut self, pass: &mut PassState) {
+        let mut by_rank: BTreeMap<usize, BTreeMap<usize, VecDeque<GangId>>> = BTreeMap::new();
+        for &(rank, queue, _, id) in &self.pending {
+            if !pass.tried.contains(&id) {
+                by_rank.entry(rank).or_default().entry(queue).or_default().push_back(id);
+            }
+        }
+        for (_, mut queues) in by_rank {
+            let mut heap: BinaryHeap<Reverse<(u8, u64, usize)>> = queues.keys().map(|&q| Reverse(self.fair_key(q))).collect();
+            while let Some(Reverse((_, _, q))) = heap.pop() {
+                let list = queues.get_mut(&q).expect("queue in heap");
+                let Some(id) = list.pop_front() else { continue };
+                self.try_gang(id, pass);
+                if !list.is_empty() {
+                    heap.push(Reverse(self.fair_key(q)));
+                }
+            }
+        }
+    }
+
+    /// Queues under their guarantee first, then by dominant share relative to the guarantee.
+    fn fair_key(&self, q: usize) -> (u8, u64, usize) {
+        let queue = &self.queues[q];
+        let share = queue.allocated.dominant_share(&self.total);
+        let borrowing = share >= queue.guarantee && queue.guarantee < 1.0;
+        let weighted = if queue.guarantee > 0.0 { share / queue.guarantee } else { share };
+        (borrowing as u8, (weighted * 1e9) as u64, q)
+    }
+
+    fn try_gang(&mut self, id: GangId, pass: &mut PassState) {
+        if !pass.tried.insert(id) {
+            return;
+        }
+        let now = self.now;
+        let g = &self.gangs[&id];
+        if g.eligible_at > now {
+            let until = g.eligible_at;
+            self.set_blocker(id, PendingReason::Backoff { until });
+            return;
+        }
+        if let Some(why) = self.infeasible(id) {
+            self.set_blocker(id, PendingReason::Unschedulable(why));
+            return;
+        }
+        let g = &self.gangs[&id];
+        let need = g.start_need();
+        let queue = &self.queues[g.queue];
+        // A cap of the whole cluster is enforced by capacity itself; checking it would
+        // only stop a gang from preempting lower-priority work of its own queue.
+        let promised_to_others = match self.reservations.get(&id) {
+            Some(r) if r.nomination => queue.promised.saturating_sub(&r.total()),
+            _ => queue.promised,
+        };
+        let demand = queue.allocated + promised_to_others + g.spec.slot.times(need);
+        if queue.cap < 1.0 && !demand.fits_in(&self.total.fraction(queue.cap)) {
+            self.set_blocker(id, PendingReason::QueueCap);
+            return;
+        }
+        if let Some(head) = pass.head {
+            self.set_blocker(id, PendingReason::Behind(head));
+            return;
+        }
+        let key = g.shape_key ^ (need as u64).wrapping_mul(GROWTH_SALT.rotate_left(17));
+        let holds_reservation = self.reservations.contains_key(&id);
+        if !holds_reservation {
+            if let Some(reason) = pass.blocked.get(&key) {
+                let reason = reason.clone();
+                self.set_blocker(id, reason);
+                if !self.config.policy.backfill {
+                    pass.head = Some(id);
+                }
+                return;
+            }
+        }
+        match self.find_nodes(g, need, need) {
+            Ok(choice) => self.start(id, &choice),
+            Err(fit) => {
+                let reason = self.blocked(id, need, fit, pass);
+                if !holds_reservation && matches!(reason, PendingReason::NoRoom { .. }) {
+                    pass.blocked.insert(key, reason.clone());
+                }
+                self.set_blocker(id, reason);
+                if !self.config.policy.backfill {
+                    pass.head = Some(id);
+                }
+            }
+        }
+    }
+
+    /// A gang could not start: preempt for it, reserve for it, or let it wait.
+    fn blocked(&mut self, id: GangId, need: u32, fit: u32, pass: &mut PassState) -> PendingReason {
+        if let Some(r) = self.reservations.get(&id) {
+            if r.nomination {
+                if self.now <= r.start {
+                    return PendingReason::AwaitingVictims { deadline: r.start, victims: r.nodes.len() };
+                }
+                // Victims are gone but the gang still does not fit (a node was lost): start over.
+                self.drop_reservation(id);
+            }
+        }
+        let policy = &self.config.policy;
+        if policy.preemption {
+            if let Some(reason) = self.try_preempt(id, need) {
+                return reason;
+            }
+        }
+        let policy = &self.config.policy;
+        let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
+        if policy.backfill && pass.reservations < policy.max_reservations && waited >= policy.reserve_after {
+            if let Some(reason) = self.reserve(id, need) {
+                pass.reservations += 1;
+                return reason;
+            }
+        }
+        PendingReason::NoRoom { need, fit }
+    }
+
+    fn set_blocker(&mut self, id: GangId, reason: PendingReason) {
+        self.gangs.get_mut(&id).expect("live gang").blocker = reason;
+    }
+
+    /// Places the gang's first `min` slots and marks it running.
+    fn start(&mut self, id: GangId, choice: &crate::engine::place::Choice) {
+        let g = self.gangs.get_mut(&id).expect("live gang");
+        g.attempts += 1;
+        g.phase = GangPhase::Running;
+        let key = self.pending_key(&self.gangs[&id]);
+        self.pending.remove(&key);
+        self.commit(id, choice, false);
+        if self.reservations.contains_key(&id) {
+            self.drop_reservation(id);
+        }
+        self.update_growable(id);
+    }
+
+    /// Running elastic gangs take what is left, one slot at a time, in priority order.
+    fn grow(&mut self, pass: &mut PassState) {
+        if self.growable.is_empty() {
+            return;
+        }
+        let order: Vec<GangId> = self.growable.iter().map(|k| k.2).collect();
+        for id in order {
+            let g = &self.gangs[&id];
+            let key = g.shape_key ^ GROWTH_SALT;
+            if pass.blocked.contains_key(&key) || self.free_index.is_empty() {
+                continue;
+            }
+            let want = (g.spec.max - g.running).min(g.todo.len() as u32);
+            let cap = self.total.fraction(self.queues[g.queue].cap);
+            let queue = &self.queues[g.queue];
+            let room_in_queue = cap.saturating_sub(&(queue.allocated + queue.promised)).count_fitting(&g.spec.slot);
+            let want = want.min(room_in_queue);
+            if want == 0 {
+                continue;
+            }
+            match self.find_nodes(g, 1, want) {
+                Ok(choice) => {
+                    self.commit(id, &choice, true);
+                    self.update_growable(id);
+                }
+                Err(_) => {
+                    pass.blocked.insert(key, PendingReason::NotYetTried);
+                }
+            }
+        }
+    }
+
+    /// Whether the gang could run on the whole cluster, were it empty.
+    fn infeasible(&mut self, id: GangId) -> Option<String> {
+        let g = &self.gangs[&id];
+        let need = g.start_need();
+        let key = g.shape_key ^ (need as u64);
+        if let Some((version, verdict)) = self.feasible_cache.get(&key) {
+            if *version == self.topology_version {
+                return verdict.clone();
+            }
+        }
+        let one_per_node = g.spec.constraints.one_slot_per_node || g.spec.constraints.exclusive || g.group.is_some();
+        let mut fit = 0u64;
+        let mut biggest = crate::resources::Resources::ZERO;
+        for (i, node) in self.nodes.iter().enumerate() {
+            let Some(node) = node else { continue };
+            if !self.statically_fits(g, NodeId(i as u32)) {
+                if node.capacity.cpu_millis > biggest.cpu_millis {
+                    biggest = node.capacity;
+                }
+                continue;
+            }
+            fit += if one_per_node { 1 } else { node.capacity.count_fitting(&g.spec.slot) as u64 };
+        }
+        let verdict = if fit >= need as u64 {
+            None
+        } else if fit == 0 {
+            let labels = if g.spec.constraints.labels.is_empty() {
+                String::new()
+            } else {
+                let l: Vec<String> = g.spec.constraints.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!(" labelled {}", l.join(", "))
+            };
+            Some(format!("no node{labels} can hold one slot of ({}); the largest node has {}", g.spec.slot, biggest))
+        } else {
+            Some(format!("needs {need}×({}) but the whole cluster holds only {fit} such slots", g.spec.slot))
+        };
+        self.feasible_cache.insert(key, (self.topology_version, verdict.clone()));
+        verdict
+    }
+
+    /// Reports reservations that appeared, moved or vanished during the pass.
+    fn emit_reservation_changes(&mut self, previous: BTreeMap<GangId, (Vec<NodeId>, u64)>) {
+        let mut changes = Vec::new();
+        for (gang, r) in &self.reservations {
+            if r.nomination {
+                continue;
+            }
+            let nodes: Vec<NodeId> = r.nodes.iter().map(|(n, _)| *n).collect();
+            if previous.get(gang) != Some(&(nodes.clone(), r.start)) {
+                changes.push(Decision::Reserve { gang: *gang, nodes, start: r.start });
+            }
+        }
+        for gang in previous.keys() {
+            if !self.reservations.contains_key(gang) && self.gangs.contains_key(gang) {
+                changes.push(Decision::ClearReservation { gang: *gang });
+            }
+        }
+        self.out.extend(changes);
+    }
+}

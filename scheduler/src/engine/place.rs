@@ -1,0 +1,283 @@
+//! Where a gang's slots fit.
+//!
+//! Ready nodes sit in a `BTreeSet` keyed by (free cpu, free memory, id).
+//! Packing walks it upwards from the slot's cpu (best fit: the fullest node
+//! that still fits comes first); spreading walks it downwards (worst fit).
+//! A walk stops as soon as enough slots are found, so placing a slot costs a
+//! few index steps, not a scan of the cluster.
+
+use crate::engine::{Alloc, Engine, Gang, GangPhase, SlotState};
+use crate::event::Decision;
+use crate::model::{AllocId, GangId, NodeId, NodeState, Placement, Time};
+use crate::resources::Resources;
+
+/// Nodes chosen for a gang, with how many slots go on each.
+pub(crate) type Choice = Vec<(NodeId, u32)>;
+
+impl Engine {
+    /// Puts a node back into the free index under its current free capacity
+    /// (or takes it out when it accepts no slots).
+    pub(crate) fn reindex(&mut self, id: NodeId) {
+        let node = self.nodes[id.0 as usize].as_mut().expect("valid node");
+        if let Some((c, m)) = node.index_key.take() {
+            self.free_index.remove(&(c, m, id.0));
+        }
+        if node.state == NodeState::Ready {
+            let free = node.free();
+            node.index_key = Some((free.cpu_millis, free.memory_bytes));
+            self.free_index.insert((free.cpu_millis, free.memory_bytes, id.0));
+        }
+    }
+
+    /// Whether the node may ever hold a slot of `g` (labels, size), ignoring what runs there now.
+    pub(crate) fn statically_fits(&self, g: &Gang, id: NodeId) -> bool {
+        let node = self.node(id);
+        node.state != NodeState::Lost
+            && g.spec.slot.fits_in(&node.capacity)
+            && g.spec.constraints.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+    }
+
+    /// Room on `id` that `g` may use now: free capacity, less what other
+    /// gangs' reservations need, unless `g` is done before they start or
+    /// leaves them enough room (the backfill rule). A gang holding a claim
+    /// on this node may also use that claim, yielding only to claims made
+    /// before its own (later ones were planned around it).
+    pub(crate) fn available_for(&self, g: &Gang, id: NodeId) -> Resources {
+        let node = self.node(id);
+        let free = node.free();
+        if node.reserved.is_zero() {
+            return free;
+        }
+        let end = g.spec.estimated_runtime.map(|e| self.now + e);
+        let mine = self.reservations.get(&g.id);
+        let my_claim = mine.and_then(|r| r.nodes.iter().find(|(n, _)| *n == id)).map(|(_, a)| *a);
+        // Other gangs' claims on this node: (start, nomination, amount, made before mine).
+        let mut claims: Vec<(Time, bool, Resources, bool)> = Vec::new();
+        for (holder, res) in self.reservations.iter() {
+            if *holder == g.id {
+                continue;
+            }
+            for (n, amount) in &res.nodes {
+                if *n == id {
+                    let earlier = mine.is_some_and(|m| res.order < m.order);
+                    claims.push((res.start, res.nomination, *amount, earlier));
+                }
+            }
+        }
+        claims.sort_unstable_by_key(|c| (c.0, !c.1));
+        let as_anyone = self.room_beside(id, free, end, claims.iter().map(|c| (c.0, c.1, c.2)));
+        match my_claim {
+            Some(claim) => {
+                let earlier = claims.iter().filter(|c| c.3).map(|c| (c.0, c.1, c.2));
+                let as_holder = self.room_beside(id, free, end, earlier);
+                let as_holder = Resources {
+                    cpu_millis: as_holder.cpu_millis.min(claim.cpu_millis),
+                    memory_bytes: as_holder.memory_bytes.min(claim.memory_bytes),
+                    scalars: std::array::from_fn(|i| as_holder.scalars[i].min(claim.scalars[i])),
+                };
+                if as_holder.fits_in(&as_anyone) { as_anyone } else { as_holder }
+            }
+            None => as_anyone,
+        }
+    }
+
+    /// Free room on a node that leaves every claim (sorted by start) its room when it starts.
+    fn room_beside(
+        &self,
+        id: NodeId,
+        free: Resources,
+        end: Option<Time>,
+        claims: impl Iterator<Item = (Time, bool, Resources)>,
+    ) -> Resources {
+        let mut avail = free;
+        let mut claimed = Resources::ZERO;
+        for (start, nomination, amount) in claims {
+            // Every claim starting by `start` needs its room then, all together.
+            claimed += amount;
+            // Room nominated for a preemptor is protected outright: estimates
+            // (the backfiller's or anyone's) never open it, only its victims stopping.
+            if !nomination && end.is_some_and(|e| e <= start) {
+                continue;
+            }
+            let spare_then = self.free_at(id, start, !nomination).saturating_sub(&claimed);
+            avail = Resources {
+                cpu_millis: avail.cpu_millis.min(spare_then.cpu_millis),
+                memory_bytes: avail.memory_bytes.min(spare_then.memory_bytes),
+                scalars: std::array::from_fn(|i| avail.scalars[i].min(spare_then.scalars[i])),
+            };
+        }
+        avail
+    }
+
+    /// Free room on a node at time `t`, counting slots expected to end by
+    /// then: stopping ones always, others only if `trust_estimates`.
+    pub(crate) fn free_at(&self, id: NodeId, t: Time, trust_estimates: bool) -> Resources {
+        let node = self.node(id);
+        let mut held = Resources::ZERO;
+        for a in &node.allocs {
+            let alloc = &self.allocs[a];
+            let ends = (alloc.stopping || trust_estimates) && alloc.expected_end.is_some_and(|e| e.max(self.now) <= t);
+            if !ends {
+                held += alloc.res;
+            }
+        }
+        node.capacity.saturating_sub(&held)
+    }
+
+    /// How many more slots of `g` the node takes now.
+    pub(crate) fn fit_count(&self, g: &Gang, id: NodeId, already: u32) -> u32 {
+        let node = self.node(id);
+        if node.state != NodeState::Ready || node.exclusive_allocs > 0 {
+            return 0;
+        }
+        let c = &g.spec.constraints;
+        if !c.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
+            return 0;
+        }
+        if let Some(group) = g.group {
+            if node.groups.iter().any(|&(gr, n)| gr == group && n > 0) {
+                return 0;
+            }
+        }
+        if c.exclusive && !(node.allocated.is_zero() && node.reserved.is_zero()) {
+            return 0;
+        }
+        let per_node_cap = if c.one_slot_per_node || g.group.is_some() {
+            if already > 0 || (g.phase == GangPhase::Running && node.allocs.iter().any(|a| self.allocs[a].gang == g.id)) {
+                return 0;
+            }
+            1
+        } else {
+            u32::MAX
+        };
+        let avail = self.available_for(g, id);
+        avail.count_fitting(&g.spec.slot).saturating_sub(already).min(per_node_cap)
+    }
+
+    /// Finds room for `need..=want` slots of `g`, or reports how many fit
+    /// (`Err(k)`, with k < need). Preferred (cached-data) nodes come first.
+    pub(crate) fn find_nodes(&self, g: &Gang, need: u32, want: u32) -> Result<Choice, u32> {
+        let mut chosen: Choice = Vec::new();
+        let mut placed = 0u32;
+        let take = |engine: &Engine, id: NodeId, chosen: &mut Choice, placed: &mut u32| {
+            let already = chosen.iter().find(|(n, _)| *n == id).map_or(0, |(_, k)| *k);
+            let k = engine.fit_count(g, id, already).min(want - *placed);
+            if k > 0 {
+                match chosen.iter_mut().find(|(n, _)| *n == id) {
+                    Some(entry) => entry.1 += k,
+                    None => chosen.push((id, k)),
+                }
+                *placed += k;
+            }
+        };
+        if !g.locality.is_empty() {
+            let mut prefs = g.locality.clone();
+            prefs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+            for (id, _) in prefs {
+                if placed >= want {
+                    break;
+                }
+                take(self, id, &mut chosen, &mut placed);
+            }
+        }
+        if placed < want {
+            let slot = g.spec.slot;
+            let floor = (slot.cpu_millis, 0u64, 0u32);
+            match g.spec.constraints.placement {
+                Placement::Pack => {
+                    for &(_, mem, id) in self.free_index.range(floor..) {
+                        if placed >= want {
+                            break;
+                        }
+                        if mem >= slot.memory_bytes {
+                            take(self, NodeId(id), &mut chosen, &mut placed);
+                        }
+                    }
+                }
+                Placement::Spread => {
+                    for &(_, mem, id) in self.free_index.range(floor..).rev() {
+                        if placed >= want {
+                            break;
+                        }
+                        if mem >= slot.memory_bytes {
+                            take(self, NodeId(id), &mut chosen, &mut placed);
+                        }
+                    }
+                }
+            }
+        }
+        if placed >= need { Ok(chosen) } else { Err(placed) }
+    }
+
+    /// Starts slots of `g` on the chosen nodes, emitting one `Place` per slot.
+    pub(crate) fn commit(&mut self, gang: GangId, choice: &Choice, elastic: bool) {
+        let now = self.now;
+        for &(node_id, count) in choice {
+            for _ in 0..count {
+                let g = self.gangs.get_mut(&gang).expect("placing a live gang");
+                let slot = g.todo.pop().expect("placing only slots with work left");
+                let alloc_id = AllocId(self.next_alloc);
+                self.next_alloc += 1;
+                g.slots[slot as usize] = SlotState::Running(alloc_id);
+                g.running += 1;
+                let res = g.spec.slot;
+                let alloc = Alloc {
+                    gang,
+                    slot,
+                    node: node_id,
+                    res,
+                    started: now,
+                    expected_end: g.spec.estimated_runtime.map(|e| now + e),
+                    stopping: false,
+                    exclusive: g.spec.constraints.exclusive,
+                    group: g.group,
+                };
+                let (rank, queue) = (g.rank, g.queue);
+                if self.config.classes[rank].preemptible {
+                    self.preemptible_running[rank] += 1;
+                }
+                self.queues[queue].allocated += res;
+                let node = self.nodes[node_id.0 as usize].as_mut().expect("valid node");
+                node.allocated += res;
+                node.allocs.push(alloc_id);
+                if alloc.exclusive {
+                    node.exclusive_allocs += 1;
+                }
+                if let Some(group) = alloc.group {
+                    match node.groups.iter_mut().find(|(gr, _)| *gr == group) {
+                        Some(e) => e.1 += 1,
+                        None => node.groups.push((group, 1)),
+                    }
+                }
+                self.allocs.insert(alloc_id, alloc);
+                self.emit(Decision::Place { gang, slot, node: node_id, alloc: alloc_id, resources: res, elastic });
+            }
+            self.reindex(node_id);
+        }
+    }
+
+    /// Removes an allocation from its node, freeing its room. Gang
+    /// bookkeeping is the caller's.
+    pub(crate) fn release_alloc(&mut self, id: AllocId) {
+        let Some(alloc) = self.allocs.remove(&id) else { return };
+        let node = self.nodes[alloc.node.0 as usize].as_mut().expect("valid node");
+        node.allocated -= alloc.res;
+        if let Some(pos) = node.allocs.iter().position(|a| *a == id) {
+            node.allocs.swap_remove(pos);
+        }
+        if alloc.exclusive {
+            node.exclusive_allocs -= 1;
+        }
+        if let Some(group) = alloc.group {
+            if let Some(e) = node.groups.iter_mut().find(|(gr, _)| *gr == group) {
+                e.1 -= 1;
+            }
+            node.groups.retain(|(_, n)| *n > 0);
+        }
+        let drained = node.state == NodeState::Draining && node.allocs.is_empty();
+        self.reindex(alloc.node);
+        if drained {
+            self.emit(Decision::NodeDrained { node: alloc.node });
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! Why a gang is still pending, in words a person can act on.
+//!
+//! The pass records a compact [`PendingReason`] on every gang it could not
+//! start; the text is built only when someone asks (`cohort job ID`), so a
+//! pass over thousands of blocked gangs formats nothing.
+
+use crate::engine::{Engine, Gang};
+use crate::model::{GangId, Time};
+use crate::resources::{Resources, format_bytes, format_cpu};
+
+/// What held a gang back in the last scheduling pass.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PendingReason {
+    NotYetTried,
+    /// Retrying after a failure, not before this time.
+    Backoff { until: Time },
+    /// Its queue would go over its cap.
+    QueueCap,
+    /// Only `fit` of the `need` slots fit now.
+    NoRoom { need: u32, fit: u32 },
+    /// No node could ever hold it (too big, no matching labels).
+    Unschedulable(String),
+    /// Holds a reservation starting at `start`.
+    Reserved { start: Time, nodes: usize },
+    /// Victims are stopping to make room; room is free by `deadline`.
+    AwaitingVictims { deadline: Time, victims: usize },
+    /// FCFS: an earlier gang is blocked and nothing may pass it.
+    Behind(GangId),
+}
+
+impl Engine {
+    pub(crate) fn describe(&self, g: &Gang) -> String {
+        let shape = format!("{}×({})", g.start_need(), g.spec.slot);
+        match &g.blocker {
+            PendingReason::NotYetTried => "waiting for the next scheduling pass".to_string(),
+            PendingReason::Backoff { until } => {
+                format!("retrying after failure {} of {} at t={}", g.failures, g.spec.max_attempts, fmt_time(*until))
+            }
+            PendingReason::QueueCap => {
+                let q = &self.queues[g.queue];
+                let cap = self.total.fraction(q.cap);
+                format!(
+                    "queue `{}` is at its cap: it holds {} of {} and needs {} more",
+                    q.name,
+                    q.allocated,
+                    cap,
+                    g.spec.slot.times(g.start_need())
+                )
+            }
+            PendingReason::NoRoom { need, fit } => {
+                let largest = self.largest_free();
+                let mut text = format!(
+                    "needs {shape} together; {fit} of {need} fit now; largest free node has {} cpu, {}",
+                    format_cpu(largest.cpu_millis),
+                    format_bytes(largest.memory_bytes)
+                );
+                if !g.spec.constraints.labels.is_empty() {
+                    let labels: Vec<String> = g.spec.constraints.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    text.push_str(&format!(" (on nodes labelled {})", labels.join(", ")));
+                }
+                if g.spec.constraints.exclusive {
+                    text.push_str(" (exclusive: needs idle nodes)");
+                }
+                text
+            }
+            PendingReason::Unschedulable(why) => format!("unschedulable: {why}"),
+            PendingReason::Reserved { start, nodes } => format!(
+                "needs {shape}; holds a reservation on {nodes} node(s) expected to be free at t={}; smaller work backfills around it",
+                fmt_time(*start)
+            ),
+            PendingReason::AwaitingVictims { deadline, victims } => format!(
+                "preempting {victims} lower-priority slot(s); starts when they stop (grace ends at t={})",
+                fmt_time(*deadline)
+            ),
+            PendingReason::Behind(first) => format!("waiting behind {first} (first come, first served)"),
+        }
+    }
+
+    /// The ready node with the most free cpu, as a hint in reasons.
+    pub(crate) fn largest_free(&self) -> Resources {
+        self.free_index.last().map(|&(_, _, id)| self.node(crate::model::NodeId(id)).free()).unwrap_or_default()
+    }
+}
+
+fn fmt_time(ms: Time) -> String {
+    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{:.3}s", ms as f64 / 1000.0) }
+}
