@@ -94,6 +94,9 @@ pub struct Constraints {
     pub exclusive: bool,
     #[serde(default)]
     pub placement: Placement,
+    /// All slots on nodes that share one value of this label (one cluster, one rack).
+    #[serde(default)]
+    pub within: Option<String>,
 }
 
 /// A request for a task group of identical slots.
@@ -237,6 +240,15 @@ pub struct Policy {
     pub grace_period: Time,
     /// Delay before a failed gang is retried; doubles with each failure.
     pub retry_backoff: Time,
+    /// Predict a gang's runtime as the mean of its queue's last two slot
+    /// runtimes, capped by its own estimate (Tsafrir, Etsion & Feitelson
+    /// 2007); a slot that outlives its prediction falls back to the estimate.
+    pub predict_runtimes: bool,
+    /// Within a queue, try gangs with the shortest (predicted) runtime first.
+    pub shortest_first: bool,
+    /// Pack onto the smallest nodes that fit before larger ones, keeping big
+    /// hosts whole for big slots (Slurm's node weights, derived from size).
+    pub prefer_small_nodes: bool,
 }
 
 impl Policy {
@@ -244,20 +256,33 @@ impl Policy {
         Policy {
             ordering: Ordering::PriorityFair,
             backfill: true,
-            max_reservations: 8,
-            reserve_after: 6 * 3600 * 1000,
+            max_reservations: 1,
+            reserve_after: 48 * 3600 * 1000,
             preemption: true,
             grace_period: 30_000,
             retry_backoff: 1_000,
+            predict_runtimes: true,
+            shortest_first: true,
+            prefer_small_nodes: true,
         }
     }
 
     pub fn fcfs() -> Policy {
-        Policy { ordering: Ordering::Fifo, backfill: false, max_reservations: 0, reserve_after: 0, preemption: false, ..Policy::cohort() }
+        Policy {
+            ordering: Ordering::Fifo,
+            backfill: false,
+            max_reservations: 0,
+            reserve_after: 0,
+            preemption: false,
+            predict_runtimes: false,
+            shortest_first: false,
+            prefer_small_nodes: false,
+            ..Policy::cohort()
+        }
     }
 
     pub fn easy() -> Policy {
-        Policy { ordering: Ordering::Fifo, backfill: true, max_reservations: 1, reserve_after: 0, preemption: false, ..Policy::cohort() }
+        Policy { backfill: true, max_reservations: 1, ..Policy::fcfs() }
     }
 
     pub fn by_name(name: &str) -> Option<Policy> {

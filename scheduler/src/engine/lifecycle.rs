@@ -23,6 +23,9 @@ impl Engine {
         let gang = alloc.gang;
         match outcome {
             SlotOutcome::Succeeded => {
+                let queue = &mut self.queues[self.gangs[&gang].queue];
+                queue.recent_runtimes = [Some(self.now - alloc.started), queue.recent_runtimes[0]];
+                queue.predictions_stale = self.config.policy.predict_runtimes;
                 self.slot_left(gang, alloc.slot, alloc.res, SlotState::Done);
                 self.after_progress(gang);
             }
@@ -81,6 +84,7 @@ impl Engine {
             self.growable.remove(&(g.rank, g.seq, g.id));
             let g = self.gangs.get_mut(&gang).expect("live gang");
             g.phase = GangPhase::Pending;
+            g.domain = None;
             g.blocker = PendingReason::NotYetTried;
             let key = self.pending_key(&self.gangs[&gang]);
             self.pending.insert(key);
@@ -107,6 +111,7 @@ impl Engine {
         alloc.stopping = true;
         alloc.expected_end = Some(deadline);
         let (gang, slot, node, res) = (alloc.gang, alloc.slot, alloc.node, alloc.res);
+        self.nodes[node.0 as usize].as_mut().expect("valid node").releases_stale = true;
         self.terminating.insert((deadline, id));
         self.slot_left(gang, slot, res, SlotState::Todo);
         self.emit(Decision::Stop { gang, slot, node, alloc: id, reason, deadline });
@@ -144,6 +149,7 @@ impl Engine {
         }
         let was_pending = g.phase == GangPhase::Pending;
         g.phase = GangPhase::Pending;
+        g.domain = None;
         g.blocker = PendingReason::NotYetTried;
         let attempts = g.attempts;
         self.growable.remove(&growable_key);

@@ -118,9 +118,13 @@ pub(crate) struct Gang {
     pub eligible_at: Time,
     pub group: Option<u32>,
     pub locality: Vec<(NodeId, u32)>,
+    /// Expected slot runtime: the spec's estimate, or a prediction below it.
+    pub estimate: Option<Time>,
     pub blocker: PendingReason,
     /// Gangs this one was evicted for: it may never evict them back.
     pub preempted_by: Vec<GangId>,
+    /// While running under a `within` constraint: the label value its slots share.
+    pub domain: Option<String>,
 }
 
 impl Gang {
@@ -143,8 +147,10 @@ pub(crate) struct Alloc {
     pub node: NodeId,
     pub res: Resources,
     pub started: Time,
-    /// When it is expected to end: start + estimate, the grace deadline once stopping, or never.
+    /// When it is expected to end: start + (predicted) estimate, the grace deadline once stopping, or never.
     pub expected_end: Option<Time>,
+    /// When it must end at the latest by its gang's own estimate (a walltime).
+    pub limit_end: Option<Time>,
     pub stopping: bool,
     pub exclusive: bool,
     pub group: Option<u32>,
@@ -163,8 +169,12 @@ pub(crate) struct Node {
     pub exclusive_allocs: u32,
     /// (anti-affinity group, slots on this node)
     pub groups: Vec<(u32, u32)>,
+    /// Expected ends of its slots, sorted: (end, limit, stopping, resources).
+    /// Rebuilt lazily when `releases_stale`; read by reservation planning.
+    pub releases: Vec<(Time, Option<Time>, bool, Resources)>,
+    pub releases_stale: bool,
     /// The key under which the node sits in the free index, if it is in it.
-    pub index_key: Option<(u64, u64)>,
+    pub index_key: Option<(u64, u64, u64)>,
 }
 
 impl Node {
@@ -179,6 +189,10 @@ pub(crate) struct QueueState {
     pub guarantee: f64,
     pub cap: f64,
     pub allocated: Resources,
+    /// Runtimes of the queue's last two successful slots, for predictions.
+    pub recent_runtimes: [Option<Time>; 2],
+    /// Its pending gangs' predictions are out of date.
+    pub predictions_stale: bool,
     /// Quota promised to this queue's preemptors while their victims stop.
     pub promised: Resources,
 }
@@ -208,18 +222,22 @@ pub struct Engine {
     pub(crate) queue_index: FxHashMap<String, usize>,
     pub(crate) nodes: Vec<Option<Node>>,
     pub(crate) node_names: FxHashMap<String, NodeId>,
-    /// Ready nodes by (free cpu, free memory, id).
-    pub(crate) free_index: BTreeSet<(u64, u64, u32)>,
+    /// Ready nodes by (size class, free cpu, free memory, id). The size class
+    /// is the node's cpu capacity when small nodes are preferred, else 0.
+    pub(crate) free_index: BTreeSet<(u64, u64, u64, u32)>,
     /// Capacity of all nodes that are not lost.
     pub(crate) total: Resources,
+    /// Cpu of the largest node ever registered.
+    pub(crate) largest_node_cpu: u64,
     /// Bumped whenever capacity changes, to invalidate feasibility caches.
     pub(crate) topology_version: u64,
     pub(crate) feasible_cache: FxHashMap<u64, (u64, Option<String>)>,
     pub(crate) gangs: FxHashMap<GangId, Gang>,
     pub(crate) allocs: FxHashMap<AllocId, Alloc>,
     pub(crate) next_alloc: u64,
-    /// Pending gangs by (rank, queue, seq); under FIFO ordering rank and queue are 0.
-    pub(crate) pending: BTreeSet<(usize, usize, u64, GangId)>,
+    /// Pending gangs by (rank, queue, runtime if shortest-first, seq); under
+    /// FIFO ordering only seq counts.
+    pub(crate) pending: BTreeSet<PendingKey>,
     /// Running gangs that have work left and room under `max`.
     pub(crate) growable: BTreeSet<(usize, u64, GangId)>,
     pub(crate) reservations: BTreeMap<GangId, Reservation>,
@@ -249,6 +267,7 @@ impl Engine {
             node_names: FxHashMap::default(),
             free_index: BTreeSet::new(),
             total: Resources::ZERO,
+            largest_node_cpu: 0,
             topology_version: 0,
             feasible_cache: FxHashMap::default(),
             gangs: FxHashMap::default(),
@@ -272,7 +291,7 @@ impl Engine {
 
     fn add_queue(&mut self, name: &str, guarantee: f64, cap: f64) -> usize {
         let idx = self.queues.len();
-        self.queues.push(QueueState { name: name.to_string(), guarantee, cap, allocated: Resources::ZERO, promised: Resources::ZERO });
+        self.queues.push(QueueState { name: name.to_string(), guarantee, cap, allocated: Resources::ZERO, recent_runtimes: [None; 2], predictions_stale: false, promised: Resources::ZERO });
         self.queue_index.insert(name.to_string(), idx);
         idx
     }
@@ -350,6 +369,7 @@ impl Engine {
         }
         self.node_names.insert(spec.name.clone(), id);
         self.total += spec.capacity;
+        self.largest_node_cpu = self.largest_node_cpu.max(spec.capacity.cpu_millis);
         self.nodes[slot] = Some(Node {
             name: spec.name,
             labels: spec.labels,
@@ -360,6 +380,8 @@ impl Engine {
             allocs: Vec::new(),
             exclusive_allocs: 0,
             groups: Vec::new(),
+            releases: Vec::new(),
+            releases_stale: false,
             index_key: None,
         });
         self.reindex(id);
@@ -428,10 +450,12 @@ impl Engine {
             .filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w)))
             .collect();
         let completions = spec.total_completions();
+        let estimate = self.predict(queue, spec.estimated_runtime);
         self.seq += 1;
         let gang = Gang {
             id,
-            shape_key: shape_key(&spec, group),
+            shape_key: shape_key(&spec, group, estimate),
+            estimate,
             rank,
             queue,
             seq: self.seq,
@@ -448,6 +472,7 @@ impl Engine {
             locality,
             blocker: PendingReason::NotYetTried,
             preempted_by: Vec::new(),
+            domain: None,
             spec,
         };
         self.pending.insert(self.pending_key(&gang));
@@ -455,11 +480,82 @@ impl Engine {
         Ok(())
     }
 
-    pub(crate) fn pending_key(&self, g: &Gang) -> (usize, usize, u64, GangId) {
-        match self.config.policy.ordering {
-            Ordering::Fifo => (0, 0, g.seq, g.id),
-            Ordering::PriorityFair => (g.rank, g.queue, g.seq, g.id),
+    pub(crate) fn pending_key(&self, g: &Gang) -> PendingKey {
+        let policy = &self.config.policy;
+        let runtime = if policy.shortest_first { g.estimate.unwrap_or(Time::MAX) } else { 0 };
+        match policy.ordering {
+            Ordering::Fifo => (0, 0, runtime, g.seq, g.id),
+            Ordering::PriorityFair => (g.rank, g.queue, runtime, g.seq, g.id),
         }
+    }
+
+    /// Re-predicts the pending gangs of queues whose history changed, so a
+    /// burst of jobs submitted together learns from the first to finish.
+    pub(crate) fn refresh_predictions(&mut self) {
+        if !self.queues.iter().any(|q| q.predictions_stale) {
+            return;
+        }
+        let stale: Vec<PendingKey> =
+            self.pending.iter().filter(|k| self.queues[self.gangs[&k.4].queue].predictions_stale).copied().collect();
+        for key in stale {
+            let g = &self.gangs[&key.4];
+            let estimate = self.predict(g.queue, g.spec.estimated_runtime);
+            if estimate == g.estimate {
+                continue;
+            }
+            self.pending.remove(&key);
+            let g = self.gangs.get_mut(&key.4).expect("pending gang is live");
+            g.estimate = estimate;
+            g.shape_key = shape_key(&g.spec, g.group, estimate);
+            let key = self.pending_key(&self.gangs[&key.4]);
+            self.pending.insert(key);
+        }
+        self.queues.iter_mut().for_each(|q| q.predictions_stale = false);
+    }
+
+    /// The runtime to plan with: the estimate, or below it the mean of the
+    /// queue's last two runtimes when the policy predicts.
+    fn predict(&self, queue: usize, estimate: Option<Time>) -> Option<Time> {
+        let limit = estimate?;
+        if !self.config.policy.predict_runtimes {
+            return Some(limit);
+        }
+        let recent: Vec<Time> = self.queues[queue].recent_runtimes.iter().flatten().copied().collect();
+        if recent.is_empty() {
+            return Some(limit);
+        }
+        let mean = recent.iter().sum::<Time>() / recent.len() as Time;
+        Some(mean.clamp(1000, limit.max(1000)).min(limit))
+    }
+
+    /// When an allocation is expected to end, as planning sees it now: its
+    /// predicted end, its limit once it outlives the prediction, or "now"
+    /// once it outlives that too.
+    pub(crate) fn expected_end(&self, a: &Alloc) -> Option<Time> {
+        match a.expected_end {
+            Some(e) if a.stopping || e >= self.now => Some(e),
+            Some(e) => Some(a.limit_end.unwrap_or(e).max(self.now)),
+            None => None,
+        }
+    }
+
+    /// The label filters under which a gang may be placed: one per value of
+    /// its `within` label (or its current value while running), or no filter.
+    pub(crate) fn domains(&self, g: &Gang) -> Vec<Option<(String, String)>> {
+        let Some(key) = &g.spec.constraints.within else { return vec![None] };
+        if let Some(v) = &g.domain {
+            return vec![Some((key.clone(), v.clone()))];
+        }
+        let mut values: Vec<&String> = self
+            .nodes
+            .iter()
+            .flatten()
+            .filter(|n| n.state != NodeState::Lost)
+            .filter_map(|n| n.labels.get(key))
+            .collect();
+        values.sort();
+        values.dedup();
+        values.into_iter().map(|v| Some((key.clone(), v.clone()))).collect()
     }
 
     pub(crate) fn emit(&mut self, d: Decision) {
@@ -619,8 +715,11 @@ fn validate_gang(spec: &GangSpec) -> Result<(), EngineError> {
     Ok(())
 }
 
+/// Pending-order key: (rank, queue, runtime, seq, id).
+pub(crate) type PendingKey = (usize, usize, Time, u64, GangId);
+
 /// Gangs with equal keys fit or fail to fit in exactly the same places.
-fn shape_key(spec: &GangSpec, group: Option<u32>) -> u64 {
+fn shape_key(spec: &GangSpec, group: Option<u32>, estimate: Option<Time>) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
     spec.slot.hash(&mut h);
@@ -629,6 +728,6 @@ fn shape_key(spec: &GangSpec, group: Option<u32>) -> u64 {
     spec.constraints.one_slot_per_node.hash(&mut h);
     spec.constraints.exclusive.hash(&mut h);
     group.hash(&mut h);
-    spec.estimated_runtime.hash(&mut h);
+    estimate.hash(&mut h);
     h.finish()
 }

@@ -17,13 +17,17 @@ use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::engine::{Engine, GangPhase, PendingReason};
 use crate::event::Decision;
-use crate::model::{GangId, NodeId, Ordering};
+use crate::model::{GangId, NodeId, Ordering, Time};
+use crate::resources::Resources;
 
 /// State carried through one pass.
 #[derive(Default)]
 struct PassState {
     /// Shapes that found no room this pass, and the reason given.
     blocked: FxHashMap<u64, PendingReason>,
+    /// Recent failures of unconstrained gangs: any gang asking at least as
+    /// much, for at least as long, fails too.
+    failed: Vec<Failure>,
     tried: FxHashSet<GangId>,
     reservations: usize,
     /// FCFS: the first gang that could not start.
@@ -31,25 +35,72 @@ struct PassState {
 }
 
 const GROWTH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
+/// How many recent failures the dominance check remembers per pass.
+const FAILURES_KEPT: usize = 32;
+
+/// A request that found no room: (slot, slots needed, walltime, one slot per node).
+#[derive(Clone, Copy)]
+struct Failure {
+    slot: Resources,
+    need: u32,
+    limit: Option<Time>,
+    one_per_node: bool,
+}
+
+impl Failure {
+    /// The request of `g` for `need` slots, if only size and time decide where it fits.
+    fn of(g: &crate::engine::Gang, need: u32) -> Option<Failure> {
+        let c = &g.spec.constraints;
+        let simple = c.labels.is_empty() && c.within.is_none() && !c.exclusive && g.group.is_none() && g.locality.is_empty();
+        simple.then_some(Failure { slot: g.spec.slot, need, limit: g.spec.estimated_runtime, one_per_node: c.one_slot_per_node })
+    }
+
+    /// Whether `other` asks at least as much as this failed request.
+    fn dominated_by(&self, other: &Failure) -> bool {
+        self.one_per_node == other.one_per_node
+            && self.need <= other.need
+            && self.slot.fits_in(&other.slot)
+            && match (self.limit, other.limit) {
+                (_, None) => true,
+                (None, Some(_)) => false,
+                (Some(a), Some(b)) => a <= b,
+            }
+    }
+}
+
+impl PassState {
+    fn known_to_fail(&self, request: Option<Failure>) -> bool {
+        request.is_some_and(|r| self.failed.iter().any(|f| f.dominated_by(&r)))
+    }
+
+    fn remember_failure(&mut self, request: Option<Failure>) {
+        if let Some(r) = request {
+            if self.failed.len() == FAILURES_KEPT {
+                self.failed.remove(0);
+            }
+            self.failed.push(r);
+        }
+    }
+}
 
 impl Engine {
     /// Runs a scheduling pass and returns every decision made since the last call.
     pub fn schedule(&mut self) -> Vec<Decision> {
+        self.refresh_predictions();
         let previous = self.clear_starvation_reservations();
         let mut pass = PassState::default();
         match self.config.policy.ordering {
             Ordering::Fifo => {
-                let order: Vec<GangId> = self.pending.iter().map(|k| k.3).collect();
+                let order: Vec<GangId> = self.pending.iter().map(|k| k.4).collect();
                 for id in order {
                     self.try_gang(id, &mut pass);
                 }
             }
             Ordering::PriorityFair => {
-                let bound = self.config.policy.reserve_after;
                 let mut starving: Vec<(u64, GangId)> = Vec::new();
                 if self.config.policy.max_reservations > 0 {
-                    for &(_, _, seq, id) in &self.pending {
-                        if self.now.saturating_sub(self.gangs[&id].submitted_at) >= bound {
+                    for &(_, _, _, seq, id) in &self.pending {
+                        if self.now.saturating_sub(self.gangs[&id].submitted_at) >= self.reservation_bound(id) {
                             starving.push((seq, id));
                         }
                     }
@@ -69,7 +120,7 @@ impl Engine {
     /// Tries pending gangs class by class; inside a class, queues in DRF order.
     fn fair_order_pass(&mut self, pass: &mut PassState) {
         let mut by_rank: BTreeMap<usize, BTreeMap<usize, VecDeque<GangId>>> = BTreeMap::new();
-        for &(rank, queue, _, id) in &self.pending {
+        for &(rank, queue, _, _, id) in &self.pending {
             if !pass.tried.contains(&id) {
                 by_rank.entry(rank).or_default().entry(queue).or_default().push_back(id);
             }
@@ -131,9 +182,20 @@ impl Engine {
         }
         let key = g.shape_key ^ (need as u64).wrapping_mul(GROWTH_SALT.rotate_left(17));
         let holds_reservation = self.reservations.contains_key(&id);
+        let request = if holds_reservation { None } else { Failure::of(g, need) };
         if !holds_reservation {
-            if let Some(reason) = pass.blocked.get(&key) {
-                let reason = reason.clone();
+            let known = pass.blocked.get(&key).cloned().or_else(|| {
+                pass.known_to_fail(request).then_some(PendingReason::NoRoom { need, fit: 0 })
+            });
+            if let Some(reason) = known {
+                // A gang owed a reservation still gets its chance at one.
+                let policy = &self.config.policy;
+                let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
+                let owed = policy.backfill && pass.reservations < policy.max_reservations && waited >= self.reservation_bound(id);
+                let reason = match reason {
+                    PendingReason::NoRoom { .. } if owed => self.blocked(id, need, 0, pass),
+                    other => other,
+                };
                 self.set_blocker(id, reason);
                 if !self.config.policy.backfill {
                     pass.head = Some(id);
@@ -142,11 +204,12 @@ impl Engine {
             }
         }
         match self.find_nodes(g, need, need) {
-            Ok(choice) => self.start(id, &choice),
+            Ok((choice, domain)) => self.start(id, &choice, domain),
             Err(fit) => {
                 let reason = self.blocked(id, need, fit, pass);
                 if !holds_reservation && matches!(reason, PendingReason::NoRoom { .. }) {
                     pass.blocked.insert(key, reason.clone());
+                    pass.remember_failure(request);
                 }
                 self.set_blocker(id, reason);
                 if !self.config.policy.backfill {
@@ -175,7 +238,7 @@ impl Engine {
         }
         let policy = &self.config.policy;
         let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
-        if policy.backfill && pass.reservations < policy.max_reservations && waited >= policy.reserve_after {
+        if policy.backfill && pass.reservations < policy.max_reservations && waited >= self.reservation_bound(id) {
             if let Some(reason) = self.reserve(id, need) {
                 pass.reservations += 1;
                 return reason;
@@ -184,14 +247,31 @@ impl Engine {
         PendingReason::NoRoom { need, fit }
     }
 
+    /// How long a gang waits before it may hold a reservation: the policy's
+    /// bound, shortened for gangs that need much of a node, down to a tenth
+    /// of it for whole nodes. Small gangs find holes on their own; wide ones
+    /// only ever run if room is held for them (Slurm's job-size factor).
+    fn reservation_bound(&self, id: GangId) -> Time {
+        let bound = self.config.policy.reserve_after;
+        if self.config.policy.ordering == Ordering::Fifo {
+            return bound;
+        }
+        let g = &self.gangs[&id];
+        let largest = self.largest_node_cpu.max(1) as f64;
+        let share = (g.spec.slot.cpu_millis as f64 * g.start_need() as f64 / largest).min(1.0);
+        let share = if g.spec.constraints.exclusive { 1.0 } else { share };
+        (bound as f64 * (1.0 - 0.9 * share)) as Time
+    }
+
     fn set_blocker(&mut self, id: GangId, reason: PendingReason) {
         self.gangs.get_mut(&id).expect("live gang").blocker = reason;
     }
 
     /// Places the gang's first `min` slots and marks it running.
-    fn start(&mut self, id: GangId, choice: &crate::engine::place::Choice) {
+    fn start(&mut self, id: GangId, choice: &crate::engine::place::Choice, domain: Option<String>) {
         let g = self.gangs.get_mut(&id).expect("live gang");
         g.attempts += 1;
+        g.domain = domain;
         g.phase = GangPhase::Running;
         let key = self.pending_key(&self.gangs[&id]);
         self.pending.remove(&key);
@@ -211,7 +291,8 @@ impl Engine {
         for id in order {
             let g = &self.gangs[&id];
             let key = g.shape_key ^ GROWTH_SALT;
-            if pass.blocked.contains_key(&key) || self.free_index.is_empty() {
+            let request = Failure::of(g, 1);
+            if pass.blocked.contains_key(&key) || self.free_index.is_empty() || pass.known_to_fail(request) {
                 continue;
             }
             let want = (g.spec.max - g.running).min(g.todo.len() as u32);
@@ -223,12 +304,13 @@ impl Engine {
                 continue;
             }
             match self.find_nodes(g, 1, want) {
-                Ok(choice) => {
+                Ok((choice, _)) => {
                     self.commit(id, &choice, true);
                     self.update_growable(id);
                 }
                 Err(_) => {
                     pass.blocked.insert(key, PendingReason::NotYetTried);
+                    pass.remember_failure(request);
                 }
             }
         }
@@ -249,7 +331,7 @@ impl Engine {
         let mut biggest = crate::resources::Resources::ZERO;
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
-            if !self.statically_fits(g, NodeId(i as u32)) {
+            if !self.domains(g).iter().any(|d| self.statically_fits(g, NodeId(i as u32), d.as_ref())) {
                 if node.capacity.cpu_millis > biggest.cpu_millis {
                     biggest = node.capacity;
                 }

@@ -14,27 +14,33 @@ use crate::resources::Resources;
 /// Nodes chosen for a gang, with how many slots go on each.
 pub(crate) type Choice = Vec<(NodeId, u32)>;
 
+/// A label a node must carry, besides the gang's own constraints (a `within` domain).
+pub(crate) type Domain<'a> = Option<&'a (String, String)>;
+
 impl Engine {
     /// Puts a node back into the free index under its current free capacity
     /// (or takes it out when it accepts no slots).
     pub(crate) fn reindex(&mut self, id: NodeId) {
+        let small_first = self.config.policy.prefer_small_nodes;
         let node = self.nodes[id.0 as usize].as_mut().expect("valid node");
-        if let Some((c, m)) = node.index_key.take() {
-            self.free_index.remove(&(c, m, id.0));
+        if let Some((s, c, m)) = node.index_key.take() {
+            self.free_index.remove(&(s, c, m, id.0));
         }
         if node.state == NodeState::Ready {
             let free = node.free();
-            node.index_key = Some((free.cpu_millis, free.memory_bytes));
-            self.free_index.insert((free.cpu_millis, free.memory_bytes, id.0));
+            let size = if small_first { node.capacity.cpu_millis } else { 0 };
+            node.index_key = Some((size, free.cpu_millis, free.memory_bytes));
+            self.free_index.insert((size, free.cpu_millis, free.memory_bytes, id.0));
         }
     }
 
     /// Whether the node may ever hold a slot of `g` (labels, size), ignoring what runs there now.
-    pub(crate) fn statically_fits(&self, g: &Gang, id: NodeId) -> bool {
+    pub(crate) fn statically_fits(&self, g: &Gang, id: NodeId, domain: Domain) -> bool {
         let node = self.node(id);
         node.state != NodeState::Lost
             && g.spec.slot.fits_in(&node.capacity)
             && g.spec.constraints.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v))
+            && domain.is_none_or(|(k, v)| node.labels.get(k) == Some(v))
     }
 
     /// Room on `id` that `g` may use now: free capacity, less what other
@@ -48,6 +54,8 @@ impl Engine {
         if node.reserved.is_zero() {
             return free;
         }
+        // Backfill on the gang's own limit, never its prediction: a gang let in
+        // ahead of a reservation must not be able to delay it.
         let end = g.spec.estimated_runtime.map(|e| self.now + e);
         let mine = self.reservations.get(&g.id);
         let my_claim = mine.and_then(|r| r.nodes.iter().find(|(n, _)| *n == id)).map(|(_, a)| *a);
@@ -116,7 +124,7 @@ impl Engine {
         let mut held = Resources::ZERO;
         for a in &node.allocs {
             let alloc = &self.allocs[a];
-            let ends = (alloc.stopping || trust_estimates) && alloc.expected_end.is_some_and(|e| e.max(self.now) <= t);
+            let ends = (alloc.stopping || trust_estimates) && self.expected_end(alloc).is_some_and(|e| e <= t);
             if !ends {
                 held += alloc.res;
             }
@@ -125,7 +133,7 @@ impl Engine {
     }
 
     /// How many more slots of `g` the node takes now.
-    pub(crate) fn fit_count(&self, g: &Gang, id: NodeId, already: u32) -> u32 {
+    pub(crate) fn fit_count(&self, g: &Gang, id: NodeId, already: u32, domain: Domain) -> u32 {
         let node = self.node(id);
         if node.state != NodeState::Ready || node.exclusive_allocs > 0 {
             return 0;
@@ -133,6 +141,11 @@ impl Engine {
         let c = &g.spec.constraints;
         if !c.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
             return 0;
+        }
+        if let Some((k, v)) = domain {
+            if node.labels.get(k) != Some(v) {
+                return 0;
+            }
         }
         if let Some(group) = g.group {
             if node.groups.iter().any(|&(gr, n)| gr == group && n > 0) {
@@ -154,14 +167,27 @@ impl Engine {
         avail.count_fitting(&g.spec.slot).saturating_sub(already).min(per_node_cap)
     }
 
-    /// Finds room for `need..=want` slots of `g`, or reports how many fit
-    /// (`Err(k)`, with k < need). Preferred (cached-data) nodes come first.
-    pub(crate) fn find_nodes(&self, g: &Gang, need: u32, want: u32) -> Result<Choice, u32> {
+    /// Finds room for `need..=want` slots of `g` in one of its domains, or
+    /// reports how many fit at best (`Err(k)`, with k < need).
+    pub(crate) fn find_nodes(&self, g: &Gang, need: u32, want: u32) -> Result<(Choice, Option<String>), u32> {
+        let mut best = 0;
+        for domain in self.domains(g) {
+            match self.find_nodes_in(g, need, want, domain.as_ref()) {
+                Ok(choice) => return Ok((choice, domain.map(|(_, v)| v))),
+                Err(k) => best = best.max(k),
+            }
+        }
+        Err(best)
+    }
+
+    /// Finds room for `need..=want` slots of `g` on nodes of `domain`.
+    /// Preferred (cached-data) nodes come first.
+    fn find_nodes_in(&self, g: &Gang, need: u32, want: u32, domain: Domain) -> Result<Choice, u32> {
         let mut chosen: Choice = Vec::new();
         let mut placed = 0u32;
         let take = |engine: &Engine, id: NodeId, chosen: &mut Choice, placed: &mut u32| {
             let already = chosen.iter().find(|(n, _)| *n == id).map_or(0, |(_, k)| *k);
-            let k = engine.fit_count(g, id, already).min(want - *placed);
+            let k = engine.fit_count(g, id, already, domain).min(want - *placed);
             if k > 0 {
                 match chosen.iter_mut().find(|(n, _)| *n == id) {
                     Some(entry) => entry.1 += k,
@@ -182,24 +208,38 @@ impl Engine {
         }
         if placed < want {
             let slot = g.spec.slot;
-            let floor = (slot.cpu_millis, 0u64, 0u32);
             match g.spec.constraints.placement {
                 Placement::Pack => {
-                    for &(_, mem, id) in self.free_index.range(floor..) {
-                        if placed >= want {
-                            break;
+                    // Size class by size class, from the first node with enough free cpu.
+                    let mut from = (0u64, slot.cpu_millis, 0u64, 0u32);
+                    'classes: while placed < want {
+                        let mut entries = self.free_index.range(from..).peekable();
+                        let Some(&&(size, cpu, _, _)) = entries.peek() else { break };
+                        if cpu < slot.cpu_millis {
+                            from = (size, slot.cpu_millis, 0, 0);
+                            continue;
                         }
-                        if mem >= slot.memory_bytes {
-                            take(self, NodeId(id), &mut chosen, &mut placed);
+                        for &(s, _, mem, id) in entries {
+                            if s != size {
+                                from = (s, slot.cpu_millis, 0, 0);
+                                continue 'classes;
+                            }
+                            if placed >= want {
+                                break 'classes;
+                            }
+                            if mem >= slot.memory_bytes {
+                                take(self, NodeId(id), &mut chosen, &mut placed);
+                            }
                         }
+                        break;
                     }
                 }
                 Placement::Spread => {
-                    for &(_, mem, id) in self.free_index.range(floor..).rev() {
+                    for &(_, cpu, mem, id) in self.free_index.iter().rev() {
                         if placed >= want {
                             break;
                         }
-                        if mem >= slot.memory_bytes {
+                        if cpu >= slot.cpu_millis && mem >= slot.memory_bytes {
                             take(self, NodeId(id), &mut chosen, &mut placed);
                         }
                     }
@@ -227,7 +267,8 @@ impl Engine {
                     node: node_id,
                     res,
                     started: now,
-                    expected_end: g.spec.estimated_runtime.map(|e| now + e),
+                    expected_end: g.estimate.map(|e| now + e),
+                    limit_end: g.spec.estimated_runtime.map(|e| now + e),
                     stopping: false,
                     exclusive: g.spec.constraints.exclusive,
                     group: g.group,
@@ -240,6 +281,7 @@ impl Engine {
                 let node = self.nodes[node_id.0 as usize].as_mut().expect("valid node");
                 node.allocated += res;
                 node.allocs.push(alloc_id);
+                node.releases_stale = true;
                 if alloc.exclusive {
                     node.exclusive_allocs += 1;
                 }
@@ -262,6 +304,7 @@ impl Engine {
         let Some(alloc) = self.allocs.remove(&id) else { return };
         let node = self.nodes[alloc.node.0 as usize].as_mut().expect("valid node");
         node.allocated -= alloc.res;
+        node.releases_stale = true;
         if let Some(pos) = node.allocs.iter().position(|a| *a == id) {
             node.allocs.swap_remove(pos);
         }

@@ -17,6 +17,7 @@
 
 use rustc_hash::FxHashMap;
 
+use crate::engine::place::Domain;
 use crate::engine::{Engine, PendingReason, Reservation};
 use crate::event::StopReason;
 use crate::model::{AllocId, GangId, NodeId, NodeState};
@@ -31,6 +32,23 @@ struct NodeCost {
 
 impl Engine {
     pub(crate) fn try_preempt(&mut self, id: GangId, need: u32) -> Option<PendingReason> {
+        for domain in self.domains(&self.gangs[&id]) {
+            if let Some((chosen, victims)) = self.plan_preemption(id, need, domain.as_ref()) {
+                let count = victims.len();
+                let slot = self.gangs[&id].spec.slot;
+                self.evict(id, &victims);
+                let deadline = self.now + self.config.policy.grace_period;
+                let nodes = chosen.into_iter().map(|(n, k)| (n, slot.times(k))).collect();
+                self.install_reservation(id, Reservation { start: deadline, nodes, nomination: true, order: 0 });
+                return Some(PendingReason::AwaitingVictims { deadline, victims: count });
+            }
+        }
+        None
+    }
+
+    /// The cheapest victims on nodes of `domain` that make room for `need`
+    /// slots, and where those slots go; `None` if no eviction suffices.
+    fn plan_preemption(&self, id: GangId, need: u32, domain: Domain) -> Option<(Vec<(NodeId, u32)>, Vec<AllocId>)> {
         let g = &self.gangs[&id];
         let rank = g.rank;
         let lower_running = self.preemptible_running[rank + 1..].iter().any(|&c| c > 0);
@@ -80,7 +98,7 @@ impl Engine {
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
             let nid = NodeId(i as u32);
-            if node.state != NodeState::Ready || !self.statically_fits(g, nid) {
+            if node.state != NodeState::Ready || !self.statically_fits(g, nid, domain) {
                 continue;
             }
             let mut room = self.available_for(g, nid);
@@ -157,12 +175,7 @@ impl Engine {
         }
         victims.sort_unstable();
         victims.dedup();
-        let count = victims.len();
-        self.evict(id, &victims);
-        let deadline = now + self.config.policy.grace_period;
-        let nodes = chosen.into_iter().map(|(n, k)| (n, slot.times(k))).collect();
-        self.install_reservation(id, Reservation { start: deadline, nodes, nomination: true, order: 0 });
-        Some(PendingReason::AwaitingVictims { deadline, victims: count })
+        Some((chosen, victims))
     }
 
     /// Stops the victims: elastic slots shrink their gang, others tear their gang down.

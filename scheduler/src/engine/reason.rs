@@ -78,7 +78,11 @@ impl Engine {
 
     /// The ready node with the most free cpu, as a hint in reasons.
     pub(crate) fn largest_free(&self) -> Resources {
-        self.free_index.last().map(|&(_, _, id)| self.node(crate::model::NodeId(id)).free()).unwrap_or_default()
+        self.free_index
+            .iter()
+            .max_by_key(|&&(_, cpu, mem, id)| (cpu, mem, std::cmp::Reverse(id)))
+            .map(|&(_, _, _, id)| self.node(crate::model::NodeId(id)).free())
+            .unwrap_or_default()
     }
 }
 

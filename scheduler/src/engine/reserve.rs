@@ -14,27 +14,54 @@
 
 use std::collections::BTreeMap;
 
-use crate::engine::{Engine, PendingReason, Reservation};
+use crate::engine::place::Domain;
+use crate::engine::{Engine, Gang, PendingReason, Reservation};
 use crate::event::Decision;
 use crate::model::{GangId, NodeId, NodeState, Time};
 use crate::resources::Resources;
 
 impl Engine {
-    /// Tries to reserve the earliest room for `need` slots of the gang.
+    /// Tries to reserve the earliest room for `need` slots of the gang, in
+    /// whichever of its domains frees up first.
     pub(crate) fn reserve(&mut self, id: GangId, need: u32) -> Option<PendingReason> {
+        self.refresh_releases();
         let g = &self.gangs[&id];
+        let mut best: Option<(Time, Vec<(NodeId, Resources)>)> = None;
+        for domain in self.domains(g) {
+            if let Some((start, nodes)) = self.plan_reservation(g, need, domain.as_ref()) {
+                if best.as_ref().is_none_or(|b| start < b.0) {
+                    best = Some((start, nodes));
+                }
+            }
+        }
+        let (start, nodes) = best?;
+        let count = nodes.len();
+        self.install_reservation(id, Reservation { start, nodes, nomination: false, order: 0 });
+        Some(PendingReason::Reserved { start, nodes: count })
+    }
+
+    /// The earliest start for `need` slots on nodes of `domain`, and the room to hold.
+    ///
+    /// Each node contributes the times at which it could hold one more slot
+    /// (from its own slots' expected ends, sorted per node); a sweep over
+    /// those steps finds the first time the cluster holds `need`.
+    fn plan_reservation(&self, g: &Gang, need: u32, domain: Domain) -> Option<(Time, Vec<(NodeId, Resources)>)> {
         let slot = g.spec.slot;
         let one_per_node = g.spec.constraints.one_slot_per_node || g.group.is_some();
         let whole_node = g.spec.constraints.exclusive;
         let now = self.now;
-
-        // (node, room it has now) and (time, candidate index, room freed then)
+        let fits = |room: &Resources| {
+            let k = room.count_fitting(&slot).min(need);
+            if one_per_node { k.min(1) } else { k }
+        };
+        // (time, candidate, more slots it holds from then on)
+        let mut steps: Vec<(Time, u32, u32)> = Vec::new();
         let mut candidates: Vec<(NodeId, Resources)> = Vec::new();
-        let mut releases: Vec<(Time, u32, Resources)> = Vec::new();
+        let mut releases: Vec<(Time, Resources)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
             let nid = NodeId(i as u32);
-            if node.state != NodeState::Ready || !self.statically_fits(g, nid) {
+            if node.state != NodeState::Ready || !self.statically_fits(g, nid, domain) {
                 continue;
             }
             if let Some(group) = g.group {
@@ -43,81 +70,133 @@ impl Engine {
                 }
             }
             let idx = candidates.len() as u32;
-            let base = node.capacity.saturating_sub(&node.reserved);
             if whole_node || node.exclusive_allocs > 0 {
                 // All-or-nothing node: usable once everything on it has ended.
                 let mut last = now;
-                let mut known = true;
                 for a in &node.allocs {
-                    match self.allocs[a].expected_end {
+                    match self.expected_end(&self.allocs[a]) {
                         Some(e) => last = last.max(e),
-                        None => known = false,
+                        None => last = Time::MAX,
                     }
                 }
-                if !known || (whole_node && !node.reserved.is_zero()) {
+                let room = node.capacity.saturating_sub(&node.reserved);
+                if last == Time::MAX || (whole_node && !node.reserved.is_zero()) || fits(&room) == 0 {
                     continue;
                 }
-                candidates.push((nid, Resources::ZERO));
-                releases.push((last, idx, base));
+                candidates.push((nid, room));
+                steps.push((last, idx, fits(&room)));
                 continue;
             }
-            candidates.push((nid, node.free().saturating_sub(&node.reserved)));
-            for a in &node.allocs {
-                if let Some(e) = self.allocs[a].expected_end {
-                    releases.push((e.max(now), idx, self.allocs[a].res));
+            let mut room = node.free().saturating_sub(&node.reserved);
+            let mut held = fits(&room);
+            if held > 0 {
+                steps.push((now, idx, held));
+            }
+            if held < need && !(one_per_node && held > 0) {
+                self.releases_of(node, &mut releases);
+                for &(t, res) in &releases {
+                    room += res;
+                    let k = fits(&room);
+                    if k > held {
+                        steps.push((t, idx, k - held));
+                        held = k;
+                        if held >= need || one_per_node {
+                            break;
+                        }
+                    }
                 }
             }
+            candidates.push((nid, room));
         }
-        releases.sort_unstable_by_key(|&(t, i, _)| (t, i));
-
-        let fits = |room: &Resources| {
-            let k = room.count_fitting(&slot);
-            if one_per_node { k.min(1) } else { k }
-        };
-        let mut room: Vec<Resources> = candidates.iter().map(|c| c.1).collect();
-        let mut first_fit: Vec<Option<Time>> = room.iter().map(|r| (fits(r) > 0).then_some(now)).collect();
-        let mut total: u64 = room.iter().map(|r| fits(r) as u64).sum();
-        let mut start = (total >= need as u64).then_some(now);
-        let mut k = 0;
-        while start.is_none() && k < releases.len() {
-            let t = releases[k].0;
-            while k < releases.len() && releases[k].0 == t {
-                let (_, i, res) = releases[k];
-                let i = i as usize;
-                total -= fits(&room[i]) as u64;
-                room[i] += res;
-                let f = fits(&room[i]);
-                total += f as u64;
-                if f > 0 && first_fit[i].is_none() {
-                    first_fit[i] = Some(t);
-                }
-                k += 1;
-            }
+        steps.sort_unstable();
+        let mut total = 0u64;
+        let mut start = None;
+        for &(t, _, more) in &steps {
+            total += more as u64;
             if total >= need as u64 {
                 start = Some(t);
+                break;
             }
         }
         let start = start?;
-
-        let mut order: Vec<usize> = (0..candidates.len()).filter(|&i| first_fit[i].is_some()).collect();
-        order.sort_by_key(|&i| (first_fit[i], candidates[i].0));
-        let mut nodes = Vec::new();
+        // Hold room on the nodes that free up first, as many slots as each holds by then.
+        let mut held: Vec<(NodeId, u32)> = Vec::new();
         let mut left = need;
-        for i in order {
-            if left == 0 {
+        for &(t, idx, more) in &steps {
+            if t > start || left == 0 {
                 break;
             }
-            let k = fits(&room[i]).min(left);
-            if k == 0 {
+            let nid = candidates[idx as usize].0;
+            let k = more.min(left);
+            left -= k;
+            match held.iter_mut().find(|(n, _)| *n == nid) {
+                Some(e) => e.1 += k,
+                None => held.push((nid, k)),
+            }
+        }
+        let nodes = held
+            .into_iter()
+            .map(|(n, k)| {
+                let amount = if whole_node {
+                    candidates.iter().find(|c| c.0 == n).map_or(slot, |c| c.1)
+                } else {
+                    slot.times(k)
+                };
+                (n, amount)
+            })
+            .collect();
+        Some((start, nodes))
+    }
+
+    /// Rebuilds the sorted release lists of nodes whose slots changed.
+    fn refresh_releases(&mut self) {
+        for i in 0..self.nodes.len() {
+            let Some(node) = &self.nodes[i] else { continue };
+            if !node.releases_stale {
                 continue;
             }
-            left -= k;
-            let amount = if whole_node { room[i] } else { slot.times(k) };
-            nodes.push((candidates[i].0, amount));
+            let mut list: Vec<(Time, Option<Time>, bool, Resources)> = node
+                .allocs
+                .iter()
+                .filter_map(|a| {
+                    let alloc = &self.allocs[a];
+                    alloc.expected_end.map(|e| (e, alloc.limit_end, alloc.stopping, alloc.res))
+                })
+                .collect();
+            list.sort_unstable_by_key(|r| r.0);
+            let node = self.nodes[i].as_mut().expect("checked above");
+            node.releases = list;
+            node.releases_stale = false;
         }
-        let count = nodes.len();
-        self.install_reservation(id, Reservation { start, nodes, nomination: false, order: 0 });
-        Some(PendingReason::Reserved { start, nodes: count })
+    }
+
+    /// A node's releases as planning sees them now, in time order: slots
+    /// past their predicted end move to their limit (or now).
+    fn releases_of(&self, node: &crate::engine::Node, out: &mut Vec<(Time, Resources)>) {
+        out.clear();
+        let now = self.now;
+        let overrun = node.releases.partition_point(|r| r.0 < now);
+        out.extend(node.releases[..overrun].iter().map(|&(e, limit, stopping, res)| {
+            (if stopping { e.max(now) } else { limit.unwrap_or(e).max(now) }, res)
+        }));
+        out.sort_unstable_by_key(|r| r.0);
+        let on_time = node.releases[overrun..].iter().map(|&(e, _, _, res)| (e, res));
+        if out.is_empty() {
+            out.extend(on_time);
+        } else {
+            let late = std::mem::take(out);
+            let mut a = late.into_iter().peekable();
+            let mut b = on_time.peekable();
+            loop {
+                let next = match (a.peek(), b.peek()) {
+                    (Some(x), Some(y)) => if x.0 <= y.0 { a.next() } else { b.next() },
+                    (Some(_), None) => a.next(),
+                    (None, Some(_)) => b.next(),
+                    (None, None) => break,
+                };
+                out.push(next.expect("peeked"));
+            }
+        }
     }
 
     pub(crate) fn install_reservation(&mut self, gang: GangId, mut r: Reservation) {

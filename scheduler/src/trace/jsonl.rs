@@ -1,0 +1,183 @@
+//! Cohort's own trace format: JSON lines, one object per line, each with
+//! one key saying what it is. Times are seconds from the trace start.
+//!
+//! ```text
+//! {"node": {"name": "n0", "cpu": "64", "memory": "256GiB", "labels": {"zone": "a"}}}
+//! {"class": {"name": "batch", "value": 200, "preemptible": true}}
+//! {"job": {"id": 1, "submit": 0.0, "runtime": 60.0, "estimate": 120.0, "name": "etl",
+//!          "priority": "batch", "queue": "team-a", "min": 2, "max": 4, "cpu": "2", "memory": "4GiB"}}
+//! ```
+//!
+//! Job fields beyond those: `completions` (slot runs that finish the job;
+//! default `max`), `one_per_node`, `exclusive`, `spread`, `labels` (node
+//! labels required), `within` (a label all slots share). Class lines are
+//! optional; without them the default classes apply.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{Constraints, GangSpec, NodeSpec, OnDrain, Placement, PriorityClass};
+use crate::resources::{Resources, parse_cpu, parse_memory};
+use crate::trace::{Trace, TraceError, TraceJob, secs};
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+enum Line {
+    Node(NodeLine),
+    Class(ClassLine),
+    Job(JobLine),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeLine {
+    name: String,
+    cpu: String,
+    memory: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClassLine {
+    name: String,
+    value: i32,
+    #[serde(default)]
+    preemptible: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JobLine {
+    id: u64,
+    submit: f64,
+    runtime: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    estimate: Option<f64>,
+    #[serde(default)]
+    name: String,
+    priority: String,
+    queue: String,
+    min: u32,
+    max: u32,
+    cpu: String,
+    memory: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    completions: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    one_per_node: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    exclusive: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    spread: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    labels: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    within: Option<String>,
+}
+
+/// Reads a JSONL trace. `cluster` replaces the trace's own node lines.
+pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
+    let mut trace = Trace { format: "jsonl".into(), ..Trace::default() };
+    for (i, raw) in text.lines().enumerate() {
+        let line_no = i + 1;
+        let raw = raw.trim();
+        if raw.is_empty() || raw.starts_with('#') {
+            continue;
+        }
+        let err = |m: String| TraceError::line(file, line_no, m);
+        let line: Line = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
+        match line {
+            Line::Node(n) => {
+                let cpu = parse_cpu(&n.cpu).map_err(|e| err(format!("node `{}` cpu: {e}", n.name)))?;
+                let memory = parse_memory(&n.memory).map_err(|e| err(format!("node `{}` memory: {e}", n.name)))?;
+                trace.nodes.push(NodeSpec { name: n.name, capacity: Resources::new(cpu, memory), labels: n.labels });
+            }
+            Line::Class(c) => {
+                trace.classes.push(PriorityClass { name: c.name, value: c.value, preemptible: c.preemptible, on_drain: OnDrain::Finish })
+            }
+            Line::Job(j) => {
+                let cpu = parse_cpu(&j.cpu).map_err(|e| err(format!("job {} cpu: {e}", j.id)))?;
+                let memory = parse_memory(&j.memory).map_err(|e| err(format!("job {} memory: {e}", j.id)))?;
+                if j.runtime < 0.0 {
+                    trace.skip("negative runtime");
+                    continue;
+                }
+                if j.min == 0 || j.max < j.min {
+                    return Err(err(format!("job {}: need 1 <= min <= max, got min {} max {}", j.id, j.min, j.max)));
+                }
+                let spec = GangSpec {
+                    name: if j.name.is_empty() { format!("job-{}", j.id) } else { j.name },
+                    slot: Resources::new(cpu, memory),
+                    min: j.min,
+                    max: j.max,
+                    completions: j.completions,
+                    priority: j.priority,
+                    queue: j.queue,
+                    constraints: Constraints {
+                        labels: j.labels,
+                        one_slot_per_node: j.one_per_node,
+                        anti_affinity: None,
+                        exclusive: j.exclusive,
+                        placement: if j.spread { Placement::Spread } else { Placement::Pack },
+                        within: j.within,
+                    },
+                    locality: Vec::new(),
+                    estimated_runtime: j.estimate.map(secs),
+                    max_attempts: 1,
+                };
+                trace.jobs.push(TraceJob { id: j.id, submit: secs(j.submit), runtime: secs(j.runtime.max(0.001)), spec });
+            }
+        }
+    }
+    trace.sort();
+    Ok(trace)
+}
+
+/// Writes a trace as JSONL (nodes, then classes, then jobs).
+pub fn write_jsonl(trace: &Trace, out: &mut String) {
+    let mut push = |line: Line| {
+        out.push_str(&serde_json::to_string(&line).expect("trace lines serialize"));
+        out.push('\n');
+    };
+    for n in &trace.nodes {
+        push(Line::Node(NodeLine {
+            name: n.name.clone(),
+            cpu: exact_cpu(n.capacity.cpu_millis),
+            memory: format!("{}", n.capacity.memory_bytes),
+            labels: n.labels.clone(),
+        }));
+    }
+    for c in &trace.classes {
+        push(Line::Class(ClassLine { name: c.name.clone(), value: c.value, preemptible: c.preemptible }));
+    }
+    for j in &trace.jobs {
+        let c = &j.spec.constraints;
+        push(Line::Job(JobLine {
+            id: j.id,
+            submit: j.submit as f64 / 1000.0,
+            runtime: j.runtime as f64 / 1000.0,
+            estimate: j.spec.estimated_runtime.map(|e| e as f64 / 1000.0),
+            name: j.spec.name.clone(),
+            priority: j.spec.priority.clone(),
+            queue: j.spec.queue.clone(),
+            min: j.spec.min,
+            max: j.spec.max,
+            cpu: exact_cpu(j.spec.slot.cpu_millis),
+            memory: format!("{}", j.spec.slot.memory_bytes),
+            completions: j.spec.completions,
+            one_per_node: c.one_slot_per_node,
+            exclusive: c.exclusive,
+            spread: c.placement == Placement::Spread,
+            labels: c.labels.clone(),
+            within: c.within.clone(),
+        }));
+    }
+}
+
+/// Whole cores where exact, millicores otherwise, so a written trace reads back identically.
+fn exact_cpu(millis: u64) -> String {
+    if millis % 1000 == 0 { format!("{}", millis / 1000) } else { format!("{millis}m") }
+}

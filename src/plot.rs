@@ -1,0 +1,79 @@
+//! `--plot`: one SVG with, per policy, cluster utilization and queue length
+//! over time and the distribution of waits, so the difference shows at a glance.
+
+use std::path::Path;
+
+use anyhow::{Result, bail};
+use cohort_scheduler::sim::Report;
+use plotters::prelude::*;
+
+const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+
+pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
+    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
+        bail!("--plot writes SVG: name the file *.svg (got {})", path.display());
+    }
+    let root = SVGBackend::new(path, (1100, 1200)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(&format!("cohort simulate: {title}"), ("sans-serif", 22))?;
+    let panels = root.split_evenly((3, 1));
+    let days = |r: &Report| r.series.last().map_or(1.0, |s| s.t_s / 86400.0).max(1e-6);
+    let x_max = reports.iter().map(days).fold(0.0f64, f64::max);
+
+    let mut util = ChartBuilder::on(&panels[0])
+        .caption("cpu utilization over time", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max, 0.0..100.0)?;
+    util.configure_mesh().x_desc("days").y_desc("% of cores held").draw()?;
+    for (i, r) in reports.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        util.draw_series(LineSeries::new(r.series.iter().map(|s| (s.t_s / 86400.0, s.cpu * 100.0)), c.stroke_width(1)))?
+            .label(format!("{} ({:.1}% mean)", r.policy, r.utilization_cpu * 100.0))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    util.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+
+    let y_max = reports.iter().flat_map(|r| r.series.iter().map(|s| s.pending)).max().unwrap_or(1).max(1) as f64;
+    let mut queue = ChartBuilder::on(&panels[1])
+        .caption("jobs waiting over time", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05)?;
+    queue.configure_mesh().x_desc("days").y_desc("pending gangs").draw()?;
+    for (i, r) in reports.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        queue
+            .draw_series(LineSeries::new(r.series.iter().map(|s| (s.t_s / 86400.0, s.pending as f64)), c.stroke_width(1)))?
+            .label(r.policy.clone())
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    queue.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+
+    // Waits as a CDF on a log axis: the share of jobs that waited at most x.
+    let w_max = reports.iter().flat_map(|r| r.waits.iter().copied()).fold(1.0f64, f64::max);
+    let mut cdf = ChartBuilder::on(&panels[2])
+        .caption("wait-time distribution (share of jobs that waited at most x)", ("sans-serif", 18))
+        .margin(10)
+        .x_label_area_size(35)
+        .y_label_area_size(50)
+        .build_cartesian_2d((1.0..w_max * 1.5).log_scale(), 0.0..100.0)?;
+    cdf.configure_mesh().x_desc("wait (seconds, log scale)").y_desc("% of jobs").draw()?;
+    for (i, r) in reports.iter().enumerate() {
+        let c = COLORS[i % COLORS.len()];
+        let mut waits = r.waits.clone();
+        waits.sort_by(f64::total_cmp);
+        let n = waits.len().max(1) as f64;
+        let step = (waits.len() / 2000).max(1);
+        let points: Vec<(f64, f64)> =
+            waits.iter().enumerate().step_by(step).map(|(k, w)| (w.max(1.0), (k + 1) as f64 / n * 100.0)).collect();
+        cdf.draw_series(LineSeries::new(points, c.stroke_width(2)))?
+            .label(format!("{} (mean {:.0} s)", r.policy, r.wait_s.mean))
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+    }
+    cdf.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    root.present()?;
+    Ok(())
+}
