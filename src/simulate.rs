@@ -4,7 +4,6 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use clap::ValueEnum;
 use cohort_scheduler::Policy;
 use cohort_scheduler::model::NodeSpec;
 use cohort_scheduler::sim::{Report, Summary, simulate};
@@ -39,8 +38,6 @@ pub struct Args {
     /// Draw utilization, queue length and waits over time per policy (.svg).
     #[arg(long)]
     plot: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t = Output::Table)]
-    output: Output,
     /// Write a synthetic trace (JSON lines) to stdout instead of replaying one.
     #[arg(long)]
     generate: bool,
@@ -55,13 +52,7 @@ pub struct Args {
     load: f64,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
-pub fn run(args: Args) -> Result<()> {
+pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
     if args.generate {
         if args.nodes == 0 || args.jobs == 0 {
             bail!("--nodes and --jobs must be at least 1");
@@ -94,12 +85,12 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(plot) = &args.plot {
         crate::plot::draw(plot, &path.display().to_string(), &reports)?;
     }
-    match args.output {
-        Output::Json => {
+    match output {
+        crate::cli::Output::Json => {
             let json = if reports.len() == 1 { serde_json::to_string_pretty(&reports[0])? } else { serde_json::to_string_pretty(&reports)? };
             println!("{json}");
         }
-        Output::Table => print!("{}", render(&trace, path, &reports)),
+        crate::cli::Output::Table => print!("{}", render(&trace, path, &reports)),
     }
     Ok(())
 }

@@ -1,1 +1,8 @@
-//! placeholder
+//! Cohort's gRPC protocol, generated from `proto/cohort.proto`. Wire types
+//! live here and nowhere else.
+
+pub mod v1 {
+    tonic::include_proto!("cohort.v1");
+}
+
+pub use v1::*;

@@ -23,6 +23,8 @@ pub enum Event {
     /// A placed slot ended: on its own, or after a stop the engine decided.
     SlotFinished { alloc: AllocId, outcome: SlotOutcome },
     TimeAdvanced { now: Time },
+    /// A slot already running (found after a restart): adopt it as it is.
+    SlotRestored { alloc: AllocId, gang: GangId, slot: u32, node: NodeId, started: Time },
 }
 
 /// How a slot ended.

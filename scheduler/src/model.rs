@@ -249,6 +249,10 @@ pub struct Policy {
     /// Pack onto the smallest nodes that fit before larger ones, keeping big
     /// hosts whole for big slots (Slurm's node weights, derived from size).
     pub prefer_small_nodes: bool,
+    /// Most pending gangs one pass tries (and as many running gangs it
+    /// grows), like Slurm's `bf_max_job_test`: a pass stays cheap however
+    /// long the queue. Gangs owed a reservation are tried first.
+    pub max_pass_depth: usize,
 }
 
 impl Policy {
@@ -264,6 +268,7 @@ impl Policy {
             predict_runtimes: true,
             shortest_first: true,
             prefer_small_nodes: true,
+            max_pass_depth: 500,
         }
     }
 

@@ -86,8 +86,7 @@ impl Engine {
             g.phase = GangPhase::Pending;
             g.domain = None;
             g.blocker = PendingReason::NotYetTried;
-            let key = self.pending_key(&self.gangs[&gang]);
-            self.pending.insert(key);
+            self.add_pending(gang);
         } else {
             self.update_growable(gang);
         }
@@ -154,8 +153,7 @@ impl Engine {
         let attempts = g.attempts;
         self.growable.remove(&growable_key);
         if !was_pending {
-            let key = self.pending_key(&self.gangs[&gang]);
-            self.pending.insert(key);
+            self.add_pending(gang);
         }
         self.emit(Decision::Requeued { gang, attempts, reason: why.to_string() });
     }
@@ -170,8 +168,7 @@ impl Engine {
             self.stop_alloc(a, stop_reason.clone());
         }
         self.drop_reservation(gang);
-        let key = self.pending_key(&self.gangs[&gang]);
-        self.pending.remove(&key);
+        self.remove_pending(gang);
         let g = self.gangs.remove(&gang).expect("live gang");
         self.growable.remove(&(g.rank, g.seq, g.id));
         self.emit(Decision::Finished { gang, outcome, reason });

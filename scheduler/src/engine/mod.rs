@@ -52,6 +52,8 @@ pub enum EngineError {
     UnknownQueue(String),
     #[error("invalid gang `{name}`: {why}")]
     InvalidGang { name: String, why: String },
+    #[error("cannot restore {alloc}: {why}")]
+    Restore { alloc: AllocId, why: String },
     #[error("time cannot go back from {now} to {to}")]
     TimeWentBack { now: Time, to: Time },
 }
@@ -193,6 +195,9 @@ pub(crate) struct QueueState {
     pub recent_runtimes: [Option<Time>; 2],
     /// Its pending gangs' predictions are out of date.
     pub predictions_stale: bool,
+    pub predictions_refreshed_at: Time,
+    /// Its pending gangs, by (seq, id).
+    pub pending: BTreeSet<(u64, GangId)>,
     /// Quota promised to this queue's preemptors while their victims stop.
     pub promised: Resources,
 }
@@ -238,6 +243,8 @@ pub struct Engine {
     /// Pending gangs by (rank, queue, runtime if shortest-first, seq); under
     /// FIFO ordering only seq counts.
     pub(crate) pending: BTreeSet<PendingKey>,
+    /// Pending gangs by (submitted, seq, id): the oldest are found without a scan.
+    pub(crate) pending_by_age: BTreeSet<(Time, u64, GangId)>,
     /// Running gangs that have work left and room under `max`.
     pub(crate) growable: BTreeSet<(usize, u64, GangId)>,
     pub(crate) reservations: BTreeMap<GangId, Reservation>,
@@ -274,6 +281,7 @@ impl Engine {
             allocs: FxHashMap::default(),
             next_alloc: 1,
             pending: BTreeSet::new(),
+            pending_by_age: BTreeSet::new(),
             growable: BTreeSet::new(),
             reservations: BTreeMap::new(),
             next_reservation: 0,
@@ -291,7 +299,7 @@ impl Engine {
 
     fn add_queue(&mut self, name: &str, guarantee: f64, cap: f64) -> usize {
         let idx = self.queues.len();
-        self.queues.push(QueueState { name: name.to_string(), guarantee, cap, allocated: Resources::ZERO, recent_runtimes: [None; 2], predictions_stale: false, promised: Resources::ZERO });
+        self.queues.push(QueueState { name: name.to_string(), guarantee, cap, allocated: Resources::ZERO, recent_runtimes: [None; 2], predictions_stale: false, predictions_refreshed_at: 0, pending: BTreeSet::new(), promised: Resources::ZERO });
         self.queue_index.insert(name.to_string(), idx);
         idx
     }
@@ -325,6 +333,7 @@ impl Engine {
             Event::GangCancelled { gang } => self.cancel(gang),
             Event::SlotFinished { alloc, outcome } => self.slot_finished(alloc, outcome),
             Event::TimeAdvanced { now } => self.advance(now),
+            Event::SlotRestored { alloc, gang, slot, node, started } => self.restore(alloc, gang, slot, node, started),
         }
     }
 
@@ -475,9 +484,25 @@ impl Engine {
             domain: None,
             spec,
         };
-        self.pending.insert(self.pending_key(&gang));
         self.gangs.insert(id, gang);
+        self.add_pending(id);
         Ok(())
+    }
+
+    pub(crate) fn add_pending(&mut self, id: GangId) {
+        let g = &self.gangs[&id];
+        let (key, age, queue) = (self.pending_key(g), (g.submitted_at, g.seq, id), g.queue);
+        self.pending.insert(key);
+        self.pending_by_age.insert(age);
+        self.queues[queue].pending.insert((age.1, id));
+    }
+
+    pub(crate) fn remove_pending(&mut self, id: GangId) {
+        let g = &self.gangs[&id];
+        let (key, age, queue) = (self.pending_key(g), (g.submitted_at, g.seq, id), g.queue);
+        self.pending.remove(&key);
+        self.pending_by_age.remove(&age);
+        self.queues[queue].pending.remove(&(age.1, id));
     }
 
     pub(crate) fn pending_key(&self, g: &Gang) -> PendingKey {
@@ -491,26 +516,33 @@ impl Engine {
 
     /// Re-predicts the pending gangs of queues whose history changed, so a
     /// burst of jobs submitted together learns from the first to finish.
+    /// At most once a minute of virtual time per queue, to bound the work.
     pub(crate) fn refresh_predictions(&mut self) {
-        if !self.queues.iter().any(|q| q.predictions_stale) {
-            return;
-        }
-        let stale: Vec<PendingKey> =
-            self.pending.iter().filter(|k| self.queues[self.gangs[&k.4].queue].predictions_stale).copied().collect();
-        for key in stale {
-            let g = &self.gangs[&key.4];
-            let estimate = self.predict(g.queue, g.spec.estimated_runtime);
-            if estimate == g.estimate {
+        const EVERY: Time = 60_000;
+        for q in 0..self.queues.len() {
+            let queue = &self.queues[q];
+            if !queue.predictions_stale || self.now < queue.predictions_refreshed_at + EVERY {
                 continue;
             }
-            self.pending.remove(&key);
-            let g = self.gangs.get_mut(&key.4).expect("pending gang is live");
-            g.estimate = estimate;
-            g.shape_key = shape_key(&g.spec, g.group, estimate);
-            let key = self.pending_key(&self.gangs[&key.4]);
-            self.pending.insert(key);
+            let ids: Vec<GangId> = queue.pending.iter().map(|&(_, id)| id).collect();
+            for id in ids {
+                let g = &self.gangs[&id];
+                let estimate = self.predict(q, g.spec.estimated_runtime);
+                if estimate == g.estimate {
+                    continue;
+                }
+                let old = self.pending_key(g);
+                self.pending.remove(&old);
+                let g = self.gangs.get_mut(&id).expect("pending gang is live");
+                g.estimate = estimate;
+                g.shape_key = shape_key(&g.spec, g.group, estimate);
+                let key = self.pending_key(&self.gangs[&id]);
+                self.pending.insert(key);
+            }
+            let queue = &mut self.queues[q];
+            queue.predictions_stale = false;
+            queue.predictions_refreshed_at = self.now;
         }
-        self.queues.iter_mut().for_each(|q| q.predictions_stale = false);
     }
 
     /// The runtime to plan with: the estimate, or below it the mean of the

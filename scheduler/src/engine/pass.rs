@@ -11,11 +11,12 @@
 //! gangs grow into what is left.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap};
+use std::ops::Bound::{Excluded, Unbounded};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::engine::{Engine, GangPhase, PendingReason};
+use crate::engine::{Engine, GangPhase, PendingKey, PendingReason};
 use crate::event::Decision;
 use crate::model::{GangId, NodeId, Ordering, Time};
 use crate::resources::Resources;
@@ -36,7 +37,7 @@ struct PassState {
 
 const GROWTH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
 /// How many recent failures the dominance check remembers per pass.
-const FAILURES_KEPT: usize = 32;
+const FAILURES_KEPT: usize = 8;
 
 /// A request that found no room: (slot, slots needed, walltime, one slot per node).
 #[derive(Clone, Copy)]
@@ -91,23 +92,28 @@ impl Engine {
         let mut pass = PassState::default();
         match self.config.policy.ordering {
             Ordering::Fifo => {
-                let order: Vec<GangId> = self.pending.iter().map(|k| k.4).collect();
+                let depth = self.config.policy.max_pass_depth;
+                let order: Vec<GangId> = self.pending.iter().take(depth).map(|k| k.4).collect();
                 for id in order {
                     self.try_gang(id, &mut pass);
                 }
             }
             Ordering::PriorityFair => {
-                let mut starving: Vec<(u64, GangId)> = Vec::new();
                 if self.config.policy.max_reservations > 0 {
-                    for &(_, _, _, seq, id) in &self.pending {
-                        if self.now.saturating_sub(self.gangs[&id].submitted_at) >= self.reservation_bound(id) {
-                            starving.push((seq, id));
-                        }
+                    // Gangs past their bound, oldest first. The shortest bound is a
+                    // tenth of the policy's, so younger gangs need no look.
+                    let horizon = self.now.saturating_sub(self.config.policy.reserve_after / 10);
+                    let starving: Vec<GangId> = self
+                        .pending_by_age
+                        .iter()
+                        .take_while(|a| a.0 <= horizon)
+                        .filter(|a| self.now - a.0 >= self.reservation_bound(a.2))
+                        .map(|a| a.2)
+                        .take(self.config.policy.max_pass_depth)
+                        .collect();
+                    for id in starving {
+                        self.try_gang(id, &mut pass);
                     }
-                    starving.sort_unstable();
-                }
-                for (_, id) in starving {
-                    self.try_gang(id, &mut pass);
                 }
                 self.fair_order_pass(&mut pass);
             }
@@ -117,24 +123,38 @@ impl Engine {
         std::mem::take(&mut self.out)
     }
 
-    /// Tries pending gangs class by class; inside a class, queues in DRF order.
+    /// Tries pending gangs class by class; inside a class, queues in DRF
+    /// order, each queue read through a cursor so no pass copies the queue.
     fn fair_order_pass(&mut self, pass: &mut PassState) {
-        let mut by_rank: BTreeMap<usize, BTreeMap<usize, VecDeque<GangId>>> = BTreeMap::new();
-        for &(rank, queue, _, _, id) in &self.pending {
-            if !pass.tried.contains(&id) {
-                by_rank.entry(rank).or_default().entry(queue).or_default().push_back(id);
-            }
-        }
-        for (_, mut queues) in by_rank {
-            let mut heap: BinaryHeap<Reverse<(u8, u64, usize)>> = queues.keys().map(|&q| Reverse(self.fair_key(q))).collect();
-            while let Some(Reverse((_, _, q))) = heap.pop() {
-                let list = queues.get_mut(&q).expect("queue in heap");
-                let Some(id) = list.pop_front() else { continue };
-                self.try_gang(id, pass);
-                if !list.is_empty() {
-                    heap.push(Reverse(self.fair_key(q)));
+        let mut budget = self.config.policy.max_pass_depth;
+        let mut rank_from = self.pending.first().map(|k| k.0);
+        while let Some(rank) = rank_from {
+            // The queues with gangs at this rank, each with its cursor.
+            let mut cursors: BTreeMap<usize, PendingKey> = BTreeMap::new();
+            let mut probe = (rank, 0usize, 0, 0, GangId(0));
+            while let Some(&k) = self.pending.range(probe..).next() {
+                if k.0 != rank {
+                    break;
                 }
+                cursors.insert(k.1, (k.0, k.1, 0, 0, GangId(0)));
+                probe = (rank, k.1 + 1, 0, 0, GangId(0));
             }
+            let mut heap: BinaryHeap<Reverse<(u8, u64, usize)>> = cursors.keys().map(|&q| Reverse(self.fair_key(q))).collect();
+            while let Some(Reverse((_, _, q))) = heap.pop() {
+                if budget == 0 {
+                    return;
+                }
+                let from = cursors[&q];
+                let next = self.pending.range((Excluded(from), Unbounded)).next().copied().filter(|k| k.0 == rank && k.1 == q);
+                let Some(key) = next else { continue };
+                cursors.insert(q, key);
+                if !pass.tried.contains(&key.4) {
+                    budget -= 1;
+                    self.try_gang(key.4, pass);
+                }
+                heap.push(Reverse(self.fair_key(q)));
+            }
+            rank_from = self.pending.range((rank + 1, 0, 0, 0, GangId(0))..).next().map(|k| k.0);
         }
     }
 
@@ -273,8 +293,7 @@ impl Engine {
         g.attempts += 1;
         g.domain = domain;
         g.phase = GangPhase::Running;
-        let key = self.pending_key(&self.gangs[&id]);
-        self.pending.remove(&key);
+        self.remove_pending(id);
         self.commit(id, choice, false);
         if self.reservations.contains_key(&id) {
             self.drop_reservation(id);
@@ -287,7 +306,7 @@ impl Engine {
         if self.growable.is_empty() {
             return;
         }
-        let order: Vec<GangId> = self.growable.iter().map(|k| k.2).collect();
+        let order: Vec<GangId> = self.growable.iter().take(self.config.policy.max_pass_depth).map(|k| k.2).collect();
         for id in order {
             let g = &self.gangs[&id];
             let key = g.shape_key ^ GROWTH_SALT;

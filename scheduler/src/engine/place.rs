@@ -251,13 +251,52 @@ impl Engine {
 
     /// Starts slots of `g` on the chosen nodes, emitting one `Place` per slot.
     pub(crate) fn commit(&mut self, gang: GangId, choice: &Choice, elastic: bool) {
-        let now = self.now;
         for &(node_id, count) in choice {
             for _ in 0..count {
                 let g = self.gangs.get_mut(&gang).expect("placing a live gang");
                 let slot = g.todo.pop().expect("placing only slots with work left");
                 let alloc_id = AllocId(self.next_alloc);
                 self.next_alloc += 1;
+                let res = self.attach(gang, slot, node_id, alloc_id, self.now);
+                self.emit(Decision::Place { gang, slot, node: node_id, alloc: alloc_id, resources: res, elastic });
+            }
+            self.reindex(node_id);
+        }
+    }
+
+    /// Adopts a slot that is already running (after a coordinator restart).
+    pub(crate) fn restore(&mut self, alloc: AllocId, gang: GangId, slot: u32, node: NodeId, started: Time) -> Result<(), crate::engine::EngineError> {
+        let why = |w: &str| crate::engine::EngineError::Restore { alloc, why: w.to_string() };
+        if self.allocs.contains_key(&alloc) {
+            return Err(why("the allocation already exists"));
+        }
+        let g = self.gangs.get(&gang).ok_or_else(|| why("its gang is not known"))?;
+        if g.slots.get(slot as usize) != Some(&SlotState::Todo) {
+            return Err(why("its slot is not waiting to run"));
+        }
+        let n = self.nodes.get(node.0 as usize).and_then(|n| n.as_ref()).ok_or_else(|| why("its node is not known"))?;
+        if n.state == NodeState::Lost || !(n.allocated + g.spec.slot).fits_in(&n.capacity) {
+            return Err(why("its node is lost or has no room for it"));
+        }
+        if g.phase == GangPhase::Pending {
+            self.remove_pending(gang);
+        }
+        let g = self.gangs.get_mut(&gang).expect("checked above");
+        g.phase = GangPhase::Running;
+        g.attempts = g.attempts.max(1);
+        g.todo.retain(|&s| s != slot);
+        self.next_alloc = self.next_alloc.max(alloc.0 + 1);
+        self.attach(gang, slot, node, alloc, started);
+        self.reindex(node);
+        self.update_growable(gang);
+        Ok(())
+    }
+
+    /// Books a slot on a node: gang, queue, node and index accounting.
+    fn attach(&mut self, gang: GangId, slot: u32, node_id: NodeId, alloc_id: AllocId, now: Time) -> Resources {
+        {
+            {
+                let g = self.gangs.get_mut(&gang).expect("placing a live gang");
                 g.slots[slot as usize] = SlotState::Running(alloc_id);
                 g.running += 1;
                 let res = g.spec.slot;
@@ -292,9 +331,8 @@ impl Engine {
                     }
                 }
                 self.allocs.insert(alloc_id, alloc);
-                self.emit(Decision::Place { gang, slot, node: node_id, alloc: alloc_id, resources: res, elastic });
+                res
             }
-            self.reindex(node_id);
         }
     }
 

@@ -57,7 +57,7 @@ impl Engine {
         // (time, candidate, more slots it holds from then on)
         let mut steps: Vec<(Time, u32, u32)> = Vec::new();
         let mut candidates: Vec<(NodeId, Resources)> = Vec::new();
-        let mut releases: Vec<(Time, Resources)> = Vec::new();
+        let mut late: Vec<(Time, Resources)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(node) = node else { continue };
             let nid = NodeId(i as u32);
@@ -93,8 +93,33 @@ impl Engine {
                 steps.push((now, idx, held));
             }
             if held < need && !(one_per_node && held > 0) {
-                self.releases_of(node, &mut releases);
-                for &(t, res) in &releases {
+                // Walk the node's releases in time order until it holds enough.
+                let overrun = match node.releases.first() {
+                    Some(first) if first.0 < now => node.releases.partition_point(|r| r.0 < now),
+                    _ => 0,
+                };
+                late.clear();
+                late.extend(node.releases[..overrun].iter().map(|&(e, limit, stopping, res)| {
+                    (if stopping { e.max(now) } else { limit.unwrap_or(e).max(now) }, res)
+                }));
+                late.sort_unstable_by_key(|r| r.0);
+                let (mut a, mut b) = (0, overrun);
+                loop {
+                    let (t, res) = match (late.get(a), node.releases.get(b)) {
+                        (Some(x), Some(y)) if x.0 <= y.0 => {
+                            a += 1;
+                            *x
+                        }
+                        (_, Some(y)) => {
+                            b += 1;
+                            (y.0, y.3)
+                        }
+                        (Some(x), None) => {
+                            a += 1;
+                            *x
+                        }
+                        (None, None) => break,
+                    };
                     room += res;
                     let k = fits(&room);
                     if k > held {
@@ -167,35 +192,6 @@ impl Engine {
             let node = self.nodes[i].as_mut().expect("checked above");
             node.releases = list;
             node.releases_stale = false;
-        }
-    }
-
-    /// A node's releases as planning sees them now, in time order: slots
-    /// past their predicted end move to their limit (or now).
-    fn releases_of(&self, node: &crate::engine::Node, out: &mut Vec<(Time, Resources)>) {
-        out.clear();
-        let now = self.now;
-        let overrun = node.releases.partition_point(|r| r.0 < now);
-        out.extend(node.releases[..overrun].iter().map(|&(e, limit, stopping, res)| {
-            (if stopping { e.max(now) } else { limit.unwrap_or(e).max(now) }, res)
-        }));
-        out.sort_unstable_by_key(|r| r.0);
-        let on_time = node.releases[overrun..].iter().map(|&(e, _, _, res)| (e, res));
-        if out.is_empty() {
-            out.extend(on_time);
-        } else {
-            let late = std::mem::take(out);
-            let mut a = late.into_iter().peekable();
-            let mut b = on_time.peekable();
-            loop {
-                let next = match (a.peek(), b.peek()) {
-                    (Some(x), Some(y)) => if x.0 <= y.0 { a.next() } else { b.next() },
-                    (Some(_), None) => a.next(),
-                    (None, Some(_)) => b.next(),
-                    (None, None) => break,
-                };
-                out.push(next.expect("peeked"));
-            }
         }
     }
 

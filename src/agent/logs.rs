@@ -1,0 +1,68 @@
+//! Serves executor logs from this agent's log files (`cohort logs`).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cohort_proto as pb;
+use tokio::io::AsyncReadExt;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::Executor;
+
+pub struct LogService {
+    data_dir: PathBuf,
+    executors: Arc<Mutex<HashMap<u64, Executor>>>,
+}
+
+impl LogService {
+    pub(super) fn new(data_dir: PathBuf, executors: Arc<Mutex<HashMap<u64, Executor>>>) -> LogService {
+        LogService { data_dir, executors }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::agent_logs_server::AgentLogs for LogService {
+    type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
+
+    async fn read(&self, req: Request<pb::ReadLogRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        let req = req.into_inner();
+        let path = super::log_path(&self.data_dir, req.alloc_id);
+        let mut file = tokio::fs::File::open(&path).await.map_err(|e| Status::not_found(format!("no log for allocation {}: {e}", req.alloc_id)))?;
+        let executors = self.executors.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) => {
+                        let running = executors.lock().expect("executor table").contains_key(&req.alloc_id);
+                        if !req.follow || !running {
+                            // One more read catches output written just before exit.
+                            if let Ok(n) = file.read(&mut buf).await {
+                                if n > 0 && tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err() {
+                                    return;
+                                }
+                            }
+                            return;
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                    Ok(n) => {
+                        if tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(e.to_string()))).await;
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,230 @@
+//! Client commands: talk to a coordinator over gRPC, print tables or JSON.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use clap::ValueEnum;
+use cohort_proto as pb;
+use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
+use serde_json::json;
+use tonic::transport::Channel;
+
+#[derive(Clone, Copy, ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Json,
+}
+
+pub async fn channel(coordinator: &str) -> Result<Channel> {
+    let url = if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
+    Channel::from_shared(url.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)"))
+}
+
+fn status_error(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", s.message())
+}
+
+pub async fn submit(coordinator: &str, file: &PathBuf, output: Output) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    // Check locally first: the same parser as the coordinator, so errors come back at once.
+    crate::spec::parse_job(&file.display().to_string(), &text)?;
+    let mut jobs = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let id = jobs
+        .submit(pb::SubmitRequest { spec_toml: text, file_name: file.display().to_string() })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .job_id;
+    match output {
+        Output::Json => println!("{}", json!({ "id": id })),
+        Output::Table => println!("{id}"),
+    }
+    Ok(())
+}
+
+fn job_json(j: &pb::Job) -> serde_json::Value {
+    json!({
+        "id": j.id,
+        "name": j.name,
+        "kind": j.kind,
+        "state": j.state,
+        "attempts": j.attempts,
+        "priority": j.priority,
+        "queue": j.queue,
+        "reason": j.reason,
+        "submitted_at_ms": j.submitted_at_ms,
+        "slots": j.slots.iter().map(|s| json!({
+            "index": s.index, "node": s.node, "state": s.state, "exit_code": s.exit_code,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn jobs(coordinator: &str, output: Output) -> Result<()> {
+    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let list = client.list(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(job_json).collect::<Vec<_>>())?),
+        Output::Table => {
+            let mut t = table(&["id", "name", "state", "slots", "attempts", "priority", "queue", "reason"]);
+            for j in &list {
+                let running = j.slots.iter().filter(|s| s.state == "running" || s.state == "starting").count();
+                t.add_row(vec![
+                    j.id.to_string(),
+                    j.name.clone(),
+                    j.state.clone(),
+                    format!("{running}/{}", j.slots.len()),
+                    j.attempts.to_string(),
+                    j.priority.clone(),
+                    j.queue.clone(),
+                    first_line(&j.reason),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn job(coordinator: &str, id: u64, output: Output) -> Result<()> {
+    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let j = client.get(pb::JobRef { job_id: id }).await.map_err(status_error)?.into_inner();
+    print_job(&j, output)
+}
+
+pub async fn cancel(coordinator: &str, id: u64, output: Output) -> Result<()> {
+    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let j = client.cancel(pb::JobRef { job_id: id }).await.map_err(status_error)?.into_inner();
+    print_job(&j, output)
+}
+
+fn print_job(j: &pb::Job, output: Output) -> Result<()> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&job_json(j))?),
+        Output::Table => {
+            println!("job {} ({}, {}): {}", j.id, j.name, j.kind, j.state);
+            println!("priority {}, queue {}, attempts {}", j.priority, j.queue, j.attempts);
+            if !j.reason.is_empty() {
+                println!("reason: {}", j.reason);
+            }
+            let mut t = table(&["slot", "node", "state", "exit code"]);
+            for s in &j.slots {
+                t.add_row(vec![s.index.to_string(), s.node.clone(), s.state.clone(), if s.state == "succeeded" || s.state == "failed" { s.exit_code.to_string() } else { String::new() }]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn logs(coordinator: &str, id: u64, slot: u32, follow: bool) -> Result<()> {
+    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let mut stream = client.logs(pb::LogsRequest { job_id: id, slot, follow }).await.map_err(status_error)?.into_inner();
+    let mut out = std::io::stdout().lock();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        out.write_all(&chunk.data)?;
+        out.flush()?;
+    }
+    Ok(())
+}
+
+fn node_json(n: &pb::Node) -> serde_json::Value {
+    let cap = n.capacity.unwrap_or_default();
+    let used = n.allocated.unwrap_or_default();
+    json!({
+        "id": n.id, "name": n.name, "state": n.state, "slots": n.slots, "isolation": n.isolation,
+        "cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
+        "allocated_cpu_millis": used.cpu_millis, "allocated_memory_bytes": used.memory_bytes,
+        "labels": n.labels,
+    })
+}
+
+pub async fn nodes(coordinator: &str, output: Output) -> Result<()> {
+    let mut client = pb::nodes_client::NodesClient::new(channel(coordinator).await?);
+    let list = client.list(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner().nodes;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(node_json).collect::<Vec<_>>())?),
+        Output::Table => {
+            use cohort_scheduler::resources::{format_bytes, format_cpu};
+            let mut t = table(&["node", "state", "cpu used/total", "memory used/total", "slots", "isolation"]);
+            for n in &list {
+                let cap = n.capacity.unwrap_or_default();
+                let used = n.allocated.unwrap_or_default();
+                t.add_row(vec![
+                    n.name.clone(),
+                    n.state.clone(),
+                    format!("{}/{}", format_cpu(used.cpu_millis), format_cpu(cap.cpu_millis)),
+                    format!("{}/{}", format_bytes(used.memory_bytes), format_bytes(cap.memory_bytes)),
+                    n.slots.to_string(),
+                    n.isolation.clone(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub enum NodeAction {
+    Cordon,
+    Uncordon,
+    Drain,
+}
+
+pub async fn node_action(coordinator: &str, name: &str, action: NodeAction, output: Output) -> Result<()> {
+    let mut client = pb::nodes_client::NodesClient::new(channel(coordinator).await?);
+    let req = pb::NodeRef { name: name.to_string() };
+    let node = match action {
+        NodeAction::Cordon => client.cordon(req).await,
+        NodeAction::Uncordon => client.uncordon(req).await,
+        NodeAction::Drain => client.drain(req).await,
+    }
+    .map_err(status_error)?
+    .into_inner();
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&node_json(&node))?),
+        Output::Table => println!("{}: {}", node.name, node.state),
+    }
+    Ok(())
+}
+
+pub async fn status(coordinator: &str, output: Output) -> Result<()> {
+    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let s = client.status(pb::StatusRequest {}).await.map_err(status_error)?.into_inner();
+    match output {
+        Output::Json => println!(
+            "{}",
+            json!({ "coordinator": s.coordinator, "http": s.http, "kafka_bootstrap": s.kafka_bootstrap, "agents": s.agents })
+        ),
+        Output::Table => {
+            println!("coordinator {} with {} agent(s)", s.coordinator, s.agents);
+            if s.http.is_empty() {
+                println!("http: not served yet (web UI and /metrics arrive with the next control-plane step)");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(UTF8_FULL_CONDENSED).set_header(header.to_vec());
+    t
+}
+
+fn first_line(s: &str) -> String {
+    let line = s.lines().next().unwrap_or("");
+    if line.len() > 80 { format!("{}…", &line[..line.char_indices().nth(79).map_or(line.len(), |(i, _)| i)]) } else { line.to_string() }
+}
+
+/// Fails with a clear message when an id is not a number.
+pub fn job_id(text: &str) -> Result<u64> {
+    match text.parse() {
+        Ok(id) => Ok(id),
+        Err(_) => bail!("`{text}` is not a job id (ids are numbers, as `cohort jobs` lists them)"),
+    }
+}
