@@ -1,0 +1,6 @@
+//! End-to-end tests: real coordinator and agent processes on loopback, free
+//! ports, temporary directories, driven through the `cohort` CLI.
+
+mod harness;
+
+mod control_plane;
