@@ -113,7 +113,12 @@ fn print_job(j: &pb::Job, output: Output) -> Result<()> {
             }
             let mut t = table(&["slot", "node", "state", "exit code"]);
             for s in &j.slots {
-                t.add_row(vec![s.index.to_string(), s.node.clone(), s.state.clone(), if s.state == "succeeded" || s.state == "failed" { s.exit_code.to_string() } else { String::new() }]);
+                t.add_row(vec![
+                    s.index.to_string(),
+                    s.node.clone(),
+                    s.state.clone(),
+                    if s.state == "succeeded" || s.state == "failed" { s.exit_code.to_string() } else { String::new() },
+                ]);
             }
             println!("{t}");
         }
@@ -123,7 +128,8 @@ fn print_job(j: &pb::Job, output: Output) -> Result<()> {
 
 pub async fn logs(coordinator: &str, id: u64, slot: u32, follow: bool) -> Result<()> {
     let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
-    let mut stream = client.logs(pb::LogsRequest { job_id: id, slot, follow }).await.map_err(status_error)?.into_inner();
+    let mut stream =
+        client.logs(pb::LogsRequest { job_id: id, slot, follow }).await.map_err(status_error)?.into_inner();
     let mut out = std::io::stdout().lock();
     while let Some(chunk) = stream.message().await.map_err(status_error)? {
         out.write_all(&chunk.data)?;
@@ -218,7 +224,11 @@ fn table(header: &[&str]) -> Table {
 
 fn first_line(s: &str) -> String {
     let line = s.lines().next().unwrap_or("");
-    if line.len() > 80 { format!("{}…", &line[..line.char_indices().nth(79).map_or(line.len(), |(i, _)| i)]) } else { line.to_string() }
+    if line.len() > 80 {
+        format!("{}…", &line[..line.char_indices().nth(79).map_or(line.len(), |(i, _)| i)])
+    } else {
+        line.to_string()
+    }
 }
 
 /// Fails with a clear message when an id is not a number.

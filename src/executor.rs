@@ -15,7 +15,9 @@ pub fn run(kind: &str, argv: &[String]) -> Result<()> {
             let err = std::process::Command::new(program).args(args).exec();
             bail!("executor: cannot run `{program}`: {err}")
         }
-        "batch" | "stream" | "store" => bail!("executor kind `{kind}` arrives with the data plane; this build runs `command`"),
+        "batch" | "stream" | "store" => {
+            bail!("executor kind `{kind}` arrives with the data plane; this build runs `command`")
+        }
         other => bail!("unknown executor kind `{other}` (expected command, batch, stream or store)"),
     }
 }

@@ -3,6 +3,7 @@
 //! simulator.
 
 mod agent;
+mod bench;
 mod cli;
 mod coordinator;
 mod executor;
@@ -21,7 +22,11 @@ use clap::{Parser, Subcommand};
 use cli::Output;
 
 #[derive(Parser)]
-#[command(name = "cohort", version, about = "A gang-aware scheduler for batch, streaming and in-memory stores on one cluster")]
+#[command(
+    name = "cohort",
+    version,
+    about = "A gang-aware scheduler for batch, streaming and in-memory stores on one cluster"
+)]
 struct Cli {
     /// Coordinator address for client commands.
     #[arg(long, global = true, env = "COHORT_COORDINATOR", default_value = "127.0.0.1:7070")]
@@ -113,6 +118,15 @@ enum Command {
     Status,
     /// Replay a workload trace through the scheduler in virtual time, or generate one.
     Simulate(simulate::Args),
+    /// Measure a local cluster: gang start latency and submissions per second.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Start a local cluster and measure its control plane.
+    ControlPlane(bench::Args),
 }
 
 fn main() {
@@ -124,7 +138,9 @@ fn main() {
     let result = match cli.command {
         Command::Executor { kind, argv } => executor::run(&kind, &argv),
         Command::Simulate(args) => simulate::run(args, cli.output),
-        command => tokio::runtime::Runtime::new().context("cannot start the runtime").and_then(|rt| rt.block_on(dispatch(command, &cli.coordinator, cli.output))),
+        command => tokio::runtime::Runtime::new()
+            .context("cannot start the runtime")
+            .and_then(|rt| rt.block_on(dispatch(command, &cli.coordinator, cli.output))),
     };
     if let Err(err) = result {
         eprintln!("error: {err:#}");
@@ -151,7 +167,11 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         }
         Command::Agent { join, name, cpu, memory, labels, data_dir, listen } => {
             let (host_cpu, host_memory) = up::host_resources();
-            let name = name.unwrap_or_else(|| std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "agent".into()));
+            let name = name.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "agent".into())
+            });
             let cpu_millis = match cpu {
                 Some(c) => cohort_scheduler::resources::parse_cpu(&c).with_context(|| "--cpu")?,
                 None => host_cpu,
@@ -166,7 +186,8 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 label_map.insert(k.to_string(), v.to_string());
             }
             let data_dir = data_dir.unwrap_or_else(|| up::default_data_dir().join(&name));
-            agent::run(agent::Settings { join, name, cpu_millis, memory_bytes, labels: label_map, data_dir, listen }).await
+            agent::run(agent::Settings { join, name, cpu_millis, memory_bytes, labels: label_map, data_dir, listen })
+                .await
         }
         Command::Submit { file } => cli::submit(coordinator, &file, output).await,
         Command::Jobs => cli::jobs(coordinator, output).await,
@@ -178,6 +199,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Uncordon { node } => cli::node_action(coordinator, &node, cli::NodeAction::Uncordon, output).await,
         Command::Drain { node } => cli::node_action(coordinator, &node, cli::NodeAction::Drain, output).await,
         Command::Status => cli::status(coordinator, output).await,
+        Command::Bench(BenchCommand::ControlPlane(args)) => bench::run(args).await,
         Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
 }

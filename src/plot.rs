@@ -7,7 +7,8 @@ use anyhow::{Result, bail};
 use cohort_scheduler::sim::Report;
 use plotters::prelude::*;
 
-const COLORS: [RGBColor; 4] = [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+const COLORS: [RGBColor; 4] =
+    [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
 
 pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
     if path.extension().and_then(|e| e.to_str()) != Some("svg") {
@@ -29,9 +30,12 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
     util.configure_mesh().x_desc("days").y_desc("% of cores held").draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
-        util.draw_series(LineSeries::new(r.series.iter().map(|s| (s.t_s / 86400.0, s.cpu * 100.0)), c.stroke_width(1)))?
-            .label(format!("{} ({:.1}% mean)", r.policy, r.utilization_cpu * 100.0))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        util.draw_series(LineSeries::new(
+            r.series.iter().map(|s| (s.t_s / 86400.0, s.cpu * 100.0)),
+            c.stroke_width(1),
+        ))?
+        .label(format!("{} ({:.1}% mean)", r.policy, r.utilization_cpu * 100.0))
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
     util.configure_series_labels().background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
 
@@ -46,7 +50,10 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         queue
-            .draw_series(LineSeries::new(r.series.iter().map(|s| (s.t_s / 86400.0, s.pending as f64)), c.stroke_width(1)))?
+            .draw_series(LineSeries::new(
+                r.series.iter().map(|s| (s.t_s / 86400.0, s.pending as f64)),
+                c.stroke_width(1),
+            ))?
             .label(r.policy.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
@@ -73,7 +80,11 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
             .label(format!("{} (mean {:.0} s)", r.policy, r.wait_s.mean))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
-    cdf.configure_series_labels().position(SeriesLabelPosition::LowerRight).background_style(WHITE.mix(0.8)).border_style(BLACK).draw()?;
+    cdf.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()?;
     root.present()?;
     Ok(())
 }

@@ -60,7 +60,8 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
         if !(args.load > 0.0 && args.load <= 4.0) {
             bail!("--load must be in (0, 4], got {}", args.load);
         }
-        let trace = trace::generate(&GenerateOptions { nodes: args.nodes, jobs: args.jobs, seed: args.seed, load: args.load });
+        let trace =
+            trace::generate(&GenerateOptions { nodes: args.nodes, jobs: args.jobs, seed: args.seed, load: args.load });
         let mut out = String::new();
         trace::write_jsonl(&trace, &mut out);
         print!("{out}");
@@ -71,7 +72,8 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
     let policies = if args.compare.is_empty() { vec![args.policy.clone()] } else { args.compare.clone() };
     let mut reports = Vec::new();
     for name in &policies {
-        let mut policy = Policy::by_name(name).with_context(|| format!("unknown policy `{name}` in --compare (known: fcfs, easy, cohort)"))?;
+        let mut policy = Policy::by_name(name)
+            .with_context(|| format!("unknown policy `{name}` in --compare (known: fcfs, easy, cohort)"))?;
         if name == "cohort" {
             if let Some(s) = args.reserve_after {
                 policy.reserve_after = s * 1000;
@@ -87,7 +89,11 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
     }
     match output {
         crate::cli::Output::Json => {
-            let json = if reports.len() == 1 { serde_json::to_string_pretty(&reports[0])? } else { serde_json::to_string_pretty(&reports)? };
+            let json = if reports.len() == 1 {
+                serde_json::to_string_pretty(&reports[0])?
+            } else {
+                serde_json::to_string_pretty(&reports)?
+            };
             println!("{json}");
         }
         crate::cli::Output::Table => print!("{}", render(&trace, path, &reports)),
@@ -115,7 +121,9 @@ pub fn load_trace(path: &Path, format: Option<&str>, cluster: Option<&Path>) -> 
                 Some(n) => n,
                 None => {
                     let beside = PathBuf::from(format!("{name}.machines"));
-                    load_cluster(&beside).with_context(|| format!("an SWF log needs its machines: pass --cluster or put {} beside it", beside.display()))?
+                    load_cluster(&beside).with_context(|| {
+                        format!("an SWF log needs its machines: pass --cluster or put {} beside it", beside.display())
+                    })?
                 }
             };
             trace::parse_swf(&name, &text, nodes)?
@@ -126,7 +134,12 @@ pub fn load_trace(path: &Path, format: Option<&str>, cluster: Option<&Path>) -> 
                 Some(n) => n,
                 None => {
                     let beside = path.with_file_name("openb_node_list_all_node.csv");
-                    load_cluster(&beside).with_context(|| format!("an openb pod list needs its node list: pass --cluster or put {} beside it", beside.display()))?
+                    load_cluster(&beside).with_context(|| {
+                        format!(
+                            "an openb pod list needs its node list: pass --cluster or put {} beside it",
+                            beside.display()
+                        )
+                    })?
                 }
             };
             trace::parse_alibaba_openb(&name, &text, nodes)?
@@ -161,12 +174,35 @@ fn load_cluster(path: &Path) -> Result<Vec<NodeSpec>> {
 fn render(trace: &Trace, path: &Path, reports: &[Report]) -> String {
     let mut out = String::new();
     let cores: u64 = trace.nodes.iter().map(|n| n.capacity.cpu_millis).sum::<u64>() / 1000;
-    let _ = writeln!(out, "{}: {} jobs on {} nodes ({} cores), format {}", path.display(), trace.jobs.len(), trace.nodes.len(), cores, trace.format);
+    let _ = writeln!(
+        out,
+        "{}: {} jobs on {} nodes ({} cores), format {}",
+        path.display(),
+        trace.jobs.len(),
+        trace.nodes.len(),
+        cores,
+        trace.format
+    );
     if !trace.skipped.is_empty() {
         let skipped: Vec<String> = trace.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
         let _ = writeln!(out, "skipped rows: {}", skipped.join(", "));
     }
-    let mut t = table(&["policy", "done", "unsched", "util cpu", "util mem", "wait mean", "wait p50", "wait p99", "wait max", "bsld", "makespan", "preempted", "lost slot·s", "wall"]);
+    let mut t = table(&[
+        "policy",
+        "done",
+        "unsched",
+        "util cpu",
+        "util mem",
+        "wait mean",
+        "wait p50",
+        "wait p99",
+        "wait max",
+        "bsld",
+        "makespan",
+        "preempted",
+        "lost slot·s",
+        "wall",
+    ]);
     for r in reports {
         t.add_row(vec![
             r.policy.clone(),
@@ -193,7 +229,14 @@ fn render(trace: &Trace, path: &Path, reports: &[Report]) -> String {
     for class in classes {
         for r in reports {
             if let Some(s) = r.wait_by_class_s.get(class) {
-                t.add_row(vec![class.clone(), r.policy.clone(), s.count.to_string(), dur(s.p50), dur(s.p99), dur(s.max)]);
+                t.add_row(vec![
+                    class.clone(),
+                    r.policy.clone(),
+                    s.count.to_string(),
+                    dur(s.p50),
+                    dur(s.p99),
+                    dur(s.max),
+                ]);
             }
         }
     }
@@ -213,7 +256,11 @@ fn render(trace: &Trace, path: &Path, reports: &[Report]) -> String {
     }
     let _ = writeln!(out, "scheduler speed (wall clock, this machine)\n{t}");
     if reports.iter().any(|r| r.stuck > 0) {
-        let _ = writeln!(out, "warning: some jobs never started although they fit the cluster: {:?}", reports.iter().map(|r| (&r.policy, r.stuck)).collect::<Vec<_>>());
+        let _ = writeln!(
+            out,
+            "warning: some jobs never started although they fit the cluster: {:?}",
+            reports.iter().map(|r| (&r.policy, r.stuck)).collect::<Vec<_>>()
+        );
     }
     out
 }

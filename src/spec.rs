@@ -110,7 +110,9 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     let max_attempts = match &raw.max_attempts {
         None => 1,
         Some(m) if *m.get_ref() >= 1 && *m.get_ref() <= 100 => *m.get_ref() as u32,
-        Some(m) => return Err(err(Some(m.span()), "max_attempts", format!("must be between 1 and 100, got {}", m.get_ref()))),
+        Some(m) => {
+            return Err(err(Some(m.span()), "max_attempts", format!("must be between 1 and 100, got {}", m.get_ref())));
+        }
     };
     let Some(gang) = raw.gang else {
         return Err(err(None, "gang", "missing [gang] table (min, max, cpu, memory per slot)".into()));
@@ -120,12 +122,20 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     let min = match &gang.min {
         None => 1,
         Some(m) if *m.get_ref() >= 1 && *m.get_ref() <= 100_000 => *m.get_ref() as u32,
-        Some(m) => return Err(err(Some(m.span()), "gang.min", format!("must be between 1 and 100000, got {}", m.get_ref()))),
+        Some(m) => {
+            return Err(err(Some(m.span()), "gang.min", format!("must be between 1 and 100000, got {}", m.get_ref())));
+        }
     };
     let max = match &gang.max {
         None => min,
         Some(m) if *m.get_ref() >= min as i64 && *m.get_ref() <= 100_000 => *m.get_ref() as u32,
-        Some(m) => return Err(err(Some(m.span()), "gang.max", format!("must be at least gang.min ({min}), got {}", m.get_ref()))),
+        Some(m) => {
+            return Err(err(
+                Some(m.span()),
+                "gang.max",
+                format!("must be at least gang.min ({min}), got {}", m.get_ref()),
+            ));
+        }
     };
     let cpu = quantity(&gang.cpu, parse_cpu).map_err(|m| err(Some(gang.cpu.span()), "gang.cpu", m))?;
     let memory = quantity(&gang.memory, parse_memory).map_err(|m| err(Some(gang.memory.span()), "gang.memory", m))?;
@@ -145,9 +155,16 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
         }
         "sql" => {
             let span = raw.sql.as_ref().map(|s| s.span()).or(kind_span);
-            return Err(err(span, "kind", "kind = \"sql\" jobs arrive with the DataFusion data plane; this cluster runs kind = \"command\"".into()));
+            return Err(err(
+                span,
+                "kind",
+                "kind = \"sql\" jobs arrive with the DataFusion data plane; this cluster runs kind = \"command\""
+                    .into(),
+            ));
         }
-        other => return Err(err(kind_span, "kind", format!("unknown kind `{other}` (expected \"command\" or \"sql\")"))),
+        other => {
+            return Err(err(kind_span, "kind", format!("unknown kind `{other}` (expected \"command\" or \"sql\")")));
+        }
     };
     let mut spec = GangSpec::rigid(name.clone(), min, Resources::new(cpu, memory), &priority, &queue);
     spec.max = max;
@@ -158,7 +175,10 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     Ok(JobSpec { name, kind, gang: spec })
 }
 
-fn quantity(value: &Spanned<toml::Value>, parse: fn(&str) -> Result<u64, cohort_scheduler::resources::QuantityError>) -> Result<u64, String> {
+fn quantity(
+    value: &Spanned<toml::Value>,
+    parse: fn(&str) -> Result<u64, cohort_scheduler::resources::QuantityError>,
+) -> Result<u64, String> {
     match value.get_ref() {
         toml::Value::String(s) => parse(s).map_err(|e| e.to_string()),
         toml::Value::Integer(i) if *i >= 0 => parse(&i.to_string()).map_err(|e| e.to_string()),

@@ -38,6 +38,33 @@ pub fn host_resources() -> (u64, u64) {
 }
 
 pub async fn run(s: Settings) -> Result<()> {
+    let mut children = start(&s).await?;
+    let (cpu, memory) = host_resources();
+    println!("Cohort is up.");
+    println!("  coordinator (gRPC)  {}", s.listen);
+    println!(
+        "  agents              {} sharing this host ({} cores, {} in all)",
+        s.agents,
+        cpu / 1000,
+        cohort_scheduler::resources::format_bytes(memory)
+    );
+    println!("  state               {}", s.data_dir.display());
+    println!("  try                 cohort submit job.toml && cohort jobs   (COHORT_COORDINATOR={})", s.listen);
+    println!("Press Ctrl-C to stop; every executor is stopped with it.");
+    tokio::select! {
+        _ = crate::agent::shutdown_signal() => {}
+        (name, status) = wait_any(&mut children) => {
+            eprintln!("{name} exited ({status}); stopping the cluster");
+        }
+    }
+    stop(children).await;
+    println!("Cohort stopped.");
+    Ok(())
+}
+
+/// Starts the coordinator, waits until it listens, then the agents, each
+/// offered an equal share of this host.
+pub async fn start(s: &Settings) -> Result<Vec<(String, Child)>> {
     if s.agents == 0 {
         bail!("--agents must be at least 1");
     }
@@ -48,6 +75,7 @@ pub async fn run(s: Settings) -> Result<()> {
         .args(["coordinator", "--listen", &s.listen, "--data-dir"])
         .arg(s.data_dir.join("coordinator"))
         .stdout(Stdio::null())
+        .stderr(log_file(&s.data_dir, "coordinator")?)
         .kill_on_drop(true)
         .spawn()
         .context("cannot start the coordinator")?;
@@ -55,7 +83,11 @@ pub async fn run(s: Settings) -> Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&s.listen).await.is_err() {
         if tokio::time::Instant::now() > deadline {
-            bail!("the coordinator did not start listening on {} within 10 s (is the port taken?)", s.listen);
+            bail!(
+                "the coordinator did not start listening on {} within 10 s (is the port taken? see {})",
+                s.listen,
+                s.data_dir.join("coordinator.log").display()
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -64,28 +96,36 @@ pub async fn run(s: Settings) -> Result<()> {
         let name = format!("agent-{i}");
         let agent = Command::new(&exe)
             .args(["agent", "--join", &s.listen, "--name", &name])
-            .args(["--cpu", &format!("{}m", cpu / s.agents as u64), "--memory", &(memory / s.agents as u64).to_string()])
+            .args([
+                "--cpu",
+                &format!("{}m", cpu / s.agents as u64),
+                "--memory",
+                &(memory / s.agents as u64).to_string(),
+            ])
             .arg("--data-dir")
             .arg(s.data_dir.join(&name))
             .stdout(Stdio::null())
+            .stderr(log_file(&s.data_dir, &name)?)
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("cannot start {name}"))?;
         children.push((name, agent));
     }
-    println!("Cohort is up.");
-    println!("  coordinator (gRPC)  {}", s.listen);
-    println!("  agents              {} sharing this host ({} cores, {} in all)", s.agents, cpu / 1000, cohort_scheduler::resources::format_bytes(memory));
-    println!("  state               {}", s.data_dir.display());
-    println!("  try                 cohort submit job.toml && cohort jobs   (COHORT_COORDINATOR={})", s.listen);
-    println!("Press Ctrl-C to stop; every executor is stopped with it.");
-    tokio::select! {
-        _ = crate::agent::shutdown_signal() => {}
-        (name, status) = wait_any(&mut children) => {
-            eprintln!("{name} exited ({status}); stopping the cluster");
-        }
-    }
-    // Agents first, so they stop their executors while the coordinator still listens.
+    Ok(children)
+}
+
+fn log_file(dir: &std::path::Path, name: &str) -> Result<Stdio> {
+    let path = dir.join(format!("{name}.log"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok(Stdio::from(file))
+}
+
+/// Stops agents first (they stop their executors), then the coordinator.
+pub async fn stop(mut children: Vec<(String, Child)>) {
     for (_, child) in children.iter_mut().rev() {
         if let Some(pid) = child.id() {
             // SAFETY: signalling our own child process.
@@ -93,16 +133,11 @@ pub async fn run(s: Settings) -> Result<()> {
         }
     }
     for (name, child) in children.iter_mut().rev() {
-        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("{name} did not stop within 10 s; killing it");
-                let _ = child.kill().await;
-            }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
+            eprintln!("{name} did not stop within 10 s; killing it");
+            let _ = child.kill().await;
         }
     }
-    println!("Cohort stopped.");
-    Ok(())
 }
 
 async fn wait_any(children: &mut [(String, Child)]) -> (String, String) {

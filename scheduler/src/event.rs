@@ -9,22 +9,52 @@ use crate::resources::Resources;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "event", rename_all = "snake_case")]
 pub enum Event {
-    NodeAdded { node: NodeId, spec: NodeSpec },
+    NodeAdded {
+        node: NodeId,
+        spec: NodeSpec,
+    },
     /// New capacity or labels for a known node; running slots stay.
-    NodeUpdated { node: NodeId, spec: NodeSpec },
-    NodeCordoned { node: NodeId },
+    NodeUpdated {
+        node: NodeId,
+        spec: NodeSpec,
+    },
+    NodeCordoned {
+        node: NodeId,
+    },
     /// Back to ready after a cordon or a drain.
-    NodeUncordoned { node: NodeId },
-    NodeDrained { node: NodeId },
+    NodeUncordoned {
+        node: NodeId,
+    },
+    NodeDrained {
+        node: NodeId,
+    },
     /// The node is gone: its slots are lost.
-    NodeLost { node: NodeId },
-    GangSubmitted { gang: GangId, spec: GangSpec },
-    GangCancelled { gang: GangId },
+    NodeLost {
+        node: NodeId,
+    },
+    GangSubmitted {
+        gang: GangId,
+        spec: GangSpec,
+    },
+    GangCancelled {
+        gang: GangId,
+    },
     /// A placed slot ended: on its own, or after a stop the engine decided.
-    SlotFinished { alloc: AllocId, outcome: SlotOutcome },
-    TimeAdvanced { now: Time },
+    SlotFinished {
+        alloc: AllocId,
+        outcome: SlotOutcome,
+    },
+    TimeAdvanced {
+        now: Time,
+    },
     /// A slot already running (found after a restart): adopt it as it is.
-    SlotRestored { alloc: AllocId, gang: GangId, slot: u32, node: NodeId, started: Time },
+    SlotRestored {
+        alloc: AllocId,
+        gang: GangId,
+        slot: u32,
+        node: NodeId,
+        started: Time,
+    },
 }
 
 /// How a slot ended.
@@ -42,9 +72,13 @@ pub enum SlotOutcome {
 #[serde(tag = "why", rename_all = "snake_case")]
 pub enum StopReason {
     /// Evicted so that a higher-priority (or under-guarantee) gang can run.
-    Preempted { by: GangId },
+    Preempted {
+        by: GangId,
+    },
     /// An elastic slot above `min` taken back for another gang.
-    Shrunk { by: GangId },
+    Shrunk {
+        by: GangId,
+    },
     Cancelled,
     /// Its gang fell below `min` (a slot was lost or failed) and restarts whole.
     GangTornDown,
@@ -69,17 +103,47 @@ pub enum GangOutcome {
 pub enum Decision {
     /// Start slot `slot` of `gang` on `node`. The slots that first bring a
     /// gang to `min` are emitted together, in one scheduling pass.
-    Place { gang: GangId, slot: u32, node: NodeId, alloc: AllocId, resources: Resources, elastic: bool },
+    Place {
+        gang: GangId,
+        slot: u32,
+        node: NodeId,
+        alloc: AllocId,
+        resources: Resources,
+        elastic: bool,
+    },
     /// SIGTERM the slot now, SIGKILL at `deadline`; its resources are free
     /// once it reports [`SlotOutcome::Stopped`] or the deadline passes.
-    Stop { gang: GangId, slot: u32, node: NodeId, alloc: AllocId, reason: StopReason, deadline: Time },
+    Stop {
+        gang: GangId,
+        slot: u32,
+        node: NodeId,
+        alloc: AllocId,
+        reason: StopReason,
+        deadline: Time,
+    },
     /// The gang holds room on these nodes from `start` on (a starvation
     /// reservation, or the room its victims are freeing).
-    Reserve { gang: GangId, nodes: Vec<NodeId>, start: Time },
-    ClearReservation { gang: GangId },
+    Reserve {
+        gang: GangId,
+        nodes: Vec<NodeId>,
+        start: Time,
+    },
+    ClearReservation {
+        gang: GangId,
+    },
     /// The gang was stopped whole and waits again; `attempts` counts its starts so far.
-    Requeued { gang: GangId, attempts: u32, reason: String },
-    Finished { gang: GangId, outcome: GangOutcome, reason: String },
+    Requeued {
+        gang: GangId,
+        attempts: u32,
+        reason: String,
+    },
+    Finished {
+        gang: GangId,
+        outcome: GangOutcome,
+        reason: String,
+    },
     /// A draining node has no slots left.
-    NodeDrained { node: NodeId },
+    NodeDrained {
+        node: NodeId,
+    },
 }

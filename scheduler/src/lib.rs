@@ -34,5 +34,5 @@ pub use model::{
     PriorityClass, QueueSpec, Time,
 };
 pub use resources::{Resources, ScalarNames};
-pub mod trace;
 pub mod sim;
+pub mod trace;

@@ -2,8 +2,8 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 
 use cohort_scheduler::*;
 use common::{GIB, cpu};
@@ -78,7 +78,11 @@ impl Run {
     }
 
     fn add_node(&mut self) {
-        let spec = NodeSpec { name: format!("n{}", self.nodes), capacity: Resources::new(8000, 8 * GIB), labels: Default::default() };
+        let spec = NodeSpec {
+            name: format!("n{}", self.nodes),
+            capacity: Resources::new(8000, 8 * GIB),
+            labels: Default::default(),
+        };
         let node = NodeId(self.nodes);
         self.nodes += 1;
         self.step(Event::NodeAdded { node, spec });
@@ -111,7 +115,10 @@ impl Run {
                     if let StopReason::Preempted { by } | StopReason::Shrunk { by } = reason {
                         deadline = Some(*d_deadline);
                         // Preemption only of strictly lower priorities.
-                        assert!(self.class_of[gang] < self.class_of[by], "{gang:?} evicted for {by:?} of no higher class");
+                        assert!(
+                            self.class_of[gang] < self.class_of[by],
+                            "{gang:?} evicted for {by:?} of no higher class"
+                        );
                         preemptors.insert(*by);
                     }
                 }
@@ -148,7 +155,12 @@ impl Run {
             for p in &preemptors {
                 let placed = after.iter().any(|d| matches!(d, Decision::Place { gang, .. } if gang == p));
                 let running = self.engine.gang(*p).is_none_or(|g| g.phase == GangPhase::Running);
-                assert!(placed || running, "{p:?} evicted victims but did not start: {:?}\n{}", self.engine.gang(*p).and_then(|g| g.reason), self.engine.dump());
+                assert!(
+                    placed || running,
+                    "{p:?} evicted victims but did not start: {:?}\n{}",
+                    self.engine.gang(*p).and_then(|g| g.reason),
+                    self.engine.dump()
+                );
             }
             self.absorb(after);
         }

@@ -188,10 +188,8 @@ fn the_cheapest_victims_are_chosen() {
 #[test]
 fn a_victim_never_preempts_its_preemptor_back() {
     // Queue `a` borrowed the whole cluster; `b` (guaranteed half) reclaims it.
-    let config = Config {
-        queues: vec![QueueSpec::new("a", 0.5, 1.0), QueueSpec::new("b", 0.5, 1.0)],
-        ..Config::default()
-    };
+    let config =
+        Config { queues: vec![QueueSpec::new("a", 0.5, 1.0), QueueSpec::new("b", 0.5, 1.0)], ..Config::default() };
     let mut c = Cluster::with_config(2, 4, config);
     let (a1, _) = c.submit(GangSpec::rigid("a1", 1, cpu(4), "batch", "a"));
     let (a2, _) = c.submit(GangSpec::rigid("a2", 1, cpu(4), "batch", "a"));
@@ -222,8 +220,12 @@ fn dominant_resource_fairness_orders_queues_within_a_priority() {
         c.submit(GangSpec::rigid(format!("h{i}"), 1, cpu(4), "batch", "heavy"));
     }
     // When both queues ask for the last node in the same pass
-    c.engine.apply(Event::GangSubmitted { gang: GangId(100), spec: GangSpec::rigid("h3", 1, cpu(4), "batch", "heavy") }).unwrap();
-    c.engine.apply(Event::GangSubmitted { gang: GangId(101), spec: GangSpec::rigid("l0", 1, cpu(4), "batch", "light") }).unwrap();
+    c.engine
+        .apply(Event::GangSubmitted { gang: GangId(100), spec: GangSpec::rigid("h3", 1, cpu(4), "batch", "heavy") })
+        .unwrap();
+    c.engine
+        .apply(Event::GangSubmitted { gang: GangId(101), spec: GangSpec::rigid("l0", 1, cpu(4), "batch", "light") })
+        .unwrap();
     let d = c.engine.schedule();
     // Then the queue with the smaller dominant share wins, though it arrived later
     assert_eq!(places(&d, GangId(101)).len(), 1);

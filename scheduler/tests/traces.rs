@@ -56,8 +56,19 @@ fn malformed_lines_are_reported_with_their_number() {
     let nodes = trace::parse_swf_machines("m", MACHINES).unwrap();
     let bad = format!("{SWF}6 1356996700 0 ten 1 1 1024 1 3600 1 1 9 1 1 -1 1 1 1 {{1}} q_4h 1:ppn=1\n");
     let err = trace::parse_swf("log.swf", &bad, nodes).unwrap_err();
-    assert_eq!(err, TraceError::Line { file: "log.swf".into(), line: 8, message: "field 4 (run time) is `ten`, not a number".into() });
-    let err = trace::parse_jsonl("t.jsonl", "{\"node\": {\"name\": \"a\", \"cpu\": \"2\", \"memory\": \"1GiB\"}}\n{\"job\": 3}\n").unwrap_err();
+    assert_eq!(
+        err,
+        TraceError::Line {
+            file: "log.swf".into(),
+            line: 8,
+            message: "field 4 (run time) is `ten`, not a number".into()
+        }
+    );
+    let err = trace::parse_jsonl(
+        "t.jsonl",
+        "{\"node\": {\"name\": \"a\", \"cpu\": \"2\", \"memory\": \"1GiB\"}}\n{\"job\": 3}\n",
+    )
+    .unwrap_err();
     assert!(err.to_string().starts_with("t.jsonl:2: "), "{err}");
     let err = trace::parse_swf_machines("x.machines", "0 zewura twenty 80 1 5\n").unwrap_err();
     assert!(err.to_string().starts_with("x.machines:1: node count is not a number"), "{err}");
@@ -86,7 +97,11 @@ task_create_time, task_end_time, job_id, task_id,number_of_instances, status, nu
 
 #[test]
 fn alibaba_openb_pods_carry_qos_and_gpus() {
-    let nodes = trace::parse_openb_nodes("nodes.csv", "sn,cpu_milli,memory_mib,gpu,model\nn0,32000,262144,2,V100M16\nn1,96000,786432,0,\n").unwrap();
+    let nodes = trace::parse_openb_nodes(
+        "nodes.csv",
+        "sn,cpu_milli,memory_mib,gpu,model\nn0,32000,262144,2,V100M16\nn1,96000,786432,0,\n",
+    )
+    .unwrap();
     assert_eq!(nodes[0].capacity.scalars[0], 2000);
     let pods = "\
 name,cpu_milli,memory_mib,num_gpu,gpu_milli,gpu_spec,qos,pod_phase,creation_time,deletion_time,scheduled_time

@@ -29,7 +29,8 @@ impl Isolation {
             own.lines().find_map(|l| {
                 let mut parts = l.splitn(3, ':');
                 let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-                (ctrls.split(',').any(|c| c == controller) || (controller.is_empty() && ctrls.is_empty())).then(|| path.to_string())
+                (ctrls.split(',').any(|c| c == controller) || (controller.is_empty() && ctrls.is_empty()))
+                    .then(|| path.to_string())
             })
         };
         let dir_name = format!("cohort-{}", sanitize(agent));
@@ -37,7 +38,9 @@ impl Isolation {
         if root.join("cgroup.controllers").exists() {
             if let Some(p) = path_of("") {
                 let base = root.join(p.trim_start_matches('/')).join(&dir_name);
-                if fs::create_dir_all(&base).is_ok() && fs::write(base.join("cgroup.subtree_control"), "+memory +cpu").is_ok() {
+                if fs::create_dir_all(&base).is_ok()
+                    && fs::write(base.join("cgroup.subtree_control"), "+memory +cpu").is_ok()
+                {
                     return Isolation::CgroupV2 { base };
                 }
             }
@@ -45,7 +48,9 @@ impl Isolation {
         if let Some(p) = path_of("memory") {
             let memory = root.join("memory").join(p.trim_start_matches('/')).join(&dir_name);
             if fs::create_dir_all(&memory).is_ok() {
-                let cpu = path_of("cpu").map(|c| root.join("cpu").join(c.trim_start_matches('/')).join(&dir_name)).filter(|c| fs::create_dir_all(c).is_ok());
+                let cpu = path_of("cpu")
+                    .map(|c| root.join("cpu").join(c.trim_start_matches('/')).join(&dir_name))
+                    .filter(|c| fs::create_dir_all(c).is_ok());
                 return Isolation::CgroupV1 { memory, cpu };
             }
         }

@@ -31,7 +31,9 @@ impl pb::agent_logs_server::AgentLogs for LogService {
     async fn read(&self, req: Request<pb::ReadLogRequest>) -> Result<Response<Self::ReadStream>, Status> {
         let req = req.into_inner();
         let path = super::log_path(&self.data_dir, req.alloc_id);
-        let mut file = tokio::fs::File::open(&path).await.map_err(|e| Status::not_found(format!("no log for allocation {}: {e}", req.alloc_id)))?;
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|e| Status::not_found(format!("no log for allocation {}: {e}", req.alloc_id)))?;
         let executors = self.executors.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {

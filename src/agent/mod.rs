@@ -60,7 +60,8 @@ pub fn log_path(data_dir: &Path, alloc: u64) -> PathBuf {
 }
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
-    std::fs::create_dir_all(settings.data_dir.join("logs")).with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
+    std::fs::create_dir_all(settings.data_dir.join("logs"))
+        .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let isolation = Isolation::detect(&settings.name);
     let listener = tokio::net::TcpListener::bind(settings.listen).await?;
     let logs_address = listener.local_addr()?.to_string();
@@ -115,13 +116,21 @@ impl Agent {
 
     fn running(&self) -> Vec<pb::RunningExecutor> {
         let execs = self.executors.lock().expect("executor table");
-        execs.iter().map(|(&alloc, e)| pb::RunningExecutor { alloc_id: alloc, job_id: e.job, slot: e.slot, pid: e.pid }).collect()
+        execs
+            .iter()
+            .map(|(&alloc, e)| pb::RunningExecutor { alloc_id: alloc, job_id: e.job, slot: e.slot, pid: e.pid })
+            .collect()
     }
 
     /// One registration and attached stream, until either side closes it.
-    async fn session(&self, logs_address: &str, out_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::AgentMessage>>>) -> anyhow::Result<()> {
+    async fn session(
+        &self,
+        logs_address: &str,
+        out_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::AgentMessage>>>,
+    ) -> anyhow::Result<()> {
         let s = &self.settings;
-        let mut client = pb::cluster_client::ClusterClient::connect(format!("http://{}", s.join)).await.context("connect")?;
+        let mut client =
+            pb::cluster_client::ClusterClient::connect(format!("http://{}", s.join)).await.context("connect")?;
         let registered = client
             .register(pb::RegisterRequest {
                 name: s.name.clone(),
@@ -157,7 +166,9 @@ impl Agent {
             while let Some(command) = commands.message().await? {
                 match command.body {
                     Some(pb::command::Body::Launch(l)) => self.launch(l),
-                    Some(pb::command::Body::Kill(k)) => self.kill(k.alloc_id, Duration::from_millis(k.grace_ms), &k.reason),
+                    Some(pb::command::Body::Kill(k)) => {
+                        self.kill(k.alloc_id, Duration::from_millis(k.grace_ms), &k.reason)
+                    }
                     None => {}
                 }
             }
@@ -176,11 +187,20 @@ impl Agent {
         match self.spawn(&l) {
             Ok(pid) => {
                 tracing::info!(job = l.job_id, slot = l.slot, alloc, pid, "executor started");
-                let _ = self.outbox.send(message(pb::agent_message::Body::Started(pb::ExecutorStarted { alloc_id: alloc, pid })));
+                let _ = self
+                    .outbox
+                    .send(message(pb::agent_message::Body::Started(pb::ExecutorStarted { alloc_id: alloc, pid })));
             }
             Err(e) => {
                 tracing::error!(alloc, error = %format!("{e:#}"), "executor failed to start");
-                let exited = pb::ExecutorExited { alloc_id: alloc, exit_code: 127, signal: String::new(), stderr_tail: format!("{e:#}"), stopped: false, reason: "failed to start".into() };
+                let exited = pb::ExecutorExited {
+                    alloc_id: alloc,
+                    exit_code: 127,
+                    signal: String::new(),
+                    stderr_tail: format!("{e:#}"),
+                    stopped: false,
+                    reason: "failed to start".into(),
+                };
                 let _ = self.outbox.send(message(pb::agent_message::Body::Exited(exited)));
             }
         }
@@ -188,7 +208,11 @@ impl Agent {
 
     fn spawn(&self, l: &pb::Launch) -> anyhow::Result<u32> {
         let path = log_path(&self.settings.data_dir, l.alloc_id);
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.display()))?;
         let limits = l.limits.unwrap_or_default();
         let procs: Vec<std::fs::File> = self
             .isolation
@@ -218,7 +242,10 @@ impl Agent {
         let mut child = cmd.spawn().context("spawn")?;
         drop(procs);
         let pid = child.id().context("the executor exited at once")?;
-        self.executors.lock().expect("executor table").insert(l.alloc_id, Executor { job: l.job_id, slot: l.slot, pid, stop_requested: false });
+        self.executors
+            .lock()
+            .expect("executor table")
+            .insert(l.alloc_id, Executor { job: l.job_id, slot: l.slot, pid, stop_requested: false });
         let me = self.clone();
         let (alloc, memory) = (l.alloc_id, limits.memory_bytes);
         tokio::spawn(async move {
@@ -256,7 +283,14 @@ impl Agent {
         };
         let tail = output_tail(&log_path(&self.settings.data_dir, alloc), 20);
         tracing::info!(alloc, exit_code, %signal, stopped, "executor exited");
-        let exited = pb::ExecutorExited { alloc_id: alloc, exit_code, signal, stderr_tail: tail, stopped, reason: over.unwrap_or_default() };
+        let exited = pb::ExecutorExited {
+            alloc_id: alloc,
+            exit_code,
+            signal,
+            stderr_tail: tail,
+            stopped,
+            reason: over.unwrap_or_default(),
+        };
         let _ = self.outbox.send(message(pb::agent_message::Body::Exited(exited)));
     }
 
@@ -270,7 +304,14 @@ impl Agent {
                 }
                 None => {
                     // Never started here (or already gone): it is stopped.
-                    let exited = pb::ExecutorExited { alloc_id: alloc, exit_code: -1, signal: String::new(), stderr_tail: String::new(), stopped: true, reason: "not running".into() };
+                    let exited = pb::ExecutorExited {
+                        alloc_id: alloc,
+                        exit_code: -1,
+                        signal: String::new(),
+                        stderr_tail: String::new(),
+                        stopped: true,
+                        reason: "not running".into(),
+                    };
                     let _ = self.outbox.send(message(pb::agent_message::Body::Exited(exited)));
                     return;
                 }

@@ -57,7 +57,11 @@ impl State {
         engine.apply(Event::TimeAdvanced { now: now_ms() }).expect("time starts");
         let mut agents = BTreeMap::new();
         for n in snapshot.nodes {
-            let spec = NodeSpec { name: n.name.clone(), capacity: Resources::new(n.cpu_millis, n.memory_bytes), labels: n.labels.clone() };
+            let spec = NodeSpec {
+                name: n.name.clone(),
+                capacity: Resources::new(n.cpu_millis, n.memory_bytes),
+                labels: n.labels.clone(),
+            };
             engine.apply(Event::NodeAdded { node: NodeId(n.id), spec })?;
             // Until it re-registers, its executors are presumed healthy.
             agents.insert(n.id, Agent { record: n, last_seen: Instant::now(), commands: None, lost: false });
@@ -65,7 +69,8 @@ impl State {
         let mut jobs = BTreeMap::new();
         for job in snapshot.jobs {
             if matches!(job.state.as_str(), "pending" | "running") {
-                let spec = parse_job(&job.file, &job.spec_toml).map_err(|e| anyhow::anyhow!("stored job {}: {e}", job.id))?;
+                let spec =
+                    parse_job(&job.file, &job.spec_toml).map_err(|e| anyhow::anyhow!("stored job {}: {e}", job.id))?;
                 engine.apply(Event::GangSubmitted { gang: GangId(job.id), spec: spec.gang })?;
             }
             jobs.insert(job.id, job);
@@ -74,20 +79,35 @@ impl State {
         for a in snapshot.allocs {
             let node = agents.values().find(|ag| ag.record.name == a.node).map(|ag| ag.record.id);
             let restored = node.map(|node| {
-                engine.apply(Event::SlotRestored { alloc: AllocId(a.id), gang: GangId(a.job), slot: a.slot, node: NodeId(node), started: a.started_ms })
+                engine.apply(Event::SlotRestored {
+                    alloc: AllocId(a.id),
+                    gang: GangId(a.job),
+                    slot: a.slot,
+                    node: NodeId(node),
+                    started: a.started_ms,
+                })
             });
             match restored {
                 Some(Ok(())) => {
                     allocs.insert(a.id, a);
                 }
                 other => {
-                    tracing::warn!(alloc = a.id, job = a.job, ?other, "dropping a stored allocation that cannot be restored");
+                    tracing::warn!(
+                        alloc = a.id,
+                        job = a.job,
+                        ?other,
+                        "dropping a stored allocation that cannot be restored"
+                    );
                     store.delete_alloc(a.id)?;
                 }
             }
         }
         if !allocs.is_empty() {
-            tracing::info!(allocations = allocs.len(), jobs = jobs.len(), "restored state; waiting for agents to re-register");
+            tracing::info!(
+                allocations = allocs.len(),
+                jobs = jobs.len(),
+                "restored state; waiting for agents to re-register"
+            );
         }
         Ok(State {
             engine,
@@ -236,7 +256,10 @@ impl State {
                         }
                         self.store.put_job(job)?;
                     }
-                    self.send_to_alloc(alloc.0, pb::command::Body::Kill(pb::Kill { alloc_id: alloc.0, grace_ms, reason: why }));
+                    self.send_to_alloc(
+                        alloc.0,
+                        pb::command::Body::Kill(pb::Kill { alloc_id: alloc.0, grace_ms, reason: why }),
+                    );
                 }
                 Decision::Requeued { gang, attempts, reason } => {
                     if let Some(job) = self.jobs.get_mut(&gang.0) {
@@ -346,7 +369,11 @@ impl State {
             isolation: req.isolation.clone(),
         };
         self.store.put_node(&record).map_err(|e| Status::unavailable(e.to_string()))?;
-        let spec = NodeSpec { name: req.name.clone(), capacity: Resources::new(capacity.cpu_millis, capacity.memory_bytes), labels: record.labels.clone() };
+        let spec = NodeSpec {
+            name: req.name.clone(),
+            capacity: Resources::new(capacity.cpu_millis, capacity.memory_bytes),
+            labels: record.labels.clone(),
+        };
         let known = self.engine.node_view(NodeId(id)).map(|n| n.state);
         let event = match known {
             Some(NodeState::Lost) | None => Event::NodeAdded { node: NodeId(id), spec },
@@ -368,14 +395,22 @@ impl State {
         let vanished: Vec<u64> =
             self.allocs.values().filter(|a| a.node == req.name && !reported.contains(&a.id)).map(|a| a.id).collect();
         for alloc in vanished {
-            self.slot_ended(alloc, SlotOutcome::Failed, -1, "the executor was gone when its agent re-registered".into())
-                .map_err(|e| Status::internal(e.to_string()))?;
+            self.slot_ended(
+                alloc,
+                SlotOutcome::Failed,
+                -1,
+                "the executor was gone when its agent re-registered".into(),
+            )
+            .map_err(|e| Status::internal(e.to_string()))?;
         }
         for alloc in orphans {
             tracing::warn!(alloc, node = %req.name, "stopping an executor the coordinator does not know");
             self.pending_orphans.push((id, alloc));
         }
-        Ok(pb::RegisterResponse { node_id: id, heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64 })
+        Ok(pb::RegisterResponse {
+            node_id: id,
+            heartbeat_interval_ms: self.settings.heartbeat_interval.as_millis() as u64,
+        })
     }
 
     fn agent_message(&mut self, node: u32, msg: pb::AgentMessage) -> anyhow::Result<()> {
@@ -405,7 +440,11 @@ impl State {
                 let detail = if e.exit_code == 0 && e.signal.is_empty() {
                     String::new()
                 } else {
-                    let how = if e.signal.is_empty() { format!("exited with code {}", e.exit_code) } else { format!("was killed by {}", e.signal) };
+                    let how = if e.signal.is_empty() {
+                        format!("exited with code {}", e.exit_code)
+                    } else {
+                        format!("was killed by {}", e.signal)
+                    };
                     let tail = e.stderr_tail.trim();
                     let why = if e.reason.is_empty() { String::new() } else { format!(" ({})", e.reason) };
                     if tail.is_empty() { format!("{how}{why}") } else { format!("{how}{why}; stderr ends:\n{tail}") }
@@ -491,11 +530,18 @@ impl State {
 
     fn log_source(&self, job: u64, slot: u32) -> Result<(String, u64), Status> {
         let record = self.jobs.get(&job).ok_or_else(|| Status::not_found(format!("no job {job}")))?;
-        let s = record.slots.get(slot as usize).ok_or_else(|| Status::not_found(format!("job {job} has no slot {slot}")))?;
+        let s = record
+            .slots
+            .get(slot as usize)
+            .ok_or_else(|| Status::not_found(format!("job {job} has no slot {slot}")))?;
         if s.alloc_id == 0 {
             return Err(Status::failed_precondition(format!("slot {slot} of job {job} has not run yet")));
         }
-        let agent = self.agents.values().find(|a| a.record.name == s.node).ok_or_else(|| Status::not_found(format!("node {} is unknown", s.node)))?;
+        let agent = self
+            .agents
+            .values()
+            .find(|a| a.record.name == s.node)
+            .ok_or_else(|| Status::not_found(format!("node {} is unknown", s.node)))?;
         Ok((agent.record.logs_address.clone(), s.alloc_id))
     }
 
@@ -524,7 +570,13 @@ impl State {
                 .slots
                 .iter()
                 .enumerate()
-                .map(|(i, s)| pb::Slot { index: i as u32, node: s.node.clone(), state: s.state.clone(), alloc_id: s.alloc_id, exit_code: s.exit_code })
+                .map(|(i, s)| pb::Slot {
+                    index: i as u32,
+                    node: s.node.clone(),
+                    state: s.state.clone(),
+                    alloc_id: s.alloc_id,
+                    exit_code: s.exit_code,
+                })
                 .collect(),
             submitted_at_ms: job.submitted_at_ms,
         })
@@ -543,8 +595,14 @@ impl State {
             id,
             name: agent.record.name.clone(),
             state: state.into(),
-            capacity: Some(pb::Resources { cpu_millis: view.capacity.cpu_millis, memory_bytes: view.capacity.memory_bytes }),
-            allocated: Some(pb::Resources { cpu_millis: view.allocated.cpu_millis, memory_bytes: view.allocated.memory_bytes }),
+            capacity: Some(pb::Resources {
+                cpu_millis: view.capacity.cpu_millis,
+                memory_bytes: view.capacity.memory_bytes,
+            }),
+            allocated: Some(pb::Resources {
+                cpu_millis: view.allocated.cpu_millis,
+                memory_bytes: view.allocated.memory_bytes,
+            }),
             slots: view.slots as u32,
             isolation: agent.record.isolation.clone(),
             labels: agent.record.labels.clone().into_iter().collect(),

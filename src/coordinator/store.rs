@@ -121,12 +121,18 @@ impl StateStore for SqliteStore {
     }
 
     fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.conn.execute("INSERT OR REPLACE INTO jobs (id, record) VALUES (?1, ?2)", params![job.id as i64, serde_json::to_string(job)?])?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO jobs (id, record) VALUES (?1, ?2)",
+            params![job.id as i64, serde_json::to_string(job)?],
+        )?;
         Ok(())
     }
 
     fn put_alloc(&self, alloc: &AllocRecord) -> Result<(), StoreError> {
-        self.conn.execute("INSERT OR REPLACE INTO allocs (id, record) VALUES (?1, ?2)", params![alloc.id as i64, serde_json::to_string(alloc)?])?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO allocs (id, record) VALUES (?1, ?2)",
+            params![alloc.id as i64, serde_json::to_string(alloc)?],
+        )?;
         Ok(())
     }
 
@@ -136,7 +142,10 @@ impl StateStore for SqliteStore {
     }
 
     fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.conn.execute("INSERT OR REPLACE INTO nodes (name, record) VALUES (?1, ?2)", params![node.name, serde_json::to_string(node)?])?;
+        self.conn.execute(
+            "INSERT OR REPLACE INTO nodes (name, record) VALUES (?1, ?2)",
+            params![node.name, serde_json::to_string(node)?],
+        )?;
         Ok(())
     }
 

@@ -38,17 +38,31 @@ fn a_gang_that_cannot_fit_stays_pending_with_its_reason() {
 #[test]
 fn malformed_and_invalid_specs_get_clear_errors_and_change_nothing() {
     let c = Cluster::start(&[("a", 2)]);
-    let bad = c.write("bad.toml", "name = \"x\"\n[gang]\nmin = 0\ncpu = \"1\"\nmemory = \"1GiB\"\n[command]\nargv = [\"true\"]\n");
+    let bad = c.write(
+        "bad.toml",
+        "name = \"x\"\n[gang]\nmin = 0\ncpu = \"1\"\nmemory = \"1GiB\"\n[command]\nargv = [\"true\"]\n",
+    );
     let out = c.cli(&["submit", bad.to_str().unwrap()]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.toml:3: gang.min: must be between 1 and 100000, got 0"), "{err}");
     let broken = c.write("broken.toml", "name = \"x\"\n[gang\n");
     let out = c.cli(&["submit", broken.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("broken.toml:2:"), "{}", String::from_utf8_lossy(&out.stderr));
-    let unknown = c.write("gold.toml", "name = \"x\"\npriority = \"gold\"\n[gang]\ncpu = \"1\"\nmemory = \"1GiB\"\n[command]\nargv = [\"true\"]\n");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("broken.toml:2:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unknown = c.write(
+        "gold.toml",
+        "name = \"x\"\npriority = \"gold\"\n[gang]\ncpu = \"1\"\nmemory = \"1GiB\"\n[command]\nargv = [\"true\"]\n",
+    );
     let out = c.cli(&["submit", unknown.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown priority class `gold`"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("unknown priority class `gold`"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c.json(&["jobs"]).as_array().map(Vec::len), Some(0), "nothing was accepted");
 }
 
@@ -80,7 +94,9 @@ fn a_coordinator_restart_keeps_jobs_and_running_executors() {
     c.wait_until("the short job succeeds", WAIT, |c| c.state(done) == "succeeded");
     c.kill_coordinator();
     c.start_coordinator();
-    c.wait_until("the agent re-registers", WAIT, |c| c.json(&["nodes"]).as_array().is_some_and(|n| n.iter().any(|n| n["state"] == "ready")));
+    c.wait_until("the agent re-registers", WAIT, |c| {
+        c.json(&["nodes"]).as_array().is_some_and(|n| n.iter().any(|n| n["state"] == "ready"))
+    });
     let after = c.job(id);
     assert_eq!(after["state"], "running");
     assert_eq!(after["attempts"], 1, "nothing was restarted");
@@ -99,8 +115,14 @@ fn a_service_preempts_batch_gangs_which_are_requeued_and_later_succeed() {
     c.wait_until("the batch gangs run", WAIT, |c| batch.iter().all(|&b| c.running_slots(b).len() == 2));
     let svc = c.submit("svc", 1, "2", "service", "sleep 2");
     c.wait_until("the service runs", WAIT, |c| c.running_slots(svc).len() == 1);
-    let victims: Vec<u64> = batch.iter().copied().filter(|&b| c.job(b)["attempts"].as_u64() == Some(2) || c.state(b) == "pending").collect();
+    let victims: Vec<u64> = batch
+        .iter()
+        .copied()
+        .filter(|&b| c.job(b)["attempts"].as_u64() == Some(2) || c.state(b) == "pending")
+        .collect();
     assert_eq!(victims.len(), 1, "exactly one batch gang made room");
-    c.wait_until("every job succeeds", Duration::from_secs(60), |c| batch.iter().chain([&svc]).all(|&j| c.state(j) == "succeeded"));
+    c.wait_until("every job succeeds", Duration::from_secs(60), |c| {
+        batch.iter().chain([&svc]).all(|&j| c.state(j) == "succeeded")
+    });
     assert!(c.job(victims[0])["attempts"].as_u64().unwrap() >= 2, "the victim ran again");
 }

@@ -38,7 +38,9 @@ impl Cluster {
             c.start_agent(name, *cores);
         }
         c.wait_until(&format!("{} agents register", agents.len()), Duration::from_secs(20), |c| {
-            c.json(&["nodes"]).as_array().is_some_and(|n| n.iter().filter(|n| n["state"] == "ready").count() == agents.len())
+            c.json(&["nodes"])
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|n| n["state"] == "ready").count() == agents.len())
         });
         c
     }
@@ -49,7 +51,14 @@ impl Cluster {
 
     pub fn start_coordinator(&mut self) {
         let child = Command::new(cohort())
-            .args(["coordinator", "--listen", &self.address, "--heartbeat-timeout", &self.heartbeat_timeout.to_string(), "--data-dir"])
+            .args([
+                "coordinator",
+                "--listen",
+                &self.address,
+                "--heartbeat-timeout",
+                &self.heartbeat_timeout.to_string(),
+                "--data-dir",
+            ])
             .arg(self.dir.path().join("coordinator"))
             .stdout(Stdio::null())
             .stderr(self.log("coordinator"))
@@ -57,12 +66,25 @@ impl Cluster {
             .expect("start the coordinator");
         self.coordinator = Some(child);
         let address = self.address.clone();
-        self.wait_until("the coordinator listens", Duration::from_secs(20), |_| std::net::TcpStream::connect(&address).is_ok());
+        self.wait_until("the coordinator listens", Duration::from_secs(20), |_| {
+            std::net::TcpStream::connect(&address).is_ok()
+        });
     }
 
     pub fn start_agent(&mut self, name: &str, cores: u32) {
         let child = Command::new(cohort())
-            .args(["agent", "--join", &self.address, "--name", name, "--cpu", &cores.to_string(), "--memory", "4GiB", "--data-dir"])
+            .args([
+                "agent",
+                "--join",
+                &self.address,
+                "--name",
+                name,
+                "--cpu",
+                &cores.to_string(),
+                "--memory",
+                "4GiB",
+                "--data-dir",
+            ])
             .arg(self.dir.path().join(name))
             .stdout(Stdio::null())
             .stderr(self.log(name))
@@ -87,7 +109,12 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cohort()).args(args).env("COHORT_COORDINATOR", &self.address).env("COHORT_LOG", "warn").output().expect("run the cli")
+        Command::new(cohort())
+            .args(args)
+            .env("COHORT_COORDINATOR", &self.address)
+            .env("COHORT_LOG", "warn")
+            .output()
+            .expect("run the cli")
     }
 
     /// Runs a command with `--output json` and parses what it prints.
@@ -131,7 +158,12 @@ impl Cluster {
         let j = self.job(id);
         j["slots"]
             .as_array()
-            .map(|s| s.iter().filter(|s| s["state"] == "running").map(|s| (s["node"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string())).collect())
+            .map(|s| {
+                s.iter()
+                    .filter(|s| s["state"] == "running")
+                    .map(|s| (s["node"].as_str().unwrap().to_string(), s["state"].as_str().unwrap().to_string()))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 

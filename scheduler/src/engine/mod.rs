@@ -15,8 +15,8 @@
 //! - `reason`: why a gang is pending, in words.
 
 mod lifecycle;
-mod place;
 mod pass;
+mod place;
 mod preempt;
 mod reason;
 mod reserve;
@@ -299,7 +299,17 @@ impl Engine {
 
     fn add_queue(&mut self, name: &str, guarantee: f64, cap: f64) -> usize {
         let idx = self.queues.len();
-        self.queues.push(QueueState { name: name.to_string(), guarantee, cap, allocated: Resources::ZERO, recent_runtimes: [None; 2], predictions_stale: false, predictions_refreshed_at: 0, pending: BTreeSet::new(), promised: Resources::ZERO });
+        self.queues.push(QueueState {
+            name: name.to_string(),
+            guarantee,
+            cap,
+            allocated: Resources::ZERO,
+            recent_runtimes: [None; 2],
+            predictions_stale: false,
+            predictions_refreshed_at: 0,
+            pending: BTreeSet::new(),
+            promised: Resources::ZERO,
+        });
         self.queue_index.insert(name.to_string(), idx);
         idx
     }
@@ -453,11 +463,8 @@ impl Engine {
             let next = self.groups.len() as u32;
             *self.groups.entry(g.clone()).or_insert(next)
         });
-        let locality = spec
-            .locality
-            .iter()
-            .filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w)))
-            .collect();
+        let locality =
+            spec.locality.iter().filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w))).collect();
         let completions = spec.total_completions();
         let estimate = self.predict(queue, spec.estimated_runtime);
         self.seq += 1;
@@ -680,7 +687,10 @@ impl Engine {
             out += &format!("node {i} {:?} alloc={} reserved={}\n", n.state, n.allocated, n.reserved);
             for a in &n.allocs {
                 let al = &self.allocs[a];
-                out += &format!("  {a} {} slot {} {} stopping={} end={:?}\n", al.gang, al.slot, al.res, al.stopping, al.expected_end);
+                out += &format!(
+                    "  {a} {} slot {} {} stopping={} end={:?}\n",
+                    al.gang, al.slot, al.res, al.stopping, al.expected_end
+                );
             }
         }
         for (g, r) in &self.reservations {

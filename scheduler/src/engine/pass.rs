@@ -29,6 +29,7 @@ struct PassState {
     /// Recent failures of unconstrained gangs: any gang asking at least as
     /// much, for at least as long, fails too.
     failed: Vec<Failure>,
+    /// Gangs the starving phase tried, which the fair phase then skips.
     tried: FxHashSet<GangId>,
     reservations: usize,
     /// FCFS: the first gang that could not start.
@@ -52,8 +53,14 @@ impl Failure {
     /// The request of `g` for `need` slots, if only size and time decide where it fits.
     fn of(g: &crate::engine::Gang, need: u32) -> Option<Failure> {
         let c = &g.spec.constraints;
-        let simple = c.labels.is_empty() && c.within.is_none() && !c.exclusive && g.group.is_none() && g.locality.is_empty();
-        simple.then_some(Failure { slot: g.spec.slot, need, limit: g.spec.estimated_runtime, one_per_node: c.one_slot_per_node })
+        let simple =
+            c.labels.is_empty() && c.within.is_none() && !c.exclusive && g.group.is_none() && g.locality.is_empty();
+        simple.then_some(Failure {
+            slot: g.spec.slot,
+            need,
+            limit: g.spec.estimated_runtime,
+            one_per_node: c.one_slot_per_node,
+        })
     }
 
     /// Whether `other` asks at least as much as this failed request.
@@ -99,10 +106,10 @@ impl Engine {
                 }
             }
             Ordering::PriorityFair => {
-                if self.config.policy.max_reservations > 0 {
-                    // Gangs past their bound, oldest first. The shortest bound is a
-                    // tenth of the policy's, so younger gangs need no look.
-                    let horizon = self.now.saturating_sub(self.config.policy.reserve_after / 10);
+                // Gangs past their bound, oldest first. The shortest bound is a
+                // tenth of the policy's, so younger gangs need no look.
+                let horizon = self.now.checked_sub(self.config.policy.reserve_after / 10);
+                if let (true, Some(horizon)) = (self.config.policy.max_reservations > 0, horizon) {
                     let starving: Vec<GangId> = self
                         .pending_by_age
                         .iter()
@@ -112,6 +119,7 @@ impl Engine {
                         .take(self.config.policy.max_pass_depth)
                         .collect();
                     for id in starving {
+                        pass.tried.insert(id);
                         self.try_gang(id, &mut pass);
                     }
                 }
@@ -139,13 +147,15 @@ impl Engine {
                 cursors.insert(k.1, (k.0, k.1, 0, 0, GangId(0)));
                 probe = (rank, k.1 + 1, 0, 0, GangId(0));
             }
-            let mut heap: BinaryHeap<Reverse<(u8, u64, usize)>> = cursors.keys().map(|&q| Reverse(self.fair_key(q))).collect();
+            let mut heap: BinaryHeap<Reverse<(u8, u64, usize)>> =
+                cursors.keys().map(|&q| Reverse(self.fair_key(q))).collect();
             while let Some(Reverse((_, _, q))) = heap.pop() {
                 if budget == 0 {
                     return;
                 }
                 let from = cursors[&q];
-                let next = self.pending.range((Excluded(from), Unbounded)).next().copied().filter(|k| k.0 == rank && k.1 == q);
+                let next =
+                    self.pending.range((Excluded(from), Unbounded)).next().copied().filter(|k| k.0 == rank && k.1 == q);
                 let Some(key) = next else { continue };
                 cursors.insert(q, key);
                 if !pass.tried.contains(&key.4) {
@@ -168,9 +178,6 @@ impl Engine {
     }
 
     fn try_gang(&mut self, id: GangId, pass: &mut PassState) {
-        if !pass.tried.insert(id) {
-            return;
-        }
         let now = self.now;
         let g = &self.gangs[&id];
         if g.eligible_at > now {
@@ -204,14 +211,18 @@ impl Engine {
         let holds_reservation = self.reservations.contains_key(&id);
         let request = if holds_reservation { None } else { Failure::of(g, need) };
         if !holds_reservation {
-            let known = pass.blocked.get(&key).cloned().or_else(|| {
-                pass.known_to_fail(request).then_some(PendingReason::NoRoom { need, fit: 0 })
-            });
+            let known = pass
+                .blocked
+                .get(&key)
+                .cloned()
+                .or_else(|| pass.known_to_fail(request).then_some(PendingReason::NoRoom { need, fit: 0 }));
             if let Some(reason) = known {
                 // A gang owed a reservation still gets its chance at one.
                 let policy = &self.config.policy;
                 let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
-                let owed = policy.backfill && pass.reservations < policy.max_reservations && waited >= self.reservation_bound(id);
+                let owed = policy.backfill
+                    && pass.reservations < policy.max_reservations
+                    && waited >= self.reservation_bound(id);
                 let reason = match reason {
                     PendingReason::NoRoom { .. } if owed => self.blocked(id, need, 0, pass),
                     other => other,

@@ -156,7 +156,8 @@ impl Engine {
             return 0;
         }
         let per_node_cap = if c.one_slot_per_node || g.group.is_some() {
-            if already > 0 || (g.phase == GangPhase::Running && node.allocs.iter().any(|a| self.allocs[a].gang == g.id)) {
+            if already > 0 || (g.phase == GangPhase::Running && node.allocs.iter().any(|a| self.allocs[a].gang == g.id))
+            {
                 return 0;
             }
             1
@@ -170,6 +171,9 @@ impl Engine {
     /// Finds room for `need..=want` slots of `g` in one of its domains, or
     /// reports how many fit at best (`Err(k)`, with k < need).
     pub(crate) fn find_nodes(&self, g: &Gang, need: u32, want: u32) -> Result<(Choice, Option<String>), u32> {
+        if g.spec.constraints.within.is_none() {
+            return self.find_nodes_in(g, need, want, None).map(|c| (c, None));
+        }
         let mut best = 0;
         for domain in self.domains(g) {
             match self.find_nodes_in(g, need, want, domain.as_ref()) {
@@ -265,7 +269,14 @@ impl Engine {
     }
 
     /// Adopts a slot that is already running (after a coordinator restart).
-    pub(crate) fn restore(&mut self, alloc: AllocId, gang: GangId, slot: u32, node: NodeId, started: Time) -> Result<(), crate::engine::EngineError> {
+    pub(crate) fn restore(
+        &mut self,
+        alloc: AllocId,
+        gang: GangId,
+        slot: u32,
+        node: NodeId,
+        started: Time,
+    ) -> Result<(), crate::engine::EngineError> {
         let why = |w: &str| crate::engine::EngineError::Restore { alloc, why: w.to_string() };
         if self.allocs.contains_key(&alloc) {
             return Err(why("the allocation already exists"));

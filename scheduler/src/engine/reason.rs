@@ -13,17 +13,28 @@ use crate::resources::{Resources, format_bytes, format_cpu};
 pub enum PendingReason {
     NotYetTried,
     /// Retrying after a failure, not before this time.
-    Backoff { until: Time },
+    Backoff {
+        until: Time,
+    },
     /// Its queue would go over its cap.
     QueueCap,
     /// Only `fit` of the `need` slots fit now.
-    NoRoom { need: u32, fit: u32 },
+    NoRoom {
+        need: u32,
+        fit: u32,
+    },
     /// No node could ever hold it (too big, no matching labels).
     Unschedulable(String),
     /// Holds a reservation starting at `start`.
-    Reserved { start: Time, nodes: usize },
+    Reserved {
+        start: Time,
+        nodes: usize,
+    },
     /// Victims are stopping to make room; room is free by `deadline`.
-    AwaitingVictims { deadline: Time, victims: usize },
+    AwaitingVictims {
+        deadline: Time,
+        victims: usize,
+    },
     /// FCFS: an earlier gang is blocked and nothing may pass it.
     Behind(GangId),
 }
@@ -55,7 +66,8 @@ impl Engine {
                     format_bytes(largest.memory_bytes)
                 );
                 if !g.spec.constraints.labels.is_empty() {
-                    let labels: Vec<String> = g.spec.constraints.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    let labels: Vec<String> =
+                        g.spec.constraints.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
                     text.push_str(&format!(" (on nodes labelled {})", labels.join(", ")));
                 }
                 if g.spec.constraints.exclusive {

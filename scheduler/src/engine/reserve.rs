@@ -162,11 +162,8 @@ impl Engine {
         let nodes = held
             .into_iter()
             .map(|(n, k)| {
-                let amount = if whole_node {
-                    candidates.iter().find(|c| c.0 == n).map_or(slot, |c| c.1)
-                } else {
-                    slot.times(k)
-                };
+                let amount =
+                    if whole_node { candidates.iter().find(|c| c.0 == n).map_or(slot, |c| c.1) } else { slot.times(k) };
                 (n, amount)
             })
             .collect();

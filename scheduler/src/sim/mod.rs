@@ -171,7 +171,9 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
                                 lost_ms += (t - slot.start) as u128;
                             }
                         }
-                        engine.apply(Event::SlotFinished { alloc, outcome: SlotOutcome::Stopped }).expect("stopping slot");
+                        engine
+                            .apply(Event::SlotFinished { alloc, outcome: SlotOutcome::Stopped })
+                            .expect("stopping slot");
                         stopped = true;
                     }
                     Decision::Requeued { gang, .. } => state[gang.0 as usize].start = None,

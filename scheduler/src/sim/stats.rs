@@ -19,7 +19,13 @@ impl Summary {
         let mut v = values.to_vec();
         v.sort_by(f64::total_cmp);
         let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
-        Summary { count: v.len(), mean: v.iter().sum::<f64>() / v.len() as f64, p50: at(0.5), p99: at(0.99), max: v[v.len() - 1] }
+        Summary {
+            count: v.len(),
+            mean: v.iter().sum::<f64>() / v.len() as f64,
+            p50: at(0.5),
+            p99: at(0.99),
+            max: v[v.len() - 1],
+        }
     }
 }
 

@@ -35,7 +35,8 @@ pub fn alibaba_2017_cluster() -> Vec<NodeSpec> {
 const TENANTS: u64 = 8;
 
 pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result<Trace, TraceError> {
-    let mut trace = Trace { format: "alibaba-batch".into(), nodes: nodes.unwrap_or_else(alibaba_2017_cluster), ..Trace::default() };
+    let mut trace =
+        Trace { format: "alibaba-batch".into(), nodes: nodes.unwrap_or_else(alibaba_2017_cluster), ..Trace::default() };
     let node_memory = trace.nodes.iter().map(|n| n.capacity.memory_bytes).max().unwrap_or(ALIBABA_2017_NODE_MEMORY);
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
@@ -44,10 +45,16 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() < 8 {
-            return Err(TraceError::line(file, line_no, format!("expected 8 comma-separated columns, found {}", f.len())));
+            return Err(TraceError::line(
+                file,
+                line_no,
+                format!("expected 8 comma-separated columns, found {}", f.len()),
+            ));
         }
         let num = |k: usize, what: &str| -> Result<f64, TraceError> {
-            f[k].parse::<f64>().map_err(|_| TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k])))
+            f[k].parse::<f64>().map_err(|_| {
+                TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k]))
+            })
         };
         if f[6].is_empty() {
             trace.skip("no cpu request");
@@ -103,7 +110,9 @@ pub fn parse_openb_nodes(file: &str, text: &str) -> Result<Vec<NodeSpec>, TraceE
             continue;
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        let bad = |what: &str| TraceError::line(file, i + 1, format!("{what} (expected `sn,cpu_milli,memory_mib,gpu,model`)"));
+        let bad = |what: &str| {
+            TraceError::line(file, i + 1, format!("{what} (expected `sn,cpu_milli,memory_mib,gpu,model`)"))
+        };
         if f.len() < 4 {
             return Err(bad("too few columns"));
         }
@@ -114,7 +123,11 @@ pub fn parse_openb_nodes(file: &str, text: &str) -> Result<Vec<NodeSpec>, TraceE
         if let Some(model) = f.get(4).filter(|m| !m.is_empty()) {
             labels.insert("gpu_model".to_string(), model.to_string());
         }
-        nodes.push(NodeSpec { name: f[0].to_string(), capacity: Resources::new(cpu, mem << 20).with_scalar(0, gpus * 1000), labels });
+        nodes.push(NodeSpec {
+            name: f[0].to_string(),
+            capacity: Resources::new(cpu, mem << 20).with_scalar(0, gpus * 1000),
+            labels,
+        });
     }
     Ok(nodes)
 }
@@ -128,10 +141,16 @@ pub fn parse_alibaba_openb(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Resu
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
         if f.len() < 10 {
-            return Err(TraceError::line(file, line_no, format!("expected 11 comma-separated columns, found {}", f.len())));
+            return Err(TraceError::line(
+                file,
+                line_no,
+                format!("expected 11 comma-separated columns, found {}", f.len()),
+            ));
         }
         let num = |k: usize, what: &str| -> Result<f64, TraceError> {
-            f[k].parse::<f64>().map_err(|_| TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k])))
+            f[k].parse::<f64>().map_err(|_| {
+                TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k]))
+            })
         };
         let cpu = num(1, "cpu_milli")?;
         let mem = num(2, "memory_mib")?;
@@ -152,14 +171,24 @@ pub fn parse_alibaba_openb(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Resu
             trace.skip("negative runtime");
             continue;
         }
-        let gpu = if gpus >= 2.0 { gpus * 1000.0 } else if gpus >= 1.0 && gpu_milli > 0.0 { gpu_milli } else { gpus * 1000.0 };
+        let gpu = if gpus >= 2.0 {
+            gpus * 1000.0
+        } else if gpus >= 1.0 && gpu_milli > 0.0 {
+            gpu_milli
+        } else {
+            gpus * 1000.0
+        };
         let (class, queue) = match f[6] {
             "LS" => ("service", "ls"),
             "Guaranteed" => ("service", "guaranteed"),
             "Burstable" => ("batch", "burstable"),
             "BE" => ("best-effort", "be"),
             other => {
-                return Err(TraceError::line(file, line_no, format!("unknown qos `{other}` (expected LS, Guaranteed, Burstable or BE)")));
+                return Err(TraceError::line(
+                    file,
+                    line_no,
+                    format!("unknown qos `{other}` (expected LS, Guaranteed, Burstable or BE)"),
+                ));
             }
         };
         let runtime = secs(duration.max(1.0));

@@ -32,7 +32,10 @@ pub fn generate(opts: &GenerateOptions) -> Trace {
         .map(|i| NodeSpec {
             name: format!("node-{i:05}"),
             capacity: Resources::new(NODE_CORES * 1000, NODE_MEMORY),
-            labels: BTreeMap::from([("zone".to_string(), format!("z{}", i % 4)), ("rack".to_string(), format!("r{}", i / 40))]),
+            labels: BTreeMap::from([
+                ("zone".to_string(), format!("z{}", i % 4)),
+                ("rack".to_string(), format!("r{}", i / 40)),
+            ]),
         })
         .collect();
     let gib = 1u64 << 30;
@@ -52,7 +55,8 @@ pub fn generate(opts: &GenerateOptions) -> Trace {
             let n = rng.random_range(1..=4);
             let cores = rng.random_range(1..=4);
             let runtime = lognormal(&mut rng, 120.0, 1.0).clamp(5.0, 7200.0);
-            let mut s = GangSpec::rigid(format!("etl-{i}"), n, Resources::new(cores * 1000, cores * 4 * gib), "batch", team);
+            let mut s =
+                GangSpec::rigid(format!("etl-{i}"), n, Resources::new(cores * 1000, cores * 4 * gib), "batch", team);
             s.max = n + rng.random_range(0..=n);
             Shape { spec: s, runtime, burst: false, service: false }
         } else if roll < 0.75 {
@@ -60,7 +64,8 @@ pub fn generate(opts: &GenerateOptions) -> Trace {
             let n = 1 << rng.random_range(4..=9);
             let cores = rng.random_range(1..=4);
             let runtime = rng.random_range(600.0..3600.0);
-            let s = GangSpec::rigid(format!("wide-{i}"), n, Resources::new(cores * 1000, cores * 4 * gib), "batch", team);
+            let s =
+                GangSpec::rigid(format!("wide-{i}"), n, Resources::new(cores * 1000, cores * 4 * gib), "batch", team);
             Shape { spec: s, runtime, burst: false, service: false }
         } else if roll < 0.78 {
             // Store: memory-heavy, runs for the whole trace.

@@ -95,9 +95,12 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
                 let memory = parse_memory(&n.memory).map_err(|e| err(format!("node `{}` memory: {e}", n.name)))?;
                 trace.nodes.push(NodeSpec { name: n.name, capacity: Resources::new(cpu, memory), labels: n.labels });
             }
-            Line::Class(c) => {
-                trace.classes.push(PriorityClass { name: c.name, value: c.value, preemptible: c.preemptible, on_drain: OnDrain::Finish })
-            }
+            Line::Class(c) => trace.classes.push(PriorityClass {
+                name: c.name,
+                value: c.value,
+                preemptible: c.preemptible,
+                on_drain: OnDrain::Finish,
+            }),
             Line::Job(j) => {
                 let cpu = parse_cpu(&j.cpu).map_err(|e| err(format!("job {} cpu: {e}", j.id)))?;
                 let memory = parse_memory(&j.memory).map_err(|e| err(format!("job {} memory: {e}", j.id)))?;
@@ -128,7 +131,12 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
                     estimated_runtime: j.estimate.map(secs),
                     max_attempts: 1,
                 };
-                trace.jobs.push(TraceJob { id: j.id, submit: secs(j.submit), runtime: secs(j.runtime.max(0.001)), spec });
+                trace.jobs.push(TraceJob {
+                    id: j.id,
+                    submit: secs(j.submit),
+                    runtime: secs(j.runtime.max(0.001)),
+                    spec,
+                });
             }
         }
     }

@@ -41,7 +41,8 @@ pub fn parse_swf_machines(file: &str, text: &str) -> Result<Vec<NodeSpec>, Trace
             continue;
         }
         let f: Vec<&str> = line.split_whitespace().collect();
-        let bad = |what: &str| TraceError::line(file, i + 1, format!("{what} (expected `id name nodes cores speed ram_kb`)"));
+        let bad =
+            |what: &str| TraceError::line(file, i + 1, format!("{what} (expected `id name nodes cores speed ram_kb`)"));
         if f.len() < 6 {
             return Err(bad("too few columns"));
         }
@@ -79,9 +80,9 @@ pub fn parse_swf(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Result<Trace, 
             return Err(TraceError::line(file, line_no, format!("expected at least 18 SWF fields, found {}", f.len())));
         }
         let num = |k: usize, what: &str| -> Result<i64, TraceError> {
-            f[k].parse::<f64>()
-                .map(|v| v as i64)
-                .map_err(|_| TraceError::line(file, line_no, format!("field {} ({what}) is `{}`, not a number", k + 1, f[k])))
+            f[k].parse::<f64>().map(|v| v as i64).map_err(|_| {
+                TraceError::line(file, line_no, format!("field {} ({what}) is `{}`, not a number", k + 1, f[k]))
+            })
         };
         let id = num(0, "job number")?;
         let submit = num(1, "submit time")?;
