@@ -34,6 +34,36 @@ struct PassState {
     reservations: usize,
     /// FCFS: the first gang that could not start.
     head: Option<GangId>,
+    /// Upper bound on the room of any node this pass (see `largest_room`).
+    room: Resources,
+}
+
+impl PassState {
+    /// A slot larger than any node's room in some dimension cannot be placed now.
+    fn too_big(&self, slot: &Resources) -> bool {
+        slot.cpu_millis > self.room.cpu_millis || slot.memory_bytes > self.room.memory_bytes
+    }
+}
+
+impl Engine {
+    /// Whether the gang might find room by preemption: the policy allows it
+    /// and lower, preemptible work runs (or its queue may reclaim quota).
+    fn may_preempt(&self, g: &crate::engine::Gang) -> bool {
+        self.config.policy.preemption
+            && (self.preemptible_running[g.rank + 1..].iter().any(|&c| c > 0)
+                || (self.queues[g.queue].guarantee > 0.0 && self.preemptible_running[g.rank] > 0))
+    }
+
+    /// The most free cpu and the most free memory on any ready node. Within
+    /// a pass room only shrinks, so a slot above either cannot be placed.
+    fn largest_room(&self) -> Resources {
+        let mut room = Resources::ZERO;
+        for &(_, cpu, mem, _) in &self.free_index {
+            room.cpu_millis = room.cpu_millis.max(cpu);
+            room.memory_bytes = room.memory_bytes.max(mem);
+        }
+        room
+    }
 }
 
 const GROWTH_SALT: u64 = 0x9e37_79b9_7f4a_7c15;
@@ -96,7 +126,7 @@ impl Engine {
     pub fn schedule(&mut self) -> Vec<Decision> {
         self.refresh_predictions();
         let previous = self.clear_starvation_reservations();
-        let mut pass = PassState::default();
+        let mut pass = PassState { room: self.largest_room(), ..PassState::default() };
         match self.config.policy.ordering {
             Ordering::Fifo => {
                 let depth = self.config.policy.max_pass_depth;
@@ -215,7 +245,11 @@ impl Engine {
                 .blocked
                 .get(&key)
                 .cloned()
-                .or_else(|| pass.known_to_fail(request).then_some(PendingReason::NoRoom { need, fit: 0 }));
+                .or_else(|| {
+                    // Room is short; only a gang that could evict must look further.
+                    let hopeless = !self.may_preempt(g) && (pass.too_big(&g.spec.slot) || pass.known_to_fail(request));
+                    hopeless.then_some(PendingReason::NoRoom { need, fit: 0 })
+                });
             if let Some(reason) = known {
                 // A gang owed a reservation still gets its chance at one.
                 let policy = &self.config.policy;
@@ -322,7 +356,7 @@ impl Engine {
             let g = &self.gangs[&id];
             let key = g.shape_key ^ GROWTH_SALT;
             let request = Failure::of(g, 1);
-            if pass.blocked.contains_key(&key) || self.free_index.is_empty() || pass.known_to_fail(request) {
+            if pass.too_big(&g.spec.slot) || pass.blocked.contains_key(&key) || pass.known_to_fail(request) {
                 continue;
             }
             let want = (g.spec.max - g.running).min(g.todo.len() as u32);

@@ -101,7 +101,11 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
     let jobs = &trace.jobs;
     let mut state = vec![JobState::default(); jobs.len()];
     let mut running: FxHashMap<AllocId, Slot> = FxHashMap::default();
-    let mut ends: BinaryHeap<Reverse<(Time, AllocId)>> = BinaryHeap::new();
+    // Slots placed together end together: one heap entry per batch.
+    let mut ends: BinaryHeap<Reverse<(Time, usize)>> = BinaryHeap::new();
+    let mut batches: Vec<Vec<AllocId>> = Vec::new();
+    let mut free_batches: Vec<usize> = Vec::new();
+    let mut ending: Vec<AllocId> = Vec::new();
     let capacity = engine.capacity();
     let mut held = Resources::ZERO;
     let (mut cpu_area, mut mem_area) = (0.0f64, 0.0f64);
@@ -129,11 +133,19 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
         mem_area += held.memory_bytes as f64 * dt;
         last_t = t;
         engine.apply(Event::TimeAdvanced { now: t }).expect("time moves forward");
-        while let Some(&Reverse((end, alloc))) = ends.peek() {
+        // Everything ending now, reported in allocation order (a canonical order
+        // the policy's runtime predictions see).
+        ending.clear();
+        while let Some(&Reverse((end, batch))) = ends.peek() {
             if end > t {
                 break;
             }
             ends.pop();
+            ending.append(&mut batches[batch]);
+            free_batches.push(batch);
+        }
+        ending.sort_unstable();
+        for &alloc in &ending {
             if let Some(slot) = running.remove(&alloc) {
                 held -= slot.res;
                 engine.apply(Event::SlotFinished { alloc, outcome: SlotOutcome::Succeeded }).expect("live slot");
@@ -153,6 +165,7 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
             let decisions = engine.schedule();
             latencies.push(started.elapsed().as_nanos() as u64);
             let mut stopped = false;
+            let mut placed: Option<(GangId, usize)> = None;
             for d in decisions {
                 match d {
                     Decision::Place { gang, alloc, resources, .. } => {
@@ -161,7 +174,19 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
                         held += resources;
                         state[job].start.get_or_insert(t);
                         running.insert(alloc, Slot { start: t, res: resources });
-                        ends.push(Reverse((t + jobs[job].runtime, alloc)));
+                        let batch = match placed {
+                            Some((g, b)) if g == gang => b,
+                            _ => {
+                                let b = free_batches.pop().unwrap_or_else(|| {
+                                    batches.push(Vec::new());
+                                    batches.len() - 1
+                                });
+                                ends.push(Reverse((t + jobs[job].runtime, b)));
+                                placed = Some((gang, b));
+                                b
+                            }
+                        };
+                        batches[batch].push(alloc);
                     }
                     Decision::Stop { alloc, reason, .. } => {
                         if let Some(slot) = running.remove(&alloc) {
