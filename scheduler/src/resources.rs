@@ -157,7 +157,7 @@ impl fmt::Display for Resources {
 
 /// Formats millicores the way people write them: `2`, `1.5`, `250m`.
 pub fn format_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else if millis < 1000 {
         format!("{millis}m")

@@ -127,10 +127,10 @@ impl Run {
         }
         // Gangs start all-or-nothing: a first start places at least `min` slots at once.
         for (gang, n) in starts {
-            if let Some(g) = self.engine.gang(gang) {
-                if g.completed == 0 {
-                    assert!(n >= g.spec.min, "{gang:?} started with {n} < min {} slots", g.spec.min);
-                }
+            if let Some(g) = self.engine.gang(gang)
+                && g.completed == 0
+            {
+                assert!(n >= g.spec.min, "{gang:?} started with {n} < min {} slots", g.spec.min);
             }
         }
         // Every running gang holds at least `min` slots (until its work winds down).

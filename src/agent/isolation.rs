@@ -35,14 +35,14 @@ impl Isolation {
         };
         let dir_name = format!("cohort-{}", sanitize(agent));
         let root = Path::new("/sys/fs/cgroup");
-        if root.join("cgroup.controllers").exists() {
-            if let Some(p) = path_of("") {
-                let base = root.join(p.trim_start_matches('/')).join(&dir_name);
-                if fs::create_dir_all(&base).is_ok()
-                    && fs::write(base.join("cgroup.subtree_control"), "+memory +cpu").is_ok()
-                {
-                    return Isolation::CgroupV2 { base };
-                }
+        if root.join("cgroup.controllers").exists()
+            && let Some(p) = path_of("")
+        {
+            let base = root.join(p.trim_start_matches('/')).join(&dir_name);
+            if fs::create_dir_all(&base).is_ok()
+                && fs::write(base.join("cgroup.subtree_control"), "+memory +cpu").is_ok()
+            {
+                return Isolation::CgroupV2 { base };
             }
         }
         if let Some(p) = path_of("memory") {
@@ -137,10 +137,10 @@ fn rss_of_group(pgid: u32) -> u64 {
         // Fields after the command name: state ppid pgrp ...
         let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid) {
-            if let Some(pages) = fields.get(21).and_then(|r| r.parse::<u64>().ok()) {
-                total += pages * page;
-            }
+        if fields.get(2).and_then(|g| g.parse::<u32>().ok()) == Some(pgid)
+            && let Some(pages) = fields.get(21).and_then(|r| r.parse::<u64>().ok())
+        {
+            total += pages * page;
         }
     }
     total

@@ -44,10 +44,11 @@ impl pb::agent_logs_server::AgentLogs for LogService {
                         let running = executors.lock().expect("executor table").contains_key(&req.alloc_id);
                         if !req.follow || !running {
                             // One more read catches output written just before exit.
-                            if let Ok(n) = file.read(&mut buf).await {
-                                if n > 0 && tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err() {
-                                    return;
-                                }
+                            if let Ok(n) = file.read(&mut buf).await
+                                && n > 0
+                                && tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err()
+                            {
+                                return;
                             }
                             return;
                         }

@@ -226,7 +226,7 @@ impl Agent {
         cmd.envs(&l.env).env("COHORT_ALLOC_ID", l.alloc_id.to_string());
         cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
         cmd.process_group(0);
-        let fds: Vec<i32> = procs.iter().map(|f| std::os::fd::AsRawFd::as_raw_fd(f)).collect();
+        let fds: Vec<i32> = procs.iter().map(std::os::fd::AsRawFd::as_raw_fd).collect();
         // SAFETY: only async-signal-safe calls (write, prctl) run between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
@@ -254,13 +254,12 @@ impl Agent {
                 tokio::select! {
                     s = child.wait() => break s,
                     _ = tokio::time::sleep(Duration::from_millis(500)) => {
-                        if over.is_none() {
-                            if let Some(why) = me.isolation.over_limit(pid, memory) {
+                        if over.is_none()
+                            && let Some(why) = me.isolation.over_limit(pid, memory) {
                                 tracing::warn!(alloc, %why, "killing executor");
                                 signal_group(pid, libc::SIGKILL);
                                 over = Some(why);
                             }
-                        }
                     }
                 }
             };

@@ -19,7 +19,15 @@ struct Agent {
     record: NodeRecord,
     last_seen: Instant,
     commands: Option<mpsc::Sender<Result<pb::Command, Status>>>,
+    /// Commands decided between its registration and its stream attaching.
+    queued: Vec<pb::Command>,
     lost: bool,
+}
+
+impl Agent {
+    fn new(record: NodeRecord) -> Agent {
+        Agent { record, last_seen: Instant::now(), commands: None, queued: Vec::new(), lost: false }
+    }
 }
 
 pub(crate) struct State {
@@ -64,7 +72,7 @@ impl State {
             };
             engine.apply(Event::NodeAdded { node: NodeId(n.id), spec })?;
             // Until it re-registers, its executors are presumed healthy.
-            agents.insert(n.id, Agent { record: n, last_seen: Instant::now(), commands: None, lost: false });
+            agents.insert(n.id, Agent::new(n));
         }
         let mut jobs = BTreeMap::new();
         for job in snapshot.jobs {
@@ -167,6 +175,9 @@ impl State {
             }
             Msg::Attach { node, commands } => {
                 if let Some(agent) = self.agents.get_mut(&node) {
+                    for command in agent.queued.drain(..) {
+                        let _ = commands.try_send(Ok(command));
+                    }
                     agent.commands = Some(commands);
                     agent.last_seen = Instant::now();
                 }
@@ -339,14 +350,16 @@ impl State {
 
     fn send_to_alloc(&mut self, alloc: u64, body: pb::command::Body) {
         let Some(record) = self.allocs.get(&alloc) else { return };
-        let agent = self.agents.values().find(|a| a.record.name == record.node);
-        match agent.and_then(|a| a.commands.as_ref()) {
+        let Some(agent) = self.agents.values_mut().find(|a| a.record.name == record.node) else { return };
+        let command = pb::Command { body: Some(body) };
+        match &agent.commands {
             Some(commands) => {
-                if commands.try_send(Ok(pb::Command { body: Some(body) })).is_err() {
+                if commands.try_send(Ok(command)).is_err() {
                     tracing::warn!(alloc, node = %record.node, "agent command queue full or closed");
                 }
             }
-            None => tracing::warn!(alloc, node = %record.node, "agent not attached; command dropped"),
+            // Registered but not yet attached: delivered when it attaches.
+            None => agent.queued.push(command),
         }
     }
 
@@ -380,7 +393,7 @@ impl State {
             Some(_) => Event::NodeUpdated { node: NodeId(id), spec },
         };
         self.engine.apply(event).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        self.agents.insert(id, Agent { record, last_seen: Instant::now(), commands: None, lost: false });
+        self.agents.insert(id, Agent::new(record));
         tracing::info!(node = %req.name, id, isolation = %req.isolation, running = req.running.len(), "agent registered");
         // Adopt what it runs that we know of; anything else is an orphan to stop.
         let mut orphans = Vec::new();
@@ -418,15 +431,16 @@ impl State {
         agent.last_seen = Instant::now();
         match msg.body {
             Some(pb::agent_message::Body::Started(s)) => {
-                if let Some(a) = self.allocs.get(&s.alloc_id) {
-                    if let Some(job) = self.jobs.get_mut(&a.job) {
-                        if let Some(slot) = job.slots.get_mut(a.slot as usize) {
-                            if slot.alloc_id == s.alloc_id && slot.state == "starting" {
-                                slot.state = "running".into();
-                            }
-                        }
-                        self.store.put_job(job)?;
+                if let Some(a) = self.allocs.get(&s.alloc_id)
+                    && let Some(job) = self.jobs.get_mut(&a.job)
+                {
+                    if let Some(slot) = job.slots.get_mut(a.slot as usize)
+                        && slot.alloc_id == s.alloc_id
+                        && slot.state == "starting"
+                    {
+                        slot.state = "running".into();
                     }
+                    self.store.put_job(job)?;
                 }
             }
             Some(pb::agent_message::Body::Exited(e)) => {
@@ -461,16 +475,16 @@ impl State {
         let Some(record) = self.allocs.remove(&alloc) else { return Ok(()) };
         self.store.delete_alloc(alloc)?;
         if let Some(job) = self.jobs.get_mut(&record.job) {
-            if let Some(slot) = job.slots.get_mut(record.slot as usize) {
-                if slot.alloc_id == alloc {
-                    slot.exit_code = exit_code;
-                    slot.state = match outcome {
-                        SlotOutcome::Succeeded => "succeeded",
-                        SlotOutcome::Failed => "failed",
-                        SlotOutcome::Stopped => "stopped",
-                    }
-                    .into();
+            if let Some(slot) = job.slots.get_mut(record.slot as usize)
+                && slot.alloc_id == alloc
+            {
+                slot.exit_code = exit_code;
+                slot.state = match outcome {
+                    SlotOutcome::Succeeded => "succeeded",
+                    SlotOutcome::Failed => "failed",
+                    SlotOutcome::Stopped => "stopped",
                 }
+                .into();
             }
             if outcome == SlotOutcome::Failed && !detail.is_empty() {
                 job.reason = format!("slot {} {detail}", record.slot);
@@ -493,6 +507,7 @@ impl State {
             let agent = self.agents.get_mut(&id).expect("listed above");
             agent.lost = true;
             agent.commands = None;
+            agent.queued.clear();
             let name = agent.record.name.clone();
             tracing::warn!(node = %name, "agent missed its heartbeats: lost; re-queueing its work");
             self.engine.apply(Event::NodeLost { node: NodeId(id) })?;

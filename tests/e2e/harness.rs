@@ -1,7 +1,7 @@
 //! Starts clusters of real processes and drives them through the CLI.
 
 use std::net::TcpListener;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -190,10 +190,6 @@ impl Cluster {
             }
         }
         out
-    }
-
-    pub fn path(&self) -> &Path {
-        self.dir.path()
     }
 }
 

@@ -372,19 +372,19 @@ impl Engine {
     }
 
     fn add_node(&mut self, id: NodeId, spec: NodeSpec) -> Result<(), EngineError> {
-        if let Some(&other) = self.node_names.get(&spec.name) {
-            if other != id {
-                return Err(EngineError::NodeNameTaken(spec.name));
-            }
+        if let Some(&other) = self.node_names.get(&spec.name)
+            && other != id
+        {
+            return Err(EngineError::NodeNameTaken(spec.name));
         }
         let slot = id.0 as usize;
         if self.nodes.len() <= slot {
             self.nodes.resize_with(slot + 1, || None);
         }
-        if let Some(existing) = &self.nodes[slot] {
-            if existing.state != NodeState::Lost {
-                return Err(EngineError::NodeExists(id));
-            }
+        if let Some(existing) = &self.nodes[slot]
+            && existing.state != NodeState::Lost
+        {
+            return Err(EngineError::NodeExists(id));
         }
         self.node_names.insert(spec.name.clone(), id);
         self.total += spec.capacity;
@@ -409,10 +409,10 @@ impl Engine {
     }
 
     fn update_node(&mut self, id: NodeId, spec: NodeSpec) -> Result<(), EngineError> {
-        if let Some(&other) = self.node_names.get(&spec.name) {
-            if other != id {
-                return Err(EngineError::NodeNameTaken(spec.name));
-            }
+        if let Some(&other) = self.node_names.get(&spec.name)
+            && other != id
+        {
+            return Err(EngineError::NodeNameTaken(spec.name));
         }
         let node = self.node_mut(id)?;
         if node.state == NodeState::Lost {

@@ -241,15 +241,11 @@ impl Engine {
         let holds_reservation = self.reservations.contains_key(&id);
         let request = if holds_reservation { None } else { Failure::of(g, need) };
         if !holds_reservation {
-            let known = pass
-                .blocked
-                .get(&key)
-                .cloned()
-                .or_else(|| {
-                    // Room is short; only a gang that could evict must look further.
-                    let hopeless = !self.may_preempt(g) && (pass.too_big(&g.spec.slot) || pass.known_to_fail(request));
-                    hopeless.then_some(PendingReason::NoRoom { need, fit: 0 })
-                });
+            let known = pass.blocked.get(&key).cloned().or_else(|| {
+                // Room is short; only a gang that could evict must look further.
+                let hopeless = !self.may_preempt(g) && (pass.too_big(&g.spec.slot) || pass.known_to_fail(request));
+                hopeless.then_some(PendingReason::NoRoom { need, fit: 0 })
+            });
             if let Some(reason) = known {
                 // A gang owed a reservation still gets its chance at one.
                 let policy = &self.config.policy;
@@ -286,28 +282,30 @@ impl Engine {
 
     /// A gang could not start: preempt for it, reserve for it, or let it wait.
     fn blocked(&mut self, id: GangId, need: u32, fit: u32, pass: &mut PassState) -> PendingReason {
-        if let Some(r) = self.reservations.get(&id) {
-            if r.nomination {
-                if self.now <= r.start {
-                    return PendingReason::AwaitingVictims { deadline: r.start, victims: r.nodes.len() };
-                }
-                // Victims are gone but the gang still does not fit (a node was lost): start over.
-                self.drop_reservation(id);
+        if let Some(r) = self.reservations.get(&id)
+            && r.nomination
+        {
+            if self.now <= r.start {
+                return PendingReason::AwaitingVictims { deadline: r.start, victims: r.nodes.len() };
             }
+            // Victims are gone but the gang still does not fit (a node was lost): start over.
+            self.drop_reservation(id);
         }
         let policy = &self.config.policy;
-        if policy.preemption {
-            if let Some(reason) = self.try_preempt(id, need) {
-                return reason;
-            }
+        if policy.preemption
+            && let Some(reason) = self.try_preempt(id, need)
+        {
+            return reason;
         }
         let policy = &self.config.policy;
         let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
-        if policy.backfill && pass.reservations < policy.max_reservations && waited >= self.reservation_bound(id) {
-            if let Some(reason) = self.reserve(id, need) {
-                pass.reservations += 1;
-                return reason;
-            }
+        if policy.backfill
+            && pass.reservations < policy.max_reservations
+            && waited >= self.reservation_bound(id)
+            && let Some(reason) = self.reserve(id, need)
+        {
+            pass.reservations += 1;
+            return reason;
         }
         PendingReason::NoRoom { need, fit }
     }
@@ -385,10 +383,10 @@ impl Engine {
         let g = &self.gangs[&id];
         let need = g.start_need();
         let key = g.shape_key ^ (need as u64);
-        if let Some((version, verdict)) = self.feasible_cache.get(&key) {
-            if *version == self.topology_version {
-                return verdict.clone();
-            }
+        if let Some((version, verdict)) = self.feasible_cache.get(&key)
+            && *version == self.topology_version
+        {
+            return verdict.clone();
         }
         let one_per_node = g.spec.constraints.one_slot_per_node || g.spec.constraints.exclusive || g.group.is_some();
         let mut fit = 0u64;

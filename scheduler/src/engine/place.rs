@@ -142,15 +142,15 @@ impl Engine {
         if !c.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
             return 0;
         }
-        if let Some((k, v)) = domain {
-            if node.labels.get(k) != Some(v) {
-                return 0;
-            }
+        if let Some((k, v)) = domain
+            && node.labels.get(k) != Some(v)
+        {
+            return 0;
         }
-        if let Some(group) = g.group {
-            if node.groups.iter().any(|&(gr, n)| gr == group && n > 0) {
-                return 0;
-            }
+        if let Some(group) = g.group
+            && node.groups.iter().any(|&(gr, n)| gr == group && n > 0)
+        {
+            return 0;
         }
         if c.exclusive && !(node.allocated.is_zero() && node.reserved.is_zero()) {
             return 0;

@@ -17,7 +17,7 @@
 
 use rustc_hash::FxHashMap;
 
-use crate::engine::place::Domain;
+use crate::engine::place::{Choice, Domain};
 use crate::engine::{Engine, PendingReason, Reservation};
 use crate::event::StopReason;
 use crate::model::{AllocId, GangId, NodeId};
@@ -48,7 +48,7 @@ impl Engine {
 
     /// The cheapest victims on nodes of `domain` that make room for `need`
     /// slots, and where those slots go; `None` if no eviction suffices.
-    fn plan_preemption(&self, id: GangId, need: u32, domain: Domain) -> Option<(Vec<(NodeId, u32)>, Vec<AllocId>)> {
+    fn plan_preemption(&self, id: GangId, need: u32, domain: Domain) -> Option<(Choice, Vec<AllocId>)> {
         let g = &self.gangs[&id];
         let rank = g.rank;
         let lower_running = self.preemptible_running[rank + 1..].iter().any(|&c| c > 0);

@@ -99,5 +99,5 @@ impl Engine {
 }
 
 fn fmt_time(ms: Time) -> String {
-    if ms % 1000 == 0 { format!("{}s", ms / 1000) } else { format!("{:.3}s", ms as f64 / 1000.0) }
+    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{:.3}s", ms as f64 / 1000.0) }
 }

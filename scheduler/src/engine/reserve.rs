@@ -28,10 +28,10 @@ impl Engine {
         let g = &self.gangs[&id];
         let mut best: Option<(Time, Vec<(NodeId, Resources)>)> = None;
         for domain in self.domains(g) {
-            if let Some((start, nodes)) = self.plan_reservation(g, need, domain.as_ref()) {
-                if best.as_ref().is_none_or(|b| start < b.0) {
-                    best = Some((start, nodes));
-                }
+            if let Some((start, nodes)) = self.plan_reservation(g, need, domain.as_ref())
+                && best.as_ref().is_none_or(|b| start < b.0)
+            {
+                best = Some((start, nodes));
             }
         }
         let (start, nodes) = best?;
@@ -64,10 +64,10 @@ impl Engine {
             if node.state != NodeState::Ready || !self.statically_fits(g, nid, domain) {
                 continue;
             }
-            if let Some(group) = g.group {
-                if node.groups.iter().any(|&(gr, _)| gr == group) {
-                    continue;
-                }
+            if let Some(group) = g.group
+                && node.groups.iter().any(|&(gr, _)| gr == group)
+            {
+                continue;
             }
             let idx = candidates.len() as u32;
             if whole_node || node.exclusive_allocs > 0 {
@@ -207,11 +207,11 @@ impl Engine {
 
     fn uninstall(&mut self, gang: GangId) -> Option<Reservation> {
         let r = self.reservations.remove(&gang)?;
-        if r.nomination {
-            if let Some(g) = self.gangs.get(&gang) {
-                let q = &mut self.queues[g.queue];
-                q.promised = q.promised.saturating_sub(&r.total());
-            }
+        if r.nomination
+            && let Some(g) = self.gangs.get(&gang)
+        {
+            let q = &mut self.queues[g.queue];
+            q.promised = q.promised.saturating_sub(&r.total());
         }
         for (n, amount) in &r.nodes {
             let node = self.nodes[n.0 as usize].as_mut().expect("valid node");

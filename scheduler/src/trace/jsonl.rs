@@ -187,5 +187,5 @@ pub fn write_jsonl(trace: &Trace, out: &mut String) {
 
 /// Whole cores where exact, millicores otherwise, so a written trace reads back identically.
 fn exact_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 { format!("{}", millis / 1000) } else { format!("{millis}m") }
+    if millis.is_multiple_of(1000) { format!("{}", millis / 1000) } else { format!("{millis}m") }
 }
