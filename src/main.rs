@@ -106,6 +106,8 @@ enum Command {
         #[arg(long, short)]
         follow: bool,
     },
+    /// Follow job events as they happen: one job until it ends, or all.
+    Watch { id: Option<String> },
     /// List nodes.
     Nodes,
     /// Stop placing new slots on a node.
@@ -194,6 +196,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Job { id } => cli::job(coordinator, cli::job_id(&id)?, output).await,
         Command::Cancel { id } => cli::cancel(coordinator, cli::job_id(&id)?, output).await,
         Command::Logs { id, slot, follow } => cli::logs(coordinator, cli::job_id(&id)?, slot, follow).await,
+        Command::Watch { id } => cli::watch(coordinator, id.as_deref().map(cli::job_id).transpose()?, output).await,
         Command::Nodes => cli::nodes(coordinator, output).await,
         Command::Cordon { node } => cli::node_action(coordinator, &node, cli::NodeAction::Cordon, output).await,
         Command::Uncordon { node } => cli::node_action(coordinator, &node, cli::NodeAction::Uncordon, output).await,

@@ -44,6 +44,7 @@ pub(crate) enum Msg {
     Nodes { reply: oneshot::Sender<Vec<pb::Node>> },
     NodeOp { name: String, op: NodeOp, reply: oneshot::Sender<Result<pb::Node, Status>> },
     Status { reply: oneshot::Sender<pb::ClusterStatus> },
+    Watch { reply: oneshot::Sender<tokio::sync::broadcast::Receiver<pb::JobEvent>> },
     Tick,
 }
 
@@ -167,6 +168,19 @@ impl pb::jobs_server::Jobs for Api {
 
     async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
         Ok(Response::new(self.ask(|reply| Msg::Status { reply }).await?))
+    }
+
+    type WatchStream = BoxStream<pb::JobEvent>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let job = req.into_inner().job_id;
+        let events = self.ask(|reply| Msg::Watch { reply }).await?;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(events).filter_map(move |e| match e {
+            Ok(e) if job == 0 || e.job_id == job => Some(Ok(e)),
+            Ok(_) => None,
+            Err(lagged) => Some(Err(Status::data_loss(format!("watcher fell behind: {lagged}")))),
+        });
+        Ok(Response::new(Box::pin(stream)))
     }
 }
 

@@ -41,6 +41,7 @@ pub(crate) struct State {
     pending_orphans: Vec<(u32, u64)>,
     settings: Settings,
     address: String,
+    events: tokio::sync::broadcast::Sender<pb::JobEvent>,
 }
 
 fn now_ms() -> u64 {
@@ -127,6 +128,7 @@ impl State {
             pending_orphans: Vec::new(),
             settings: settings.clone(),
             address,
+            events: tokio::sync::broadcast::channel(4096).0,
         })
     }
 
@@ -199,6 +201,9 @@ impl State {
                     agents: self.agents.values().filter(|a| !a.lost).count() as u32,
                 });
             }
+            Msg::Watch { reply } => {
+                let _ = reply.send(self.events.subscribe());
+            }
             Msg::Tick => self.tick()?,
         }
         Ok(())
@@ -233,8 +238,15 @@ impl State {
         }
         tracing::info!(job = id, name = %spec.name, "job submitted");
         self.jobs.insert(id, record);
+        self.announce(id, format!("submitted: {} ({} × {})", spec.name, spec.gang.min, spec.gang.slot));
         self.schedule().map_err(|e| Status::internal(e.to_string()))?;
         Ok(id)
+    }
+
+    /// Tells watchers what happened to a job.
+    fn announce(&self, job: u64, what: String) {
+        let state = self.job_view(job).map(|j| j.state).unwrap_or_default();
+        let _ = self.events.send(pb::JobEvent { job_id: job, at_ms: now_ms() as i64, state, what });
     }
 
     /// Runs a scheduling pass and carries out its decisions.
@@ -276,19 +288,22 @@ impl State {
                     if let Some(job) = self.jobs.get_mut(&gang.0) {
                         job.state = "pending".into();
                         job.attempts = attempts;
-                        job.reason = reason;
+                        job.reason = reason.clone();
                         self.store.put_job(job)?;
                     }
+                    self.announce(gang.0, format!("requeued after attempt {attempts}: {reason}"));
                 }
                 Decision::Finished { gang, outcome, reason } => {
                     if let Some(job) = self.jobs.get_mut(&gang.0) {
                         job.state = outcome_name(outcome).into();
                         if !reason.is_empty() {
-                            job.reason = reason;
+                            job.reason = reason.clone();
                         }
                         tracing::info!(job = gang.0, state = %job.state, "job finished");
                         self.store.put_job(job)?;
                     }
+                    let detail = if reason.is_empty() { String::new() } else { format!(": {reason}") };
+                    self.announce(gang.0, format!("{}{detail}", outcome_name(outcome)));
                 }
                 Decision::Reserve { gang, nodes, start } => {
                     tracing::info!(job = gang.0, nodes = nodes.len(), start, "reservation");
@@ -439,6 +454,13 @@ impl State {
                         && slot.state == "starting"
                     {
                         slot.state = "running".into();
+                        let what = format!("slot {} running on {} (pid {})", a.slot, a.node, s.pid);
+                        let _ = self.events.send(pb::JobEvent {
+                            job_id: a.job,
+                            at_ms: now_ms() as i64,
+                            state: job.state.clone(),
+                            what,
+                        });
                     }
                     self.store.put_job(job)?;
                 }
@@ -489,6 +511,13 @@ impl State {
             if outcome == SlotOutcome::Failed && !detail.is_empty() {
                 job.reason = format!("slot {} {detail}", record.slot);
             }
+            let ended = match outcome {
+                SlotOutcome::Succeeded => "succeeded",
+                SlotOutcome::Failed => "failed",
+                SlotOutcome::Stopped => "stopped",
+            };
+            let what = format!("slot {} {ended} on {} (exit code {exit_code})", record.slot, record.node);
+            let _ = self.events.send(pb::JobEvent { job_id: record.job, at_ms: now_ms() as i64, state: job.state.clone(), what });
             self.store.put_job(job)?;
         }
         match self.engine.apply(Event::SlotFinished { alloc: AllocId(alloc), outcome }) {

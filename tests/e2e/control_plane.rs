@@ -126,3 +126,14 @@ fn a_service_preempts_batch_gangs_which_are_requeued_and_later_succeed() {
     });
     assert!(c.job(victims[0])["attempts"].as_u64().unwrap() >= 2, "the victim ran again");
 }
+
+#[test]
+fn watching_a_job_follows_it_to_its_end() {
+    let c = Cluster::start(&[("a", 2)]);
+    let id = c.submit("watched", 2, "500m", "batch", "sleep 1");
+    let out = c.cli(&["watch", &id.to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("slot 0 succeeded on a") || text.contains("already succeeded"), "{text}");
+    assert!(text.lines().last().is_some_and(|l| l.contains("succeeded")), "{text}");
+}
