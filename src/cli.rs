@@ -201,7 +201,8 @@ pub async fn node_action(coordinator: &str, name: &str, action: NodeAction, outp
 /// Prints job events as they happen: one job until it ends, or all until interrupted.
 pub async fn watch(coordinator: &str, job: Option<u64>, output: Output) -> Result<()> {
     let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
-    let mut stream = client.watch(pb::WatchRequest { job_id: job.unwrap_or(0) }).await.map_err(status_error)?.into_inner();
+    let mut stream =
+        client.watch(pb::WatchRequest { job_id: job.unwrap_or(0) }).await.map_err(status_error)?.into_inner();
     if let Some(id) = job {
         // The job may have ended before the watch began.
         let now = client.get(pb::JobRef { job_id: id }).await.map_err(status_error)?.into_inner();
@@ -212,7 +213,9 @@ pub async fn watch(coordinator: &str, job: Option<u64>, output: Output) -> Resul
     }
     while let Some(e) = stream.message().await.map_err(status_error)? {
         match output {
-            Output::Json => println!("{}", json!({ "job": e.job_id, "at_ms": e.at_ms, "state": e.state, "what": e.what })),
+            Output::Json => {
+                println!("{}", json!({ "job": e.job_id, "at_ms": e.at_ms, "state": e.state, "what": e.what }))
+            }
             Output::Table => println!("job {} [{}] {}", e.job_id, e.state, e.what),
         }
         if job.is_some() && matches!(e.state.as_str(), "succeeded" | "failed" | "cancelled") {

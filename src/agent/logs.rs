@@ -38,19 +38,18 @@ impl pb::agent_logs_server::AgentLogs for LogService {
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {
             let mut buf = vec![0u8; 64 * 1024];
+            let mut finishing = false;
             loop {
                 match file.read(&mut buf).await {
                     Ok(0) => {
+                        if finishing {
+                            return;
+                        }
                         let running = executors.lock().expect("executor table").contains_key(&req.alloc_id);
                         if !req.follow || !running {
-                            // One more read catches output written just before exit.
-                            if let Ok(n) = file.read(&mut buf).await
-                                && n > 0
-                                && tx.send(Ok(pb::LogChunk { data: buf[..n].to_vec() })).await.is_err()
-                            {
-                                return;
-                            }
-                            return;
+                            // Read to the end once more: output written just before exit.
+                            finishing = true;
+                            continue;
                         }
                         tokio::time::sleep(Duration::from_millis(200)).await;
                     }

@@ -517,7 +517,12 @@ impl State {
                 SlotOutcome::Stopped => "stopped",
             };
             let what = format!("slot {} {ended} on {} (exit code {exit_code})", record.slot, record.node);
-            let _ = self.events.send(pb::JobEvent { job_id: record.job, at_ms: now_ms() as i64, state: job.state.clone(), what });
+            let _ = self.events.send(pb::JobEvent {
+                job_id: record.job,
+                at_ms: now_ms() as i64,
+                state: job.state.clone(),
+                what,
+            });
             self.store.put_job(job)?;
         }
         match self.engine.apply(Event::SlotFinished { alloc: AllocId(alloc), outcome }) {

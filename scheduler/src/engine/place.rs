@@ -305,46 +305,42 @@ impl Engine {
 
     /// Books a slot on a node: gang, queue, node and index accounting.
     fn attach(&mut self, gang: GangId, slot: u32, node_id: NodeId, alloc_id: AllocId, now: Time) -> Resources {
-        {
-            {
-                let g = self.gangs.get_mut(&gang).expect("placing a live gang");
-                g.slots[slot as usize] = SlotState::Running(alloc_id);
-                g.running += 1;
-                let res = g.spec.slot;
-                let alloc = Alloc {
-                    gang,
-                    slot,
-                    node: node_id,
-                    res,
-                    started: now,
-                    expected_end: g.estimate.map(|e| now + e),
-                    limit_end: g.spec.estimated_runtime.map(|e| now + e),
-                    stopping: false,
-                    exclusive: g.spec.constraints.exclusive,
-                    group: g.group,
-                };
-                let (rank, queue) = (g.rank, g.queue);
-                if self.config.classes[rank].preemptible {
-                    self.preemptible_running[rank] += 1;
-                }
-                self.queues[queue].allocated += res;
-                let node = self.nodes[node_id.0 as usize].as_mut().expect("valid node");
-                node.allocated += res;
-                node.allocs.push(alloc_id);
-                node.releases_stale = true;
-                if alloc.exclusive {
-                    node.exclusive_allocs += 1;
-                }
-                if let Some(group) = alloc.group {
-                    match node.groups.iter_mut().find(|(gr, _)| *gr == group) {
-                        Some(e) => e.1 += 1,
-                        None => node.groups.push((group, 1)),
-                    }
-                }
-                self.allocs.insert(alloc_id, alloc);
-                res
+        let g = self.gangs.get_mut(&gang).expect("placing a live gang");
+        g.slots[slot as usize] = SlotState::Running(alloc_id);
+        g.running += 1;
+        let res = g.spec.slot;
+        let alloc = Alloc {
+            gang,
+            slot,
+            node: node_id,
+            res,
+            started: now,
+            expected_end: g.estimate.map(|e| now + e),
+            limit_end: g.spec.estimated_runtime.map(|e| now + e),
+            stopping: false,
+            exclusive: g.spec.constraints.exclusive,
+            group: g.group,
+        };
+        let (rank, queue) = (g.rank, g.queue);
+        if self.config.classes[rank].preemptible {
+            self.preemptible_running[rank] += 1;
+        }
+        self.queues[queue].allocated += res;
+        let node = self.nodes[node_id.0 as usize].as_mut().expect("valid node");
+        node.allocated += res;
+        node.allocs.push(alloc_id);
+        node.releases_stale = true;
+        if alloc.exclusive {
+            node.exclusive_allocs += 1;
+        }
+        if let Some(group) = alloc.group {
+            match node.groups.iter_mut().find(|(gr, _)| *gr == group) {
+                Some(e) => e.1 += 1,
+                None => node.groups.push((group, 1)),
             }
         }
+        self.allocs.insert(alloc_id, alloc);
+        res
     }
 
     /// Removes an allocation from its node, freeing its room. Gang
