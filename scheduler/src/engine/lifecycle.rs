@@ -108,9 +108,13 @@ impl Engine {
         let alloc = self.allocs.get_mut(&id).expect("stopping a live alloc");
         debug_assert!(!alloc.stopping);
         alloc.stopping = true;
-        alloc.expected_end = Some(deadline);
+        let before = alloc.expected_end.replace(deadline);
         let (gang, slot, node, res) = (alloc.gang, alloc.slot, alloc.node, alloc.res);
-        self.nodes[node.0 as usize].as_mut().expect("valid node").releases_stale = true;
+        let n = self.nodes[node.0 as usize].as_mut().expect("valid node");
+        if let Some(end) = before {
+            n.releases.remove(&(end, id));
+        }
+        n.releases.insert((deadline, id));
         self.terminating.insert((deadline, id));
         self.slot_left(gang, slot, res, SlotState::Todo);
         self.emit(Decision::Stop { gang, slot, node, alloc: id, reason, deadline });

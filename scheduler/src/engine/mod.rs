@@ -172,9 +172,9 @@ pub(crate) struct Node {
     /// (anti-affinity group, slots on this node)
     pub groups: Vec<(u32, u32)>,
     /// Expected ends of its slots, sorted: (end, limit, stopping, resources).
-    /// Rebuilt lazily when `releases_stale`; read by reservation planning.
-    pub releases: Vec<(Time, Option<Time>, bool, Resources)>,
-    pub releases_stale: bool,
+    /// (expected end, alloc) of its slots, kept as they come and go; read by
+    /// reservation planning.
+    pub releases: BTreeSet<(Time, AllocId)>,
     /// The key under which the node sits in the free index, if it is in it.
     pub index_key: Option<(u64, u64, u64)>,
 }
@@ -399,8 +399,7 @@ impl Engine {
             allocs: Vec::new(),
             exclusive_allocs: 0,
             groups: Vec::new(),
-            releases: Vec::new(),
-            releases_stale: false,
+            releases: BTreeSet::new(),
             index_key: None,
         });
         self.reindex(id);
@@ -710,6 +709,13 @@ impl Engine {
             }
             if sum != n.allocated {
                 return Err(format!("node {i}: allocated {} but slots hold {}", n.allocated, sum));
+            }
+            let mut expected: Vec<(Time, AllocId)> =
+                n.allocs.iter().filter_map(|a| self.allocs[a].expected_end.map(|e| (e, *a))).collect();
+            expected.sort_unstable();
+            let listed: Vec<(Time, AllocId)> = n.releases.iter().copied().collect();
+            if expected != listed {
+                return Err(format!("node {i}: release list {listed:?} but slots end at {expected:?}"));
             }
             if !n.allocated.fits_in(&n.capacity) {
                 return Err(format!("node {i} over-committed: {} on {}", n.allocated, n.capacity));

@@ -367,8 +367,14 @@ impl Engine {
             }
             match self.find_nodes(g, 1, want) {
                 Ok((choice, _)) => {
+                    let placed: u32 = choice.iter().map(|(_, k)| k).sum();
                     self.commit(id, &choice, true);
                     self.update_growable(id);
+                    if placed < want {
+                        // It took all the room there was for its shape.
+                        pass.blocked.insert(key, PendingReason::NotYetTried);
+                        pass.remember_failure(request);
+                    }
                 }
                 Err(_) => {
                     pass.blocked.insert(key, PendingReason::NotYetTried);

@@ -329,7 +329,9 @@ impl Engine {
         let node = self.nodes[node_id.0 as usize].as_mut().expect("valid node");
         node.allocated += res;
         node.allocs.push(alloc_id);
-        node.releases_stale = true;
+        if let Some(end) = alloc.expected_end {
+            node.releases.insert((end, alloc_id));
+        }
         if alloc.exclusive {
             node.exclusive_allocs += 1;
         }
@@ -349,7 +351,9 @@ impl Engine {
         let Some(alloc) = self.allocs.remove(&id) else { return };
         let node = self.nodes[alloc.node.0 as usize].as_mut().expect("valid node");
         node.allocated -= alloc.res;
-        node.releases_stale = true;
+        if let Some(end) = alloc.expected_end {
+            node.releases.remove(&(end, id));
+        }
         if let Some(pos) = node.allocs.iter().position(|a| *a == id) {
             node.allocs.swap_remove(pos);
         }

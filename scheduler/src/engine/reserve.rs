@@ -17,14 +17,13 @@ use std::collections::BTreeMap;
 use crate::engine::place::Domain;
 use crate::engine::{Engine, Gang, PendingReason, Reservation};
 use crate::event::Decision;
-use crate::model::{GangId, NodeId, NodeState, Time};
+use crate::model::{AllocId, GangId, NodeId, NodeState, Time};
 use crate::resources::Resources;
 
 impl Engine {
     /// Tries to reserve the earliest room for `need` slots of the gang, in
     /// whichever of its domains frees up first.
     pub(crate) fn reserve(&mut self, id: GangId, need: u32) -> Option<PendingReason> {
-        self.refresh_releases();
         let g = &self.gangs[&id];
         let mut best: Option<(Time, Vec<(NodeId, Resources)>)> = None;
         for domain in self.domains(g) {
@@ -94,25 +93,26 @@ impl Engine {
             }
             if held < need && !(one_per_node && held > 0) {
                 // Walk the node's releases in time order until it holds enough.
-                let overrun = match node.releases.first() {
-                    Some(first) if first.0 < now => node.releases.partition_point(|r| r.0 < now),
-                    _ => 0,
-                };
+                // Slots past their predicted end move to their limit (or now).
+                let first_on_time = (now, AllocId(0));
                 late.clear();
-                late.extend(node.releases[..overrun].iter().map(|&(e, limit, stopping, res)| {
-                    (if stopping { e.max(now) } else { limit.unwrap_or(e).max(now) }, res)
+                late.extend(node.releases.range(..first_on_time).map(|&(e, a)| {
+                    let alloc = &self.allocs[&a];
+                    let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
+                    (end, alloc.res)
                 }));
                 late.sort_unstable_by_key(|r| r.0);
-                let (mut a, mut b) = (0, overrun);
+                let mut on_time = node.releases.range(first_on_time..).peekable();
+                let mut a = 0;
                 loop {
-                    let (t, res) = match (late.get(a), node.releases.get(b)) {
+                    let (t, res) = match (late.get(a), on_time.peek()) {
                         (Some(x), Some(y)) if x.0 <= y.0 => {
                             a += 1;
                             *x
                         }
-                        (_, Some(y)) => {
-                            b += 1;
-                            (y.0, y.3)
+                        (_, Some(&&(e, id))) => {
+                            on_time.next();
+                            (e, self.allocs[&id].res)
                         }
                         (Some(x), None) => {
                             a += 1;
@@ -168,28 +168,6 @@ impl Engine {
             })
             .collect();
         Some((start, nodes))
-    }
-
-    /// Rebuilds the sorted release lists of nodes whose slots changed.
-    fn refresh_releases(&mut self) {
-        for i in 0..self.nodes.len() {
-            let Some(node) = &self.nodes[i] else { continue };
-            if !node.releases_stale {
-                continue;
-            }
-            let mut list: Vec<(Time, Option<Time>, bool, Resources)> = node
-                .allocs
-                .iter()
-                .filter_map(|a| {
-                    let alloc = &self.allocs[a];
-                    alloc.expected_end.map(|e| (e, alloc.limit_end, alloc.stopping, alloc.res))
-                })
-                .collect();
-            list.sort_unstable_by_key(|r| r.0);
-            let node = self.nodes[i].as_mut().expect("checked above");
-            node.releases = list;
-            node.releases_stale = false;
-        }
     }
 
     pub(crate) fn install_reservation(&mut self, gang: GangId, mut r: Reservation) {
