@@ -446,6 +446,7 @@ impl State {
         agent.last_seen = Instant::now();
         match msg.body {
             Some(pb::agent_message::Body::Started(s)) => {
+                let mut started = None;
                 if let Some(a) = self.allocs.get(&s.alloc_id)
                     && let Some(job) = self.jobs.get_mut(&a.job)
                 {
@@ -454,15 +455,12 @@ impl State {
                         && slot.state == "starting"
                     {
                         slot.state = "running".into();
-                        let what = format!("slot {} running on {} (pid {})", a.slot, a.node, s.pid);
-                        let _ = self.events.send(pb::JobEvent {
-                            job_id: a.job,
-                            at_ms: now_ms() as i64,
-                            state: job.state.clone(),
-                            what,
-                        });
+                        started = Some((a.job, format!("slot {} running on {} (pid {})", a.slot, a.node, s.pid)));
                     }
                     self.store.put_job(job)?;
+                }
+                if let Some((job, what)) = started {
+                    self.announce(job, what);
                 }
             }
             Some(pb::agent_message::Body::Exited(e)) => {
@@ -516,14 +514,11 @@ impl State {
                 SlotOutcome::Failed => "failed",
                 SlotOutcome::Stopped => "stopped",
             };
-            let what = format!("slot {} {ended} on {} (exit code {exit_code})", record.slot, record.node);
-            let _ = self.events.send(pb::JobEvent {
-                job_id: record.job,
-                at_ms: now_ms() as i64,
-                state: job.state.clone(),
-                what,
-            });
             self.store.put_job(job)?;
+            self.announce(
+                record.job,
+                format!("slot {} {ended} on {} (exit code {exit_code})", record.slot, record.node),
+            );
         }
         match self.engine.apply(Event::SlotFinished { alloc: AllocId(alloc), outcome }) {
             Ok(()) | Err(EngineError::UnknownAlloc(_)) => {}
