@@ -7,13 +7,15 @@
 //! the same decisions.
 //!
 //! The modules split the work:
-//! - `place`: the free-capacity index and where one gang's slots fit;
+//! - `free_index`: ready nodes by free capacity, searchable by fit;
+//! - `place`: where one gang's slots fit;
 //! - `pass`: the order in which pending gangs are tried, backfill, growth;
 //! - `reserve`: reservations that keep wide gangs from starving;
 //! - `preempt`: choosing the cheapest victims for a blocked gang;
 //! - `lifecycle`: slots ending, gangs torn down, re-queued, finished;
 //! - `reason`: why a gang is pending, in words.
 
+mod free_index;
 mod lifecycle;
 mod pass;
 mod place;
@@ -177,6 +179,8 @@ pub(crate) struct Node {
     pub releases: BTreeSet<(Time, AllocId)>,
     /// The key under which the node sits in the free index, if it is in it.
     pub index_key: Option<(u64, u64, u64)>,
+    /// Its free capacity changed since the index last saw it.
+    pub index_stale: bool,
 }
 
 impl Node {
@@ -229,7 +233,9 @@ pub struct Engine {
     pub(crate) node_names: FxHashMap<String, NodeId>,
     /// Ready nodes by (size class, free cpu, free memory, id). The size class
     /// is the node's cpu capacity when small nodes are preferred, else 0.
-    pub(crate) free_index: BTreeSet<(u64, u64, u64, u32)>,
+    pub(crate) free_index: free_index::FreeIndex,
+    /// Nodes whose index entry is out of date (see `reindex_later`).
+    pub(crate) stale_nodes: Vec<NodeId>,
     /// Capacity of all nodes that are not lost.
     pub(crate) total: Resources,
     /// Cpu of the largest node ever registered.
@@ -272,7 +278,8 @@ impl Engine {
             queue_index: FxHashMap::default(),
             nodes: Vec::new(),
             node_names: FxHashMap::default(),
-            free_index: BTreeSet::new(),
+            free_index: free_index::FreeIndex::default(),
+            stale_nodes: Vec::new(),
             total: Resources::ZERO,
             largest_node_cpu: 0,
             topology_version: 0,
@@ -401,6 +408,7 @@ impl Engine {
             groups: Vec::new(),
             releases: BTreeSet::new(),
             index_key: None,
+            index_stale: false,
         });
         self.reindex(id);
         self.topology_version += 1;
@@ -716,6 +724,12 @@ impl Engine {
             let listed: Vec<(Time, AllocId)> = n.releases.iter().copied().collect();
             if expected != listed {
                 return Err(format!("node {i}: release list {listed:?} but slots end at {expected:?}"));
+            }
+            let free = n.free();
+            let indexed = n.index_key.map(|(_, cpu, mem)| (cpu, mem));
+            let expected = (n.state == NodeState::Ready).then_some((free.cpu_millis, free.memory_bytes));
+            if !n.index_stale && indexed != expected {
+                return Err(format!("node {i}: indexed as {indexed:?} but has {expected:?} free"));
             }
             if !n.allocated.fits_in(&n.capacity) {
                 return Err(format!("node {i} over-committed: {} on {}", n.allocated, n.capacity));

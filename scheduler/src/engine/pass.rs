@@ -57,12 +57,8 @@ impl Engine {
     /// The most free cpu and the most free memory on any ready node. Within
     /// a pass room only shrinks, so a slot above either cannot be placed.
     fn largest_room(&self) -> Resources {
-        let mut room = Resources::ZERO;
-        for &(_, cpu, mem, _) in &self.free_index {
-            room.cpu_millis = room.cpu_millis.max(cpu);
-            room.memory_bytes = room.memory_bytes.max(mem);
-        }
-        room
+        let (cpu, memory) = self.free_index.largest_room();
+        Resources::new(cpu, memory)
     }
 }
 
@@ -124,6 +120,7 @@ impl PassState {
 impl Engine {
     /// Runs a scheduling pass and returns every decision made since the last call.
     pub fn schedule(&mut self) -> Vec<Decision> {
+        self.reindex_stale();
         self.refresh_predictions();
         let previous = self.clear_starvation_reservations();
         let mut pass = PassState { room: self.largest_room(), ..PassState::default() };

@@ -1,10 +1,11 @@
 //! Where a gang's slots fit.
 //!
-//! Ready nodes sit in a `BTreeSet` keyed by (free cpu, free memory, id).
-//! Packing walks it upwards from the slot's cpu (best fit: the fullest node
-//! that still fits comes first); spreading walks it downwards (worst fit).
-//! A walk stops as soon as enough slots are found, so placing a slot costs a
-//! few index steps, not a scan of the cluster.
+//! Ready nodes sit in the [free index](super::free_index) keyed by (size
+//! class, free cpu, free memory, id). Packing walks the nodes that fit
+//! upwards (best fit: the fullest node that still fits comes first);
+//! spreading walks them downwards (worst fit). A walk stops as soon as
+//! enough slots are found, so placing a slot costs a few index steps, not a
+//! scan of the cluster.
 
 use crate::engine::{Alloc, Engine, Gang, GangPhase, SlotState};
 use crate::event::Decision;
@@ -18,11 +19,29 @@ pub(crate) type Choice = Vec<(NodeId, u32)>;
 pub(crate) type Domain<'a> = Option<&'a (String, String)>;
 
 impl Engine {
+    /// Marks a node whose free capacity changed outside a pass; the index
+    /// catches up once, at the next pass, however many of its slots ended.
+    pub(crate) fn reindex_later(&mut self, id: NodeId) {
+        let node = self.nodes[id.0 as usize].as_mut().expect("valid node");
+        if !node.index_stale {
+            node.index_stale = true;
+            self.stale_nodes.push(id);
+        }
+    }
+
+    /// Brings the free index up to date before a pass reads it.
+    pub(crate) fn reindex_stale(&mut self) {
+        for id in std::mem::take(&mut self.stale_nodes) {
+            self.reindex(id);
+        }
+    }
+
     /// Puts a node back into the free index under its current free capacity
     /// (or takes it out when it accepts no slots).
     pub(crate) fn reindex(&mut self, id: NodeId) {
         let small_first = self.config.policy.prefer_small_nodes;
         let node = self.nodes[id.0 as usize].as_mut().expect("valid node");
+        node.index_stale = false;
         if let Some((s, c, m)) = node.index_key.take() {
             self.free_index.remove(&(s, c, m, id.0));
         }
@@ -214,38 +233,19 @@ impl Engine {
             let slot = g.spec.slot;
             match g.spec.constraints.placement {
                 Placement::Pack => {
-                    // Size class by size class, from the first node with enough free cpu.
-                    let mut from = (0u64, slot.cpu_millis, 0u64, 0u32);
-                    'classes: while placed < want {
-                        let mut entries = self.free_index.range(from..).peekable();
-                        let Some(&&(size, cpu, _, _)) = entries.peek() else { break };
-                        if cpu < slot.cpu_millis {
-                            from = (size, slot.cpu_millis, 0, 0);
-                            continue;
-                        }
-                        for &(s, _, mem, id) in entries {
-                            if s != size {
-                                from = (s, slot.cpu_millis, 0, 0);
-                                continue 'classes;
-                            }
-                            if placed >= want {
-                                break 'classes;
-                            }
-                            if mem >= slot.memory_bytes {
-                                take(self, NodeId(id), &mut chosen, &mut placed);
-                            }
-                        }
-                        break;
-                    }
-                }
-                Placement::Spread => {
-                    for &(_, cpu, mem, id) in self.free_index.iter().rev() {
+                    for &(_, _, _, id) in self.free_index.fitting(slot.cpu_millis, slot.memory_bytes) {
                         if placed >= want {
                             break;
                         }
-                        if cpu >= slot.cpu_millis && mem >= slot.memory_bytes {
-                            take(self, NodeId(id), &mut chosen, &mut placed);
+                        take(self, NodeId(id), &mut chosen, &mut placed);
+                    }
+                }
+                Placement::Spread => {
+                    for &(_, _, _, id) in self.free_index.fitting(slot.cpu_millis, slot.memory_bytes).rev() {
+                        if placed >= want {
+                            break;
                         }
+                        take(self, NodeId(id), &mut chosen, &mut placed);
                     }
                 }
             }
@@ -367,7 +367,7 @@ impl Engine {
             node.groups.retain(|(_, n)| *n > 0);
         }
         let drained = node.state == NodeState::Draining && node.allocs.is_empty();
-        self.reindex(alloc.node);
+        self.reindex_later(alloc.node);
         if drained {
             self.emit(Decision::NodeDrained { node: alloc.node });
         }

@@ -88,12 +88,15 @@ impl Engine {
         }
     }
 
-    /// The ready node with the most free cpu, as a hint in reasons.
+    /// The ready node with the most free cpu, as a hint in reasons. Read
+    /// from the nodes, since the free index may lag until the next pass.
     pub(crate) fn largest_free(&self) -> Resources {
-        self.free_index
+        self.nodes
             .iter()
-            .max_by_key(|&&(_, cpu, mem, id)| (cpu, mem, std::cmp::Reverse(id)))
-            .map(|&(_, _, _, id)| self.node(crate::model::NodeId(id)).free())
+            .flatten()
+            .filter(|n| n.state == crate::model::NodeState::Ready)
+            .map(|n| n.free())
+            .max_by_key(|free| (free.cpu_millis, free.memory_bytes))
             .unwrap_or_default()
     }
 }

@@ -55,9 +55,16 @@ impl Engine {
         };
         // (time, candidate, more slots it holds from then on)
         let mut steps: Vec<(Time, u32, u32)> = Vec::new();
+        // Steps after `bound` cannot matter: by then `need` slots are known to fit.
+        let mut bound = Time::MAX;
+        let mut prune_at = 64;
         let mut candidates: Vec<(NodeId, Resources)> = Vec::new();
         let mut late: Vec<(Time, Resources)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
+            if steps.len() >= prune_at {
+                bound = prune_steps(&mut steps, need).unwrap_or(bound);
+                prune_at = (steps.len() * 2).max(64);
+            }
             let Some(node) = node else { continue };
             let nid = NodeId(i as u32);
             if node.state != NodeState::Ready || !self.statically_fits(g, nid, domain) {
@@ -79,7 +86,7 @@ impl Engine {
                     }
                 }
                 let room = node.capacity.saturating_sub(&node.reserved);
-                if last == Time::MAX || (whole_node && !node.reserved.is_zero()) || fits(&room) == 0 {
+                if last == Time::MAX || last > bound || (whole_node && !node.reserved.is_zero()) || fits(&room) == 0 {
                     continue;
                 }
                 candidates.push((nid, room));
@@ -96,12 +103,14 @@ impl Engine {
                 // Slots past their predicted end move to their limit (or now).
                 let first_on_time = (now, AllocId(0));
                 late.clear();
-                late.extend(node.releases.range(..first_on_time).map(|&(e, a)| {
-                    let alloc = &self.allocs[&a];
-                    let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
-                    (end, alloc.res)
-                }));
-                late.sort_unstable_by_key(|r| r.0);
+                if node.releases.first().is_some_and(|r| *r < first_on_time) {
+                    late.extend(node.releases.range(..first_on_time).map(|&(e, a)| {
+                        let alloc = &self.allocs[&a];
+                        let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
+                        (end, alloc.res)
+                    }));
+                    late.sort_unstable_by_key(|r| r.0);
+                }
                 let mut on_time = node.releases.range(first_on_time..).peekable();
                 let mut a = 0;
                 loop {
@@ -120,6 +129,9 @@ impl Engine {
                         }
                         (None, None) => break,
                     };
+                    if t > bound {
+                        break;
+                    }
                     room += res;
                     let k = fits(&room);
                     if k > held {
@@ -133,17 +145,7 @@ impl Engine {
             }
             candidates.push((nid, room));
         }
-        steps.sort_unstable();
-        let mut total = 0u64;
-        let mut start = None;
-        for &(t, _, more) in &steps {
-            total += more as u64;
-            if total >= need as u64 {
-                start = Some(t);
-                break;
-            }
-        }
-        let start = start?;
+        let start = prune_steps(&mut steps, need)?;
         // Hold room on the nodes that free up first, as many slots as each holds by then.
         let mut held: Vec<(NodeId, u32)> = Vec::new();
         let mut left = need;
@@ -217,4 +219,19 @@ impl Engine {
         }
         previous
     }
+}
+
+/// Sorts the steps and finds the first time they add up to `need` slots;
+/// drops the steps after it, which cannot change the plan.
+fn prune_steps(steps: &mut Vec<(Time, u32, u32)>, need: u32) -> Option<Time> {
+    steps.sort_unstable();
+    let mut total = 0u64;
+    let at = steps.iter().position(|&(_, _, more)| {
+        total += more as u64;
+        total >= need as u64
+    })?;
+    let start = steps[at].0;
+    let keep = at + steps[at..].partition_point(|s| s.0 == start);
+    steps.truncate(keep);
+    Some(start)
 }

@@ -17,7 +17,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::time::Instant;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
 use serde::Serialize;
 
 use crate::engine::Engine;
@@ -82,9 +82,21 @@ struct JobState {
     end: Option<Time>,
 }
 
-struct Slot {
+/// Slots of one gang placed together: consecutive allocation ids that start
+/// and (unless stopped) end together.
+struct Batch {
+    first: u64,
+    count: u64,
+    /// Slots of it stopped before the batch's end.
+    stopped: u64,
     start: Time,
     res: Resources,
+}
+
+impl Batch {
+    fn contains(&self, alloc: AllocId) -> bool {
+        (self.first..self.first + self.count).contains(&alloc.0)
+    }
 }
 
 /// Replays `trace` under `policy`.
@@ -100,12 +112,14 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
     }
     let jobs = &trace.jobs;
     let mut state = vec![JobState::default(); jobs.len()];
-    let mut running: FxHashMap<AllocId, Slot> = FxHashMap::default();
-    // Slots placed together end together: one heap entry per batch.
+    // Slots placed together end together: one heap entry per batch, found
+    // by its first allocation when one of its slots is stopped early.
     let mut ends: BinaryHeap<Reverse<(Time, usize)>> = BinaryHeap::new();
-    let mut batches: Vec<Vec<AllocId>> = Vec::new();
+    let mut batches: Vec<Batch> = Vec::new();
     let mut free_batches: Vec<usize> = Vec::new();
-    let mut ending: Vec<AllocId> = Vec::new();
+    let mut live_batches: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut stopped_early: FxHashSet<AllocId> = FxHashSet::default();
+    let mut ending: Vec<(u64, u64)> = Vec::new();
     let capacity = engine.capacity();
     let mut held = Resources::ZERO;
     let (mut cpu_area, mut mem_area) = (0.0f64, 0.0f64);
@@ -136,19 +150,23 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
         // Everything ending now, reported in allocation order (a canonical order
         // the policy's runtime predictions see).
         ending.clear();
-        while let Some(&Reverse((end, batch))) = ends.peek() {
+        while let Some(&Reverse((end, b))) = ends.peek() {
             if end > t {
                 break;
             }
             ends.pop();
-            ending.append(&mut batches[batch]);
-            free_batches.push(batch);
+            let batch = &batches[b];
+            ending.push((batch.first, batch.count));
+            held -= batch.res.times((batch.count - batch.stopped) as u32);
+            live_batches.remove(&batch.first);
+            free_batches.push(b);
         }
         ending.sort_unstable();
-        for &alloc in &ending {
-            if let Some(slot) = running.remove(&alloc) {
-                held -= slot.res;
-                engine.apply(Event::SlotFinished { alloc, outcome: SlotOutcome::Succeeded }).expect("live slot");
+        for &(first, count) in &ending {
+            for alloc in (first..first + count).map(AllocId) {
+                if !stopped_early.remove(&alloc) {
+                    engine.apply(Event::SlotFinished { alloc, outcome: SlotOutcome::Succeeded }).expect("live slot");
+                }
             }
         }
         while next_job < jobs.len() && jobs[next_job].submit == t {
@@ -173,27 +191,39 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
                         placements += 1;
                         held += resources;
                         state[job].start.get_or_insert(t);
-                        running.insert(alloc, Slot { start: t, res: resources });
-                        let batch = match placed {
-                            Some((g, b)) if g == gang => b,
-                            _ => {
-                                let b = free_batches.pop().unwrap_or_else(|| {
-                                    batches.push(Vec::new());
-                                    batches.len() - 1
-                                });
-                                ends.push(Reverse((t + jobs[job].runtime, b)));
-                                placed = Some((gang, b));
-                                b
+                        match placed {
+                            Some((g, b)) if g == gang && batches[b].first + batches[b].count == alloc.0 => {
+                                batches[b].count += 1;
                             }
-                        };
-                        batches[batch].push(alloc);
+                            _ => {
+                                let batch = Batch { first: alloc.0, count: 1, stopped: 0, start: t, res: resources };
+                                let b = match free_batches.pop() {
+                                    Some(b) => {
+                                        batches[b] = batch;
+                                        b
+                                    }
+                                    None => {
+                                        batches.push(batch);
+                                        batches.len() - 1
+                                    }
+                                };
+                                ends.push(Reverse((t + jobs[job].runtime, b)));
+                                live_batches.insert(alloc.0, b);
+                                placed = Some((gang, b));
+                            }
+                        }
                     }
                     Decision::Stop { alloc, reason, .. } => {
-                        if let Some(slot) = running.remove(&alloc) {
-                            held -= slot.res;
+                        let batch = live_batches.range(..=alloc.0).next_back().map(|(_, &b)| b);
+                        if let Some(b) = batch.filter(|&b| batches[b].contains(alloc))
+                            && stopped_early.insert(alloc)
+                        {
+                            let batch = &mut batches[b];
+                            batch.stopped += 1;
+                            held -= batch.res;
                             if matches!(reason, StopReason::Preempted { .. } | StopReason::Shrunk { .. }) {
                                 preempted_slots += 1;
-                                lost_ms += (t - slot.start) as u128;
+                                lost_ms += (t - batch.start) as u128;
                             }
                         }
                         engine
