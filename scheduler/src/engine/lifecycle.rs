@@ -10,16 +10,14 @@ use crate::resources::Resources;
 
 impl Engine {
     pub(crate) fn slot_finished(&mut self, id: AllocId, outcome: SlotOutcome) -> Result<(), EngineError> {
-        let alloc = self.allocs.get(&id).ok_or(EngineError::UnknownAlloc(id))?.clone();
+        let alloc = self.release_alloc(id).ok_or(EngineError::UnknownAlloc(id))?;
         if alloc.stopping {
             // A stop we asked for has completed: the gang was already updated.
             if let Some(deadline) = alloc.expected_end {
                 self.terminating.remove(&(deadline, id));
             }
-            self.release_alloc(id);
             return Ok(());
         }
-        self.release_alloc(id);
         let gang = alloc.gang;
         match outcome {
             SlotOutcome::Succeeded => {
@@ -199,15 +197,13 @@ impl Engine {
         self.reindex(id);
         let mut hit = Vec::new();
         for a in allocs {
-            let alloc = self.allocs[&a].clone();
+            let alloc = self.release_alloc(a).expect("a node lists only live allocations");
             if alloc.stopping {
                 if let Some(deadline) = alloc.expected_end {
                     self.terminating.remove(&(deadline, a));
                 }
-                self.release_alloc(a);
                 continue;
             }
-            self.release_alloc(a);
             self.slot_left(alloc.gang, alloc.slot, alloc.res, SlotState::Todo);
             if !hit.contains(&alloc.gang) {
                 hit.push(alloc.gang);

@@ -345,10 +345,10 @@ impl Engine {
         res
     }
 
-    /// Removes an allocation from its node, freeing its room. Gang
-    /// bookkeeping is the caller's.
-    pub(crate) fn release_alloc(&mut self, id: AllocId) {
-        let Some(alloc) = self.allocs.remove(&id) else { return };
+    /// Removes an allocation from its node, freeing its room, and returns
+    /// it. Gang bookkeeping is the caller's.
+    pub(crate) fn release_alloc(&mut self, id: AllocId) -> Option<Alloc> {
+        let alloc = self.allocs.remove(&id)?;
         let node = self.nodes[alloc.node.0 as usize].as_mut().expect("valid node");
         node.allocated -= alloc.res;
         if let Some(end) = alloc.expected_end {
@@ -371,5 +371,6 @@ impl Engine {
         if drained {
             self.emit(Decision::NodeDrained { node: alloc.node });
         }
+        Some(alloc)
     }
 }

@@ -57,13 +57,13 @@ impl Engine {
         let mut steps: Vec<(Time, u32, u32)> = Vec::new();
         // Steps after `bound` cannot matter: by then `need` slots are known to fit.
         let mut bound = Time::MAX;
-        let mut prune_at = 64;
+        let mut prune_at = 16;
         let mut candidates: Vec<(NodeId, Resources)> = Vec::new();
         let mut late: Vec<(Time, Resources)> = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if steps.len() >= prune_at {
                 bound = prune_steps(&mut steps, need).unwrap_or(bound);
-                prune_at = (steps.len() * 2).max(64);
+                prune_at = (steps.len() * 2).max(steps.len() + 16);
             }
             let Some(node) = node else { continue };
             let nid = NodeId(i as u32);
@@ -102,8 +102,14 @@ impl Engine {
                 // Walk the node's releases in time order until it holds enough.
                 // Slots past their predicted end move to their limit (or now).
                 let first_on_time = (now, AllocId(0));
+                let first = node.releases.first();
+                if first.is_some_and(|&(t, _)| t >= now && t > bound) {
+                    // Nothing on it ends before `need` slots are known to fit elsewhere.
+                    candidates.push((nid, room));
+                    continue;
+                }
                 late.clear();
-                if node.releases.first().is_some_and(|r| *r < first_on_time) {
+                if first.is_some_and(|r| *r < first_on_time) {
                     late.extend(node.releases.range(..first_on_time).map(|&(e, a)| {
                         let alloc = &self.allocs[&a];
                         let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
