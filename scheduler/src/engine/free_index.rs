@@ -26,18 +26,22 @@ const MERGE_BELOW: usize = 16;
 #[derive(Debug, Default)]
 struct Block {
     keys: Vec<IndexKey>,
+    /// Its last key, kept beside the maxima so that finding a key's block
+    /// reads one array instead of every block's keys.
+    last: IndexKey,
     max_cpu: u64,
     max_memory: u64,
 }
 
 impl Block {
     fn new(keys: Vec<IndexKey>) -> Block {
-        let mut block = Block { keys, max_cpu: 0, max_memory: 0 };
+        let mut block = Block { keys, ..Block::default() };
         block.refresh();
         block
     }
 
     fn refresh(&mut self) {
+        self.last = self.keys.last().copied().unwrap_or_default();
         self.max_cpu = self.keys.iter().map(|k| k.1).max().unwrap_or(0);
         self.max_memory = self.keys.iter().map(|k| k.2).max().unwrap_or(0);
     }
@@ -57,7 +61,7 @@ pub(crate) struct FreeIndex {
 impl FreeIndex {
     /// The block a key belongs in: the first whose last key is not below it.
     fn block_for(&self, key: &IndexKey) -> usize {
-        let b = self.blocks.partition_point(|b| b.keys.last().is_some_and(|last| last < key));
+        let b = self.blocks.partition_point(|b| b.last < *key);
         b.min(self.blocks.len().saturating_sub(1))
     }
 
@@ -70,6 +74,7 @@ impl FreeIndex {
         let block = &mut self.blocks[b];
         if let Err(pos) = block.keys.binary_search(&key) {
             block.keys.insert(pos, key);
+            block.last = block.last.max(key);
             block.max_cpu = block.max_cpu.max(key.1);
             block.max_memory = block.max_memory.max(key.2);
             if block.keys.len() > SPLIT_ABOVE {
@@ -86,7 +91,7 @@ impl FreeIndex {
         let block = &mut self.blocks[b];
         let Ok(pos) = block.keys.binary_search(key) else { return };
         block.keys.remove(pos);
-        if key.1 == block.max_cpu || key.2 == block.max_memory {
+        if key.1 == block.max_cpu || key.2 == block.max_memory || *key == block.last {
             block.refresh();
         }
         if block.keys.len() < MERGE_BELOW {
@@ -114,6 +119,7 @@ impl FreeIndex {
         let moved = self.blocks.remove(from);
         let target = &mut self.blocks[into];
         target.keys.extend(moved.keys);
+        target.last = target.last.max(moved.last);
         target.max_cpu = target.max_cpu.max(moved.max_cpu);
         target.max_memory = target.max_memory.max(moved.max_memory);
         if target.keys.len() > SPLIT_ABOVE {
@@ -177,6 +183,7 @@ mod tests {
                 let room = reference.iter().fold((0, 0), |(c, m), k| (k.1.max(c), k.2.max(m)));
                 assert_eq!(index.largest_room(), room);
                 assert!(index.blocks.iter().all(|b| !b.keys.is_empty() && b.keys.len() <= SPLIT_ABOVE));
+                assert!(index.blocks.iter().all(|b| b.keys.last() == Some(&b.last)));
             }
         }
     }

@@ -79,21 +79,27 @@ impl Engine {
             self.finish(gang, GangOutcome::Succeeded, String::new());
         } else if g.running == 0 {
             // The next wave needs `min` slots together again.
-            self.growable.remove(&(g.rank, g.seq, g.id));
             let g = self.gangs.get_mut(&gang).expect("live gang");
             g.phase = GangPhase::Pending;
             g.domain = None;
             g.blocker = PendingReason::NotYetTried;
+            self.update_growable(gang);
             self.add_pending(gang);
         } else {
             self.update_growable(gang);
         }
     }
 
+    /// Lists the gang among the growable ones, or takes it off, as its state says.
     pub(crate) fn update_growable(&mut self, gang: GangId) {
-        let g = &self.gangs[&gang];
+        let g = self.gangs.get_mut(&gang).expect("live gang");
+        let growable = g.phase == GangPhase::Running && g.running < g.spec.max && !g.todo.is_empty();
+        if growable == g.growable {
+            return;
+        }
+        g.growable = growable;
         let key = (g.rank, g.seq, g.id);
-        if g.phase == GangPhase::Running && g.running < g.spec.max && !g.todo.is_empty() {
+        if growable {
             self.growable.insert(key);
         } else {
             self.growable.remove(&key);
@@ -141,7 +147,6 @@ impl Engine {
     pub(crate) fn requeue(&mut self, gang: GangId, why: &str) {
         let g = self.gangs.get_mut(&gang).expect("live gang");
         debug_assert_eq!(g.running, 0);
-        let growable_key = (g.rank, g.seq, g.id);
         if g.rigid() {
             // All-or-nothing gangs restart from scratch.
             g.done = 0;
@@ -153,7 +158,7 @@ impl Engine {
         g.domain = None;
         g.blocker = PendingReason::NotYetTried;
         let attempts = g.attempts;
-        self.growable.remove(&growable_key);
+        self.update_growable(gang);
         if !was_pending {
             self.add_pending(gang);
         }
@@ -172,7 +177,9 @@ impl Engine {
         self.drop_reservation(gang);
         self.remove_pending(gang);
         let g = self.gangs.remove(&gang).expect("live gang");
-        self.growable.remove(&(g.rank, g.seq, g.id));
+        if g.growable {
+            self.growable.remove(&(g.rank, g.seq, g.id));
+        }
         self.emit(Decision::Finished { gang, outcome, reason });
     }
 

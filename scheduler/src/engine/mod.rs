@@ -21,6 +21,7 @@ mod pass;
 mod place;
 mod preempt;
 mod reason;
+mod releases;
 mod reserve;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -129,6 +130,8 @@ pub(crate) struct Gang {
     pub preempted_by: Vec<GangId>,
     /// While running under a `within` constraint: the label value its slots share.
     pub domain: Option<String>,
+    /// Listed in `Engine::growable`.
+    pub growable: bool,
 }
 
 impl Gang {
@@ -173,10 +176,8 @@ pub(crate) struct Node {
     pub exclusive_allocs: u32,
     /// (anti-affinity group, slots on this node)
     pub groups: Vec<(u32, u32)>,
-    /// Expected ends of its slots, sorted: (end, limit, stopping, resources).
-    /// (expected end, alloc) of its slots, kept as they come and go; read by
-    /// reservation planning.
-    pub releases: BTreeSet<(Time, AllocId)>,
+    /// (expected end, alloc) of its slots that have one; read by reservation planning.
+    pub releases: releases::Releases,
     /// The key under which the node sits in the free index, if it is in it.
     pub index_key: Option<(u64, u64, u64)>,
     /// Its free capacity changed since the index last saw it.
@@ -406,7 +407,7 @@ impl Engine {
             allocs: Vec::new(),
             exclusive_allocs: 0,
             groups: Vec::new(),
-            releases: BTreeSet::new(),
+            releases: releases::Releases::default(),
             index_key: None,
             index_stale: false,
         });
@@ -496,6 +497,7 @@ impl Engine {
             blocker: PendingReason::NotYetTried,
             preempted_by: Vec::new(),
             domain: None,
+            growable: false,
             spec,
         };
         self.gangs.insert(id, gang);

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use crate::engine::place::Domain;
 use crate::engine::{Engine, Gang, PendingReason, Reservation};
 use crate::event::Decision;
-use crate::model::{AllocId, GangId, NodeId, NodeState, Time};
+use crate::model::{GangId, NodeId, NodeState, Time};
 use crate::resources::Resources;
 
 impl Engine {
@@ -101,23 +101,23 @@ impl Engine {
             if held < need && !(one_per_node && held > 0) {
                 // Walk the node's releases in time order until it holds enough.
                 // Slots past their predicted end move to their limit (or now).
-                let first_on_time = (now, AllocId(0));
                 let first = node.releases.first();
                 if first.is_some_and(|&(t, _)| t >= now && t > bound) {
                     // Nothing on it ends before `need` slots are known to fit elsewhere.
                     candidates.push((nid, room));
                     continue;
                 }
+                let (overdue, on_time) = node.releases.split_at(now);
                 late.clear();
-                if first.is_some_and(|r| *r < first_on_time) {
-                    late.extend(node.releases.range(..first_on_time).map(|&(e, a)| {
+                if first.is_some_and(|r| r.0 < now) {
+                    late.extend(overdue.map(|&(e, a)| {
                         let alloc = &self.allocs[&a];
                         let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
                         (end, alloc.res)
                     }));
                     late.sort_unstable_by_key(|r| r.0);
                 }
-                let mut on_time = node.releases.range(first_on_time..).peekable();
+                let mut on_time = on_time.peekable();
                 let mut a = 0;
                 loop {
                     let (t, res) = match (late.get(a), on_time.peek()) {
