@@ -1,20 +1,54 @@
-//! `--plot`: one SVG with, per policy, cluster utilization and queue length
-//! over time and the distribution of waits, so the difference shows at a glance.
+//! `--plot`: one picture (SVG or PNG) with, per policy, cluster utilization
+//! and queue length over time and the distribution of waits, so the
+//! difference shows at a glance.
 
 use std::path::Path;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use cohort_scheduler::sim::Report;
+use plotters::coord::Shift;
 use plotters::prelude::*;
 
 const COLORS: [RGBColor; 4] =
     [RGBColor(31, 119, 180), RGBColor(255, 127, 14), RGBColor(44, 160, 44), RGBColor(214, 39, 40)];
+const SIZE: (u32, u32) = (1100, 1200);
 
-pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
-    if path.extension().and_then(|e| e.to_str()) != Some("svg") {
-        bail!("--plot writes SVG: name the file *.svg (got {})", path.display());
+/// The picture formats `--plot` writes, told by the file's extension.
+#[derive(Clone, Copy, Debug)]
+pub enum Format {
+    Svg,
+    Png,
+}
+
+impl Format {
+    /// Checked before a replay starts, so a bad name does not cost a replay.
+    pub fn of(path: &Path) -> Result<Format> {
+        match path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase).as_deref() {
+            Some("svg") => Ok(Format::Svg),
+            Some("png") => Ok(Format::Png),
+            _ => bail!("--plot draws SVG or PNG: name the file *.svg or *.png (got {})", path.display()),
+        }
     }
-    let root = SVGBackend::new(path, (1100, 1200)).into_drawing_area();
+}
+
+/// Draws the reports into `path`; its extension picks the format.
+pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
+    // A PNG needs glyphs, and text layout needs metrics even in an SVG: both
+    // come from a font embedded in the binary, so no system font is needed.
+    plotters::style::register_font("sans-serif", FontStyle::Normal, epaint_default_fonts::UBUNTU_LIGHT)
+        .map_err(|_| anyhow!("the embedded plot font cannot be read"))?;
+    let drawn = match Format::of(path)? {
+        Format::Svg => draw_on(SVGBackend::new(path, SIZE).into_drawing_area(), title, reports),
+        Format::Png => draw_on(BitMapBackend::new(path, SIZE).into_drawing_area(), title, reports),
+    };
+    drawn.with_context(|| format!("cannot draw the plot into {}", path.display()))
+}
+
+fn draw_on<DB>(root: DrawingArea<DB, Shift>, title: &str, reports: &[Report]) -> Result<()>
+where
+    DB: DrawingBackend,
+    DB::ErrorType: 'static,
+{
     root.fill(&WHITE)?;
     let root = root.titled(&format!("cohort simulate: {title}"), ("sans-serif", 22))?;
     let panels = root.split_evenly((3, 1));
@@ -27,7 +61,12 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
         .x_label_area_size(35)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..x_max, 0.0..100.0)?;
-    util.configure_mesh().x_desc("days").y_desc("% of cores held").draw()?;
+    util.configure_mesh()
+        .x_desc("days")
+        .y_desc("% of cores held")
+        .x_label_formatter(&whole)
+        .y_label_formatter(&whole)
+        .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         util.draw_series(LineSeries::new(
@@ -46,7 +85,13 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
         .x_label_area_size(35)
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05)?;
-    queue.configure_mesh().x_desc("days").y_desc("pending gangs").draw()?;
+    queue
+        .configure_mesh()
+        .x_desc("days")
+        .y_desc("pending gangs")
+        .x_label_formatter(&whole)
+        .y_label_formatter(&whole)
+        .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         queue
@@ -67,7 +112,12 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
         .x_label_area_size(35)
         .y_label_area_size(50)
         .build_cartesian_2d((1.0..w_max * 1.5).log_scale(), 0.0..100.0)?;
-    cdf.configure_mesh().x_desc("wait (seconds, log scale)").y_desc("% of jobs").draw()?;
+    cdf.configure_mesh()
+        .x_desc("wait (seconds, log scale)")
+        .y_desc("% of jobs")
+        .x_label_formatter(&whole)
+        .y_label_formatter(&whole)
+        .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         let mut waits = r.waits.clone();
@@ -87,4 +137,9 @@ pub fn draw(path: &Path, title: &str, reports: &[Report]) -> Result<()> {
         .draw()?;
     root.present()?;
     Ok(())
+}
+
+/// Axis labels without the decimals no reader of these charts needs.
+fn whole(v: &f64) -> String {
+    format!("{v:.0}")
 }

@@ -51,8 +51,8 @@ impl Resources {
     pub fn count_fitting(&self, shape: &Resources) -> u32 {
         let mut n = u64::MAX;
         let mut dim = |have: u64, need: u64| {
-            if need > 0 {
-                n = n.min(have / need);
+            if let Some(copies) = have.checked_div(need) {
+                n = n.min(copies);
             }
         };
         dim(self.cpu_millis, shape.cpu_millis);

@@ -4,3 +4,4 @@
 mod harness;
 
 mod control_plane;
+mod simulate;

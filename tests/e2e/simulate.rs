@@ -1,0 +1,97 @@
+//! `cohort simulate` as a user runs it: a log file with its machines file
+//! beside it, several policies side by side, JSON for scripts, a picture.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+use crate::harness::cohort;
+
+/// Alea's machines format: id, name, nodes, cores per node, speed, memory per node in KB.
+const MACHINES: &str = "0\tbig\t2\t16\t1\t67108864\n1\tsmall\t4\t4\t1\t16777216\n";
+
+/// A small SWF log in wagap's dialect: a wide gang that must wait for the
+/// whole `small` cluster, short jobs that EASY backfills around it, and a
+/// row with a negative runtime that is skipped.
+const SWF: &str = "\
+; a sample written by the test
+1 0 0 3600 16 1 1024 16 7200 1073741824 1 1 1 1 -1 1 1 1 {1} q_1d 1:ppn=16:cl_big
+2 10 0 7200 4 1 1024 4 7200 1073741824 1 2 1 1 -1 1 1 1 {1} q_1d 1:ppn=4:cl_small
+3 20 0 3600 16 1 1024 16 7200 1073741824 1 3 1 1 -1 1 1 1 {1} q_1d 4:ppn=4:cl_small
+4 30 0 600 4 1 1024 4 900 1073741824 1 4 1 1 -1 1 1 1 {1} q_2h 1:ppn=4:cl_small
+5 40 0 -1 1 1 1024 1 900 1073741824 1 4 1 1 -1 1 1 1 {1} q_2h 1:ppn=1
+6 50 0 300 8 1 1024 8 600 1073741824 1 5 1 1 -1 1 1 1 {1} q_2h 1:ppn=8:cl_big
+";
+
+fn simulate(dir: &Path, args: &[&str]) -> Output {
+    Command::new(cohort()).arg("simulate").args(args).current_dir(dir).output().expect("run cohort simulate")
+}
+
+fn sample() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("log.swf"), SWF).unwrap();
+    std::fs::write(dir.path().join("log.swf.machines"), MACHINES).unwrap();
+    dir
+}
+
+#[test]
+fn a_log_is_replayed_under_three_policies_with_json_and_pictures() {
+    let dir = sample();
+    let out = simulate(
+        dir.path(),
+        &["--trace", "log.swf", "--compare", "fcfs,easy,cohort", "--output", "json", "--plot", "run.png"],
+    );
+    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array of reports");
+    let policies: Vec<&str> = reports.iter().map(|r| r["policy"].as_str().unwrap()).collect();
+    assert_eq!(policies, ["fcfs", "easy", "cohort"], "one report per policy, in the order named");
+    for r in &reports {
+        assert_eq!(r["jobs"], 5, "{}: five usable rows", r["policy"]);
+        assert_eq!(r["completed"], 5, "{}: every job completes", r["policy"]);
+        assert_eq!(r["skipped"]["negative runtime"], 1, "{}: the skipped row is counted by reason", r["policy"]);
+        for field in ["utilization_cpu", "utilization_memory", "bounded_slowdown_mean", "makespan_s", "wall_ms"] {
+            assert!(r[field].is_number(), "{}: `{field}` missing", r["policy"]);
+        }
+        for field in ["mean", "p50", "p99", "max"] {
+            assert!(r["wait_s"][field].is_number(), "{}: wait `{field}` missing", r["policy"]);
+        }
+    }
+    // Job 4 (10 min, walltime 15 min) fits beside job 2 on `small`; job 3
+    // needs all four `small` nodes. FCFS holds job 4 behind job 3; EASY
+    // backfills it, since it ends before job 2 frees the nodes job 3 needs.
+    let mean_wait = |i: usize| reports[i]["wait_s"]["mean"].as_f64().unwrap();
+    assert!(mean_wait(1) < mean_wait(0), "EASY backfills what FCFS holds back: {} vs {}", mean_wait(1), mean_wait(0));
+
+    let png = std::fs::read(dir.path().join("run.png")).expect("the PNG was written");
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
+
+    let out = simulate(dir.path(), &["--trace", "log.swf", "--plot", "run.svg"]);
+    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let svg = std::fs::read_to_string(dir.path().join("run.svg")).expect("the SVG was written");
+    assert!(svg.contains("<svg") && svg.contains("wait-time distribution"), "an SVG with its charts");
+}
+
+#[test]
+fn bad_input_names_what_is_wrong_and_where() {
+    let dir = sample();
+    let out = simulate(dir.path(), &["--trace", "log.swf", "--plot", "run.pdf"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--plot draws SVG or PNG") && err.contains("run.pdf"), "{err}");
+    assert!(out.stdout.is_empty(), "a bad plot name fails before any replay");
+
+    let out = simulate(dir.path(), &["--trace", "log.swf", "--compare", "fcfs,lifo"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("unknown policy `lifo`"), "{err}");
+
+    std::fs::write(
+        dir.path().join("bad.swf"),
+        format!("{SWF}7 60 0 soon 1 1 1024 1 600 1 1 5 1 1 -1 1 1 1 {{1}} q_2h 1:ppn=1\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("bad.swf.machines"), MACHINES).unwrap();
+    let out = simulate(dir.path(), &["--trace", "bad.swf"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("bad.swf:8: field 4 (run time) is `soon`"), "{err}");
+}
