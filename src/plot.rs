@@ -52,8 +52,10 @@ where
     root.fill(&WHITE)?;
     let root = root.titled(&format!("cohort simulate: {title}"), ("sans-serif", 22))?;
     let panels = root.split_evenly((3, 1));
-    let days = |r: &Report| r.series.last().map_or(1.0, |s| s.t_s / 86400.0).max(1e-6);
-    let x_max = reports.iter().map(days).fold(0.0f64, f64::max);
+    // A day-long log reads better in hours, a three-month one in days.
+    let span_s = reports.iter().filter_map(|r| r.series.last()).map(|s| s.t_s).fold(1.0f64, f64::max);
+    let (unit, unit_s) = if span_s < 2.0 * 86400.0 { ("hours", 3600.0) } else { ("days", 86400.0) };
+    let x_max = span_s / unit_s;
 
     let mut util = ChartBuilder::on(&panels[0])
         .caption("cpu utilization over time", ("sans-serif", 18))
@@ -62,15 +64,15 @@ where
         .y_label_area_size(50)
         .build_cartesian_2d(0.0..x_max, 0.0..100.0)?;
     util.configure_mesh()
-        .x_desc("days")
+        .x_desc(unit)
         .y_desc("% of cores held")
-        .x_label_formatter(&whole)
-        .y_label_formatter(&whole)
+        .x_label_formatter(&compact)
+        .y_label_formatter(&compact)
         .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         util.draw_series(LineSeries::new(
-            r.series.iter().map(|s| (s.t_s / 86400.0, s.cpu * 100.0)),
+            steps(r.series.iter().map(|s| (s.t_s / unit_s, s.cpu * 100.0))),
             c.stroke_width(1),
         ))?
         .label(format!("{} ({:.1}% mean)", r.policy, r.utilization_cpu * 100.0))
@@ -87,16 +89,16 @@ where
         .build_cartesian_2d(0.0..x_max, 0.0..y_max * 1.05)?;
     queue
         .configure_mesh()
-        .x_desc("days")
+        .x_desc(unit)
         .y_desc("pending gangs")
-        .x_label_formatter(&whole)
-        .y_label_formatter(&whole)
+        .x_label_formatter(&compact)
+        .y_label_formatter(&compact)
         .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
         queue
             .draw_series(LineSeries::new(
-                r.series.iter().map(|s| (s.t_s / 86400.0, s.pending as f64)),
+                steps(r.series.iter().map(|s| (s.t_s / unit_s, s.pending as f64))),
                 c.stroke_width(1),
             ))?
             .label(r.policy.clone())
@@ -115,8 +117,8 @@ where
     cdf.configure_mesh()
         .x_desc("wait (seconds, log scale)")
         .y_desc("% of jobs")
-        .x_label_formatter(&whole)
-        .y_label_formatter(&whole)
+        .x_label_formatter(&compact)
+        .y_label_formatter(&compact)
         .draw()?;
     for (i, r) in reports.iter().enumerate() {
         let c = COLORS[i % COLORS.len()];
@@ -124,9 +126,8 @@ where
         waits.sort_by(f64::total_cmp);
         let n = waits.len().max(1) as f64;
         let step = (waits.len() / 2000).max(1);
-        let points: Vec<(f64, f64)> =
-            waits.iter().enumerate().step_by(step).map(|(k, w)| (w.max(1.0), (k + 1) as f64 / n * 100.0)).collect();
-        cdf.draw_series(LineSeries::new(points, c.stroke_width(2)))?
+        let points = waits.iter().enumerate().step_by(step).map(|(k, w)| (w.max(1.0), (k + 1) as f64 / n * 100.0));
+        cdf.draw_series(LineSeries::new(steps(points), c.stroke_width(2)))?
             .label(format!("{} (mean {:.0} s)", r.policy, r.wait_s.mean))
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
     }
@@ -139,7 +140,22 @@ where
     Ok(())
 }
 
-/// Axis labels without the decimals no reader of these charts needs.
-fn whole(v: &f64) -> String {
-    format!("{v:.0}")
+/// The samples are states that hold until the next one: draw them as
+/// steps, not as slopes between samples.
+fn steps(points: impl Iterator<Item = (f64, f64)>) -> Vec<(f64, f64)> {
+    let mut out: Vec<(f64, f64)> = Vec::new();
+    for (x, y) in points {
+        if let Some(&(_, held)) = out.last() {
+            out.push((x, held));
+        }
+        out.push((x, y));
+    }
+    out
+}
+
+/// Axis labels with the decimals the axis needs (0.25 days) and none it
+/// does not (90 days, 100 %).
+fn compact(v: &f64) -> String {
+    let label = format!("{v:.2}");
+    label.trim_end_matches('0').trim_end_matches('.').to_string()
 }
