@@ -101,22 +101,19 @@ impl Engine {
             if held < need && !(one_per_node && held > 0) {
                 // Walk the node's releases in time order until it holds enough.
                 // Slots past their predicted end move to their limit (or now).
-                let first = node.releases.first();
-                if first.is_some_and(|&(t, _)| t >= now && t > bound) {
+                if node.releases.first().is_some_and(|&(t, _)| t >= now && t > bound) {
                     // Nothing on it ends before `need` slots are known to fit elsewhere.
                     candidates.push((nid, room));
                     continue;
                 }
                 let (overdue, on_time) = node.releases.split_at(now);
                 late.clear();
-                if first.is_some_and(|r| r.0 < now) {
-                    late.extend(overdue.map(|&(e, a)| {
-                        let alloc = &self.allocs[&a];
-                        let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
-                        (end, alloc.res)
-                    }));
-                    late.sort_unstable_by_key(|r| r.0);
-                }
+                late.extend(overdue.map(|&(e, a)| {
+                    let alloc = &self.allocs[&a];
+                    let end = if alloc.stopping { e.max(now) } else { alloc.limit_end.unwrap_or(e).max(now) };
+                    (end, alloc.res)
+                }));
+                late.sort_unstable_by_key(|r| r.0);
                 let mut on_time = on_time.peekable();
                 let mut a = 0;
                 loop {
