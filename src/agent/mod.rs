@@ -220,9 +220,10 @@ impl Agent {
             .into_iter()
             .filter_map(|p| std::fs::OpenOptions::new().write(true).open(p).ok())
             .collect();
+        let kind = crate::wire::executor_kind(l).context("the launch names no executor kind this agent knows")?;
         let exe = std::env::current_exe().context("cannot find the cohort binary")?;
         let mut cmd = tokio::process::Command::new(exe);
-        cmd.arg("executor").arg("--kind").arg(&l.kind).arg("--").args(&l.argv);
+        cmd.arg("executor").arg("--kind").arg(kind.as_str()).arg("--").args(&l.argv);
         cmd.envs(&l.env).env("COHORT_ALLOC_ID", l.alloc_id.to_string());
         cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
         cmd.process_group(0);

@@ -1,10 +1,17 @@
-//! Durable desired state and allocations. `StateStore` is the seam where an
-//! etcd store can follow; `SqliteStore` is the embedded default (WAL mode).
+//! Durable desired state and allocations. [`StateStore`] is the seam where an
+//! etcd store can follow; [`SqliteStore`] is the embedded default (WAL mode).
+//!
+//! Writes arrive in batches, one per request the coordinator handles, and a
+//! batch is applied in one transaction: either every record of a decision
+//! is stored or none is, so the store never holds half a scheduling pass.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
+
+use crate::coordinator::core::model::{JobState, SlotState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -12,6 +19,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("state database holds an unreadable record: {0}")]
     Corrupt(#[from] serde_json::Error),
+    #[error("{0}")]
+    Failed(String),
 }
 
 /// A job as the coordinator remembers it across restarts.
@@ -24,7 +33,7 @@ pub struct JobRecord {
     pub kind: String,
     pub priority: String,
     pub queue: String,
-    pub state: String,
+    pub state: JobState,
     pub attempts: u32,
     pub reason: String,
     pub submitted_at_ms: i64,
@@ -34,7 +43,7 @@ pub struct JobRecord {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
 pub struct SlotRecord {
     pub node: String,
-    pub state: String,
+    pub state: SlotState,
     pub alloc_id: u64,
     pub exit_code: i32,
 }
@@ -56,13 +65,13 @@ pub struct NodeRecord {
     pub name: String,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
-    pub labels: std::collections::BTreeMap<String, String>,
+    pub labels: BTreeMap<String, String>,
     pub logs_address: String,
     pub isolation: String,
 }
 
 /// Everything a restarted coordinator reloads.
-#[derive(Default)]
+#[derive(Default, Debug)]
 pub struct Snapshot {
     pub jobs: Vec<JobRecord>,
     pub allocs: Vec<AllocRecord>,
@@ -70,13 +79,20 @@ pub struct Snapshot {
     pub next_job: u64,
 }
 
+/// One change to the stored state.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Write {
+    Job(JobRecord),
+    Alloc(AllocRecord),
+    DeleteAlloc(u64),
+    Node(NodeRecord),
+    NextJob(u64),
+}
+
 pub trait StateStore: Send {
     fn load(&self) -> Result<Snapshot, StoreError>;
-    fn put_job(&self, job: &JobRecord) -> Result<(), StoreError>;
-    fn put_alloc(&self, alloc: &AllocRecord) -> Result<(), StoreError>;
-    fn delete_alloc(&self, id: u64) -> Result<(), StoreError>;
-    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError>;
-    fn set_next_job(&self, next: u64) -> Result<(), StoreError>;
+    /// Applies every write or none.
+    fn commit(&mut self, writes: &[Write]) -> Result<(), StoreError>;
 }
 
 pub struct SqliteStore {
@@ -120,37 +136,67 @@ impl StateStore for SqliteStore {
         })
     }
 
-    fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO jobs (id, record) VALUES (?1, ?2)",
-            params![job.id as i64, serde_json::to_string(job)?],
-        )?;
+    fn commit(&mut self, writes: &[Write]) -> Result<(), StoreError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        for w in writes {
+            match w {
+                Write::Job(job) => tx.execute(
+                    "INSERT OR REPLACE INTO jobs (id, record) VALUES (?1, ?2)",
+                    params![job.id as i64, serde_json::to_string(job)?],
+                )?,
+                Write::Alloc(alloc) => tx.execute(
+                    "INSERT OR REPLACE INTO allocs (id, record) VALUES (?1, ?2)",
+                    params![alloc.id as i64, serde_json::to_string(alloc)?],
+                )?,
+                Write::DeleteAlloc(id) => tx.execute("DELETE FROM allocs WHERE id = ?1", params![*id as i64])?,
+                Write::Node(node) => tx.execute(
+                    "INSERT OR REPLACE INTO nodes (name, record) VALUES (?1, ?2)",
+                    params![node.name, serde_json::to_string(node)?],
+                )?,
+                Write::NextJob(next) => tx.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job', ?1)",
+                    params![*next as i64],
+                )?,
+            };
+        }
+        tx.commit()?;
         Ok(())
     }
+}
 
-    fn put_alloc(&self, alloc: &AllocRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO allocs (id, record) VALUES (?1, ?2)",
-            params![alloc.id as i64, serde_json::to_string(alloc)?],
-        )?;
-        Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn alloc(id: u64) -> AllocRecord {
+        AllocRecord { id, job: 1, slot: 0, node: "a".into(), started_ms: 0 }
     }
 
-    fn delete_alloc(&self, id: u64) -> Result<(), StoreError> {
-        self.conn.execute("DELETE FROM allocs WHERE id = ?1", params![id as i64])?;
-        Ok(())
-    }
-
-    fn put_node(&self, node: &NodeRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "INSERT OR REPLACE INTO nodes (name, record) VALUES (?1, ?2)",
-            params![node.name, serde_json::to_string(node)?],
-        )?;
-        Ok(())
-    }
-
-    fn set_next_job(&self, next: u64) -> Result<(), StoreError> {
-        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job', ?1)", params![next as i64])?;
-        Ok(())
+    #[test]
+    fn a_batch_is_stored_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = SqliteStore::open(&dir.path().join("state.db")).unwrap();
+        store.commit(&[Write::Alloc(alloc(1)), Write::NextJob(7)]).unwrap();
+        // A batch whose last write fails leaves nothing of its first.
+        store
+            .conn
+            .execute_batch("CREATE TRIGGER full BEFORE INSERT ON nodes BEGIN SELECT RAISE(ABORT, 'disk full'); END;")
+            .unwrap();
+        let node = NodeRecord {
+            id: 0,
+            name: "a".into(),
+            cpu_millis: 1,
+            memory_bytes: 1,
+            labels: BTreeMap::new(),
+            logs_address: String::new(),
+            isolation: String::new(),
+        };
+        assert!(store.commit(&[Write::Alloc(alloc(2)), Write::DeleteAlloc(1), Write::Node(node)]).is_err());
+        let snapshot = store.load().unwrap();
+        assert_eq!(snapshot.allocs, vec![alloc(1)]);
+        assert_eq!(snapshot.next_job, 7);
     }
 }

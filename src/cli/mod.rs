@@ -1,0 +1,230 @@
+//! The command line: the cluster processes (`up`, `coordinator`, `agent`,
+//! `executor`), the client commands (`client.rs`), and the simulator.
+
+mod client;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+pub use client::{Output, channel};
+
+use crate::coordinator::core::CoreSettings;
+use crate::executor::ExecutorKind;
+use crate::{agent, bench, coordinator, executor, simulate, up};
+
+#[derive(Parser)]
+#[command(
+    name = "cohort",
+    version,
+    about = "A gang-aware scheduler for batch, streaming and in-memory stores on one cluster"
+)]
+struct Cli {
+    /// Coordinator address for client commands.
+    #[arg(long, global = true, env = "COHORT_COORDINATOR", default_value = "127.0.0.1:7070")]
+    coordinator: String,
+    /// Table for people, JSON for scripts.
+    #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a whole cluster on this machine: a coordinator and agents.
+    Up {
+        #[arg(long, default_value_t = 2)]
+        agents: u32,
+        /// Where state and logs live (default: ~/.local/share/cohort).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: String,
+    },
+    /// Run the coordinator (scheduler, state, API) of a multi-host cluster.
+    Coordinator {
+        #[arg(long, default_value = "127.0.0.1:7070")]
+        listen: SocketAddr,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seconds without heartbeats after which an agent is lost.
+        #[arg(long, default_value_t = 5.0)]
+        heartbeat_timeout: f64,
+    },
+    /// Run an agent on this host and join it to a coordinator.
+    Agent {
+        #[arg(long)]
+        join: String,
+        /// Node name (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+        /// Cores to offer (cores or millicores; default: all of this host's).
+        #[arg(long)]
+        cpu: Option<String>,
+        /// Memory to offer (default: all of this host's).
+        #[arg(long)]
+        memory: Option<String>,
+        /// Node labels, `key=value,key=value`.
+        #[arg(long, value_delimiter = ',')]
+        labels: Vec<String>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Where this agent serves executor logs.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: SocketAddr,
+    },
+    /// Internal: the process an agent starts for one slot.
+    #[command(hide = true)]
+    Executor {
+        #[arg(long)]
+        kind: ExecutorKind,
+        #[arg(last = true)]
+        argv: Vec<String>,
+    },
+    /// Submit a job spec (TOML); prints the job id.
+    Submit { file: PathBuf },
+    /// List jobs.
+    Jobs,
+    /// Show one job: state, reason, slots.
+    Job { id: String },
+    /// Cancel a job, stopping its slots.
+    Cancel { id: String },
+    /// Print a slot's output.
+    Logs {
+        id: String,
+        #[arg(long, default_value_t = 0)]
+        slot: u32,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Follow job events as they happen: one job until it ends, or all.
+    Watch { id: Option<String> },
+    /// List nodes.
+    Nodes,
+    /// Stop placing new slots on a node.
+    Cordon { node: String },
+    /// Let a cordoned or drained node take slots again.
+    Uncordon { node: String },
+    /// Cordon a node and move its services off it; batch work finishes.
+    Drain { node: String },
+    /// Where the cluster is.
+    Status,
+    /// Replay a workload trace through the scheduler in virtual time, or generate one.
+    Simulate(simulate::Args),
+    /// Measure a local cluster: gang start latency and submissions per second.
+    #[command(subcommand)]
+    Bench(BenchCommand),
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Start a local cluster and measure its control plane.
+    ControlPlane(bench::Args),
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    if cli.command.is_client() {
+        // A client piped into `head` ends quietly when the pipe closes, as
+        // Unix tools do, instead of failing on every later print.
+        // SAFETY: restoring the default disposition of a signal.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let result = match cli.command {
+        Command::Executor { kind, argv } => executor::run(kind, &argv),
+        Command::Simulate(args) => simulate::run(args, cli.output),
+        command => tokio::runtime::Runtime::new()
+            .context("cannot start the runtime")
+            .and_then(|rt| rt.block_on(dispatch(command, &cli.coordinator, cli.output))),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            1
+        }
+    }
+}
+
+impl Command {
+    /// Commands that only talk to a cluster or print (not processes of one).
+    fn is_client(&self) -> bool {
+        !matches!(
+            self,
+            Command::Up { .. } | Command::Coordinator { .. } | Command::Agent { .. } | Command::Executor { .. }
+        )
+    }
+}
+
+async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result<()> {
+    match command {
+        Command::Up { agents, data_dir, listen } => {
+            up::run(up::Settings { agents, data_dir: data_dir.unwrap_or_else(up::default_data_dir), listen }).await
+        }
+        Command::Coordinator { listen, data_dir, heartbeat_timeout } => {
+            let settings = coordinator::Settings {
+                listen,
+                data_dir: data_dir.unwrap_or_else(|| up::default_data_dir().join("coordinator")),
+                core: CoreSettings {
+                    heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),
+                    heartbeat_interval: Duration::from_secs_f64((heartbeat_timeout / 5.0).clamp(0.05, 1.0)),
+                    ..CoreSettings::default()
+                },
+            };
+            tokio::select! {
+                r = coordinator::run(settings) => r,
+                _ = agent::shutdown_signal() => Ok(()),
+            }
+        }
+        Command::Agent { join, name, cpu, memory, labels, data_dir, listen } => {
+            let (host_cpu, host_memory) = up::host_resources();
+            let name = name.unwrap_or_else(|| {
+                std::fs::read_to_string("/etc/hostname")
+                    .map(|h| h.trim().to_string())
+                    .unwrap_or_else(|_| "agent".into())
+            });
+            let cpu_millis = match cpu {
+                Some(c) => cohort_scheduler::resources::parse_cpu(&c).with_context(|| "--cpu")?,
+                None => host_cpu,
+            };
+            let memory_bytes = match memory {
+                Some(m) => cohort_scheduler::resources::parse_memory(&m).with_context(|| "--memory")?,
+                None => host_memory,
+            };
+            let mut label_map = BTreeMap::new();
+            for l in labels {
+                let (k, v) = l.split_once('=').with_context(|| format!("--labels: `{l}` is not key=value"))?;
+                label_map.insert(k.to_string(), v.to_string());
+            }
+            let data_dir = data_dir.unwrap_or_else(|| up::default_data_dir().join(&name));
+            agent::run(agent::Settings { join, name, cpu_millis, memory_bytes, labels: label_map, data_dir, listen })
+                .await
+        }
+        Command::Submit { file } => client::submit(coordinator, &file, output).await,
+        Command::Jobs => client::jobs(coordinator, output).await,
+        Command::Job { id } => client::job(coordinator, client::job_id(&id)?, output).await,
+        Command::Cancel { id } => client::cancel(coordinator, client::job_id(&id)?, output).await,
+        Command::Logs { id, slot, follow } => client::logs(coordinator, client::job_id(&id)?, slot, follow).await,
+        Command::Watch { id } => {
+            client::watch(coordinator, id.as_deref().map(client::job_id).transpose()?, output).await
+        }
+        Command::Nodes => client::nodes(coordinator, output).await,
+        Command::Cordon { node } => client::node_action(coordinator, &node, client::NodeAction::Cordon, output).await,
+        Command::Uncordon { node } => {
+            client::node_action(coordinator, &node, client::NodeAction::Uncordon, output).await
+        }
+        Command::Drain { node } => client::node_action(coordinator, &node, client::NodeAction::Drain, output).await,
+        Command::Status => client::status(coordinator, output).await,
+        Command::Bench(BenchCommand::ControlPlane(args)) => bench::run(args).await,
+        Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
+    }
+}

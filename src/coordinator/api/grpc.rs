@@ -1,0 +1,354 @@
+//! The gRPC front door: the `Cluster` service agents attach to, and the
+//! `Jobs` and `Nodes` services the CLI calls. Each handler maps its request
+//! to a core call and the answer back; [`status_of`] maps the core's errors
+//! to gRPC codes. Commands to agents travel on their attached streams
+//! ([`AgentStreams`]).
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+
+use cohort_proto as pb;
+use cohort_scheduler::{NodeState, Resources};
+use tokio::sync::mpsc;
+use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::coordinator::CoreHandle;
+use crate::coordinator::core::model::{
+    AgentCommand, AgentReport, ExitReport, JobEvent, JobView, NodeOp, NodeView, Registration, RunningExecutor,
+};
+use crate::coordinator::core::{AgentSink, CoordinatorError};
+
+/// Serves the gRPC API on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, core: CoreHandle, streams: AgentStreams) -> anyhow::Result<()> {
+    let api = Api { core, streams };
+    tonic::transport::Server::builder()
+        .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
+        .add_service(pb::jobs_server::JobsServer::new(api.clone()))
+        .add_service(pb::nodes_server::NodesServer::new(api))
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+/// The gRPC status for a core error.
+pub fn status_of(e: CoordinatorError) -> Status {
+    let message = e.to_string();
+    match e {
+        CoordinatorError::InvalidInput(_) => Status::invalid_argument(message),
+        CoordinatorError::NotFound(_) => Status::not_found(message),
+        CoordinatorError::Conflict(_) => Status::failed_precondition(message),
+        CoordinatorError::Store(_) | CoordinatorError::Unavailable(_) => Status::unavailable(message),
+        CoordinatorError::Internal(_) => Status::internal(message),
+    }
+}
+
+type CommandTx = mpsc::Sender<Result<pb::Command, Status>>;
+
+#[derive(Default)]
+struct Connection {
+    stream: Option<CommandTx>,
+    /// Commands decided between its registration and its stream attaching.
+    held: Vec<pb::Command>,
+}
+
+/// Each agent's attached command stream. The core sends into it as an
+/// [`AgentSink`]; the `Attach` handler plugs streams in.
+#[derive(Clone, Default)]
+pub struct AgentStreams {
+    connections: Arc<Mutex<HashMap<u32, Connection>>>,
+}
+
+impl AgentStreams {
+    fn attach(&self, node: u32, stream: CommandTx) {
+        let mut connections = self.connections.lock().expect("agent streams");
+        let connection = connections.entry(node).or_default();
+        for command in connection.held.drain(..) {
+            let _ = stream.try_send(Ok(command));
+        }
+        connection.stream = Some(stream);
+    }
+}
+
+impl AgentSink for AgentStreams {
+    fn send(&mut self, node: u32, command: AgentCommand) {
+        let alloc = command.alloc();
+        let command = command_to_pb(command);
+        let mut connections = self.connections.lock().expect("agent streams");
+        let connection = connections.entry(node).or_default();
+        match &connection.stream {
+            Some(stream) => {
+                if stream.try_send(Ok(command)).is_err() {
+                    tracing::warn!(alloc, node, "agent command queue full or closed");
+                }
+            }
+            None => connection.held.push(command),
+        }
+    }
+
+    fn disconnect(&mut self, node: u32) {
+        self.connections.lock().expect("agent streams").remove(&node);
+    }
+}
+
+#[derive(Clone)]
+struct Api {
+    core: CoreHandle,
+    streams: AgentStreams,
+}
+
+impl Api {
+    /// Runs a core call whose answer may be refused.
+    async fn ask<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<R, CoordinatorError> + Send + 'static,
+    ) -> Result<R, Status> {
+        self.core.call(f).await.map_err(status_of)?.map_err(status_of)
+    }
+
+    /// Runs a core call that cannot be refused.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::coordinator::core::Core) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        self.core.call(f).await.map_err(status_of)
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for Api {
+    async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let reg = registration_from_pb(req.into_inner());
+        let registered = self.ask(move |core| core.register(reg)).await?;
+        Ok(Response::new(pb::RegisterResponse {
+            node_id: registered.node,
+            heartbeat_interval_ms: registered.heartbeat_interval_ms,
+        }))
+    }
+
+    type AttachStream = BoxStream<pb::Command>;
+
+    async fn attach(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+        let mut incoming = req.into_inner();
+        let first = incoming.message().await?.ok_or_else(|| Status::invalid_argument("empty stream"))?;
+        let Some(pb::agent_message::Body::Hello(hello)) = first.body else {
+            return Err(Status::invalid_argument("the first message must be Hello"));
+        };
+        let node = hello.node_id;
+        let (commands, rx) = mpsc::channel(1024);
+        self.streams.attach(node, commands);
+        self.read(move |core| core.attached(node)).await?;
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = incoming.next().await {
+                let Some(report) = report_from_pb(msg) else { continue };
+                match core.call(move |core| core.report(node, report)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!(node, error = %e, "agent report failed"),
+                    Err(_) => break,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::jobs_server::Jobs for Api {
+    async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let req = req.into_inner();
+        let file = if req.file_name.is_empty() { "job.toml".to_string() } else { req.file_name };
+        let id = self.ask(move |core| core.submit(&file, &req.spec_toml)).await?;
+        Ok(Response::new(pb::SubmitResponse { job_id: id }))
+    }
+
+    async fn get(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().job_id;
+        Ok(Response::new(job_to_pb(self.ask(move |core| core.job(id)).await?)))
+    }
+
+    async fn list(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::JobList>, Status> {
+        let jobs = self.read(|core| core.jobs()).await?;
+        Ok(Response::new(pb::JobList { jobs: jobs.into_iter().map(job_to_pb).collect() }))
+    }
+
+    async fn cancel(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().job_id;
+        Ok(Response::new(job_to_pb(self.ask(move |core| core.cancel(id)).await?)))
+    }
+
+    type LogsStream = BoxStream<pb::LogChunk>;
+
+    async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let req = req.into_inner();
+        let (job, slot) = (req.job_id, req.slot);
+        let (address, alloc) = self.ask(move |core| core.log_source(job, slot)).await?;
+        let mut agent = pb::agent_logs_client::AgentLogsClient::connect(format!("http://{address}"))
+            .await
+            .map_err(|e| Status::unavailable(format!("cannot reach the agent holding the logs at {address}: {e}")))?;
+        let stream = agent.read(pb::ReadLogRequest { alloc_id: alloc, follow: req.follow }).await?.into_inner();
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let s = self.read(|core| core.status()).await?;
+        Ok(Response::new(pb::ClusterStatus {
+            coordinator: s.coordinator,
+            http: s.http,
+            kafka_bootstrap: s.kafka_bootstrap,
+            agents: s.agents,
+        }))
+    }
+
+    type WatchStream = BoxStream<pb::JobEvent>;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let job = req.into_inner().job_id;
+        let events = self.read(|core| core.subscribe()).await?;
+        let stream = tokio_stream::wrappers::BroadcastStream::new(events).filter_map(move |e| match e {
+            Ok(e) if job == 0 || e.job == job => Some(Ok(event_to_pb(e))),
+            Ok(_) => None,
+            Err(lagged) => Some(Err(Status::data_loss(format!("watcher fell behind: {lagged}")))),
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::nodes_server::Nodes for Api {
+    async fn list(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::NodeList>, Status> {
+        let nodes = self.read(|core| core.nodes()).await?;
+        Ok(Response::new(pb::NodeList { nodes: nodes.into_iter().map(node_to_pb).collect() }))
+    }
+
+    async fn cordon(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        self.node_op(req, NodeOp::Cordon).await
+    }
+
+    async fn uncordon(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        self.node_op(req, NodeOp::Uncordon).await
+    }
+
+    async fn drain(&self, req: Request<pb::NodeRef>) -> Result<Response<pb::Node>, Status> {
+        self.node_op(req, NodeOp::Drain).await
+    }
+}
+
+impl Api {
+    async fn node_op(&self, req: Request<pb::NodeRef>, op: NodeOp) -> Result<Response<pb::Node>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(node_to_pb(self.ask(move |core| core.node_op(&name, op)).await?)))
+    }
+}
+
+// ---------- protobuf ↔ domain ----------
+
+fn resources_to_pb(r: Resources) -> pb::Resources {
+    pb::Resources { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes }
+}
+
+fn registration_from_pb(req: pb::RegisterRequest) -> Registration {
+    let capacity = req.capacity.unwrap_or_default();
+    Registration {
+        name: req.name,
+        capacity: Resources::new(capacity.cpu_millis, capacity.memory_bytes),
+        labels: req.labels.into_iter().collect(),
+        logs_address: req.logs_address,
+        running: req.running.into_iter().map(running_from_pb).collect(),
+        isolation: req.isolation,
+    }
+}
+
+fn running_from_pb(r: pb::RunningExecutor) -> RunningExecutor {
+    RunningExecutor { alloc: r.alloc_id, job: r.job_id, slot: r.slot, pid: r.pid }
+}
+
+fn report_from_pb(msg: pb::AgentMessage) -> Option<AgentReport> {
+    Some(match msg.body? {
+        pb::agent_message::Body::Hello(_) => return None,
+        pb::agent_message::Body::Heartbeat(h) => {
+            AgentReport::Heartbeat { running: h.running.into_iter().map(running_from_pb).collect() }
+        }
+        pb::agent_message::Body::Started(s) => AgentReport::Started { alloc: s.alloc_id, pid: s.pid },
+        pb::agent_message::Body::Exited(e) => AgentReport::Exited(ExitReport {
+            alloc: e.alloc_id,
+            exit_code: e.exit_code,
+            signal: e.signal,
+            output_tail: e.stderr_tail,
+            stopped: e.stopped,
+            reason: e.reason,
+        }),
+    })
+}
+
+fn command_to_pb(command: AgentCommand) -> pb::Command {
+    let body = match command {
+        AgentCommand::Launch(l) => pb::command::Body::Launch(pb::Launch {
+            alloc_id: l.alloc,
+            job_id: l.job,
+            slot: l.slot,
+            kind: pb::ExecutorKind::from(l.kind).into(),
+            argv: l.argv,
+            env: l.env.into_iter().collect(),
+            limits: Some(resources_to_pb(l.limits)),
+        }),
+        AgentCommand::Kill { alloc, grace_ms, reason } => {
+            pb::command::Body::Kill(pb::Kill { alloc_id: alloc, grace_ms, reason })
+        }
+    };
+    pb::Command { body: Some(body) }
+}
+
+fn job_to_pb(j: JobView) -> pb::Job {
+    pb::Job {
+        id: j.id,
+        name: j.name,
+        kind: j.kind,
+        state: j.state.to_string(),
+        attempts: j.attempts,
+        priority: j.priority,
+        queue: j.queue,
+        reason: j.reason,
+        slots: j
+            .slots
+            .into_iter()
+            .map(|s| pb::Slot {
+                index: s.index,
+                node: s.node,
+                state: s.state.to_string(),
+                alloc_id: s.alloc_id,
+                exit_code: s.exit_code,
+            })
+            .collect(),
+        submitted_at_ms: j.submitted_at_ms,
+    }
+}
+
+fn node_state_name(state: NodeState) -> &'static str {
+    match state {
+        NodeState::Ready => "ready",
+        NodeState::Cordoned => "cordoned",
+        NodeState::Draining => "draining",
+        NodeState::Lost => "lost",
+    }
+}
+
+fn node_to_pb(n: NodeView) -> pb::Node {
+    pb::Node {
+        id: n.id,
+        name: n.name,
+        state: node_state_name(n.state).into(),
+        capacity: Some(resources_to_pb(n.capacity)),
+        allocated: Some(resources_to_pb(n.allocated)),
+        slots: n.slots,
+        isolation: n.isolation,
+        labels: n.labels.into_iter().collect(),
+    }
+}
+
+fn event_to_pb(e: JobEvent) -> pb::JobEvent {
+    pb::JobEvent { job_id: e.job, at_ms: e.at_ms, state: e.state.to_string(), what: e.what }
+}

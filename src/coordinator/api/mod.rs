@@ -1,0 +1,7 @@
+//! The coordinator's front doors. Each one maps its own protocol to calls on
+//! the core through a [`crate::coordinator::CoreHandle`] and the core's
+//! errors to its own status codes; none holds state of its own.
+//!
+//! - `grpc.rs`: the CLI's and the agents' gRPC services.
+
+pub mod grpc;

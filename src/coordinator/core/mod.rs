@@ -1,0 +1,291 @@
+//! The coordinator core: jobs, agents and allocations around the scheduler
+//! engine, in domain types only. It knows no wire protocol and reads no
+//! clock of its own: front doors (gRPC today; Flight SQL and HTTP next)
+//! call its methods through [`crate::coordinator::CoreHandle`], time comes
+//! from a [`Clock`], and commands to agents go to an [`AgentSink`]. So the
+//! whole control plane runs in-process under a fake clock in tests.
+//!
+//! Every public method is one *turn*: it changes state in memory, then
+//! stores everything the turn changed in one transaction, and only then
+//! sends its commands and events. A turn whose transaction fails sends
+//! nothing, and the core refuses all further requests
+//! ([`Core::failed`]): the process restarts from the store, which never
+//! holds half a decision.
+//!
+//! - `jobs`: submit, cancel, job views, where a slot's logs are;
+//! - `agents`: registration, reports, heartbeats, node maintenance;
+//! - `decisions`: a scheduling pass and what its decisions become.
+
+mod agents;
+pub mod clock;
+mod decisions;
+pub mod error;
+mod jobs;
+pub mod model;
+pub mod sink;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use cohort_scheduler::{AllocId, Config, Engine, Event, GangId, NodeId, NodeSpec, Resources};
+use tokio::sync::broadcast;
+
+pub use clock::{Clock, FakeClock, SystemClock};
+pub use error::CoordinatorError;
+use error::Result;
+use model::{AgentCommand, ClusterStatus, JobEvent, JobState};
+pub use sink::{AgentSink, RecordingSink};
+
+use crate::coordinator::store::{AllocRecord, JobRecord, NodeRecord, StateStore, Write};
+use crate::spec::{JobSpec, parse_job};
+
+/// How the core behaves.
+#[derive(Clone, Debug)]
+pub struct CoreSettings {
+    /// An agent silent this long is lost and its work re-queued.
+    pub heartbeat_timeout: Duration,
+    /// How often agents are asked to report.
+    pub heartbeat_interval: Duration,
+    /// The scheduler's classes, queues and policy.
+    pub engine: Config,
+}
+
+impl Default for CoreSettings {
+    fn default() -> Self {
+        CoreSettings {
+            heartbeat_timeout: Duration::from_secs(5),
+            heartbeat_interval: Duration::from_secs(1),
+            engine: Config::default(),
+        }
+    }
+}
+
+/// A job: what was submitted, and what became of it.
+struct Job {
+    record: JobRecord,
+    spec: JobSpec,
+}
+
+struct Agent {
+    record: NodeRecord,
+    last_seen: u64,
+    lost: bool,
+}
+
+/// What one turn changed, stored together and then announced.
+#[derive(Default)]
+struct Turn {
+    jobs: BTreeSet<u64>,
+    allocs: BTreeSet<u64>,
+    nodes: BTreeSet<u32>,
+    next_job: bool,
+    commands: Vec<(u32, AgentCommand)>,
+    events: Vec<JobEvent>,
+}
+
+pub struct Core {
+    engine: Engine,
+    store: Box<dyn StateStore>,
+    clock: Arc<dyn Clock>,
+    sink: Box<dyn AgentSink>,
+    settings: CoreSettings,
+    jobs: BTreeMap<u64, Job>,
+    allocs: BTreeMap<u64, AllocRecord>,
+    agents: BTreeMap<u32, Agent>,
+    next_job: u64,
+    endpoints: ClusterStatus,
+    events: broadcast::Sender<JobEvent>,
+    turn: Turn,
+    failed: bool,
+}
+
+impl Core {
+    /// Rebuilds the core from the store: nodes as they were, unfinished jobs
+    /// re-submitted, running slots adopted (until their agents re-register,
+    /// their executors are presumed healthy).
+    pub fn open(
+        store: Box<dyn StateStore>,
+        clock: Arc<dyn Clock>,
+        sink: Box<dyn AgentSink>,
+        settings: CoreSettings,
+    ) -> Result<Core> {
+        let snapshot = store.load()?;
+        let mut engine = Engine::new(settings.engine.clone());
+        let now = clock.now_ms();
+        engine.apply(Event::TimeAdvanced { now }).map_err(internal)?;
+        let mut agents = BTreeMap::new();
+        for n in snapshot.nodes {
+            let spec = NodeSpec {
+                name: n.name.clone(),
+                capacity: Resources::new(n.cpu_millis, n.memory_bytes),
+                labels: n.labels.clone(),
+            };
+            engine.apply(Event::NodeAdded { node: NodeId(n.id), spec }).map_err(internal)?;
+            agents.insert(n.id, Agent { record: n, last_seen: now, lost: false });
+        }
+        let mut jobs = BTreeMap::new();
+        for record in snapshot.jobs {
+            let spec = parse_job(&record.file, &record.spec_toml)
+                .map_err(|e| CoordinatorError::Internal(format!("stored job {}: {e}", record.id)))?;
+            if !record.state.is_final() {
+                engine
+                    .apply(Event::GangSubmitted { gang: GangId(record.id), spec: spec.gang.clone() })
+                    .map_err(internal)?;
+            }
+            jobs.insert(record.id, Job { record, spec });
+        }
+        let mut core = Core {
+            engine,
+            store,
+            clock,
+            sink,
+            settings,
+            jobs,
+            allocs: BTreeMap::new(),
+            agents,
+            next_job: snapshot.next_job,
+            endpoints: ClusterStatus::default(),
+            events: broadcast::channel(4096).0,
+            turn: Turn::default(),
+            failed: false,
+        };
+        core.turn(|core| {
+            for a in snapshot.allocs {
+                core.restore_alloc(a);
+            }
+            Ok(())
+        })?;
+        if !core.allocs.is_empty() {
+            tracing::info!(
+                allocations = core.allocs.len(),
+                jobs = core.jobs.len(),
+                "restored state; waiting for agents to re-register"
+            );
+        }
+        Ok(core)
+    }
+
+    fn restore_alloc(&mut self, a: AllocRecord) {
+        let node = self.agents.values().find(|ag| ag.record.name == a.node).map(|ag| ag.record.id);
+        let restored = node.map(|node| {
+            self.engine.apply(Event::SlotRestored {
+                alloc: AllocId(a.id),
+                gang: GangId(a.job),
+                slot: a.slot,
+                node: NodeId(node),
+                started: a.started_ms,
+            })
+        });
+        match restored {
+            Some(Ok(())) => {
+                self.allocs.insert(a.id, a);
+            }
+            other => {
+                tracing::warn!(
+                    alloc = a.id,
+                    job = a.job,
+                    ?other,
+                    "dropping a stored allocation that cannot be restored"
+                );
+                self.turn.allocs.insert(a.id);
+            }
+        }
+    }
+
+    /// Whether a state store failure has stopped the core. It serves nothing
+    /// more; its owner restarts it from the store.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
+    /// Where the cluster's front doors are, for `status`.
+    pub fn set_endpoints(&mut self, endpoints: ClusterStatus) {
+        self.endpoints = endpoints;
+    }
+
+    pub fn status(&self) -> ClusterStatus {
+        ClusterStatus { agents: self.agents.values().filter(|a| !a.lost).count() as u32, ..self.endpoints.clone() }
+    }
+
+    /// Job events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
+        self.events.subscribe()
+    }
+
+    /// Moves time on: lost agents, slots past their grace period, retries
+    /// whose backoff ended. The owner calls it every 100 ms or so.
+    pub fn tick(&mut self) -> Result<()> {
+        self.turn(|core| {
+            let now = core.now();
+            core.engine.apply(Event::TimeAdvanced { now }).map_err(internal)?;
+            core.find_lost_agents()?;
+            core.schedule()
+        })
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ms().max(self.engine.now())
+    }
+
+    /// Runs `f` as one turn: its changes are stored in one transaction, then
+    /// its commands and events go out. A failed transaction sends nothing.
+    fn turn<T>(&mut self, f: impl FnOnce(&mut Core) -> Result<T>) -> Result<T> {
+        if self.failed {
+            return Err(CoordinatorError::Unavailable(
+                "the coordinator is restarting after a state store failure; retry shortly".into(),
+            ));
+        }
+        let result = f(self);
+        let turn = std::mem::take(&mut self.turn);
+        let mut writes = Vec::new();
+        writes.extend(turn.jobs.iter().map(|id| Write::Job(self.jobs[id].record.clone())));
+        writes.extend(turn.allocs.iter().map(|id| match self.allocs.get(id) {
+            Some(a) => Write::Alloc(a.clone()),
+            None => Write::DeleteAlloc(*id),
+        }));
+        writes.extend(turn.nodes.iter().map(|id| Write::Node(self.agents[id].record.clone())));
+        if turn.next_job {
+            writes.push(Write::NextJob(self.next_job));
+        }
+        if let Err(e) = self.store.commit(&writes) {
+            tracing::error!(error = %e, writes = writes.len(), "state store failed; the coordinator stops");
+            self.failed = true;
+            return Err(e.into());
+        }
+        for (node, command) in turn.commands {
+            self.sink.send(node, command);
+        }
+        for event in turn.events {
+            let _ = self.events.send(event);
+        }
+        result
+    }
+
+    /// Tells watchers what happened to a job (once the turn is stored).
+    fn announce(&mut self, job: u64, what: String) {
+        let state = self.job_state(job).unwrap_or(JobState::Pending);
+        let at_ms = self.now() as i64;
+        self.turn.events.push(JobEvent { job, at_ms, state, what });
+    }
+
+    fn command(&mut self, node: u32, command: AgentCommand) {
+        self.turn.commands.push((node, command));
+    }
+
+    fn node_name(&self, node: NodeId) -> String {
+        self.engine.node_view(node).map_or_else(|| format!("node-{}", node.0), |n| n.name.to_string())
+    }
+
+    fn node_id_of(&self, name: &str) -> Option<u32> {
+        self.agents.values().find(|a| a.record.name == name).map(|a| a.record.id)
+    }
+}
+
+/// An engine refusal the core should have prevented: a bug.
+fn internal(e: cohort_scheduler::EngineError) -> CoordinatorError {
+    CoordinatorError::Internal(e.to_string())
+}
+
+#[cfg(test)]
+mod scenarios;
