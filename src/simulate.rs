@@ -30,7 +30,8 @@ pub struct Args {
     /// Replay several policies side by side, e.g. `fcfs,easy,cohort`.
     #[arg(long, value_delimiter = ',')]
     compare: Vec<String>,
-    /// Cohort policy: seconds a gang waits before it gets a reservation.
+    /// Cohort policy: a fixed number of seconds a gang waits before it gets a
+    /// reservation (default: 3.5 mean run times of the slots finished so far).
     #[arg(long)]
     reserve_after: Option<u64>,
     /// Cohort policy: how many gangs hold reservations at once.
@@ -106,6 +107,7 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
         if name == "cohort" {
             if let Some(s) = args.reserve_after {
                 policy.reserve_after = s * 1000;
+                policy.reserve_after_runtimes = None;
             }
             if let Some(n) = args.reservations {
                 policy.max_reservations = n;
@@ -148,16 +150,18 @@ pub fn load_trace(path: &Path, format: Option<&str>, cluster: Option<&Path>) -> 
     };
     let trace = match format {
         Format::Swf => {
-            let nodes = match nodes {
-                Some(n) => n,
-                None => {
-                    let beside = PathBuf::from(format!("{name}.machines"));
-                    load_cluster(&beside).with_context(|| {
-                        format!("an SWF log needs its machines: pass --cluster or put {} beside it", beside.display())
-                    })?
-                }
+            // The machines: --cluster, else FILE.machines beside it, else the log's header.
+            let beside = PathBuf::from(format!("{name}.machines"));
+            let (nodes, from) = match nodes {
+                Some(n) => (Some(n), cluster.map(|c| c.display().to_string())),
+                None if beside.exists() => (Some(load_cluster(&beside)?), Some(beside.display().to_string())),
+                None => (None, None),
             };
-            trace::parse_swf(&name, &text, nodes)?
+            let mut trace = trace::parse_swf(&name, &text, nodes)?;
+            if let Some(from) = from {
+                trace.notes.insert(0, format!("machine from {from}"));
+            }
+            trace
         }
         Format::AlibabaBatch => trace::parse_alibaba_batch(&name, &text, nodes)?,
         Format::AlibabaOpenb => {
@@ -217,6 +221,9 @@ fn render(trace: &Trace, path: &Path, reports: &[Report]) -> String {
     if !trace.skipped.is_empty() {
         let skipped: Vec<String> = trace.skipped.iter().map(|(r, n)| format!("{n} {r}")).collect();
         let _ = writeln!(out, "skipped rows: {}", skipped.join(", "));
+    }
+    for note in &trace.notes {
+        let _ = writeln!(out, "note: {note}");
     }
     let mut t = table(&[
         "policy",

@@ -3,6 +3,10 @@
 //! (a) place 1,000,000 single-slot tasks           [≥ 1,000,000 placements/s]
 //! (b) place 64-slot gangs on a 90%-full cluster    [p99 < 1 ms per gang]
 //! (c) one preemption decision on a full cluster    [p99 < 5 ms]
+//! (d) constrained gangs on a 70%-full cluster: within one rack, within
+//!     one zone, on zone-labelled nodes, apart by anti-affinity, spread
+//!     [p99 < 1 ms per gang]; beside the same gangs unconstrained, as the
+//!     same-run baseline
 //!
 //! Criterion times each; the per-operation percentiles the targets name are
 //! printed too (`p50`/`p99` lines). (a) also runs a baseline in the same
@@ -22,14 +26,29 @@ const NODES: u32 = 10_000;
 const GIB: u64 = 1 << 30;
 
 fn cluster() -> Engine {
+    cluster_with(|_| BTreeMap::new())
+}
+
+/// 4 zones; racks of 40 nodes.
+fn labelled_cluster() -> Engine {
+    cluster_with(|i| {
+        BTreeMap::from([("zone".to_string(), format!("z{}", i % 4)), ("rack".to_string(), format!("r{}", i / 40))])
+    })
+}
+
+fn cluster_with(labels: impl Fn(u32) -> BTreeMap<String, String>) -> Engine {
     // One pass places everything: the depth limit that keeps live passes
     // short would only split (a) into many passes.
-    let policy = Policy { reserve_after: u64::MAX / 2, max_pass_depth: usize::MAX, ..Policy::cohort() };
+    let policy = Policy {
+        reserve_after: u64::MAX / 2,
+        reserve_after_runtimes: None,
+        max_pass_depth: usize::MAX,
+        ..Policy::cohort()
+    };
     let config = Config { policy, ..Config::default() };
     let mut engine = Engine::new(config);
     for i in 0..NODES {
-        let spec =
-            NodeSpec { name: format!("n{i}"), capacity: Resources::new(64_000, 256 * GIB), labels: BTreeMap::new() };
+        let spec = NodeSpec { name: format!("n{i}"), capacity: Resources::new(64_000, 256 * GIB), labels: labels(i) };
         engine.apply(Event::NodeAdded { node: NodeId(i), spec }).unwrap();
     }
     engine
@@ -111,11 +130,10 @@ fn place_a_million(c: &mut Criterion) {
     );
 }
 
-fn gangs_on_a_busy_cluster(c: &mut Criterion) {
-    // 90% of cpu held by single-slot tasks of 1..4 cores.
-    let mut engine = cluster();
+/// Fills `tenths` of the cluster's cpu with single-slot tasks of 1..4 cores.
+fn fill(engine: &mut Engine, tenths: u64) {
     let mut id = 0u64;
-    let target = NODES as u64 * 64_000 * 9 / 10;
+    let target = NODES as u64 * 64_000 * tenths / 10;
     let mut held = 0;
     while held < target {
         let cpu = 1000 * (1 + id % 4);
@@ -124,6 +142,12 @@ fn gangs_on_a_busy_cluster(c: &mut Criterion) {
         id += 1;
     }
     engine.schedule();
+}
+
+fn gangs_on_a_busy_cluster(c: &mut Criterion) {
+    // 90% of cpu held by single-slot tasks of 1..4 cores.
+    let mut engine = cluster();
+    fill(&mut engine, 9);
     let mut next = 10_000_000u64;
     let mut samples = Vec::new();
     c.bench_function("b_64_slot_gang_on_90pct_full_10k_nodes", |b| {
@@ -195,5 +219,82 @@ fn preemption_on_a_full_cluster(c: &mut Criterion) {
     percentiles("(c) preemption decision on a full 10k-node cluster", samples);
 }
 
-criterion_group!(benches, place_a_million, gangs_on_a_busy_cluster, preemption_on_a_full_cluster);
+/// The constrained gangs of (d), cycled; `constrained: false` strips the constraints.
+fn constrained_gang(k: u64, constrained: bool) -> GangSpec {
+    let (name, n, cpu) = match k % 5 {
+        0 => ("rack-query", 16, 1000),
+        1 => ("zone-job", 64, 2000),
+        2 => ("zone-pinned", 8, 2000),
+        3 => ("replicas", 4, 2000),
+        _ => ("spread", 32, 1000),
+    };
+    let mut spec = GangSpec::rigid(name, n, Resources::new(cpu, 4 * GIB), "batch", "default");
+    if constrained {
+        let c = &mut spec.constraints;
+        match k % 5 {
+            0 => c.within = Some("rack".into()),
+            1 => c.within = Some("zone".into()),
+            2 => {
+                c.labels.insert("zone".into(), "z2".into());
+            }
+            3 => c.anti_affinity = Some("replicas".into()),
+            _ => c.placement = Placement::Spread,
+        }
+    }
+    spec
+}
+
+fn constrained_gangs(c: &mut Criterion) {
+    // 70% of cpu held by single-slot tasks of 1..4 cores.
+    let mut engine = labelled_cluster();
+    fill(&mut engine, 7);
+    let mut next = 10_000_000u64;
+    let mut samples: [Vec<Duration>; 2] = [Vec::new(), Vec::new()];
+    for (constrained, name) in
+        [(true, "d_constrained_gangs_on_70pct_full_10k_nodes"), (false, "d_baseline_same_gangs_unconstrained")]
+    {
+        c.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let gang = GangId(next);
+                    let spec = constrained_gang(next, constrained);
+                    let n = spec.min as usize;
+                    next += 1;
+                    let started = Instant::now();
+                    let d = engine.handle(Event::GangSubmitted { gang, spec }).unwrap();
+                    let took = started.elapsed();
+                    let placed: Vec<AllocId> = d
+                        .iter()
+                        .filter_map(|x| if let Decision::Place { alloc, .. } = x { Some(*alloc) } else { None })
+                        .collect();
+                    assert_eq!(placed.len(), n, "the gang was placed");
+                    total += took;
+                    samples[constrained as usize].push(took);
+                    engine.handle(Event::GangCancelled { gang }).unwrap();
+                    for alloc in placed {
+                        engine.apply(Event::SlotFinished { alloc, outcome: SlotOutcome::Stopped }).unwrap();
+                    }
+                }
+                total
+            })
+        });
+    }
+    let [baseline, constrained] = samples;
+    let median = |s: &[Duration]| {
+        let mut s = s.to_vec();
+        s.sort();
+        s.get(s.len() / 2).copied()
+    };
+    if let (Some(c), Some(b)) = (median(&constrained), median(&baseline)) {
+        println!("(d) constrained ÷ unconstrained, median per gang: {:.2}", c.as_secs_f64() / b.as_secs_f64());
+    }
+    percentiles(
+        "(d) constrained gangs (rack, zone, labels, anti-affinity, spread) on a 70%-full 10k-node cluster",
+        constrained,
+    );
+    percentiles("(d) baseline: the same gangs unconstrained", baseline);
+}
+
+criterion_group!(benches, place_a_million, gangs_on_a_busy_cluster, preemption_on_a_full_cluster, constrained_gangs);
 criterion_main!(benches);

@@ -232,17 +232,25 @@ pub struct Policy {
     pub backfill: bool,
     /// How many blocked gangs hold a reservation at once.
     pub max_reservations: usize,
-    /// A gang blocked this long gets a reservation (0: at once, as EASY does for the queue head).
+    /// A gang blocked this long gets a reservation (0: at once, as EASY does
+    /// for the queue head). With `reserve_after_runtimes`, only until the
+    /// first slots finish.
     pub reserve_after: Time,
+    /// The bound as this many mean run times of the slots finished so far:
+    /// the workload's own time scale, so that a log of minute-long jobs and
+    /// one of day-long jobs are treated alike.
+    #[serde(default)]
+    pub reserve_after_runtimes: Option<f64>,
     /// Whether gangs may evict lower-priority work.
     pub preemption: bool,
     /// Grace between SIGTERM and SIGKILL for victims.
     pub grace_period: Time,
     /// Delay before a failed gang is retried; doubles with each failure.
     pub retry_backoff: Time,
-    /// Predict a gang's runtime as the mean of its queue's last two slot
-    /// runtimes, capped by its own estimate (Tsafrir, Etsion & Feitelson
-    /// 2007); a slot that outlives its prediction falls back to the estimate.
+    /// Predict a gang's runtime as its estimate times the share of their
+    /// estimates its queue's last two slots used (after Tsafrir, Etsion &
+    /// Feitelson 2007); a slot that outlives its prediction falls back to
+    /// the estimate.
     pub predict_runtimes: bool,
     /// Within a queue, try gangs with the shortest (predicted) runtime first.
     pub shortest_first: bool,
@@ -262,6 +270,7 @@ impl Policy {
             backfill: true,
             max_reservations: 1,
             reserve_after: 48 * 3600 * 1000,
+            reserve_after_runtimes: Some(3.5),
             preemption: true,
             grace_period: 30_000,
             retry_backoff: 1_000,
@@ -278,6 +287,7 @@ impl Policy {
             backfill: false,
             max_reservations: 0,
             reserve_after: 0,
+            reserve_after_runtimes: None,
             preemption: false,
             predict_runtimes: false,
             shortest_first: false,

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 /// How many named scalar resources a cluster may define.
 pub const SCALAR_SLOTS: usize = 4;
 
-/// A vector of resource amounts.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug, Serialize, Deserialize)]
+/// A vector of resource amounts. Ordered lexicographically (cpu first), for use as a key.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, Serialize, Deserialize)]
 pub struct Resources {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
@@ -49,7 +49,23 @@ impl Resources {
     /// How many copies of `shape` fit in `self` (u32::MAX for an all-zero shape).
     #[inline]
     pub fn count_fitting(&self, shape: &Resources) -> u32 {
-        let mut n = u64::MAX;
+        self.count_fitting_up_to(shape, u32::MAX)
+    }
+
+    /// [`Resources::count_fitting`], but at most `limit`: a search that wants
+    /// one slot compares instead of dividing.
+    #[inline]
+    pub fn count_fitting_up_to(&self, shape: &Resources, limit: u32) -> u32 {
+        if limit == 0 {
+            return 0;
+        }
+        if !shape.fits_in(self) {
+            return 0;
+        }
+        if limit == 1 {
+            return 1;
+        }
+        let mut n = limit as u64;
         let mut dim = |have: u64, need: u64| {
             if let Some(copies) = have.checked_div(need) {
                 n = n.min(copies);
@@ -58,7 +74,9 @@ impl Resources {
         dim(self.cpu_millis, shape.cpu_millis);
         dim(self.memory_bytes, shape.memory_bytes);
         for (h, s) in self.scalars.iter().zip(shape.scalars.iter()) {
-            dim(*h, *s);
+            if *s > 0 {
+                dim(*h, *s);
+            }
         }
         n.min(u32::MAX as u64) as u32
     }

@@ -11,22 +11,69 @@ use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
 enum Op {
-    Submit { min: u32, extra: u32, cores: u64, class: usize, queue: usize, one_per_node: bool, est: Option<u64> },
-    Finish { pick: usize, ok: bool },
-    Cancel { pick: usize },
-    Advance { secs: u64 },
-    Lose { node: u32 },
+    Submit {
+        min: u32,
+        extra: u32,
+        cores: u64,
+        class: usize,
+        queue: usize,
+        one_per_node: bool,
+        est: Option<u64>,
+        constraint: Constraint,
+    },
+    Finish {
+        pick: usize,
+        ok: bool,
+    },
+    Cancel {
+        pick: usize,
+    },
+    Advance {
+        secs: u64,
+    },
+    Lose {
+        node: u32,
+    },
     Add,
-    Drain { node: u32 },
-    Cordon { node: u32 },
-    Uncordon { node: u32 },
+    Drain {
+        node: u32,
+    },
+    Cordon {
+        node: u32,
+    },
+    Uncordon {
+        node: u32,
+    },
+}
+
+/// A placement constraint a generated gang carries (nodes alternate zones a and b).
+#[derive(Clone, Copy, Debug)]
+enum Constraint {
+    None,
+    Zone(bool),
+    WithinZone,
+    AntiAffinity(u8),
+    Exclusive,
+    CachedOn(u32),
+}
+
+fn constraint() -> impl Strategy<Value = Constraint> {
+    prop_oneof![
+        6 => Just(Constraint::None),
+        1 => any::<bool>().prop_map(Constraint::Zone),
+        1 => Just(Constraint::WithinZone),
+        1 => (0u8..2).prop_map(Constraint::AntiAffinity),
+        1 => Just(Constraint::Exclusive),
+        1 => (0u32..6).prop_map(Constraint::CachedOn),
+    ]
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (1u32..4, 0u32..3, 1u64..5, 0usize..6, 0usize..3, any::<bool>(), proptest::option::of(1u64..100)).prop_map(
-            |(min, extra, cores, class, queue, one_per_node, est)| Op::Submit { min, extra, cores, class, queue, one_per_node, est }
-        ),
+        6 => (1u32..4, 0u32..3, 1u64..5, 0usize..6, 0usize..3, any::<bool>(), proptest::option::of(1u64..100), constraint())
+            .prop_map(|(min, extra, cores, class, queue, one_per_node, est, constraint)| Op::Submit {
+                min, extra, cores, class, queue, one_per_node, est, constraint
+            }),
         4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(pick, ok)| Op::Finish { pick, ok }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         3 => (1u64..60).prop_map(|secs| Op::Advance { secs }),
@@ -44,7 +91,7 @@ fn config() -> Config {
     Config {
         // No guarantees: preemption may then only go strictly downward.
         queues: vec![QueueSpec::new("a", 0.0, 1.0), QueueSpec::new("b", 0.0, 1.0), QueueSpec::new("capped", 0.0, 0.5)],
-        policy: Policy { reserve_after: 30_000, ..Policy::cohort() },
+        policy: Policy { reserve_after: 30_000, reserve_after_runtimes: None, ..Policy::cohort() },
         ..Config::default()
     }
 }
@@ -78,10 +125,11 @@ impl Run {
     }
 
     fn add_node(&mut self) {
+        let zone = if self.nodes.is_multiple_of(2) { "a" } else { "b" };
         let spec = NodeSpec {
             name: format!("n{}", self.nodes),
             capacity: Resources::new(8000, 8 * GIB),
-            labels: Default::default(),
+            labels: BTreeMap::from([("zone".to_string(), zone.to_string())]),
         };
         let node = NodeId(self.nodes);
         self.nodes += 1;
@@ -170,12 +218,23 @@ impl Run {
         let classes = ["system", "service", "streaming", "interactive", "batch", "best-effort"];
         let values = [1000, 800, 600, 400, 200, 0];
         match *op {
-            Op::Submit { min, extra, cores, class, queue, one_per_node, est } => {
+            Op::Submit { min, extra, cores, class, queue, one_per_node, est, constraint } => {
                 let gang = GangId(self.next_gang);
                 self.next_gang += 1;
                 let mut spec = GangSpec::rigid(format!("g{}", gang.0), min, cpu(cores), classes[class], QUEUES[queue]);
                 spec.max = min + extra;
                 spec.constraints.one_slot_per_node = one_per_node;
+                let c = &mut spec.constraints;
+                match constraint {
+                    Constraint::None => {}
+                    Constraint::Zone(a) => {
+                        c.labels.insert("zone".into(), if a { "a" } else { "b" }.into());
+                    }
+                    Constraint::WithinZone => c.within = Some("zone".into()),
+                    Constraint::AntiAffinity(group) => c.anti_affinity = Some(format!("group-{group}")),
+                    Constraint::Exclusive => c.exclusive = true,
+                    Constraint::CachedOn(node) => spec.locality = vec![(format!("n{node}"), 10)],
+                }
                 spec.estimated_runtime = est.map(|s| s * 1000);
                 spec.max_attempts = 2;
                 self.class_of.insert(gang, values[class]);
@@ -248,7 +307,8 @@ proptest! {
         wide_at in 0u64..20,
     ) {
         let bound = 100;
-        let config = Config { policy: Policy { reserve_after: bound * 1000, ..Policy::cohort() }, ..Config::default() };
+        let policy = Policy { reserve_after: bound * 1000, reserve_after_runtimes: None, ..Policy::cohort() };
+        let config = Config { policy, ..Config::default() };
         let mut engine = Engine::new(config);
         for i in 0..nodes {
             let spec = NodeSpec { name: format!("n{i}"), capacity: cpu(4), labels: Default::default() };
@@ -304,32 +364,95 @@ proptest! {
     }
 }
 
-#[test]
-fn regression_preemptor_starts_after_teardown() {
+/// Applies ops to a fresh run, checking every property after each.
+fn replay(ops: &[Op]) {
     let mut run = Run::new();
-    let ops = [
-        Op::Submit { min: 1, extra: 2, cores: 1, class: 4, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 2, extra: 0, cores: 2, class: 0, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 3, extra: 0, cores: 3, class: 0, queue: 0, one_per_node: true, est: None },
-        Op::Submit { min: 2, extra: 0, cores: 4, class: 0, queue: 0, one_per_node: false, est: Some(1) },
-        Op::Lose { node: 1 },
-        Op::Submit { min: 1, extra: 0, cores: 1, class: 0, queue: 0, one_per_node: false, est: None },
-    ];
-    for op in &ops {
+    for op in ops {
         run.apply(op);
     }
+}
+
+/// A submission in the regression tests below: min, extra, cores, class, queue, one per node, estimate, constraint.
+#[allow(clippy::too_many_arguments)]
+fn sub(
+    min: u32,
+    extra: u32,
+    cores: u64,
+    class: usize,
+    queue: usize,
+    one_per_node: bool,
+    est: Option<u64>,
+    constraint: Constraint,
+) -> Op {
+    Op::Submit { min, extra, cores, class, queue, one_per_node, est, constraint }
+}
+
+#[test]
+fn regression_preemptor_starts_after_teardown() {
+    replay(&[
+        sub(1, 2, 1, 4, 0, false, None, Constraint::None),
+        sub(2, 0, 2, 0, 0, false, None, Constraint::None),
+        sub(3, 0, 3, 0, 0, true, None, Constraint::None),
+        sub(2, 0, 4, 0, 0, false, Some(1), Constraint::None),
+        Op::Lose { node: 1 },
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+    ]);
 }
 
 #[test]
 fn regression_preemptor_after_cancel_and_drain() {
-    let mut run = Run::new();
-    let ops = [
-        Op::Submit { min: 1, extra: 0, cores: 1, class: 0, queue: 0, one_per_node: false, est: None },
+    replay(&[
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
         Op::Cancel { pick: 0 },
-        Op::Submit { min: 1, extra: 1, cores: 1, class: 4, queue: 0, one_per_node: false, est: None },
+        sub(1, 1, 1, 4, 0, false, None, Constraint::None),
         Op::Drain { node: 1 },
-        Op::Submit { min: 2, extra: 0, cores: 2, class: 0, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 3, extra: 0, cores: 2, class: 0, queue: 0, one_per_node: true, est: None },
+        sub(2, 0, 2, 0, 0, false, None, Constraint::None),
+        sub(3, 0, 2, 0, 0, true, None, Constraint::None),
+    ]);
+}
+
+#[test]
+fn regression_preemptor_three_nodes() {
+    replay(&[
+        Op::Drain { node: 0 },
+        sub(1, 1, 1, 5, 0, false, None, Constraint::None),
+        sub(1, 2, 3, 4, 0, false, None, Constraint::None),
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+        sub(1, 1, 3, 0, 0, false, None, Constraint::None),
+        Op::Advance { secs: 1 },
+        sub(1, 0, 3, 0, 0, false, None, Constraint::None),
+        sub(1, 0, 2, 2, 0, false, None, Constraint::None),
+        sub(3, 0, 1, 0, 0, true, None, Constraint::None),
+    ]);
+}
+
+#[test]
+fn regression_exclusive_preemptor() {
+    let mut run = Run::new();
+    let s = |min, cores, class, one_per_node, constraint| Op::Submit {
+        min,
+        extra: 0,
+        cores,
+        class,
+        queue: 0,
+        one_per_node,
+        est: None,
+        constraint,
+    };
+    let ops = [
+        Op::Add,
+        s(1, 1, 0, false, Constraint::None),
+        s(1, 1, 0, false, Constraint::None),
+        Op::Drain { node: 0 },
+        s(2, 1, 5, true, Constraint::None),
+        s(2, 1, 0, false, Constraint::Exclusive),
+        s(1, 1, 0, false, Constraint::None),
+        Op::Finish { pick: 2762616709589128081, ok: false },
+        Op::Lose { node: 1 },
+        Op::Cancel { pick: 944927463940754039 },
+        Op::Finish { pick: 2716824121231125060, ok: false },
+        Op::Finish { pick: 135919753801777284, ok: false },
+        s(1, 1, 0, false, Constraint::Exclusive),
     ];
     for op in &ops {
         run.apply(op);
@@ -337,20 +460,149 @@ fn regression_preemptor_after_cancel_and_drain() {
 }
 
 #[test]
-fn regression_preemptor_three_nodes() {
-    let mut run = Run::new();
-    let ops = [
+fn regression_an_exclusive_nomination_on_a_node_another_preemptor_holds() {
+    replay(&[
+        Op::Cordon { node: 2 },
+        Op::Add,
+        sub(1, 0, 2, 3, 0, false, None, Constraint::None),
         Op::Drain { node: 0 },
-        Op::Submit { min: 1, extra: 1, cores: 1, class: 5, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 1, extra: 2, cores: 3, class: 4, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 1, extra: 0, cores: 1, class: 0, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 1, extra: 1, cores: 3, class: 0, queue: 0, one_per_node: false, est: None },
+        sub(2, 2, 4, 0, 0, false, None, Constraint::None),
+        sub(2, 0, 2, 5, 0, false, None, Constraint::None),
+        sub(2, 0, 1, 5, 0, true, None, Constraint::None),
+        sub(1, 0, 3, 0, 0, false, None, Constraint::None),
+        sub(1, 1, 1, 0, 0, true, None, Constraint::None),
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+        sub(1, 0, 1, 4, 0, false, None, Constraint::None),
+        Op::Add,
+        sub(1, 0, 3, 0, 0, false, None, Constraint::None),
+        Op::Finish { pick: 748990578665964116, ok: false },
+        sub(3, 1, 1, 0, 0, false, None, Constraint::None),
+        Op::Finish { pick: 3933102829211080462, ok: false },
+        sub(1, 0, 2, 4, 0, false, None, Constraint::None),
+        Op::Finish { pick: 1853436524103618749, ok: true },
         Op::Advance { secs: 1 },
-        Op::Submit { min: 1, extra: 0, cores: 3, class: 0, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 1, extra: 0, cores: 2, class: 2, queue: 0, one_per_node: false, est: None },
-        Op::Submit { min: 3, extra: 0, cores: 1, class: 0, queue: 0, one_per_node: true, est: None },
-    ];
-    for op in &ops {
-        run.apply(op);
+        Op::Cancel { pick: 2843207846352813934 },
+        sub(2, 0, 3, 4, 0, false, None, Constraint::None),
+        Op::Lose { node: 3 },
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+        Op::Finish { pick: 7344727590577855273, ok: true },
+        Op::Finish { pick: 5753561015581944924, ok: true },
+        Op::Finish { pick: 7803243572236424861, ok: true },
+        Op::Finish { pick: 6489043263536203393, ok: true },
+        sub(1, 1, 2, 4, 0, true, Some(92), Constraint::Exclusive),
+        Op::Drain { node: 1 },
+        sub(2, 1, 2, 0, 0, true, None, Constraint::WithinZone),
+        sub(1, 2, 3, 1, 0, true, Some(21), Constraint::AntiAffinity(0)),
+        Op::Add,
+    ]);
+}
+
+#[test]
+fn regression_a_group_member_takes_the_nodes_nominated_to_its_group() {
+    replay(&[
+        Op::Drain { node: 0 },
+        Op::Cordon { node: 1 },
+        sub(1, 1, 3, 4, 0, false, None, Constraint::None),
+        sub(3, 0, 3, 0, 0, false, None, Constraint::AntiAffinity(0)),
+        sub(3, 0, 1, 1, 0, false, None, Constraint::AntiAffinity(0)),
+        Op::Add,
+    ]);
+}
+
+#[test]
+fn regression_exclusive_nominations_count_slots_against_quota() {
+    replay(&[
+        sub(2, 1, 3, 5, 0, false, None, Constraint::Zone(false)),
+        sub(2, 1, 1, 4, 2, false, Some(1), Constraint::None),
+        Op::Finish { pick: 13062147653371604946, ok: true },
+        sub(3, 0, 1, 2, 0, false, None, Constraint::AntiAffinity(0)),
+        sub(1, 0, 1, 2, 2, false, None, Constraint::Exclusive),
+        sub(3, 0, 1, 0, 0, true, None, Constraint::Exclusive),
+        sub(1, 0, 3, 4, 2, false, None, Constraint::WithinZone),
+        Op::Finish { pick: 5617401678967332456, ok: false },
+        Op::Finish { pick: 14466009814709707861, ok: true },
+        sub(2, 0, 3, 0, 0, false, None, Constraint::None),
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+        Op::Finish { pick: 2406436793959572407, ok: true },
+        Op::Cancel { pick: 13678043802222771034 },
+        Op::Finish { pick: 6352413261491421675, ok: true },
+        Op::Lose { node: 0 },
+        Op::Finish { pick: 17575054235199990372, ok: false },
+    ]);
+}
+
+#[test]
+fn regression_a_starvation_reservation_on_an_exclusive_nomination() {
+    replay(&[
+        sub(2, 0, 1, 2, 0, false, None, Constraint::AntiAffinity(0)),
+        sub(3, 0, 1, 0, 0, true, None, Constraint::Exclusive),
+    ]);
+}
+
+#[test]
+fn regression_an_exclusive_gang_on_a_node_claimed_by_another() {
+    replay(&[
+        Op::Drain { node: 3 },
+        sub(1, 0, 1, 4, 0, false, None, Constraint::Exclusive),
+        sub(1, 0, 1, 3, 0, false, None, Constraint::Exclusive),
+        sub(2, 1, 1, 5, 0, true, None, Constraint::None),
+        sub(3, 0, 4, 0, 0, false, None, Constraint::AntiAffinity(0)),
+        sub(2, 0, 4, 2, 0, false, None, Constraint::WithinZone),
+        sub(2, 0, 1, 2, 0, true, None, Constraint::None),
+        Op::Finish { pick: 2382316812037089658, ok: false },
+        Op::Finish { pick: 11828761562521076292, ok: true },
+        Op::Finish { pick: 8692912060433115529, ok: true },
+        Op::Advance { secs: 1 },
+        sub(2, 0, 3, 0, 0, true, None, Constraint::Zone(true)),
+        Op::Add,
+    ]);
+}
+
+proptest! {
+    /// However many gangs wait ahead of it, hopeless (no node can hold them)
+    /// or blocked alike (of a few shapes that do not fit the free room), a
+    /// gang that fits the free room now and is held back by no reservation
+    /// or priority rule starts in the pass after it arrives.
+    #[test]
+    fn a_gang_that_fits_now_is_placed_however_many_blocked_gangs_precede_it(
+        nodes in 1u32..6,
+        hopeless in 0usize..1500,
+        blocked in 0usize..1500,
+        shapes in prop::collection::vec(5u64..9, 1..4),
+        small in 1u64..4,
+        fcfs in any::<bool>(),
+    ) {
+        let policy = if fcfs { Policy::fcfs() } else { Policy::easy() };
+        let mut engine = Engine::new(Config { policy, ..Config::default() });
+        for i in 0..nodes {
+            let spec = NodeSpec { name: format!("n{i}"), capacity: cpu(8), labels: Default::default() };
+            engine.apply(Event::NodeAdded { node: NodeId(i), spec }).unwrap();
+        }
+        // Every node half full, so 5..8-core slots fit no node now (but do fit one empty).
+        let mut filler = GangSpec::rigid("filler", nodes, cpu(4), "batch", "default");
+        filler.constraints.one_slot_per_node = true;
+        engine.apply(Event::GangSubmitted { gang: GangId(1_000_000), spec: filler }).unwrap();
+        engine.schedule();
+        let mut id = 0;
+        for _ in 0..hopeless {
+            id += 1;
+            let spec = GangSpec::rigid(format!("huge{id}"), 1, cpu(9), "batch", "default");
+            engine.apply(Event::GangSubmitted { gang: GangId(id), spec }).unwrap();
+        }
+        // Under FCFS a gang that could start on an emptier cluster is first in line and
+        // rightly holds everything behind it: only hopeless gangs precede the small one.
+        let blocked = if fcfs { 0 } else { blocked };
+        for k in 0..blocked {
+            id += 1;
+            let spec = GangSpec::rigid(format!("big{id}"), 1, cpu(shapes[k % shapes.len()]), "batch", "default");
+            engine.apply(Event::GangSubmitted { gang: GangId(id), spec }).unwrap();
+        }
+        engine.schedule();
+        let spec = GangSpec::rigid("small", 1, cpu(small), "batch", "default");
+        engine.apply(Event::GangSubmitted { gang: GangId(id + 1), spec }).unwrap();
+        let placed = engine.schedule().iter().any(|d| matches!(d, Decision::Place { gang, .. } if *gang == GangId(id + 1)));
+        prop_assert!(placed, "{:?}", engine.gang(GangId(id + 1)).and_then(|g| g.reason));
+        engine.check_invariants().unwrap();
     }
 }

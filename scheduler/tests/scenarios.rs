@@ -36,7 +36,11 @@ fn a_gang_spanning_nodes_is_placed_in_one_pass() {
 fn a_gang_larger_than_the_cluster_is_reported_unschedulable() {
     let mut c = Cluster::new(2, 4);
     let (g, _) = c.gang(1, 8, "batch");
-    assert!(c.reason(g).starts_with("unschedulable: no node can hold one slot of (8 cpu, 8 GiB)"), "{}", c.reason(g));
+    assert!(
+        c.reason(g).starts_with("unschedulable: no ready node can hold one slot of (8 cpu, 8 GiB)"),
+        "{}",
+        c.reason(g)
+    );
     // And it does not block a smaller gang behind it
     let (small, d) = c.gang(1, 1, "batch");
     assert_eq!(places(&d, small).len(), 1);
@@ -256,7 +260,7 @@ fn estimated(name: &str, n: u32, cores: u64, secs: u64) -> GangSpec {
 
 #[test]
 fn a_starving_wide_gang_gets_a_reservation_and_small_work_backfills_around_it() {
-    let policy = Policy { reserve_after: 60_000, ..Policy::cohort() };
+    let policy = Policy { reserve_after: 60_000, reserve_after_runtimes: None, ..Policy::cohort() };
     let mut c = Cluster::with_policy(2, 4, policy);
     // Given both nodes busy until t=100 and t=200
     c.submit(estimated("a", 1, 4, 100));
@@ -399,4 +403,94 @@ fn bad_events_are_refused_and_change_nothing() {
     c.at(5);
     assert!(c.engine.apply(Event::TimeAdvanced { now: 1 }).is_err());
     assert_eq!(c.engine.pending_count(), 0);
+}
+
+// ---------- head-of-line blocking ----------
+
+#[test]
+fn hopeless_gangs_at_the_head_do_not_block_the_gangs_behind_them() {
+    for policy in [Policy::fcfs(), Policy::easy(), Policy::cohort()] {
+        // Given two 4-core nodes and 600 gangs that no node can ever hold
+        let mut c = Cluster::with_policy(2, 4, policy.clone());
+        let hopeless: Vec<GangId> = (0..600).map(|_| c.gang(1, 8, "batch").0).collect();
+        // When 100 small gangs arrive behind them, one second apart
+        let mut placed = 0;
+        for t in 1..=100 {
+            c.at(t);
+            let (g, d) = c.gang(1, 1, "batch");
+            placed += places(&d, g).len();
+            c.complete(g);
+        }
+        // Then every small gang starts at once, and every hopeless one says why it waits
+        assert_eq!(placed, 100, "{policy:?}");
+        for g in hopeless {
+            assert!(c.reason(g).starts_with("unschedulable: no ready node can hold"), "{}", c.reason(g));
+        }
+    }
+}
+
+fn zoned(policy: Policy) -> Cluster {
+    let mut c = Cluster::with_policy(0, 4, policy);
+    for (i, zone) in ["a", "a", "b", "b"].into_iter().enumerate() {
+        c.add_node(i as u32, 4, &[("zone", zone)]);
+    }
+    c
+}
+
+#[test]
+fn a_gang_no_domain_can_hold_is_unschedulable_and_blocks_no_one() {
+    for policy in [Policy::fcfs(), Policy::easy(), Policy::cohort()] {
+        // Given four 4-core nodes in two zones of two
+        let mut c = zoned(policy.clone());
+        // When a gang of three whole-node slots must stay within one zone
+        let mut within = GangSpec::rigid("zoned", 3, cpu(4), "batch", "default");
+        within.constraints.within = Some("zone".into());
+        let (w, _) = c.submit(within);
+        // Then it is unschedulable, naming the largest domain
+        let reason = c.reason(w);
+        assert!(reason.starts_with("unschedulable: needs 3×(4 cpu, 4 GiB) within one `zone`"), "{reason}");
+        // And the same gang without the constraint, five seconds later, starts at once
+        c.at(5);
+        let (free, d) = c.gang(3, 4, "batch");
+        assert_eq!(places(&d, free).len(), 3, "{policy:?}: {}", c.reason(free));
+    }
+}
+
+#[test]
+fn a_gang_that_cannot_fit_is_tried_again_when_the_cluster_grows() {
+    let mut c = zoned(Policy::cohort());
+    let mut within = GangSpec::rigid("zoned", 3, cpu(4), "batch", "default");
+    within.constraints.within = Some("zone".into());
+    let (w, _) = c.submit(within);
+    assert!(c.reason(w).starts_with("unschedulable"));
+    // A third node joins zone a: the parked gang is tried again and fits
+    c.add_node(4, 4, &[("zone", "a")]);
+    let nodes = places(&c.log, w);
+    assert_eq!(nodes.len(), 3);
+    assert!(nodes.iter().all(|n| [0, 1, 4].contains(&n.0)), "all in zone a: {nodes:?}");
+}
+
+#[test]
+fn preemption_never_evicts_from_a_node_its_anti_affinity_group_holds() {
+    // Given a service of group `web` on n0 beside a young batch gang, and an older batch gang on n1
+    let mut c = Cluster::new(2, 4);
+    let mut web = GangSpec::rigid("web-1", 1, cpu(1), "service", "default");
+    web.constraints.anti_affinity = Some("web".into());
+    let (_, d) = c.submit(web.clone());
+    assert_eq!(d.iter().filter(|d| matches!(d, Decision::Place { node: NodeId(0), .. })).count(), 1);
+    let (old, d) = c.gang(1, 4, "batch");
+    assert_eq!(places(&d, old), vec![NodeId(1)]);
+    c.at(60);
+    let (young, d) = c.gang(1, 3, "batch");
+    assert_eq!(places(&d, young), vec![NodeId(0)]);
+    // When a second instance of `web` needs 3 cores, evicting the young gang would be
+    // cheapest, but its node holds `web` already
+    let mut web2 = web;
+    web2.name = "web-2".into();
+    web2.slot = cpu(3);
+    let (w2, d) = c.submit(web2);
+    // Then the older gang on n1 makes room, and the instance starts there
+    assert_eq!(stops(&d).iter().map(|s| s.0).collect::<Vec<_>>(), vec![old]);
+    let d = c.stops_done(&d);
+    assert_eq!(places(&d, w2), vec![NodeId(1)]);
 }

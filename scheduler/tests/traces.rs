@@ -25,7 +25,7 @@ const SWF: &str = "\
 
 fn swf() -> trace::Trace {
     let nodes = trace::parse_swf_machines("m", MACHINES).unwrap();
-    trace::parse_swf("log.swf", SWF, nodes).unwrap()
+    trace::parse_swf("log.swf", SWF, Some(nodes)).unwrap()
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn swf_rows_become_gangs_under_the_readme_node_model() {
 fn malformed_lines_are_reported_with_their_number() {
     let nodes = trace::parse_swf_machines("m", MACHINES).unwrap();
     let bad = format!("{SWF}6 1356996700 0 ten 1 1 1024 1 3600 1 1 9 1 1 -1 1 1 1 {{1}} q_4h 1:ppn=1\n");
-    let err = trace::parse_swf("log.swf", &bad, nodes).unwrap_err();
+    let err = trace::parse_swf("log.swf", &bad, Some(nodes)).unwrap_err();
     assert_eq!(
         err,
         TraceError::Line {

@@ -95,3 +95,69 @@ fn bad_input_names_what_is_wrong_and_where() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("bad.swf:8: field 4 (run time) is `soon`"), "{err}");
 }
+
+/// Issue scenario: 600 gangs no node can hold, then 100 small ones behind them.
+#[test]
+fn hopeless_gangs_at_the_head_block_nothing_under_any_policy() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut trace = String::new();
+    for i in 0..2 {
+        trace += &format!("{{\"node\": {{\"name\": \"n{i}\", \"cpu\": \"4\", \"memory\": \"8GiB\"}}}}\n");
+    }
+    for i in 0..600 {
+        trace += &format!(
+            "{{\"job\": {{\"id\": {i}, \"submit\": 0, \"runtime\": 60, \"estimate\": 60, \"priority\": \"batch\", \"queue\": \"a\", \"min\": 1, \"max\": 1, \"cpu\": \"8\", \"memory\": \"1GiB\"}}}}\n"
+        );
+    }
+    for i in 0..100 {
+        trace += &format!(
+            "{{\"job\": {{\"id\": {}, \"submit\": {}, \"runtime\": 5, \"estimate\": 5, \"priority\": \"batch\", \"queue\": \"a\", \"min\": 1, \"max\": 1, \"cpu\": \"1\", \"memory\": \"1GiB\"}}}}\n",
+            600 + i,
+            1 + i
+        );
+    }
+    std::fs::write(dir.path().join("hol.jsonl"), trace).unwrap();
+    let out = simulate(dir.path(), &["--trace", "hol.jsonl", "--compare", "fcfs,easy,cohort", "--output", "json"]);
+    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array of reports");
+    for r in &reports {
+        assert_eq!(r["completed"], 100, "{}: every small gang completes", r["policy"]);
+        assert_eq!(r["unschedulable"], 600, "{}: every hopeless gang is counted", r["policy"]);
+        assert_eq!(r["stuck"], 0, "{}", r["policy"]);
+        assert_eq!(r["wait_s"]["max"], 0.0, "{}: no small gang waits", r["policy"]);
+    }
+}
+
+/// A plain 18-field SWF log with only its header to describe the machine.
+const PLAIN: &str = "\
+; Version: 2.2
+; MaxNodes: 4
+; MaxProcs: 8
+1 0 -1 3600 8 -1 -1 8 -1 -1 1 1 -1 -1 1 -1 -1 -1
+2 10 -1 600 2 -1 -1 2 -1 -1 1 2 -1 -1 1 -1 -1 -1
+3 20 -1 7200 6 -1 -1 6 -1 -1 0 1 -1 -1 1 -1 -1 -1
+4 30 -1 300 1 -1 -1 1 -1 -1 5 3 -1 -1 1 -1 -1 -1
+5 40 -1 100 16 -1 -1 16 -1 -1 1 3 -1 -1 1 -1 -1 -1
+";
+
+#[test]
+fn a_plain_swf_log_replays_on_the_machine_its_header_describes() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::write(dir.path().join("plain.swf"), PLAIN).unwrap();
+    let out = simulate(dir.path(), &["--trace", "plain.swf", "--compare", "fcfs,easy,cohort", "--output", "json"]);
+    assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
+    let reports: Vec<Value> = serde_json::from_slice(&out.stdout).expect("a JSON array of reports");
+    for r in &reports {
+        // Job 5 asks for 16 processors of a machine of 8: it can never run.
+        assert_eq!((r["completed"].as_u64(), r["unschedulable"].as_u64()), (Some(4), Some(1)), "{}", r["policy"]);
+        let notes = r["notes"].to_string();
+        assert!(notes.contains("machine from the log header: 4 node(s) of 2 core(s)"), "{notes}");
+        assert!(notes.contains("their estimate is their real run time"), "{notes}");
+    }
+    // Without a header, the error names both ways to describe the machine.
+    let body: String = PLAIN.lines().filter(|l| !l.starts_with(';')).map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("bare.swf"), body).unwrap();
+    let out = simulate(dir.path(), &["--trace", "bare.swf"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("MaxNodes") && err.contains("--cluster"), "{err}");
+}

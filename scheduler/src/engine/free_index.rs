@@ -46,6 +46,27 @@ impl Block {
         self.max_memory = self.keys.iter().map(|k| k.2).max().unwrap_or(0);
     }
 
+    /// Keeps the maxima and last key right after `gone` left, near `pos`.
+    /// A maximum survives if the last key or a neighbour of `pos` still has
+    /// it (like nodes sit side by side, and in a block of one size class the
+    /// last key has the most cpu); only otherwise is the block rescanned.
+    fn after_losing(&mut self, gone: &IndexKey, pos: usize) {
+        let keys = &self.keys;
+        let kept = |f: fn(&IndexKey) -> u64, v: u64| {
+            keys.last().is_some_and(|k| f(k) == v)
+                || keys.get(pos).is_some_and(|k| f(k) == v)
+                || pos > 0 && keys.get(pos - 1).is_some_and(|k| f(k) == v)
+                || keys.get(pos + 1).is_some_and(|k| f(k) == v)
+        };
+        let lost_max =
+            gone.1 == self.max_cpu && !kept(|k| k.1, gone.1) || gone.2 == self.max_memory && !kept(|k| k.2, gone.2);
+        if lost_max {
+            self.refresh();
+        } else {
+            self.last = keys.last().copied().unwrap_or_default();
+        }
+    }
+
     fn may_hold(&self, cpu: u64, memory: u64) -> bool {
         self.max_cpu >= cpu && self.max_memory >= memory
     }
@@ -56,6 +77,7 @@ impl Block {
 pub(crate) struct FreeIndex {
     /// Non-empty blocks in key order; every key of a block precedes every key of the next.
     blocks: Vec<Block>,
+    len: usize,
 }
 
 impl FreeIndex {
@@ -65,14 +87,25 @@ impl FreeIndex {
         b.min(self.blocks.len().saturating_sub(1))
     }
 
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
     pub fn insert(&mut self, key: IndexKey) {
         if self.blocks.is_empty() {
             self.blocks.push(Block::new(vec![key]));
+            self.len = 1;
             return;
         }
         let b = self.block_for(&key);
+        self.insert_into(b, key);
+    }
+
+    /// Inserts into block `b`, which `block_for` chose.
+    fn insert_into(&mut self, b: usize, key: IndexKey) {
         let block = &mut self.blocks[b];
         if let Err(pos) = block.keys.binary_search(&key) {
+            self.len += 1;
             block.keys.insert(pos, key);
             block.last = block.last.max(key);
             block.max_cpu = block.max_cpu.max(key.1);
@@ -88,15 +121,61 @@ impl FreeIndex {
             return;
         }
         let b = self.block_for(key);
+        self.remove_from(b, key);
+    }
+
+    /// Removes from block `b`; returns whether blocks were merged (their indices moved).
+    fn remove_from(&mut self, b: usize, key: &IndexKey) -> bool {
         let block = &mut self.blocks[b];
-        let Ok(pos) = block.keys.binary_search(key) else { return };
+        let Ok(pos) = block.keys.binary_search(key) else { return false };
         block.keys.remove(pos);
-        if key.1 == block.max_cpu || key.2 == block.max_memory || *key == block.last {
-            block.refresh();
-        }
+        self.len -= 1;
+        block.after_losing(key, pos);
         if block.keys.len() < MERGE_BELOW {
             self.merge(b);
+            return true;
         }
+        false
+    }
+
+    /// Moves a key to its new value: a node whose free room changed. When
+    /// both fall in one block (the common case: a slot more or less moves a
+    /// node a little), the entries between shift by one instead of being
+    /// moved out and back.
+    pub fn replace(&mut self, old: &IndexKey, new: IndexKey) {
+        if self.blocks.is_empty() {
+            self.insert(new);
+            return;
+        }
+        if new == *old {
+            return;
+        }
+        let b = self.block_for(old);
+        let b_new = self.block_for(&new);
+        if b_new != b {
+            // Different blocks: take it out of one and file it in the other
+            // (a merge after the removal may shift the blocks, so look again then).
+            let merged = self.remove_from(b, old);
+            let b_new = if merged { self.block_for(&new) } else { b_new };
+            self.insert_into(b_new, new);
+            return;
+        }
+        let block = &mut self.blocks[b];
+        let Ok(from) = block.keys.binary_search(old) else {
+            self.insert(new);
+            return;
+        };
+        let to = block.keys.partition_point(|k| *k < new);
+        if to > from {
+            block.keys[from..to].rotate_left(1);
+            block.keys[to - 1] = new;
+        } else {
+            block.keys[to..=from].rotate_right(1);
+            block.keys[to] = new;
+        }
+        block.max_cpu = block.max_cpu.max(new.1);
+        block.max_memory = block.max_memory.max(new.2);
+        block.after_losing(old, to);
     }
 
     fn split(&mut self, b: usize) {
@@ -164,7 +243,15 @@ mod tests {
         for step in 0..20_000 {
             let key =
                 (rng.random_range(0..3), rng.random_range(0..64), rng.random_range(0..64), rng.random_range(0..500));
-            if rng.random_bool(0.55) {
+            if rng.random_bool(0.3) && !reference.is_empty() {
+                let present: IndexKey = *reference.iter().nth(rng.random_range(0..reference.len())).unwrap();
+                let moved = (present.0, rng.random_range(0..64), rng.random_range(0..64), present.3);
+                if !reference.contains(&moved) {
+                    index.replace(&present, moved);
+                    reference.remove(&present);
+                    reference.insert(moved);
+                }
+            } else if rng.random_bool(0.55) {
                 index.insert(key);
                 reference.insert(key);
             } else if let Some(&present) = reference.iter().nth(rng.random_range(0..reference.len().max(1))) {
@@ -184,6 +271,7 @@ mod tests {
                 assert_eq!(index.largest_room(), room);
                 assert!(index.blocks.iter().all(|b| !b.keys.is_empty() && b.keys.len() <= SPLIT_ABOVE));
                 assert!(index.blocks.iter().all(|b| b.keys.last() == Some(&b.last)));
+                assert_eq!(index.len(), reference.len());
             }
         }
     }

@@ -21,8 +21,15 @@ impl Engine {
         let gang = alloc.gang;
         match outcome {
             SlotOutcome::Succeeded => {
-                let queue = &mut self.queues[self.gangs[&gang].queue];
-                queue.recent_runtimes = [Some(self.now - alloc.started), queue.recent_runtimes[0]];
+                let g = &self.gangs[&gang];
+                let ran = self.now - alloc.started;
+                self.finished_runtime_ms += ran as u128;
+                self.finished_slots += 1;
+                let accuracy = g.spec.estimated_runtime.filter(|l| *l > 0).map(|l| (ran as f64 / l as f64).min(1.0));
+                let queue = &mut self.queues[g.queue];
+                if let Some(a) = accuracy {
+                    queue.recent_accuracy = [Some(a), queue.recent_accuracy[0]];
+                }
                 queue.predictions_stale = self.config.policy.predict_runtimes;
                 self.slot_left(gang, alloc.slot, alloc.res, SlotState::Done);
                 self.after_progress(gang);

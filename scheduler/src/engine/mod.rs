@@ -15,6 +15,7 @@
 //! - `lifecycle`: slots ending, gangs torn down, re-queued, finished;
 //! - `reason`: why a gang is pending, in words.
 
+mod filters;
 mod free_index;
 mod lifecycle;
 mod pass;
@@ -23,6 +24,7 @@ mod preempt;
 mod reason;
 mod releases;
 mod reserve;
+mod topology;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -33,6 +35,9 @@ use crate::model::{AllocId, Config, GangId, GangSpec, NodeId, NodeSpec, NodeStat
 use crate::resources::Resources;
 
 pub use reason::PendingReason;
+
+use filters::Filters;
+use topology::{PairId, Topology};
 
 /// Why an event was refused. A refused event changes nothing.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,8 +114,11 @@ pub(crate) struct Gang {
     pub queue: usize,
     /// Arrival order; kept across re-queues so a victim returns to its place.
     pub seq: u64,
-    /// Gangs that could block each other identically share a key.
-    pub shape_key: u64,
+    /// Its constraints, compiled.
+    pub filters: Filters,
+    /// Gangs with equal signatures fit in exactly the same places (size and
+    /// filters; not scoring, not runtime).
+    pub signature: u64,
     pub phase: GangPhase,
     pub slots: Vec<SlotState>,
     /// Todo slot indices, highest first so `pop` yields the lowest.
@@ -128,10 +136,13 @@ pub(crate) struct Gang {
     pub blocker: PendingReason,
     /// Gangs this one was evicted for: it may never evict them back.
     pub preempted_by: Vec<GangId>,
-    /// While running under a `within` constraint: the label value its slots share.
-    pub domain: Option<String>,
+    /// While running under a `within` constraint: the label pair its slots share.
+    pub domain: Option<PairId>,
     /// Listed in `Engine::growable`.
     pub growable: bool,
+    /// Cannot fit the cluster as it is: out of the pending order until the
+    /// cluster changes (listed in `Engine::parked`).
+    pub parked: bool,
 }
 
 impl Gang {
@@ -166,7 +177,12 @@ pub(crate) struct Alloc {
 #[derive(Debug)]
 pub(crate) struct Node {
     pub name: String,
-    pub labels: BTreeMap<String, String>,
+    /// Its labels, interned and sorted.
+    pub label_ids: Vec<PairId>,
+    /// Per label: the entry under which that label's index (if tracked) holds it.
+    pub label_entries: Vec<Option<free_index::IndexKey>>,
+    /// Per label: listed in the label's stale list, awaiting a catch-up.
+    pub label_stale: Vec<bool>,
     pub capacity: Resources,
     pub state: NodeState,
     pub allocated: Resources,
@@ -196,8 +212,8 @@ pub(crate) struct QueueState {
     pub guarantee: f64,
     pub cap: f64,
     pub allocated: Resources,
-    /// Runtimes of the queue's last two successful slots, for predictions.
-    pub recent_runtimes: [Option<Time>; 2],
+    /// Run time over estimate of the queue's last two successful slots, for predictions.
+    pub recent_accuracy: [Option<f64>; 2],
     /// Its pending gangs' predictions are out of date.
     pub predictions_stale: bool,
     pub predictions_refreshed_at: Time,
@@ -219,6 +235,8 @@ pub(crate) struct Reservation {
     pub nodes: Vec<(NodeId, Resources)>,
     /// Made by preemption: the room victims are freeing. Kept across passes.
     pub nomination: bool,
+    /// Held for an exclusive gang: nobody else may use its nodes at all.
+    pub exclusive: bool,
     /// Creation order: a holder yields only to reservations made before its own,
     /// since every later one was planned around it.
     pub order: u64,
@@ -241,8 +259,17 @@ pub struct Engine {
     pub(crate) total: Resources,
     /// Cpu of the largest node ever registered.
     pub(crate) largest_node_cpu: u64,
-    /// Bumped whenever capacity changes, to invalidate feasibility caches.
+    /// Bumped whenever the ready nodes change (added, updated, lost,
+    /// cordoned, drained, back), to invalidate feasibility verdicts.
     pub(crate) topology_version: u64,
+    pub(crate) topology: Topology,
+    /// Gangs that cannot fit the cluster as it is, by (seq, id), and the
+    /// topology they were judged on: tried again only once it changes.
+    pub(crate) parked: BTreeSet<(u64, GangId)>,
+    pub(crate) parked_at_version: u64,
+    /// Buffers for searches and passes, reused.
+    pub(crate) search: place::Search,
+    pub(crate) pass: pass::PassState,
     pub(crate) feasible_cache: FxHashMap<u64, (u64, Option<String>)>,
     pub(crate) gangs: IdMap<GangId, Gang>,
     pub(crate) allocs: IdMap<AllocId, Alloc>,
@@ -263,6 +290,10 @@ pub struct Engine {
     pub(crate) preemptible_running: Vec<u64>,
     pub(crate) now: Time,
     pub(crate) seq: u64,
+    /// Run times of every slot that succeeded, summed, and how many: the
+    /// workload's own time scale, which reservation bounds follow.
+    pub(crate) finished_runtime_ms: u128,
+    pub(crate) finished_slots: u64,
     pub(crate) out: Vec<Decision>,
 }
 
@@ -284,6 +315,11 @@ impl Engine {
             total: Resources::ZERO,
             largest_node_cpu: 0,
             topology_version: 0,
+            topology: Topology::default(),
+            parked: BTreeSet::new(),
+            parked_at_version: 0,
+            search: place::Search::default(),
+            pass: pass::PassState::default(),
             feasible_cache: FxHashMap::default(),
             gangs: IdMap::default(),
             allocs: IdMap::default(),
@@ -297,6 +333,8 @@ impl Engine {
             groups: FxHashMap::default(),
             now: 0,
             seq: 0,
+            finished_runtime_ms: 0,
+            finished_slots: 0,
             out: Vec::new(),
         };
         for q in engine.config.queues.clone() {
@@ -312,7 +350,7 @@ impl Engine {
             guarantee,
             cap,
             allocated: Resources::ZERO,
-            recent_runtimes: [None; 2],
+            recent_accuracy: [None; 2],
             predictions_stale: false,
             predictions_refreshed_at: 0,
             pending: BTreeSet::new(),
@@ -397,9 +435,12 @@ impl Engine {
         self.node_names.insert(spec.name.clone(), id);
         self.total += spec.capacity;
         self.largest_node_cpu = self.largest_node_cpu.max(spec.capacity.cpu_millis);
+        let label_ids = self.topology.intern_labels(&spec.labels);
         self.nodes[slot] = Some(Node {
             name: spec.name,
-            labels: spec.labels,
+            label_entries: vec![None; label_ids.len()],
+            label_stale: vec![false; label_ids.len()],
+            label_ids,
             capacity: spec.capacity,
             state: NodeState::Ready,
             allocated: Resources::ZERO,
@@ -422,14 +463,19 @@ impl Engine {
         {
             return Err(EngineError::NodeNameTaken(spec.name));
         }
-        let node = self.node_mut(id)?;
-        if node.state == NodeState::Lost {
+        if self.node_mut(id)?.state == NodeState::Lost {
             return Err(EngineError::UnknownNode(id));
         }
+        // Out of every index under its old shape; back in under the new one.
+        self.unindex(id);
+        let label_ids = self.topology.intern_labels(&spec.labels);
+        let node = self.node_mut(id)?;
         let old_cap = node.capacity;
         let old_name = std::mem::replace(&mut node.name, spec.name.clone());
         node.capacity = spec.capacity;
-        node.labels = spec.labels;
+        node.label_entries = vec![None; label_ids.len()];
+        node.label_stale = vec![false; label_ids.len()];
+        node.label_ids = label_ids;
         self.total = self.total - old_cap + spec.capacity;
         self.node_names.remove(&old_name);
         self.node_names.insert(spec.name, id);
@@ -445,6 +491,7 @@ impl Engine {
         }
         node.state = state;
         self.reindex(id);
+        self.topology_version += 1;
         if state == NodeState::Draining {
             self.drain(id);
         }
@@ -471,14 +518,18 @@ impl Engine {
             let next = self.groups.len() as u32;
             *self.groups.entry(g.clone()).or_insert(next)
         });
-        let locality =
+        let mut locality: Vec<(NodeId, u32)> =
             spec.locality.iter().filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w))).collect();
+        locality.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let completions = spec.total_completions();
         let estimate = self.predict(queue, spec.estimated_runtime);
+        let filters = Filters::compile(&spec.constraints, group, &mut self.topology);
+        self.track(&filters);
         self.seq += 1;
         let gang = Gang {
             id,
-            shape_key: shape_key(&spec, group, estimate),
+            signature: signature(&spec, &filters),
+            filters,
             estimate,
             rank,
             queue,
@@ -498,11 +549,58 @@ impl Engine {
             preempted_by: Vec::new(),
             domain: None,
             growable: false,
+            parked: false,
             spec,
         };
         self.gangs.insert(id, gang);
         self.add_pending(id);
         Ok(())
+    }
+
+    /// Makes sure the indexes a gang's filters search exist: the free index
+    /// of each label it selects on, and under `within`, the domains of its
+    /// key with the index of each. New indexes are filled in one scan.
+    fn track(&mut self, filters: &Filters) {
+        let mut new_pairs: Vec<PairId> =
+            filters.label_pairs().iter().copied().filter(|&p| !self.topology.tracks(p)).collect();
+        let new_key = filters.within.filter(|&k| self.topology.domains_of(k).is_none());
+        if new_pairs.is_empty() && new_key.is_none() {
+            return;
+        }
+        let mut domains = BTreeMap::new();
+        for n in self.nodes.iter().flatten() {
+            for &p in &n.label_ids {
+                if Some(self.topology.key_of(p)) == new_key {
+                    if !self.topology.tracks(p) {
+                        new_pairs.push(p);
+                    }
+                    if n.index_key.is_some() {
+                        domains.entry(self.topology.value_of(p).to_string()).or_insert((p, 0)).1 += 1;
+                    }
+                }
+            }
+        }
+        new_pairs.sort_unstable();
+        new_pairs.dedup();
+        for &p in &new_pairs {
+            self.topology.label_index[p as usize] = Some(free_index::FreeIndex::default());
+        }
+        for (i, n) in self.nodes.iter_mut().enumerate() {
+            let Some(n) = n else { continue };
+            for (j, p) in n.label_ids.iter().enumerate() {
+                if new_pairs.binary_search(p).is_ok() {
+                    // Filed as it is now; any pending change of it is caught up later.
+                    let entry = n.index_key.map(|(s, c, m)| (s, c, m, i as u32));
+                    if let Some(entry) = entry {
+                        self.topology.label_index[*p as usize].as_mut().expect("created above").insert(entry);
+                    }
+                    n.label_entries[j] = entry;
+                }
+            }
+        }
+        if let Some(key) = new_key {
+            self.topology.domains[key as usize] = Some(domains);
+        }
     }
 
     pub(crate) fn add_pending(&mut self, id: GangId) {
@@ -515,6 +613,12 @@ impl Engine {
 
     pub(crate) fn remove_pending(&mut self, id: GangId) {
         let g = &self.gangs[&id];
+        if g.parked {
+            let key = (g.seq, id);
+            self.gangs.get_mut(&id).expect("live gang").parked = false;
+            self.parked.remove(&key);
+            return;
+        }
         let (key, age, queue) = (self.pending_key(g), (g.submitted_at, g.seq, id), g.queue);
         self.pending.remove(&key);
         self.pending_by_age.remove(&age);
@@ -551,7 +655,6 @@ impl Engine {
                 self.pending.remove(&old);
                 let g = self.gangs.get_mut(&id).expect("pending gang is live");
                 g.estimate = estimate;
-                g.shape_key = shape_key(&g.spec, g.group, estimate);
                 let key = self.pending_key(&self.gangs[&id]);
                 self.pending.insert(key);
             }
@@ -561,19 +664,24 @@ impl Engine {
         }
     }
 
-    /// The runtime to plan with: the estimate, or below it the mean of the
-    /// queue's last two runtimes when the policy predicts.
+    /// The runtime to plan with: the estimate, scaled by how much of their
+    /// own estimates the queue's last two finished slots used when the
+    /// policy predicts (Tsafrir, Etsion & Feitelson 2007, applied to the
+    /// accuracy rather than the runtime, so that a log whose estimates are
+    /// exact keeps them and one whose users ask for ten times too much
+    /// plans with a tenth).
     fn predict(&self, queue: usize, estimate: Option<Time>) -> Option<Time> {
         let limit = estimate?;
         if !self.config.policy.predict_runtimes {
             return Some(limit);
         }
-        let recent: Vec<Time> = self.queues[queue].recent_runtimes.iter().flatten().copied().collect();
-        if recent.is_empty() {
+        let recent = self.queues[queue].recent_accuracy;
+        let (sum, n) = recent.iter().flatten().fold((0.0, 0), |(s, n), a| (s + a, n + 1));
+        if n == 0 {
             return Some(limit);
         }
-        let mean = recent.iter().sum::<Time>() / recent.len() as Time;
-        Some(mean.clamp(1000, limit.max(1000)).min(limit))
+        let predicted = (limit as f64 * sum / n as f64) as Time;
+        Some(predicted.clamp(1000.min(limit), limit))
     }
 
     /// When an allocation is expected to end, as planning sees it now: its
@@ -587,23 +695,15 @@ impl Engine {
         }
     }
 
-    /// The label filters under which a gang may be placed: one per value of
-    /// its `within` label (or its current value while running), or no filter.
-    pub(crate) fn domains(&self, g: &Gang) -> Vec<Option<(String, String)>> {
-        let Some(key) = &g.spec.constraints.within else { return vec![None] };
-        if let Some(v) = &g.domain {
-            return vec![Some((key.clone(), v.clone()))];
+    /// The domains in which a gang may be placed: each value of its
+    /// `within` key with ready nodes (its own while it runs), or one
+    /// unrestricted domain (`None`).
+    pub(crate) fn domain_list(&self, g: &Gang) -> Vec<Option<PairId>> {
+        let Some(key) = g.filters.within else { return vec![None] };
+        if let Some(pair) = g.domain {
+            return vec![Some(pair)];
         }
-        let mut values: Vec<&String> = self
-            .nodes
-            .iter()
-            .flatten()
-            .filter(|n| n.state != NodeState::Lost)
-            .filter_map(|n| n.labels.get(key))
-            .collect();
-        values.sort();
-        values.dedup();
-        values.into_iter().map(|v| Some((key.clone(), v.clone()))).collect()
+        self.topology.domains_of(key).map_or_else(Vec::new, |d| d.values().map(|&(p, _)| Some(p)).collect())
     }
 
     pub(crate) fn emit(&mut self, d: Decision) {
@@ -632,8 +732,9 @@ impl Engine {
         ids.into_iter().map(|(_, id)| id).collect()
     }
 
+    /// Gangs waiting: in the pending order, or parked as unschedulable.
     pub fn pending_count(&self) -> usize {
-        self.pending.len()
+        self.pending.len() + self.parked.len()
     }
 
     pub fn node_view(&self, id: NodeId) -> Option<NodeView<'_>> {
@@ -737,6 +838,8 @@ impl Engine {
                 return Err(format!("node {i} over-committed: {} on {}", n.allocated, n.capacity));
             }
         }
+        self.check_constraints()?;
+        self.check_label_indexes()?;
         for g in self.gangs.values() {
             let running = g.slots.iter().filter(|s| matches!(s, SlotState::Running(_))).count() as u32;
             if running != g.running {
@@ -753,6 +856,79 @@ impl Engine {
             }
             if sum != q.allocated {
                 return Err(format!("queue {} accounts {} but its gangs hold {}", q.name, q.allocated, sum));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Engine {
+    /// Each tracked label index holds exactly the entries its nodes were
+    /// last filed under, and a node not awaiting a catch-up is filed under
+    /// its current free-index entry.
+    fn check_label_indexes(&self) -> Result<(), String> {
+        for (pair, index) in self.topology.label_index.iter().enumerate() {
+            let Some(index) = index else { continue };
+            let pair = pair as PairId;
+            let mut expected: Vec<free_index::IndexKey> = Vec::new();
+            for (i, n) in self.nodes.iter().enumerate() {
+                let Some(n) = n else { continue };
+                let Ok(j) = n.label_ids.binary_search(&pair) else { continue };
+                expected.extend(n.label_entries[j]);
+                let current = n.index_key.map(|(s, c, m)| (s, c, m, i as u32));
+                if !n.label_stale[j] && !n.index_stale && n.label_entries[j] != current {
+                    return Err(format!("node {i}: label {} missed a change", self.topology.pair_name(pair)));
+                }
+            }
+            expected.sort_unstable();
+            let indexed: Vec<free_index::IndexKey> = index.iter().copied().collect();
+            if indexed != expected {
+                return Err(format!("label index {} holds entries its nodes do not", self.topology.pair_name(pair)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every running slot honours its gang's filters: labels, one per node,
+    /// anti-affinity, exclusive nodes, one domain per gang.
+    fn check_constraints(&self) -> Result<(), String> {
+        use filters::Filter;
+        for (i, n) in self.nodes.iter().enumerate() {
+            let Some(n) = n else { continue };
+            let mut seen: Vec<(GangId, Option<u32>)> = Vec::new();
+            for a in &n.allocs {
+                let alloc = &self.allocs[a];
+                if alloc.stopping {
+                    continue;
+                }
+                let Some(g) = self.gangs.get(&alloc.gang) else { continue };
+                for f in &g.filters.list {
+                    let ok = match f {
+                        Filter::Labels(want) => want.iter().all(|p| n.label_ids.binary_search(p).is_ok()),
+                        Filter::OnePerNode => !seen.iter().any(|(s, _)| *s == g.id),
+                        Filter::AntiAffinity(group) => !seen.iter().any(|(_, gr)| *gr == Some(*group)),
+                        Filter::Exclusive => {
+                            n.allocs.iter().all(|b| self.allocs[b].gang == g.id || self.allocs[b].stopping)
+                        }
+                    };
+                    if !ok {
+                        return Err(format!("node {i}: {} breaks {f:?}", alloc.gang));
+                    }
+                }
+                seen.push((g.id, g.group));
+            }
+        }
+        for g in self.gangs.values() {
+            let Some(key) = g.filters.within else { continue };
+            let mut domain = None;
+            for s in &g.slots {
+                let SlotState::Running(a) = s else { continue };
+                let n = self.node(self.allocs[a].node);
+                let value = n.label_ids.iter().find(|&&p| self.topology.key_of(p) == key).copied();
+                if value.is_none() || domain.is_some_and(|d| Some(d) != value) {
+                    return Err(format!("{} runs outside one domain", g.id));
+                }
+                domain = value;
             }
         }
         Ok(())
@@ -807,16 +983,12 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
-/// Gangs with equal keys fit or fail to fit in exactly the same places.
-fn shape_key(spec: &GangSpec, group: Option<u32>, estimate: Option<Time>) -> u64 {
+/// Gangs with equal signatures fit or fail to fit in exactly the same
+/// places: the slot's size and every filter's own contribution.
+fn signature(spec: &GangSpec, filters: &Filters) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = rustc_hash::FxHasher::default();
     spec.slot.hash(&mut h);
-    spec.min.hash(&mut h);
-    spec.constraints.labels.hash(&mut h);
-    spec.constraints.one_slot_per_node.hash(&mut h);
-    spec.constraints.exclusive.hash(&mut h);
-    group.hash(&mut h);
-    estimate.hash(&mut h);
+    filters.sign(&mut h);
     h.finish()
 }

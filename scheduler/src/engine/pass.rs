@@ -21,11 +21,13 @@ use crate::event::Decision;
 use crate::model::{GangId, NodeId, Ordering, Time};
 use crate::resources::Resources;
 
-/// State carried through one pass.
+/// State carried through one pass; its buffers are kept between passes.
 #[derive(Default)]
-struct PassState {
+pub(crate) struct PassState {
     /// Shapes that found no room this pass, and the reason given.
     blocked: FxHashMap<u64, PendingReason>,
+    /// Shapes owed a reservation that could not get one this pass.
+    unreservable: FxHashSet<u64>,
     /// Recent failures of unconstrained gangs: any gang asking at least as
     /// much, for at least as long, fails too.
     failed: Vec<Failure>,
@@ -36,6 +38,24 @@ struct PassState {
     head: Option<GangId>,
     /// Upper bound on the room of any node this pass (see `largest_room`).
     room: Resources,
+    /// The fair phase's cursor into each queue of the rank at hand, and their order.
+    cursors: Vec<(usize, PendingKey)>,
+    heap: BinaryHeap<Reverse<(u8, u64, usize)>>,
+    /// Gangs to grow this pass.
+    growing: Vec<GangId>,
+}
+
+impl PassState {
+    /// Ready for a new pass, keeping the buffers.
+    fn reset(&mut self, room: Resources) {
+        self.blocked.clear();
+        self.unreservable.clear();
+        self.failed.clear();
+        self.tried.clear();
+        self.reservations = 0;
+        self.head = None;
+        self.room = room;
+    }
 }
 
 impl PassState {
@@ -78,14 +98,12 @@ struct Failure {
 impl Failure {
     /// The request of `g` for `need` slots, if only size and time decide where it fits.
     fn of(g: &crate::engine::Gang, need: u32) -> Option<Failure> {
-        let c = &g.spec.constraints;
-        let simple =
-            c.labels.is_empty() && c.within.is_none() && !c.exclusive && g.group.is_none() && g.locality.is_empty();
-        simple.then_some(Failure {
+        let one_per_node = g.filters.list == [crate::engine::filters::Filter::OnePerNode];
+        (g.filters.is_empty() || one_per_node && g.filters.within.is_none()).then_some(Failure {
             slot: g.spec.slot,
             need,
             limit: g.spec.estimated_runtime,
-            one_per_node: c.one_slot_per_node,
+            one_per_node,
         })
     }
 
@@ -119,77 +137,124 @@ impl PassState {
 
 impl Engine {
     /// Runs a scheduling pass and returns every decision made since the last call.
+    ///
+    /// The pass depth bound counts only gangs really tried: gangs in
+    /// backoff, behind an FCFS head, or of a shape already found blocked in
+    /// this pass cost a lookup each, and gangs that cannot fit the cluster
+    /// as it is are parked and cost nothing until the cluster changes. So no
+    /// run of hopeless or identically blocked gangs can hide the work behind it.
     pub fn schedule(&mut self) -> Vec<Decision> {
+        let mut out = Vec::new();
+        self.schedule_into(&mut out);
+        out
+    }
+
+    /// [`Engine::schedule`], appending the decisions to `out` (a caller that
+    /// keeps `out` between passes allocates nothing for them).
+    pub fn schedule_into(&mut self, out: &mut Vec<Decision>) {
         self.reindex_stale();
+        self.unpark_if_changed();
         self.refresh_predictions();
         let previous = self.clear_starvation_reservations();
-        let mut pass = PassState { room: self.largest_room(), ..PassState::default() };
+        let mut pass = std::mem::take(&mut self.pass);
+        pass.reset(self.largest_room());
+        let mut budget = self.config.policy.max_pass_depth;
         match self.config.policy.ordering {
             Ordering::Fifo => {
-                let depth = self.config.policy.max_pass_depth;
-                let order: Vec<GangId> = self.pending.iter().take(depth).map(|k| k.4).collect();
-                for id in order {
-                    self.try_gang(id, &mut pass);
+                let mut cursor = self.pending.first().copied();
+                while let Some(key) = cursor {
+                    if budget == 0 {
+                        break;
+                    }
+                    if self.try_gang(key.4, &mut pass) {
+                        budget -= 1;
+                    }
+                    cursor = self.pending.range((Excluded(key), Unbounded)).next().copied();
                 }
             }
             Ordering::PriorityFair => {
                 // Gangs past their bound, oldest first. The shortest bound is a
                 // tenth of the policy's, so younger gangs need no look.
-                let horizon = self.now.checked_sub(self.config.policy.reserve_after / 10);
+                let horizon = self.now.checked_sub(self.base_reservation_bound() / 10);
                 if let (true, Some(horizon)) = (self.config.policy.max_reservations > 0, horizon) {
-                    let starving: Vec<GangId> = self
-                        .pending_by_age
-                        .iter()
-                        .take_while(|a| a.0 <= horizon)
-                        .filter(|a| self.now - a.0 >= self.reservation_bound(a.2))
-                        .map(|a| a.2)
-                        .take(self.config.policy.max_pass_depth)
-                        .collect();
-                    for id in starving {
-                        pass.tried.insert(id);
-                        self.try_gang(id, &mut pass);
+                    let mut cursor = self.pending_by_age.first().copied();
+                    while let Some(age) = cursor {
+                        if age.0 > horizon || budget == 0 {
+                            break;
+                        }
+                        cursor = self.pending_by_age.range((Excluded(age), Unbounded)).next().copied();
+                        if self.now - age.0 >= self.reservation_bound(age.2) {
+                            pass.tried.insert(age.2);
+                            if self.try_gang(age.2, &mut pass) {
+                                budget -= 1;
+                            }
+                        }
                     }
                 }
-                self.fair_order_pass(&mut pass);
+                self.fair_order_pass(&mut pass, budget);
             }
         }
         self.grow(&mut pass);
+        self.pass = pass;
         self.emit_reservation_changes(previous);
-        std::mem::take(&mut self.out)
+        out.append(&mut self.out);
+    }
+
+    /// Puts parked gangs back in the pending order once the cluster changed.
+    fn unpark_if_changed(&mut self) {
+        if self.parked_at_version == self.topology_version {
+            return;
+        }
+        self.parked_at_version = self.topology_version;
+        for (_, id) in std::mem::take(&mut self.parked) {
+            self.gangs.get_mut(&id).expect("parked gang is live").parked = false;
+            self.add_pending(id);
+        }
+    }
+
+    /// Takes a gang that cannot fit the cluster as it is out of the pending order.
+    fn park(&mut self, id: GangId) {
+        self.remove_pending(id);
+        let g = self.gangs.get_mut(&id).expect("live gang");
+        g.parked = true;
+        self.parked.insert((g.seq, id));
     }
 
     /// Tries pending gangs class by class; inside a class, queues in DRF
     /// order, each queue read through a cursor so no pass copies the queue.
-    fn fair_order_pass(&mut self, pass: &mut PassState) {
-        let mut budget = self.config.policy.max_pass_depth;
+    fn fair_order_pass(&mut self, pass: &mut PassState, mut budget: usize) {
         let mut rank_from = self.pending.first().map(|k| k.0);
         while let Some(rank) = rank_from {
-            // The queues with gangs at this rank, each with its cursor.
-            let mut cursors: BTreeMap<usize, PendingKey> = BTreeMap::new();
+            // The queues with gangs at this rank, each with its cursor, in queue order.
+            pass.cursors.clear();
             let mut probe = (rank, 0usize, 0, 0, GangId(0));
             while let Some(&k) = self.pending.range(probe..).next() {
                 if k.0 != rank {
                     break;
                 }
-                cursors.insert(k.1, (k.0, k.1, 0, 0, GangId(0)));
+                pass.cursors.push((k.1, (k.0, k.1, 0, 0, GangId(0))));
                 probe = (rank, k.1 + 1, 0, 0, GangId(0));
             }
-            let mut heap: BinaryHeap<Reverse<(u8, u64, usize)>> =
-                cursors.keys().map(|&q| Reverse(self.fair_key(q))).collect();
-            while let Some(Reverse((_, _, q))) = heap.pop() {
+            pass.heap.clear();
+            for i in 0..pass.cursors.len() {
+                let key = self.fair_key(pass.cursors[i].0);
+                pass.heap.push(Reverse(key));
+            }
+            while let Some(Reverse((_, _, q))) = pass.heap.pop() {
                 if budget == 0 {
                     return;
                 }
-                let from = cursors[&q];
+                let at = pass.cursors.binary_search_by_key(&q, |c| c.0).expect("a cursor per queue");
+                let from = pass.cursors[at].1;
                 let next =
                     self.pending.range((Excluded(from), Unbounded)).next().copied().filter(|k| k.0 == rank && k.1 == q);
                 let Some(key) = next else { continue };
-                cursors.insert(q, key);
-                if !pass.tried.contains(&key.4) {
+                pass.cursors[at].1 = key;
+                if !pass.tried.contains(&key.4) && self.try_gang(key.4, pass) {
                     budget -= 1;
-                    self.try_gang(key.4, pass);
                 }
-                heap.push(Reverse(self.fair_key(q)));
+                let fair = self.fair_key(q);
+                pass.heap.push(Reverse(fair));
             }
             rank_from = self.pending.range((rank + 1, 0, 0, 0, GangId(0))..).next().map(|k| k.0);
         }
@@ -204,17 +269,21 @@ impl Engine {
         (borrowing as u8, (weighted * 1e9) as u64, q)
     }
 
-    fn try_gang(&mut self, id: GangId, pass: &mut PassState) {
+    /// Tries to start a pending gang. Returns whether it was really tried
+    /// (searched for room, preemption or a reservation), which is what the
+    /// pass depth bound counts.
+    fn try_gang(&mut self, id: GangId, pass: &mut PassState) -> bool {
         let now = self.now;
         let g = &self.gangs[&id];
         if g.eligible_at > now {
             let until = g.eligible_at;
             self.set_blocker(id, PendingReason::Backoff { until });
-            return;
+            return false;
         }
         if let Some(why) = self.infeasible(id) {
             self.set_blocker(id, PendingReason::Unschedulable(why));
-            return;
+            self.park(id);
+            return false;
         }
         let g = &self.gangs[&id];
         let need = g.start_need();
@@ -228,13 +297,13 @@ impl Engine {
         let demand = queue.allocated + promised_to_others + g.spec.slot.times(need);
         if queue.cap < 1.0 && !demand.fits_in(&self.total.fraction(queue.cap)) {
             self.set_blocker(id, PendingReason::QueueCap);
-            return;
+            return false;
         }
         if let Some(head) = pass.head {
             self.set_blocker(id, PendingReason::Behind(head));
-            return;
+            return false;
         }
-        let key = g.shape_key ^ (need as u64).wrapping_mul(GROWTH_SALT.rotate_left(17));
+        let key = self.blocked_key(g, need);
         let holds_reservation = self.reservations.contains_key(&id);
         let request = if holds_reservation { None } else { Failure::of(g, need) };
         if !holds_reservation {
@@ -244,30 +313,37 @@ impl Engine {
                 hopeless.then_some(PendingReason::NoRoom { need, fit: 0 })
             });
             if let Some(reason) = known {
-                // A gang owed a reservation still gets its chance at one.
-                let policy = &self.config.policy;
-                let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
-                let owed = policy.backfill
-                    && pass.reservations < policy.max_reservations
-                    && waited >= self.reservation_bound(id);
+                // A gang owed a reservation still gets its chance at one,
+                // unless one of its kind just failed to get any.
+                let owed = self.owed_reservation(id, pass) && !pass.unreservable.contains(&key);
                 let reason = match reason {
                     PendingReason::NoRoom { .. } if owed => self.blocked(id, need, 0, pass),
                     other => other,
                 };
+                if owed && matches!(reason, PendingReason::NoRoom { .. }) {
+                    pass.unreservable.insert(key);
+                }
                 self.set_blocker(id, reason);
                 if !self.config.policy.backfill {
                     pass.head = Some(id);
                 }
-                return;
+                return owed;
             }
         }
-        match self.find_nodes(g, need, need) {
-            Ok((choice, domain)) => self.start(id, &choice, domain),
+        self.catch_up_for(id, false);
+        let g = &self.gangs[&id];
+        let mut search = std::mem::take(&mut self.search);
+        match self.find_nodes(g, need, need, &mut search) {
+            Ok(domain) => self.start(id, &search.chosen, domain),
             Err(fit) => {
+                let owed = self.owed_reservation(id, pass);
                 let reason = self.blocked(id, need, fit, pass);
                 if !holds_reservation && matches!(reason, PendingReason::NoRoom { .. }) {
                     pass.blocked.insert(key, reason.clone());
                     pass.remember_failure(request);
+                    if owed {
+                        pass.unreservable.insert(key);
+                    }
                 }
                 self.set_blocker(id, reason);
                 if !self.config.policy.backfill {
@@ -275,6 +351,29 @@ impl Engine {
                 }
             }
         }
+        self.search = search;
+        true
+    }
+
+    /// Gangs with equal keys are blocked alike within a pass: same
+    /// signature, same need, same class (preemption depends on it) and,
+    /// while reservations exist, the same walltime (backfill depends on it).
+    fn blocked_key(&self, g: &crate::engine::Gang, need: u32) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = rustc_hash::FxHasher::default();
+        (g.signature, need, g.rank).hash(&mut h);
+        if !self.reservations.is_empty() {
+            g.spec.estimated_runtime.hash(&mut h);
+        }
+        h.finish()
+    }
+
+    /// Whether the gang has waited long enough to be given a reservation,
+    /// and this pass still has one to give.
+    fn owed_reservation(&self, id: GangId, pass: &PassState) -> bool {
+        let policy = &self.config.policy;
+        let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
+        policy.backfill && pass.reservations < policy.max_reservations && waited >= self.reservation_bound(id)
     }
 
     /// A gang could not start: preempt for it, reserve for it, or let it wait.
@@ -288,17 +387,14 @@ impl Engine {
             // Victims are gone but the gang still does not fit (a node was lost): start over.
             self.drop_reservation(id);
         }
+        self.catch_up_for(id, true);
         let policy = &self.config.policy;
         if policy.preemption
             && let Some(reason) = self.try_preempt(id, need)
         {
             return reason;
         }
-        let policy = &self.config.policy;
-        let waited = self.now.saturating_sub(self.gangs[&id].submitted_at);
-        if policy.backfill
-            && pass.reservations < policy.max_reservations
-            && waited >= self.reservation_bound(id)
+        if self.owed_reservation(id, pass)
             && let Some(reason) = self.reserve(id, need)
         {
             pass.reservations += 1;
@@ -312,7 +408,7 @@ impl Engine {
     /// of it for whole nodes. Small gangs find holes on their own; wide ones
     /// only ever run if room is held for them (Slurm's job-size factor).
     fn reservation_bound(&self, id: GangId) -> Time {
-        let bound = self.config.policy.reserve_after;
+        let bound = self.base_reservation_bound();
         if self.config.policy.ordering == Ordering::Fifo {
             return bound;
         }
@@ -323,12 +419,26 @@ impl Engine {
         (bound as f64 * (1.0 - 0.9 * share)) as Time
     }
 
+    /// The policy's bound for the smallest work: fixed, or a multiple of the
+    /// mean run time of the slots finished so far (the fixed bound until
+    /// some have).
+    pub(crate) fn base_reservation_bound(&self) -> Time {
+        let policy = &self.config.policy;
+        match policy.reserve_after_runtimes {
+            Some(k) if self.finished_slots > 0 => {
+                let mean = self.finished_runtime_ms as f64 / self.finished_slots as f64;
+                (mean * k) as Time
+            }
+            _ => policy.reserve_after,
+        }
+    }
+
     fn set_blocker(&mut self, id: GangId, reason: PendingReason) {
         self.gangs.get_mut(&id).expect("live gang").blocker = reason;
     }
 
     /// Places the gang's first `min` slots and marks it running.
-    fn start(&mut self, id: GangId, choice: &crate::engine::place::Choice, domain: Option<String>) {
+    fn start(&mut self, id: GangId, choice: &crate::engine::place::Choice, domain: crate::engine::place::Domain) {
         let g = self.gangs.get_mut(&id).expect("live gang");
         g.attempts += 1;
         g.domain = domain;
@@ -346,10 +456,12 @@ impl Engine {
         if self.growable.is_empty() {
             return;
         }
-        let order: Vec<GangId> = self.growable.iter().take(self.config.policy.max_pass_depth).map(|k| k.2).collect();
-        for id in order {
+        pass.growing.clear();
+        pass.growing.extend(self.growable.iter().take(self.config.policy.max_pass_depth).map(|k| k.2));
+        for i in 0..pass.growing.len() {
+            let id = pass.growing[i];
             let g = &self.gangs[&id];
-            let key = g.shape_key ^ GROWTH_SALT;
+            let key = g.signature ^ GROWTH_SALT;
             let request = Failure::of(g, 1);
             if pass.too_big(&g.spec.slot) || pass.blocked.contains_key(&key) || pass.known_to_fail(request) {
                 continue;
@@ -362,10 +474,13 @@ impl Engine {
             if want == 0 {
                 continue;
             }
-            match self.find_nodes(g, 1, want) {
-                Ok((choice, _)) => {
-                    let placed: u32 = choice.iter().map(|(_, k)| k).sum();
-                    self.commit(id, &choice, true);
+            self.catch_up_for(id, false);
+            let g = &self.gangs[&id];
+            let mut search = std::mem::take(&mut self.search);
+            match self.find_nodes(g, 1, want, &mut search) {
+                Ok(_) => {
+                    let placed: u32 = search.chosen.iter().map(|(_, k)| k).sum();
+                    self.commit(id, &search.chosen, true);
                     self.update_growable(id);
                     if placed < want {
                         // It took all the room there was for its shape.
@@ -378,44 +493,70 @@ impl Engine {
                     pass.remember_failure(request);
                 }
             }
+            self.search = search;
         }
     }
 
-    /// Whether the gang could run on the whole cluster, were it empty.
+    /// Why the gang cannot run on the ready nodes even were they empty, if
+    /// it cannot: no ready node may ever hold a slot, or together (in one
+    /// domain, under `within`) they hold fewer than `min` slots. Judged on
+    /// the ready nodes grouped by shape, so it costs the number of node
+    /// shapes, not nodes, and is cached per signature until the ready set changes.
     fn infeasible(&mut self, id: GangId) -> Option<String> {
         let g = &self.gangs[&id];
         let need = g.start_need();
-        let key = g.shape_key ^ (need as u64);
+        let key = g.signature ^ (need as u64).wrapping_mul(GROWTH_SALT.rotate_left(29));
         if let Some((version, verdict)) = self.feasible_cache.get(&key)
             && *version == self.topology_version
         {
             return verdict.clone();
         }
-        let one_per_node = g.spec.constraints.one_slot_per_node || g.spec.constraints.exclusive || g.group.is_some();
-        let mut fit = 0u64;
-        let mut biggest = crate::resources::Resources::ZERO;
-        for (i, node) in self.nodes.iter().enumerate() {
-            let Some(node) = node else { continue };
-            if !self.domains(g).iter().any(|d| self.statically_fits(g, NodeId(i as u32), d.as_ref())) {
-                if node.capacity.cpu_millis > biggest.cpu_millis {
-                    biggest = node.capacity;
-                }
+        let one_per_node = g.filters.one_per_node();
+        let within = g.filters.within;
+        let mut total = 0u64;
+        let mut per_domain: BTreeMap<crate::engine::topology::PairId, u64> = BTreeMap::new();
+        let mut largest = crate::resources::Resources::ZERO;
+        for ((capacity, labels), &count) in &self.topology.shapes {
+            if (capacity.cpu_millis, capacity.memory_bytes) > (largest.cpu_millis, largest.memory_bytes) {
+                largest = *capacity;
+            }
+            if !g.spec.slot.fits_in(capacity) || !g.filters.ever(labels) {
                 continue;
             }
-            fit += if one_per_node { 1 } else { node.capacity.count_fitting(&g.spec.slot) as u64 };
+            let slots = if one_per_node { 1 } else { capacity.count_fitting(&g.spec.slot) as u64 } * count as u64;
+            match within {
+                None => total += slots,
+                Some(k) => {
+                    if let Some(&p) = labels.iter().find(|&&p| self.topology.key_of(p) == k) {
+                        *per_domain.entry(p).or_default() += slots;
+                    }
+                }
+            }
         }
+        let (fit, best_domain) = match within {
+            None => (total, None),
+            Some(_) => per_domain.iter().map(|(p, n)| (*n, Some(*p))).max().unwrap_or((0, None)),
+        };
+        let constraints = g.filters.describe(&self.topology);
         let verdict = if fit >= need as u64 {
             None
         } else if fit == 0 {
-            let labels = if g.spec.constraints.labels.is_empty() {
-                String::new()
-            } else {
-                let l: Vec<String> = g.spec.constraints.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                format!(" labelled {}", l.join(", "))
-            };
-            Some(format!("no node{labels} can hold one slot of ({}); the largest node has {}", g.spec.slot, biggest))
+            Some(format!(
+                "no ready node{constraints} can hold one slot of ({}); the largest ready node has {}",
+                g.spec.slot, largest
+            ))
+        } else if let (Some(k), Some(p)) = (within, best_domain) {
+            Some(format!(
+                "needs {need}×({}) within one `{}`, but the largest domain ({}) holds only {fit} such slots",
+                g.spec.slot,
+                self.topology.key_name(k),
+                self.topology.pair_name(p)
+            ))
         } else {
-            Some(format!("needs {need}×({}) but the whole cluster holds only {fit} such slots", g.spec.slot))
+            Some(format!(
+                "needs {need}×({}){constraints} but the ready nodes together hold only {fit} such slots",
+                g.spec.slot
+            ))
         };
         self.feasible_cache.insert(key, (self.topology_version, verdict.clone()));
         verdict

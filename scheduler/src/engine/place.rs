@@ -7,6 +7,8 @@
 //! enough slots are found, so placing a slot costs a few index steps, not a
 //! scan of the cluster.
 
+use crate::engine::free_index::FreeIndex;
+use crate::engine::topology::PairId;
 use crate::engine::{Alloc, Engine, Gang, GangPhase, SlotState};
 use crate::event::Decision;
 use crate::model::{AllocId, GangId, NodeId, NodeState, Placement, Time};
@@ -15,8 +17,19 @@ use crate::resources::Resources;
 /// Nodes chosen for a gang, with how many slots go on each.
 pub(crate) type Choice = Vec<(NodeId, u32)>;
 
-/// A label a node must carry, besides the gang's own constraints (a `within` domain).
-pub(crate) type Domain<'a> = Option<&'a (String, String)>;
+/// What a search found, in buffers kept between searches so that a pass
+/// allocates nothing.
+#[derive(Debug, Default)]
+pub(crate) struct Search {
+    pub chosen: Choice,
+    /// In a walk over every domain: (node, slots it takes, its domain).
+    picks: Vec<(NodeId, u32, PairId)>,
+    /// Slots found so far in each domain.
+    per_domain: Vec<(PairId, u32)>,
+}
+
+/// A label pair a node must carry besides the gang's own filters (a `within` domain).
+pub(crate) type Domain = Option<PairId>;
 
 impl Engine {
     /// Marks a node whose free capacity changed outside a pass; the index
@@ -37,19 +50,103 @@ impl Engine {
     }
 
     /// Puts a node back into the free index under its current free capacity
-    /// (or takes it out when it accepts no slots).
+    /// (or takes it out when it accepts no slots), and the label indexes
+    /// that track its labels with it.
     pub(crate) fn reindex(&mut self, id: NodeId) {
         let small_first = self.config.policy.prefer_small_nodes;
         let node = self.nodes[id.0 as usize].as_mut().expect("valid node");
         node.index_stale = false;
-        if let Some((s, c, m)) = node.index_key.take() {
-            self.free_index.remove(&(s, c, m, id.0));
-        }
-        if node.state == NodeState::Ready {
+        let old = node.index_key.take().map(|(s, c, m)| (s, c, m, id.0));
+        let new = (node.state == NodeState::Ready).then(|| {
             let free = node.free();
             let size = if small_first { node.capacity.cpu_millis } else { 0 };
-            node.index_key = Some((size, free.cpu_millis, free.memory_bytes));
-            self.free_index.insert((size, free.cpu_millis, free.memory_bytes, id.0));
+            (size, free.cpu_millis, free.memory_bytes, id.0)
+        });
+        node.index_key = new.map(|(s, c, m, _)| (s, c, m));
+        if old == new {
+            return;
+        }
+        match (&old, new) {
+            (Some(old), Some(new)) => self.free_index.replace(old, new),
+            (Some(old), None) => self.free_index.remove(old),
+            (None, Some(new)) => self.free_index.insert(new),
+            (None, None) => {}
+        }
+        if old.is_some() != new.is_some() {
+            self.topology.ready_changed(node.capacity, &node.label_ids, new.is_some());
+        }
+        // The label indexes that track it catch up when next searched.
+        for (j, &p) in node.label_ids.iter().enumerate() {
+            if !node.label_stale[j] && self.topology.tracks(p) {
+                node.label_stale[j] = true;
+                self.topology.stale[p as usize].push(id);
+            }
+        }
+    }
+
+    /// Brings the label indexes of these pairs up to date.
+    pub(crate) fn catch_up(&mut self, pairs: impl IntoIterator<Item = PairId>) {
+        for p in pairs {
+            if self.topology.stale[p as usize].is_empty() {
+                continue;
+            }
+            let stale = std::mem::take(&mut self.topology.stale[p as usize]);
+            for &id in &stale {
+                let Some(node) = self.nodes[id.0 as usize].as_mut() else { continue };
+                let Ok(j) = node.label_ids.binary_search(&p) else { continue };
+                node.label_stale[j] = false;
+                let new = node.index_key.map(|(s, c, m)| (s, c, m, id.0));
+                let old = std::mem::replace(&mut node.label_entries[j], new);
+                let Some(index) = self.topology.label_index[p as usize].as_mut() else { continue };
+                match (&old, new) {
+                    (Some(old), Some(new)) => index.replace(old, new),
+                    (Some(old), None) => index.remove(old),
+                    (None, Some(new)) => index.insert(new),
+                    (None, None) => {}
+                }
+            }
+            // Keep the list's buffer for the next round.
+            let mut stale = stale;
+            stale.clear();
+            self.topology.stale[p as usize] = stale;
+        }
+    }
+
+    /// Brings up to date the label indexes a search for `g` reads: its
+    /// selectors and its domain; with `all_domains`, every domain of its key.
+    pub(crate) fn catch_up_for(&mut self, id: GangId, all_domains: bool) {
+        let g = &self.gangs[&id];
+        for i in 0..g.filters.label_pairs().len() {
+            let pair = self.gangs[&id].filters.label_pairs()[i];
+            self.catch_up([pair]);
+        }
+        let g = &self.gangs[&id];
+        if let Some(pair) = g.domain {
+            self.catch_up([pair]);
+        } else if all_domains && let Some(key) = g.filters.within {
+            let pairs: Vec<PairId> =
+                self.topology.domains_of(key).map(|d| d.values().map(|&(p, _)| p).collect()).unwrap_or_default();
+            self.catch_up(pairs);
+        }
+    }
+
+    /// Takes a node out of every index (before its capacity or labels change).
+    pub(crate) fn unindex(&mut self, id: NodeId) {
+        let node = self.nodes[id.0 as usize].as_mut().expect("valid node");
+        if let Some((s, c, m)) = node.index_key.take() {
+            self.free_index.remove(&(s, c, m, id.0));
+            self.topology.ready_changed(node.capacity, &node.label_ids, false);
+        }
+        for (j, &p) in node.label_ids.iter().enumerate() {
+            if let (Some(entry), Some(index)) =
+                (node.label_entries[j].take(), self.topology.label_index[p as usize].as_mut())
+            {
+                index.remove(&entry);
+            }
+            if node.label_stale[j] {
+                node.label_stale[j] = false;
+                self.topology.stale[p as usize].retain(|n| *n != id);
+            }
         }
     }
 
@@ -58,8 +155,26 @@ impl Engine {
         let node = self.node(id);
         node.state != NodeState::Lost
             && g.spec.slot.fits_in(&node.capacity)
-            && g.spec.constraints.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v))
-            && domain.is_none_or(|(k, v)| node.labels.get(k) == Some(v))
+            && g.filters.ever(&node.label_ids)
+            && domain.is_none_or(|d| node.label_ids.binary_search(&d).is_ok())
+    }
+
+    /// The smallest index holding every node a search for `g` in `domain`
+    /// could use: a label index when the gang selects on labels or a
+    /// domain, else the whole free index.
+    pub(crate) fn search_index(&self, g: &Gang, domain: Domain) -> &FreeIndex {
+        let mut best = &self.free_index;
+        let mut best_len = usize::MAX;
+        for pair in domain.iter().chain(g.filters.label_pairs()) {
+            if let Some(index) = self.topology.index_of(*pair) {
+                let len = index.len();
+                if len < best_len {
+                    best = index;
+                    best_len = len;
+                }
+            }
+        }
+        best
     }
 
     /// Room on `id` that `g` may use now: free capacity, less what other
@@ -86,6 +201,10 @@ impl Engine {
             }
             for (n, amount) in &res.nodes {
                 if *n == id {
+                    if res.exclusive {
+                        // Victims are leaving so that an exclusive gang finds the node idle.
+                        return Resources::ZERO;
+                    }
                     let earlier = mine.is_some_and(|m| res.order < m.order);
                     claims.push((res.start, res.nomination, *amount, earlier));
                 }
@@ -151,66 +270,115 @@ impl Engine {
         node.capacity.saturating_sub(&held)
     }
 
-    /// How many more slots of `g` the node takes now.
-    pub(crate) fn fit_count(&self, g: &Gang, id: NodeId, already: u32, domain: Domain) -> u32 {
+    /// How many more slots of `g` the node takes now, up to `want`.
+    pub(crate) fn fit_count(&self, g: &Gang, id: NodeId, already: u32, want: u32, domain: Domain) -> u32 {
         let node = self.node(id);
         if node.state != NodeState::Ready || node.exclusive_allocs > 0 {
             return 0;
         }
-        let c = &g.spec.constraints;
-        if !c.labels.iter().all(|(k, v)| node.labels.get(k) == Some(v)) {
-            return 0;
-        }
-        if let Some((k, v)) = domain
-            && node.labels.get(k) != Some(v)
+        if let Some(d) = domain
+            && node.label_ids.binary_search(&d).is_err()
         {
             return 0;
         }
-        if let Some(group) = g.group
-            && node.groups.iter().any(|&(gr, n)| gr == group && n > 0)
-        {
+        let cap = g.filters.now(self, g, id, node, already);
+        if cap == 0 {
             return 0;
         }
-        if c.exclusive && !(node.allocated.is_zero() && node.reserved.is_zero()) {
-            return 0;
-        }
-        let per_node_cap = if c.one_slot_per_node || g.group.is_some() {
-            if already > 0 || (g.phase == GangPhase::Running && node.allocs.iter().any(|a| self.allocs[a].gang == g.id))
-            {
-                return 0;
-            }
-            1
-        } else {
-            u32::MAX
-        };
         let avail = self.available_for(g, id);
-        avail.count_fitting(&g.spec.slot).saturating_sub(already).min(per_node_cap)
+        let limit = cap.saturating_add(already).min(want.saturating_add(already));
+        avail.count_fitting_up_to(&g.spec.slot, limit).saturating_sub(already).min(cap)
     }
 
-    /// Finds room for `need..=want` slots of `g` in one of its domains, or
-    /// reports how many fit at best (`Err(k)`, with k < need).
-    pub(crate) fn find_nodes(&self, g: &Gang, need: u32, want: u32) -> Result<(Choice, Option<String>), u32> {
-        if g.spec.constraints.within.is_none() {
-            return self.find_nodes_in(g, need, want, None).map(|c| (c, None));
+    /// Finds room for `need..=want` slots of `g` in one of its domains,
+    /// filling `search.chosen`; returns the domain used, or how many slots
+    /// fit at best (`Err(k)`, with k < need).
+    ///
+    /// A gang under `within` that has no domain yet walks the nodes once,
+    /// in its placement order, counting what each domain could hold, and
+    /// takes the first domain to reach `need`: in packing order that is the
+    /// domain whose fullest nodes fit it, so domains fill one by one.
+    pub(crate) fn find_nodes(&self, g: &Gang, need: u32, want: u32, search: &mut Search) -> Result<Domain, u32> {
+        let Some(key) = g.filters.within.filter(|_| g.domain.is_none()) else {
+            return self.find_nodes_in(g, need, want, g.domain, &mut search.chosen).map(|()| g.domain);
+        };
+        search.picks.clear();
+        search.per_domain.clear();
+        let mut found = None;
+        // Takes a node's room into its domain's count; returns the domain once it holds `need`.
+        let visit = |engine: &Engine, id: NodeId, search: &mut Search| -> Option<PairId> {
+            let node = engine.node(id);
+            let &domain = node.label_ids.iter().find(|&&p| engine.topology.key_of(p) == key)?;
+            let k = engine.fit_count(g, id, 0, need, None);
+            if k == 0 {
+                return None;
+            }
+            search.picks.push((id, k, domain));
+            let total = match search.per_domain.iter_mut().find(|(d, _)| *d == domain) {
+                Some(entry) => {
+                    entry.1 += k;
+                    entry.1
+                }
+                None => {
+                    search.per_domain.push((domain, k));
+                    k
+                }
+            };
+            (total >= need).then_some(domain)
+        };
+        for &(id, _) in &g.locality {
+            if found.is_some() {
+                break;
+            }
+            found = visit(self, id, search);
         }
-        let mut best = 0;
-        for domain in self.domains(g) {
-            match self.find_nodes_in(g, need, want, domain.as_ref()) {
-                Ok(choice) => return Ok((choice, domain.map(|(_, v)| v))),
-                Err(k) => best = best.max(k),
+        let slot = g.spec.slot;
+        let index = self.search_index(g, None);
+        let cached = |id: u32| g.locality.iter().any(|(n, _)| n.0 == id);
+        match g.spec.constraints.placement {
+            Placement::Pack => {
+                for &(_, _, _, id) in index.fitting(slot.cpu_millis, slot.memory_bytes) {
+                    if found.is_some() {
+                        break;
+                    }
+                    if !cached(id) {
+                        found = visit(self, NodeId(id), search);
+                    }
+                }
+            }
+            Placement::Spread => {
+                for &(_, _, _, id) in index.fitting(slot.cpu_millis, slot.memory_bytes).rev() {
+                    if found.is_some() {
+                        break;
+                    }
+                    if !cached(id) {
+                        found = visit(self, NodeId(id), search);
+                    }
+                }
             }
         }
-        Err(best)
+        let Some(domain) = found else {
+            return Err(search.per_domain.iter().map(|(_, k)| *k).max().unwrap_or(0));
+        };
+        search.chosen.clear();
+        let mut left = need;
+        for &(id, k, d) in &search.picks {
+            if d == domain && left > 0 {
+                search.chosen.push((id, k.min(left)));
+                left -= k.min(left);
+            }
+        }
+        Ok(Some(domain))
     }
 
     /// Finds room for `need..=want` slots of `g` on nodes of `domain`.
     /// Preferred (cached-data) nodes come first.
-    fn find_nodes_in(&self, g: &Gang, need: u32, want: u32, domain: Domain) -> Result<Choice, u32> {
-        let mut chosen: Choice = Vec::new();
+    fn find_nodes_in(&self, g: &Gang, need: u32, want: u32, domain: Domain, chosen: &mut Choice) -> Result<(), u32> {
+        chosen.clear();
         let mut placed = 0u32;
         let take = |engine: &Engine, id: NodeId, chosen: &mut Choice, placed: &mut u32| {
             let already = chosen.iter().find(|(n, _)| *n == id).map_or(0, |(_, k)| *k);
-            let k = engine.fit_count(g, id, already, domain).min(want - *placed);
+            let k = engine.fit_count(g, id, already, want - *placed, domain);
             if k > 0 {
                 match chosen.iter_mut().find(|(n, _)| *n == id) {
                     Some(entry) => entry.1 += k,
@@ -219,38 +387,36 @@ impl Engine {
                 *placed += k;
             }
         };
-        if !g.locality.is_empty() {
-            let mut prefs = g.locality.clone();
-            prefs.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-            for (id, _) in prefs {
-                if placed >= want {
-                    break;
-                }
-                take(self, id, &mut chosen, &mut placed);
+        // Cached-data nodes first, heaviest weight first (the gang's list is kept in that order).
+        for &(id, _) in &g.locality {
+            if placed >= want {
+                break;
             }
+            take(self, id, chosen, &mut placed);
         }
         if placed < want {
             let slot = g.spec.slot;
+            let index = self.search_index(g, domain);
             match g.spec.constraints.placement {
                 Placement::Pack => {
-                    for &(_, _, _, id) in self.free_index.fitting(slot.cpu_millis, slot.memory_bytes) {
+                    for &(_, _, _, id) in index.fitting(slot.cpu_millis, slot.memory_bytes) {
                         if placed >= want {
                             break;
                         }
-                        take(self, NodeId(id), &mut chosen, &mut placed);
+                        take(self, NodeId(id), chosen, &mut placed);
                     }
                 }
                 Placement::Spread => {
-                    for &(_, _, _, id) in self.free_index.fitting(slot.cpu_millis, slot.memory_bytes).rev() {
+                    for &(_, _, _, id) in index.fitting(slot.cpu_millis, slot.memory_bytes).rev() {
                         if placed >= want {
                             break;
                         }
-                        take(self, NodeId(id), &mut chosen, &mut placed);
+                        take(self, NodeId(id), chosen, &mut placed);
                     }
                 }
             }
         }
-        if placed >= need { Ok(chosen) } else { Err(placed) }
+        if placed >= need { Ok(()) } else { Err(placed) }
     }
 
     /// Starts slots of `g` on the chosen nodes, emitting one `Place` per slot.

@@ -32,14 +32,16 @@ struct NodeCost {
 
 impl Engine {
     pub(crate) fn try_preempt(&mut self, id: GangId, need: u32) -> Option<PendingReason> {
-        for domain in self.domains(&self.gangs[&id]) {
-            if let Some((chosen, victims)) = self.plan_preemption(id, need, domain.as_ref()) {
+        for domain in self.domain_list(&self.gangs[&id]) {
+            if let Some((chosen, victims)) = self.plan_preemption(id, need, domain) {
                 let count = victims.len();
-                let slot = self.gangs[&id].spec.slot;
+                let g = &self.gangs[&id];
+                let (slot, exclusive) = (g.spec.slot, g.filters.exclusive());
                 self.evict(id, &victims);
                 let deadline = self.now + self.config.policy.grace_period;
                 let nodes = chosen.into_iter().map(|(n, k)| (n, slot.times(k))).collect();
-                self.install_reservation(id, Reservation { start: deadline, nodes, nomination: true, order: 0 });
+                let nomination = Reservation { start: deadline, nodes, nomination: true, exclusive, order: 0 };
+                self.install_reservation(id, nomination);
                 return Some(PendingReason::AwaitingVictims { deadline, victims: count });
             }
         }
@@ -67,8 +69,8 @@ impl Engine {
         }
         let now = self.now;
         let slot = g.spec.slot;
-        let one_per_node = g.spec.constraints.one_slot_per_node || g.group.is_some();
-        let whole_node = g.spec.constraints.exclusive;
+        let one_per_node = g.filters.one_per_node();
+        let whole_node = g.filters.exclusive();
         let eligible = |engine: &Engine, a: AllocId| -> bool {
             let alloc = &engine.allocs[&a];
             if alloc.stopping || alloc.gang == id {
@@ -107,13 +109,13 @@ impl Engine {
         // samples nodes for preemption).
         let enough = (need as usize).saturating_mul(4).saturating_add(32);
         let mut plans: Vec<(NodeCost, NodeId, u32, Vec<AllocId>)> = Vec::new();
-        for &(_, _, _, i) in self.free_index.iter().rev() {
+        for &(_, _, _, i) in self.search_index(g, domain).iter().rev() {
             if plans.len() >= enough {
                 break;
             }
             let nid = NodeId(i);
             let node = self.node(nid);
-            if !self.statically_fits(g, nid, domain) {
+            if !self.statically_fits(g, nid, domain) || !g.filters.after_eviction(self, g, nid, |a| eligible(self, a)) {
                 continue;
             }
             let mut room = self.available_for(g, nid);

@@ -60,20 +60,12 @@ impl Engine {
             }
             PendingReason::NoRoom { need, fit } => {
                 let largest = self.largest_free();
-                let mut text = format!(
-                    "needs {shape} together; {fit} of {need} fit now; largest free node has {} cpu, {}",
+                format!(
+                    "needs {shape} together; {fit} of {need} fit now; largest free node has {} cpu, {}{}",
                     format_cpu(largest.cpu_millis),
-                    format_bytes(largest.memory_bytes)
-                );
-                if !g.spec.constraints.labels.is_empty() {
-                    let labels: Vec<String> =
-                        g.spec.constraints.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    text.push_str(&format!(" (on nodes labelled {})", labels.join(", ")));
-                }
-                if g.spec.constraints.exclusive {
-                    text.push_str(" (exclusive: needs idle nodes)");
-                }
-                text
+                    format_bytes(largest.memory_bytes),
+                    g.filters.describe(&self.topology)
+                )
             }
             PendingReason::Unschedulable(why) => format!("unschedulable: {why}"),
             PendingReason::Reserved { start, nodes } => format!(

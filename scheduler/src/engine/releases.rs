@@ -12,15 +12,39 @@ use crate::model::{AllocId, Time};
 pub(crate) struct Releases(VecDeque<(Time, AllocId)>);
 
 impl Releases {
+    /// Where `release` is, or would go: searched in the ring's two halves
+    /// as plain slices (a `VecDeque` search maps every probe through the
+    /// ring), newest first, since new slots tend to end last.
+    fn position(&self, release: &(Time, AllocId)) -> Result<usize, usize> {
+        if self.0.back().is_some_and(|last| last < release) {
+            return Err(self.0.len());
+        }
+        let (front, back) = self.0.as_slices();
+        match back.first() {
+            Some(first) if first <= release => {
+                back.binary_search(release).map(|i| i + front.len()).map_err(|i| i + front.len())
+            }
+            _ => front.binary_search(release),
+        }
+    }
+
     pub fn insert(&mut self, release: (Time, AllocId)) {
-        if let Err(pos) = self.0.binary_search(&release) {
-            self.0.insert(pos, release);
+        if let Err(pos) = self.position(&release) {
+            if pos == self.0.len() {
+                self.0.push_back(release);
+            } else {
+                self.0.insert(pos, release);
+            }
         }
     }
 
     pub fn remove(&mut self, release: &(Time, AllocId)) {
-        if let Ok(pos) = self.0.binary_search(release) {
-            self.0.remove(pos);
+        if let Ok(pos) = self.position(release) {
+            if pos == 0 {
+                self.0.pop_front();
+            } else {
+                self.0.remove(pos);
+            }
         }
     }
 

@@ -17,7 +17,7 @@ use std::collections::BTreeMap;
 use crate::engine::place::Domain;
 use crate::engine::{Engine, Gang, PendingReason, Reservation};
 use crate::event::Decision;
-use crate::model::{GangId, NodeId, NodeState, Time};
+use crate::model::{GangId, NodeId, Time};
 use crate::resources::Resources;
 
 impl Engine {
@@ -26,8 +26,8 @@ impl Engine {
     pub(crate) fn reserve(&mut self, id: GangId, need: u32) -> Option<PendingReason> {
         let g = &self.gangs[&id];
         let mut best: Option<(Time, Vec<(NodeId, Resources)>)> = None;
-        for domain in self.domains(g) {
-            if let Some((start, nodes)) = self.plan_reservation(g, need, domain.as_ref())
+        for domain in self.domain_list(g) {
+            if let Some((start, nodes)) = self.plan_reservation(g, need, domain)
                 && best.as_ref().is_none_or(|b| start < b.0)
             {
                 best = Some((start, nodes));
@@ -35,7 +35,7 @@ impl Engine {
         }
         let (start, nodes) = best?;
         let count = nodes.len();
-        self.install_reservation(id, Reservation { start, nodes, nomination: false, order: 0 });
+        self.install_reservation(id, Reservation { start, nodes, nomination: false, exclusive: false, order: 0 });
         Some(PendingReason::Reserved { start, nodes: count })
     }
 
@@ -46,36 +46,35 @@ impl Engine {
     /// those steps finds the first time the cluster holds `need`.
     fn plan_reservation(&self, g: &Gang, need: u32, domain: Domain) -> Option<(Time, Vec<(NodeId, Resources)>)> {
         let slot = g.spec.slot;
-        let one_per_node = g.spec.constraints.one_slot_per_node || g.group.is_some();
-        let whole_node = g.spec.constraints.exclusive;
+        let one_per_node = g.filters.one_per_node();
+        let whole_node = g.filters.exclusive();
         let now = self.now;
-        let fits = |room: &Resources| {
-            let k = room.count_fitting(&slot).min(need);
-            if one_per_node { k.min(1) } else { k }
-        };
-        // (time, candidate, more slots it holds from then on)
+        let limit = if one_per_node { 1 } else { need };
+        let fits = |room: &Resources| room.count_fitting_up_to(&slot, limit);
+        // (time, node, more slots it holds from then on). Ties go to the lower
+        // node id whatever order nodes are visited in, so the plan does not
+        // depend on the index walked.
         let mut steps: Vec<(Time, u32, u32)> = Vec::new();
         // Steps after `bound` cannot matter: by then `need` slots are known to fit.
         let mut bound = Time::MAX;
         let mut prune_at = 16;
-        let mut candidates: Vec<(NodeId, Resources)> = Vec::new();
+        // Room each all-or-nothing node would hold (exclusive gangs claim it whole).
+        let mut whole_rooms: Vec<(NodeId, Resources)> = Vec::new();
         let mut late: Vec<(Time, Resources)> = Vec::new();
-        for (i, node) in self.nodes.iter().enumerate() {
+        // The ready nodes its labels or domain allow, from the smallest index.
+        for &(_, _, _, i) in self.search_index(g, domain).iter() {
             if steps.len() >= prune_at {
                 bound = prune_steps(&mut steps, need).unwrap_or(bound);
                 prune_at = (steps.len() * 2).max(steps.len() + 16);
             }
-            let Some(node) = node else { continue };
-            let nid = NodeId(i as u32);
-            if node.state != NodeState::Ready || !self.statically_fits(g, nid, domain) {
+            let nid = NodeId(i);
+            let node = self.node(nid);
+            if !self.statically_fits(g, nid, domain) {
                 continue;
             }
-            if let Some(group) = g.group
-                && node.groups.iter().any(|&(gr, _)| gr == group)
-            {
+            if g.filters.held_apart(self, g, nid) || self.held_exclusively(nid, g.id) {
                 continue;
             }
-            let idx = candidates.len() as u32;
             if whole_node || node.exclusive_allocs > 0 {
                 // All-or-nothing node: usable once everything on it has ended.
                 let mut last = now;
@@ -89,21 +88,20 @@ impl Engine {
                 if last == Time::MAX || last > bound || (whole_node && !node.reserved.is_zero()) || fits(&room) == 0 {
                     continue;
                 }
-                candidates.push((nid, room));
-                steps.push((last, idx, fits(&room)));
+                whole_rooms.push((nid, room));
+                steps.push((last, i, fits(&room)));
                 continue;
             }
             let mut room = node.free().saturating_sub(&node.reserved);
             let mut held = fits(&room);
             if held > 0 {
-                steps.push((now, idx, held));
+                steps.push((now, i, held));
             }
             if held < need && !(one_per_node && held > 0) {
                 // Walk the node's releases in time order until it holds enough.
                 // Slots past their predicted end move to their limit (or now).
                 if node.releases.first().is_some_and(|&(t, _)| t >= now && t > bound) {
                     // Nothing on it ends before `need` slots are known to fit elsewhere.
-                    candidates.push((nid, room));
                     continue;
                 }
                 let (overdue, on_time) = node.releases.split_at(now);
@@ -138,7 +136,7 @@ impl Engine {
                     room += res;
                     let k = fits(&room);
                     if k > held {
-                        steps.push((t, idx, k - held));
+                        steps.push((t, i, k - held));
                         held = k;
                         if held >= need || one_per_node {
                             break;
@@ -146,17 +144,16 @@ impl Engine {
                     }
                 }
             }
-            candidates.push((nid, room));
         }
         let start = prune_steps(&mut steps, need)?;
         // Hold room on the nodes that free up first, as many slots as each holds by then.
         let mut held: Vec<(NodeId, u32)> = Vec::new();
         let mut left = need;
-        for &(t, idx, more) in &steps {
+        for &(t, node, more) in &steps {
             if t > start || left == 0 {
                 break;
             }
-            let nid = candidates[idx as usize].0;
+            let nid = NodeId(node);
             let k = more.min(left);
             left -= k;
             match held.iter_mut().find(|(n, _)| *n == nid) {
@@ -167,12 +164,41 @@ impl Engine {
         let nodes = held
             .into_iter()
             .map(|(n, k)| {
-                let amount =
-                    if whole_node { candidates.iter().find(|c| c.0 == n).map_or(slot, |c| c.1) } else { slot.times(k) };
+                let amount = if whole_node {
+                    whole_rooms.iter().find(|c| c.0 == n).map_or(slot, |c| c.1)
+                } else {
+                    slot.times(k)
+                };
                 (n, amount)
             })
             .collect();
         Some((start, nodes))
+    }
+
+    /// Whether a gang of `group` other than `except` holds room on the node.
+    pub(crate) fn group_claims(&self, group: u32, node: NodeId, except: GangId) -> bool {
+        self.reservations.iter().any(|(holder, r)| {
+            *holder != except
+                && self.gangs.get(holder).is_some_and(|h| h.group == Some(group))
+                && r.nodes.iter().any(|(n, _)| *n == node)
+        })
+    }
+
+    /// Whether another gang holds room on the node that the gang must leave
+    /// it: any claim, or where the gang holds a claim of its own, only the
+    /// claims made before it (later ones were planned around it).
+    pub(crate) fn claimed_before(&self, gang: GangId, node: NodeId) -> bool {
+        let mine = self.reservations.get(&gang).filter(|r| r.nodes.iter().any(|(n, _)| *n == node)).map(|r| r.order);
+        self.reservations.iter().any(|(holder, r)| {
+            *holder != gang && mine.is_none_or(|m| r.order < m) && r.nodes.iter().any(|(n, _)| *n == node)
+        })
+    }
+
+    /// Whether an exclusive gang other than `except` holds the node.
+    fn held_exclusively(&self, node: NodeId, except: GangId) -> bool {
+        self.reservations
+            .iter()
+            .any(|(holder, r)| *holder != except && r.exclusive && r.nodes.iter().any(|(n, _)| *n == node))
     }
 
     pub(crate) fn install_reservation(&mut self, gang: GangId, mut r: Reservation) {

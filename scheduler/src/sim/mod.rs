@@ -52,6 +52,8 @@ pub struct Report {
     /// Jobs still waiting when nothing else could happen (should be 0).
     pub stuck: usize,
     pub skipped: BTreeMap<String, u64>,
+    /// How the log was read where it leaves things open (see [`Trace::notes`]).
+    pub notes: Vec<String>,
     /// Time-weighted share of cpu and memory held by slots over the makespan.
     pub utilization_cpu: f64,
     pub utilization_memory: f64,
@@ -132,6 +134,7 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
     let mut series = Vec::new();
     let mut next_job = 0;
     let mut rejected = 0usize;
+    let mut decisions = Vec::new();
 
     loop {
         let t_submit = jobs.get(next_job).map(|j| j.submit);
@@ -180,11 +183,16 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
         // Victims stop at once, which frees room: schedule again until nothing moves.
         loop {
             let started = Instant::now();
-            let decisions = engine.schedule();
+            decisions.clear();
+            engine.schedule_into(&mut decisions);
             latencies.push(started.elapsed().as_nanos() as u64);
+            #[cfg(debug_assertions)]
+            if let Err(broken) = engine.check_invariants() {
+                panic!("the engine broke an invariant at t={t} ms: {broken}");
+            }
             let mut stopped = false;
             let mut placed: Option<(GangId, usize)> = None;
-            for d in decisions {
+            for d in decisions.drain(..) {
                 match d {
                     Decision::Place { gang, alloc, resources, .. } => {
                         let job = gang.0 as usize;
@@ -286,6 +294,7 @@ pub fn simulate(trace: &Trace, policy_name: &str, policy: Policy) -> Report {
         unschedulable,
         stuck,
         skipped: trace.skipped.clone(),
+        notes: trace.notes.clone(),
         utilization_cpu: cpu_area / (capacity.cpu_millis.max(1) as f64 * makespan),
         utilization_memory: mem_area / (capacity.memory_bytes.max(1) as f64 * makespan),
         wait_s: Summary::of(&waits),

@@ -3,6 +3,12 @@
 //! long-running streaming pipelines and stores, and bursts of interactive
 //! queries. Arrivals are spread so that the offered cpu load is about
 //! `load` of the cluster. Same options and seed, same trace.
+//!
+//! Nodes carry `zone` (4) and `rack` (40 nodes each) labels, and the work
+//! uses them as a data platform does: some batch jobs are pinned to the
+//! zone that holds their data, wide gangs stay within one zone, some
+//! interactive queries within one rack, a team's store replicas never
+//! share a node (anti-affinity), and pipelines spread out.
 
 use std::collections::BTreeMap;
 
@@ -58,30 +64,40 @@ pub fn generate(opts: &GenerateOptions) -> Trace {
             let mut s =
                 GangSpec::rigid(format!("etl-{i}"), n, Resources::new(cores * 1000, cores * 4 * gib), "batch", team);
             s.max = n + rng.random_range(0..=n);
+            if rng.random_bool(0.15) {
+                let zone = format!("z{}", rng.random_range(0..4));
+                s.constraints.labels.insert("zone".into(), zone);
+            }
             Shape { spec: s, runtime, burst: false, service: false }
         } else if roll < 0.75 {
             // Wide batch gang: up to 512 slots, tens of minutes.
             let n = 1 << rng.random_range(4..=9);
             let cores = rng.random_range(1..=4);
             let runtime = rng.random_range(600.0..3600.0);
-            let s =
+            let mut s =
                 GangSpec::rigid(format!("wide-{i}"), n, Resources::new(cores * 1000, cores * 4 * gib), "batch", team);
+            s.constraints.within = Some("zone".into());
             Shape { spec: s, runtime, burst: false, service: false }
         } else if roll < 0.78 {
             // Store: memory-heavy, runs for the whole trace.
             let n = rng.random_range(1..=3);
-            let s = GangSpec::rigid(format!("store-{i}"), n, Resources::new(2000, 32 * gib), "service", team);
+            let mut s = GangSpec::rigid(format!("store-{i}"), n, Resources::new(2000, 32 * gib), "service", team);
+            s.constraints.anti_affinity = Some(format!("stores-{team}"));
             Shape { spec: s, runtime: 0.0, burst: false, service: true }
         } else if roll < 0.83 {
             // Streaming pipeline: elastic members, runs for the whole trace.
             let mut s = GangSpec::rigid(format!("pipeline-{i}"), 1, Resources::new(1000, 2 * gib), "streaming", team);
             s.max = rng.random_range(2..=8);
+            s.constraints.placement = crate::model::Placement::Spread;
             Shape { spec: s, runtime: 0.0, burst: false, service: true }
         } else {
             // Interactive query: small, seconds, arriving in bursts.
             let n = rng.random_range(4..=16);
             let runtime = rng.random_range(2.0..30.0);
-            let s = GangSpec::rigid(format!("query-{i}"), n, Resources::new(1000, 2 * gib), "interactive", team);
+            let mut s = GangSpec::rigid(format!("query-{i}"), n, Resources::new(1000, 2 * gib), "interactive", team);
+            if rng.random_bool(0.3) {
+                s.constraints.within = Some("rack".into());
+            }
             Shape { spec: s, runtime, burst: true, service: false }
         };
         shapes.push(shape);
@@ -115,7 +131,7 @@ pub fn generate(opts: &GenerateOptions) -> Trace {
         jobs.push(TraceJob { id: i as u64, submit: secs(submit), runtime: secs(runtime), spec: shape.spec });
     }
     let mut trace =
-        Trace { format: "generated".into(), nodes, jobs, classes: PriorityClass::defaults(), skipped: BTreeMap::new() };
+        Trace { format: "generated".into(), nodes, jobs, classes: PriorityClass::defaults(), ..Trace::default() };
     trace.sort();
     trace
 }

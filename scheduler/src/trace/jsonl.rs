@@ -10,7 +10,8 @@
 //!
 //! Job fields beyond those: `completions` (slot runs that finish the job;
 //! default `max`), `one_per_node`, `exclusive`, `spread`, `labels` (node
-//! labels required), `within` (a label all slots share). Class lines are
+//! labels required), `within` (a label all slots share), `anti_affinity` (a
+//! group whose slots never share a node). Class lines are
 //! optional; without them the default classes apply.
 
 use std::collections::BTreeMap;
@@ -76,6 +77,8 @@ struct JobLine {
     labels: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     within: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    anti_affinity: Option<String>,
 }
 
 /// Reads a JSONL trace. `cluster` replaces the trace's own node lines.
@@ -122,7 +125,7 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
                     constraints: Constraints {
                         labels: j.labels,
                         one_slot_per_node: j.one_per_node,
-                        anti_affinity: None,
+                        anti_affinity: j.anti_affinity,
                         exclusive: j.exclusive,
                         placement: if j.spread { Placement::Spread } else { Placement::Pack },
                         within: j.within,
@@ -181,6 +184,7 @@ pub fn write_jsonl(trace: &Trace, out: &mut String) {
             spread: c.placement == Placement::Spread,
             labels: c.labels.clone(),
             within: c.within.clone(),
+            anti_affinity: c.anti_affinity.clone(),
         }));
     }
 }

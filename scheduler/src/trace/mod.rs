@@ -42,6 +42,9 @@ pub struct Trace {
     pub classes: Vec<PriorityClass>,
     /// Rows left out, by reason.
     pub skipped: BTreeMap<String, u64>,
+    /// How the log was read where it leaves things open (where the machine
+    /// came from, what stands in for missing estimates), for the report.
+    pub notes: Vec<String>,
 }
 
 impl Trace {

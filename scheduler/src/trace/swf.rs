@@ -1,12 +1,27 @@
-//! The Standard Workload Format of the Parallel Workloads Archive, with the
-//! extra columns of the Alea simulator's MetaCentrum logs (queue name and
-//! the PBS node spec `N:ppn=P[:property...][#excl]`).
+//! The Standard Workload Format of the Parallel Workloads Archive, in two
+//! dialects, told apart by the number of fields in a row:
 //!
-//! Mapping (the node model of the wagap-2013 README, as Alea reads it):
-//! a job is a rigid gang of N slots of P cores, one slot per node, each
-//! with column 10 bytes of memory, inside one cluster; runtime is
-//! min(run time, walltime) and the walltime is the estimate; the queue name
-//! is the priority class and the user is the tenant queue.
+//! - **Plain SWF** (18 fields; most of the archive): a job of P processors
+//!   (column 5, allocated; column 8, requested, only where 5 is missing)
+//!   is a rigid gang of P one-core slots (min = max = P), packed onto
+//!   nodes, each slot with column 10 (requested memory, KB per processor)
+//!   when given; column 7 (used memory) is never a request. The machine is
+//!   the machines file if there is one, else the header's `MaxNodes` nodes
+//!   of `MaxProcs / MaxNodes` cores (1 when `MaxProcs` is absent).
+//! - **Alea's MetaCentrum dialect** (21 fields: queue name and the PBS node
+//!   spec `N:ppn=P[:property...][#excl]`), following the wagap-2013
+//!   README's node model: a job is a rigid gang of N slots of P cores, one
+//!   slot per node, each with column 10 bytes of memory, inside one cluster
+//!   of the machines file; the queue name is the priority class.
+//!
+//! In both, runtime is min(run time, requested time); the requested time
+//! (column 9) is the estimate, and where a log has none (-1) the estimate
+//! is the real run time (the literature's usual convention), which the
+//! report notes. The user (column 12) is the tenant queue. Status (column
+//! 11) is not used: failed and cancelled jobs held their processors for
+//! their run time too, so they are replayed. In plain logs, the queue and
+//! partition columns (15, 16) are numbers without meaning across logs and
+//! are not used: every job is of class `batch`.
 
 use std::collections::BTreeMap;
 
@@ -64,11 +79,41 @@ pub fn parse_swf_machines(file: &str, text: &str) -> Result<Vec<NodeSpec>, Trace
     Ok(nodes)
 }
 
-/// Reads an SWF log. `nodes` is the cluster (from [`parse_swf_machines`]).
-pub fn parse_swf(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Result<Trace, TraceError> {
-    let mut trace = Trace { format: "swf".into(), nodes, ..Trace::default() };
+/// The machine a plain log's header describes: `MaxNodes` and `MaxProcs`.
+#[derive(Default)]
+struct Header {
+    max_nodes: Option<u64>,
+    max_procs: Option<u64>,
+}
+
+impl Header {
+    fn read(text: &str) -> Header {
+        let mut h = Header::default();
+        for line in text.lines().take_while(|l| l.trim_start().starts_with(';') || l.trim().is_empty()) {
+            let line = line.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
+            let Some((key, value)) = line.split_once(':') else { continue };
+            let value = value.trim().parse::<u64>().ok().filter(|v| *v > 0);
+            match key.trim() {
+                "MaxNodes" => h.max_nodes = value,
+                "MaxProcs" => h.max_procs = value,
+                _ => {}
+            }
+        }
+        h
+    }
+}
+
+/// Reads an SWF log. `nodes` is the cluster when a machines file describes
+/// it (from [`parse_swf_machines`]); without one, a plain log's header does.
+pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result<Trace, TraceError> {
+    let mut trace = Trace { format: "swf".into(), ..Trace::default() };
+    let alea = text
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with(';'))
+        .is_some_and(|l| l.split_whitespace().count() > 18);
     let mut first_submit: Option<i64> = None;
     let mut queues: BTreeMap<String, i32> = BTreeMap::new();
+    let mut no_estimates = 0u64;
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
         let line = line.trim();
@@ -87,12 +132,11 @@ pub fn parse_swf(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Result<Trace, 
         let id = num(0, "job number")?;
         let submit = num(1, "submit time")?;
         let run = num(3, "run time")?;
-        let procs = num(4, "allocated processors")?.max(num(7, "requested processors")?);
+        let allocated = num(4, "allocated processors")?;
+        let procs = if allocated > 0 { allocated } else { num(7, "requested processors")? };
         let walltime = num(8, "requested time")?;
         let memory = num(9, "requested memory")?;
         let user = num(11, "user id")?;
-        let queue_name = f.get(19).copied().unwrap_or("default");
-        let node_spec = f.get(20).copied().unwrap_or("");
         let base = *first_submit.get_or_insert(submit);
         if run < 0 {
             trace.skip("negative runtime");
@@ -102,23 +146,34 @@ pub fn parse_swf(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Result<Trace, 
             trace.skip("no cpu request");
             continue;
         }
+        if walltime <= 0 {
+            no_estimates += 1;
+        }
         let runtime = if walltime > 0 { run.min(walltime) } else { run }.max(1);
-        let (slots, cores, mut constraints) = node_request(node_spec, procs as u64);
-        constraints.within = Some("cluster".into());
-        queues.entry(queue_name.to_string()).or_insert_with(|| {
-            QUEUE_PRIORITY.iter().find(|(q, _)| *q == queue_name).map_or(OTHER_QUEUE_PRIORITY, |(_, p)| *p)
-        });
+        let estimate = if walltime > 0 { walltime } else { runtime };
+        let (slots, slot, priority, constraints) = if alea {
+            let queue_name = f.get(19).copied().unwrap_or("default");
+            let (slots, cores, mut constraints) = node_request(f.get(20).copied().unwrap_or(""), procs as u64);
+            constraints.within = Some("cluster".into());
+            queues.entry(queue_name.to_string()).or_insert_with(|| {
+                QUEUE_PRIORITY.iter().find(|(q, _)| *q == queue_name).map_or(OTHER_QUEUE_PRIORITY, |(_, p)| *p)
+            });
+            (slots, Resources::new(cores * 1000, memory.max(0) as u64), queue_name.to_string(), constraints)
+        } else {
+            let slot = Resources::new(1000, memory.max(0) as u64 * 1024);
+            (procs.min(u32::MAX as i64) as u32, slot, "batch".to_string(), Constraints::default())
+        };
         let spec = GangSpec {
             name: format!("job-{id}"),
-            slot: Resources::new(cores * 1000, memory.max(0) as u64),
+            slot,
             min: slots,
             max: slots,
             completions: None,
-            priority: queue_name.to_string(),
+            priority,
             queue: format!("user-{user}"),
             constraints,
             locality: Vec::new(),
-            estimated_runtime: (walltime > 0).then(|| secs(walltime as f64)),
+            estimated_runtime: Some(secs(estimate as f64)),
             max_attempts: 1,
         };
         trace.jobs.push(TraceJob {
@@ -128,15 +183,69 @@ pub fn parse_swf(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Result<Trace, 
             spec,
         });
     }
-    trace.classes = queues
-        .into_iter()
-        .map(|(name, value)| {
-            let preemptible = name == "backfill";
-            PriorityClass { name, value, preemptible, on_drain: OnDrain::Finish }
-        })
-        .collect();
+    trace.nodes = match nodes {
+        Some(nodes) => nodes,
+        None if alea => {
+            return Err(TraceError::File {
+                file: file.to_string(),
+                message: "this log names clusters in its node specs (Alea's dialect), so it needs its machines file: \
+                          pass --cluster FILE or put FILE.machines beside it"
+                    .into(),
+            });
+        }
+        None => header_machine(file, text, &mut trace)?,
+    };
+    if no_estimates > 0 {
+        trace.notes.push(format!(
+            "{no_estimates} job(s) have no requested time (column 9 = -1): their estimate is their real run time"
+        ));
+    }
+    trace.classes = if alea {
+        queues
+            .into_iter()
+            .map(|(name, value)| {
+                let preemptible = name == "backfill";
+                PriorityClass { name, value, preemptible, on_drain: OnDrain::Finish }
+            })
+            .collect()
+    } else {
+        vec![PriorityClass { name: "batch".into(), value: 200, preemptible: true, on_drain: OnDrain::Finish }]
+    };
     trace.sort();
     Ok(trace)
+}
+
+/// The machine of a plain log without a machines file: `MaxNodes` nodes of
+/// `MaxProcs / MaxNodes` cores, with memory enough for any job's request
+/// (the log gives no node memory, so memory never decides).
+fn header_machine(file: &str, text: &str, trace: &mut Trace) -> Result<Vec<NodeSpec>, TraceError> {
+    let header = Header::read(text);
+    let Some(nodes) = header.max_nodes.or(header.max_procs) else {
+        return Err(TraceError::File {
+            file: file.to_string(),
+            message: "no machine is described: the log has no `MaxNodes` (or `MaxProcs`) header line and no machines \
+                      file was found; pass --cluster FILE or put FILE.machines beside it"
+                .into(),
+        });
+    };
+    let cores = match (header.max_nodes, header.max_procs) {
+        (Some(n), Some(p)) => (p / n).max(1),
+        _ => 1,
+    };
+    let per_core = trace.jobs.iter().map(|j| j.spec.slot.memory_bytes).max().unwrap_or(0);
+    trace.notes.push(format!(
+        "machine from the log header: {nodes} node(s) of {cores} core(s) (MaxNodes {}, MaxProcs {}); no node memory \
+         is given, so memory never decides",
+        header.max_nodes.map_or("absent".to_string(), |n| n.to_string()),
+        header.max_procs.map_or("absent".to_string(), |n| n.to_string()),
+    ));
+    Ok((0..nodes)
+        .map(|i| NodeSpec {
+            name: format!("node{i}"),
+            capacity: Resources::new(cores * 1000, per_core * cores),
+            labels: BTreeMap::new(),
+        })
+        .collect())
 }
 
 /// Reads a PBS node spec into (slots, cores per slot, constraints). Specs
@@ -175,6 +284,47 @@ fn node_request(spec: &str, procs: u64) -> (u32, u64, Constraints) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const PLAIN: &str = "\
+; MaxNodes: 4
+; MaxProcs: 8
+1 0 -1 100 4 -1 -1 -1 -1 -1 1 7 -1 -1 0 -1 -1 -1
+2 10 -1 50 -1 -1 512 2 200 1024 0 8 -1 -1 1 -1 -1 -1
+3 20 -1 -1 2 -1 -1 2 -1 -1 5 7 -1 -1 0 -1 -1 -1
+";
+
+    #[test]
+    fn a_plain_log_is_read_with_its_header_machine() {
+        let t = parse_swf("log.swf", PLAIN, None).unwrap();
+        assert_eq!(t.nodes.len(), 4);
+        assert_eq!(t.nodes[0].capacity.cpu_millis, 2000, "MaxProcs / MaxNodes cores per node");
+        assert_eq!(t.jobs.len(), 2);
+        assert_eq!(t.skipped.get("negative runtime"), Some(&1));
+        let (a, b) = (&t.jobs[0], &t.jobs[1]);
+        // P processors: a rigid gang of P one-core slots.
+        assert_eq!((a.spec.min, a.spec.max, a.spec.slot.cpu_millis), (4, 4, 1000));
+        // No requested time: the estimate is the run time.
+        assert_eq!(a.spec.estimated_runtime, Some(100_000));
+        // Requested processors stand in for missing allocated ones; memory is KB per processor.
+        assert_eq!((b.spec.min, b.spec.slot.memory_bytes), (2, 1024 * 1024));
+        assert_eq!(b.spec.estimated_runtime, Some(200_000));
+        assert!(
+            t.notes.iter().any(|n| n.contains("machine from the log header: 4 node(s) of 2 core(s)")),
+            "{:?}",
+            t.notes
+        );
+        assert!(t.notes.iter().any(|n| n.contains("1 job(s) have no requested time")), "{:?}", t.notes);
+    }
+
+    #[test]
+    fn a_plain_log_without_a_machine_names_both_ways_to_give_one() {
+        let body: String = PLAIN.lines().filter(|l| !l.starts_with(';')).map(|l| format!("{l}\n")).collect();
+        let e = parse_swf("log.swf", &body, None).unwrap_err().to_string();
+        assert!(e.contains("MaxNodes") && e.contains("--cluster") && e.starts_with("log.swf:"), "{e}");
+        let only_nodes = format!("; MaxNodes: 3\n{body}");
+        let t = parse_swf("log.swf", &only_nodes, None).unwrap();
+        assert_eq!((t.nodes.len(), t.nodes[0].capacity.cpu_millis), (3, 1000), "one core per node without MaxProcs");
+    }
 
     #[test]
     fn node_specs() {
