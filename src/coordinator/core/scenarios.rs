@@ -252,3 +252,21 @@ fn a_store_failure_sends_nothing_and_a_restart_resumes_from_the_store() {
     let view = h.core.job(job).unwrap();
     assert!(view.slots.iter().all(|s| s.state == SlotState::Running));
 }
+
+#[test]
+fn jobs_no_agent_can_hold_never_keep_a_small_job_waiting() {
+    // Given two one-core agents and 520 jobs asking two cores each
+    let mut h = Harness::new();
+    h.register("a", 1);
+    h.register("b", 1);
+    let hopeless: Vec<u64> = (0..520).map(|i| h.submit(&format!("big{i}"), 1, "2", 1)).collect();
+    // When a 100m job arrives, it starts at once
+    let small = h.submit("small", 1, "100m", 1);
+    assert_eq!(h.launches().len(), 1);
+    assert_eq!(h.state(small), JobState::Running);
+    // And every oversized job says why it waits
+    for id in [hopeless[0], hopeless[519]] {
+        let reason = h.core.job(id).unwrap().reason;
+        assert!(reason.starts_with("unschedulable: no ready node can hold one slot"), "{reason}");
+    }
+}
