@@ -1,19 +1,32 @@
 //! `cohort up`: a whole cluster on this machine: a coordinator and N agents
-//! as child processes sharing this host, state in a data directory, and a
-//! clean stop on Ctrl-C (agents stop their executors first).
+//! as child processes sharing this host, state in a data directory.
+//!
+//! It supervises them as systemd or a Mesos master would: a process that
+//! dies is started again after a backoff (1 s, doubling up to 30 s, back to
+//! 1 s once it has stayed up a minute), and the cluster keeps serving: a
+//! restarted coordinator reloads its state and its agents reconnect; a
+//! restarted agent re-adopts the executors it left running. Only Ctrl-C or
+//! SIGTERM stops everything (agents first, which stop their executors).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use tokio::process::{Child, Command};
+use tokio::time::Instant;
 
 pub struct Settings {
     pub agents: u32,
     pub data_dir: PathBuf,
     pub listen: String,
 }
+
+/// First wait before restarting a process that died.
+const RESTART_FIRST: Duration = Duration::from_secs(1);
+const RESTART_CAP: Duration = Duration::from_secs(30);
+/// Up this long, a process counts as healthy again: its backoff resets.
+const RESTART_RESET_AFTER: Duration = Duration::from_secs(60);
 
 /// `$XDG_DATA_HOME/cohort`, or `~/.local/share/cohort`.
 pub fn default_data_dir() -> PathBuf {
@@ -37,6 +50,53 @@ pub fn host_resources() -> (u64, u64) {
     (cores * 1000, kb * 1024)
 }
 
+/// One process `cohort up` runs, and how to start it again.
+pub struct Supervised {
+    pub name: String,
+    args: Vec<String>,
+    child: Option<Child>,
+    started: Instant,
+    backoff: Duration,
+    restart_at: Option<Instant>,
+    log: PathBuf,
+}
+
+impl Supervised {
+    fn new(name: &str, args: Vec<String>, data_dir: &Path) -> Supervised {
+        Supervised {
+            name: name.to_string(),
+            args,
+            child: None,
+            started: Instant::now(),
+            backoff: RESTART_FIRST,
+            restart_at: None,
+            log: data_dir.join(format!("{name}.log")),
+        }
+    }
+
+    fn start(&mut self) -> Result<()> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot open {}", self.log.display()))?;
+        let child = Command::new(std::env::current_exe()?)
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .with_context(|| format!("cannot start {}", self.name))?;
+        self.child = Some(child);
+        self.started = Instant::now();
+        self.restart_at = None;
+        Ok(())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+}
+
 pub async fn run(s: Settings) -> Result<()> {
     let mut children = start(&s).await?;
     let (cpu, memory) = host_resources();
@@ -50,39 +110,70 @@ pub async fn run(s: Settings) -> Result<()> {
     );
     println!("  state               {}", s.data_dir.display());
     println!("  try                 cohort submit job.toml && cohort jobs   (COHORT_COORDINATOR={})", s.listen);
-    println!("Press Ctrl-C to stop; every executor is stopped with it.");
+    println!("Press Ctrl-C to stop; every executor is stopped with it. A process that dies is restarted.");
     tokio::select! {
         _ = crate::agent::shutdown_signal() => {}
-        (name, status) = wait_any(&mut children) => {
-            eprintln!("{name} exited ({status}); stopping the cluster");
-        }
+        r = supervise(&mut children) => r?,
     }
     stop(children).await;
     println!("Cohort stopped.");
     Ok(())
 }
 
+/// Restarts whatever dies, with backoff, until cancelled.
+async fn supervise(children: &mut [Supervised]) -> Result<()> {
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = Instant::now();
+        for p in children.iter_mut() {
+            if let Some(child) = p.child.as_mut()
+                && let Ok(Some(status)) = child.try_wait()
+            {
+                p.child = None;
+                if p.started.elapsed() >= RESTART_RESET_AFTER {
+                    p.backoff = RESTART_FIRST;
+                }
+                let wait = p.backoff;
+                p.backoff = (p.backoff * 2).min(RESTART_CAP);
+                p.restart_at = Some(now + wait);
+                eprintln!("{} exited ({status}); restarting it in {} s", p.name, wait.as_secs());
+                tracing::warn!(process = %p.name, %status, restart_in_s = wait.as_secs(), "supervised process exited");
+            }
+            if p.child.is_none() && p.restart_at.is_some_and(|at| at <= now) {
+                match p.start() {
+                    Ok(()) => {
+                        eprintln!("{} restarted", p.name);
+                        tracing::info!(process = %p.name, "supervised process restarted");
+                    }
+                    Err(e) => {
+                        eprintln!("cannot restart {}: {e:#}", p.name);
+                        p.restart_at = Some(now + p.backoff);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Starts the coordinator, waits until it listens, then the agents, each
 /// offered an equal share of this host.
-pub async fn start(s: &Settings) -> Result<Vec<(String, Child)>> {
+pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
     if s.agents == 0 {
         bail!("--agents must be at least 1");
     }
     std::fs::create_dir_all(&s.data_dir).with_context(|| format!("cannot create {}", s.data_dir.display()))?;
-    let exe = std::env::current_exe()?;
-    let mut children: Vec<(String, Child)> = Vec::new();
-    let coordinator = Command::new(&exe)
-        .args(["coordinator", "--listen", &s.listen, "--data-dir"])
-        .arg(s.data_dir.join("coordinator"))
-        .stdout(Stdio::null())
-        .stderr(log_file(&s.data_dir, "coordinator")?)
-        .kill_on_drop(true)
-        .spawn()
-        .context("cannot start the coordinator")?;
-    children.push(("coordinator".into(), coordinator));
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut children = Vec::new();
+    let coordinator_dir = s.data_dir.join("coordinator").display().to_string();
+    let mut coordinator = Supervised::new(
+        "coordinator",
+        vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--data-dir".into(), coordinator_dir],
+        &s.data_dir,
+    );
+    coordinator.start()?;
+    children.push(coordinator);
+    let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&s.listen).await.is_err() {
-        if tokio::time::Instant::now() > deadline {
+        if Instant::now() > deadline {
             bail!(
                 "the coordinator did not start listening on {} within 10 s (is the port taken? see {})",
                 s.listen,
@@ -94,59 +185,44 @@ pub async fn start(s: &Settings) -> Result<Vec<(String, Child)>> {
     let (cpu, memory) = host_resources();
     for i in 0..s.agents {
         let name = format!("agent-{i}");
-        let agent = Command::new(&exe)
-            .args(["agent", "--join", &s.listen, "--name", &name])
-            .args([
-                "--cpu",
-                &format!("{}m", cpu / s.agents as u64),
-                "--memory",
-                &(memory / s.agents as u64).to_string(),
-            ])
-            .arg("--data-dir")
-            .arg(s.data_dir.join(&name))
-            .stdout(Stdio::null())
-            .stderr(log_file(&s.data_dir, &name)?)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        children.push((name, agent));
+        // Agents sharing one host share its port range too.
+        let span = (crate::agent::DEFAULT_PORTS.1 - crate::agent::DEFAULT_PORTS.0) / s.agents as u16;
+        let first = crate::agent::DEFAULT_PORTS.0 + i as u16 * span;
+        let args = vec![
+            "agent".to_string(),
+            "--join".into(),
+            s.listen.clone(),
+            "--name".into(),
+            name.clone(),
+            "--cpu".into(),
+            format!("{}m", cpu / s.agents as u64),
+            "--memory".into(),
+            (memory / s.agents as u64).to_string(),
+            "--ports".into(),
+            format!("{first}-{}", first + span - 1),
+            "--data-dir".into(),
+            s.data_dir.join(&name).display().to_string(),
+        ];
+        let mut agent = Supervised::new(&name, args, &s.data_dir);
+        agent.start()?;
+        children.push(agent);
     }
     Ok(children)
 }
 
-fn log_file(dir: &std::path::Path, name: &str) -> Result<Stdio> {
-    let path = dir.join(format!("{name}.log"));
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
-    Ok(Stdio::from(file))
-}
-
 /// Stops agents first (they stop their executors), then the coordinator.
-pub async fn stop(mut children: Vec<(String, Child)>) {
-    for (_, child) in children.iter_mut().rev() {
-        if let Some(pid) = child.id() {
+pub async fn stop(mut children: Vec<Supervised>) {
+    for p in children.iter().rev() {
+        if let Some(pid) = p.pid() {
             // SAFETY: signalling our own child process.
             unsafe { libc::kill(pid as i32, libc::SIGTERM) };
         }
     }
-    for (name, child) in children.iter_mut().rev() {
+    for p in children.iter_mut().rev() {
+        let Some(child) = p.child.as_mut() else { continue };
         if tokio::time::timeout(Duration::from_secs(10), child.wait()).await.is_err() {
-            eprintln!("{name} did not stop within 10 s; killing it");
+            eprintln!("{} did not stop within 10 s; killing it", p.name);
             let _ = child.kill().await;
         }
-    }
-}
-
-async fn wait_any(children: &mut [(String, Child)]) -> (String, String) {
-    loop {
-        for (name, child) in children.iter_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return (name.clone(), status.to_string());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

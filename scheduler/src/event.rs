@@ -47,6 +47,12 @@ pub enum Event {
     TimeAdvanced {
         now: Time,
     },
+    /// A new ceiling on a gang's slots (a service scaled, or a version
+    /// drained or grown during a rolling update). Slots at or above it stop.
+    GangResized {
+        gang: GangId,
+        max: u32,
+    },
     /// A slot already running (found after a restart): adopt it as it is.
     SlotRestored {
         alloc: AllocId,
@@ -65,6 +71,9 @@ pub enum SlotOutcome {
     Failed,
     /// Ended because the engine stopped it (preemption, cancel, drain).
     Stopped,
+    /// Gone with its host, agent or coordinator: not the gang's own failure,
+    /// so it uses no attempt and waits no backoff.
+    Lost,
 }
 
 /// Why a slot is being stopped.
@@ -86,6 +95,41 @@ pub enum StopReason {
     Drained,
     /// Its gang failed for good.
     GangFailed,
+    /// Its gang was resized below it.
+    Scaled,
+}
+
+/// Why a running gang was stopped whole and re-queued.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequeueCause {
+    /// A slot failed: the attempt is used.
+    Failed,
+    /// A slot was lost with its node, agent or coordinator: no attempt used.
+    Lost,
+    /// Evicted for a more important gang: no attempt used.
+    Preempted,
+    /// Its node is draining: no attempt used.
+    Drained,
+    /// Resized below what it needs: no attempt used.
+    Resized,
+}
+
+impl RequeueCause {
+    /// Whether the gang's own failure ended the attempt.
+    pub fn charged(self) -> bool {
+        self == RequeueCause::Failed
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequeueCause::Failed => "failed",
+            RequeueCause::Lost => "lost",
+            RequeueCause::Preempted => "preempted",
+            RequeueCause::Drained => "drained",
+            RequeueCause::Resized => "resized",
+        }
+    }
 }
 
 /// Final state of a gang.
@@ -131,10 +175,12 @@ pub enum Decision {
     ClearReservation {
         gang: GangId,
     },
-    /// The gang was stopped whole and waits again; `attempts` counts its starts so far.
+    /// The gang was stopped whole and waits again; `attempts` is the
+    /// attempt that ended (its own failures so far, plus one).
     Requeued {
         gang: GangId,
         attempts: u32,
+        cause: RequeueCause,
         reason: String,
     },
     Finished {

@@ -28,11 +28,11 @@ pub mod model;
 pub mod resources;
 
 pub use engine::{Engine, EngineError, GangPhase, GangView, NodeView, PendingReason};
-pub use event::{Decision, Event, GangOutcome, SlotOutcome, StopReason};
+pub use event::{Decision, Event, GangOutcome, RequeueCause, SlotOutcome, StopReason};
 pub use model::{
     AllocId, Config, Constraints, GangId, GangSpec, NodeId, NodeSpec, NodeState, OnDrain, Ordering, Placement, Policy,
-    PriorityClass, QueueSpec, Time,
+    PriorityClass, QueueSpec, Restart, Time,
 };
-pub use resources::{Resources, ScalarNames};
+pub use resources::Resources;
 pub mod sim;
 pub mod trace;

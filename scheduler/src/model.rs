@@ -126,6 +126,22 @@ pub struct GangSpec {
     /// Failed attempts allowed before the gang fails for good.
     #[serde(default = "default_max_attempts")]
     pub max_attempts: u32,
+    /// What happens when a slot ends on its own.
+    #[serde(default)]
+    pub restart: Restart,
+}
+
+/// What happens when a slot ends on its own.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Restart {
+    /// Batch work: a slot that succeeds is done; a failure uses an attempt.
+    #[default]
+    OnFailure,
+    /// A service: a slot that ends, however, runs again after a backoff
+    /// that doubles per restart (reset once it stayed up long enough); the
+    /// gang never completes and never runs out of attempts.
+    Always,
 }
 
 fn default_max_attempts() -> u32 {
@@ -147,6 +163,7 @@ impl GangSpec {
             locality: Vec::new(),
             estimated_runtime: None,
             max_attempts: 1,
+            restart: Restart::OnFailure,
         }
     }
 
@@ -247,6 +264,11 @@ pub struct Policy {
     pub grace_period: Time,
     /// Delay before a failed gang is retried; doubles with each failure.
     pub retry_backoff: Time,
+    /// A restarting slot (`Restart::Always`) waits this long, doubling per
+    /// restart up to `restart_backoff_cap`, reset after `restart_reset_after` up.
+    pub restart_backoff: Time,
+    pub restart_backoff_cap: Time,
+    pub restart_reset_after: Time,
     /// Predict a gang's runtime as its estimate times the share of their
     /// estimates its queue's last two slots used (after Tsafrir, Etsion &
     /// Feitelson 2007); a slot that outlives its prediction falls back to
@@ -274,6 +296,9 @@ impl Policy {
             preemption: true,
             grace_period: 30_000,
             retry_backoff: 1_000,
+            restart_backoff: 1_000,
+            restart_backoff_cap: 300_000,
+            restart_reset_after: 600_000,
             predict_runtimes: true,
             shortest_first: true,
             prefer_small_nodes: true,

@@ -1,17 +1,26 @@
 //! Resource vectors: cpu millicores, memory bytes and a few named scalars.
 //!
 //! A [`Resources`] value is `Copy` and fixed-size so the hot placement path
-//! compares and subtracts vectors without allocating. Named scalars (GPUs,
-//! licences, ...) occupy one of [`SCALAR_SLOTS`] positions whose names are
-//! registered once in [`ScalarNames`].
+//! compares and subtracts vectors without allocating. Scalars occupy one of
+//! [`SCALAR_SLOTS`] positions, each with a fixed meaning ([`SCALAR_NAMES`]):
+//! GPUs (in thousandths), executors a host may run, and host ports. A node
+//! that offers none of one (capacity 0) takes only slots that ask for none.
 
 use std::fmt;
 use std::ops::{Add, AddAssign, Sub, SubAssign};
 
 use serde::{Deserialize, Serialize};
 
-/// How many named scalar resources a cluster may define.
+/// How many scalar resources there are.
 pub const SCALAR_SLOTS: usize = 4;
+/// GPUs, in thousandths of a GPU.
+pub const GPU: usize = 0;
+/// Executor processes: a host runs at most its capacity of them (the kubelet's `--max-pods`).
+pub const EXECUTORS: usize = 2;
+/// Host ports a slot is given (a service instance's `ports`).
+pub const PORTS: usize = 3;
+/// What each scalar slot measures.
+pub const SCALAR_NAMES: [&str; SCALAR_SLOTS] = ["gpu", "scalar1", "executors", "ports"];
 
 /// A vector of resource amounts. Ordered lexicographically (cpu first), for use as a key.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Debug, Serialize, Deserialize)]
@@ -165,8 +174,12 @@ impl fmt::Display for Resources {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} cpu, {}", format_cpu(self.cpu_millis), format_bytes(self.memory_bytes))?;
         for (i, v) in self.scalars.iter().enumerate() {
-            if *v > 0 {
-                write!(f, ", scalar{i}={v}")?;
+            match (i, *v) {
+                (_, 0) => {}
+                // Every live slot is one executor: saying so would only add noise.
+                (EXECUTORS, 1) => {}
+                (GPU, v) => write!(f, ", {} gpu", v as f64 / 1000.0)?,
+                (i, v) => write!(f, ", {v} {}", SCALAR_NAMES[i])?,
             }
         }
         Ok(())
@@ -258,16 +271,6 @@ pub fn parse_memory(text: &str) -> Result<u64, QuantityError> {
         return Err(bad());
     }
     Ok((value * factor as f64).round() as u64)
-}
-
-/// Names of the scalar resource slots of a cluster, e.g. `["gpu"]`.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ScalarNames(pub Vec<String>);
-
-impl ScalarNames {
-    pub fn slot(&self, name: &str) -> Option<usize> {
-        self.0.iter().position(|n| n == name)
-    }
 }
 
 #[cfg(test)]

@@ -25,6 +25,20 @@ enum Op {
         pick: usize,
         ok: bool,
     },
+    /// A slot gone with its host (not its gang's failure).
+    Lose1 {
+        pick: usize,
+    },
+    /// A service (restarting slots) of `instances`.
+    Service {
+        instances: u32,
+        cores: u64,
+        class: usize,
+    },
+    Resize {
+        pick: usize,
+        max: u32,
+    },
     Cancel {
         pick: usize,
     },
@@ -75,6 +89,9 @@ fn op() -> impl Strategy<Value = Op> {
                 min, extra, cores, class, queue, one_per_node, est, constraint
             }),
         4 => (any::<usize>(), prop::bool::weighted(0.8)).prop_map(|(pick, ok)| Op::Finish { pick, ok }),
+        1 => any::<usize>().prop_map(|pick| Op::Lose1 { pick }),
+        1 => (1u32..4, 1u64..4, 0usize..3).prop_map(|(instances, cores, class)| Op::Service { instances, cores, class }),
+        1 => (any::<usize>(), 1u32..5).prop_map(|(pick, max)| Op::Resize { pick, max }),
         1 => any::<usize>().prop_map(|pick| Op::Cancel { pick }),
         3 => (1u64..60).prop_map(|secs| Op::Advance { secs }),
         1 => (0u32..6).prop_map(|node| Op::Lose { node }),
@@ -246,6 +263,28 @@ impl Run {
                     self.live.remove(&alloc);
                     let outcome = if ok { SlotOutcome::Succeeded } else { SlotOutcome::Failed };
                     self.step(Event::SlotFinished { alloc, outcome });
+                }
+            }
+            Op::Lose1 { pick } => {
+                if !self.live.is_empty() {
+                    let alloc = *self.live.keys().nth(pick % self.live.len()).unwrap();
+                    self.live.remove(&alloc);
+                    self.step(Event::SlotFinished { alloc, outcome: SlotOutcome::Lost });
+                }
+            }
+            Op::Service { instances, cores, class } => {
+                let gang = GangId(self.next_gang);
+                self.next_gang += 1;
+                let mut spec = GangSpec::rigid(format!("svc{}", gang.0), 1, cpu(cores), classes[class], "a");
+                spec.max = instances;
+                spec.restart = Restart::Always;
+                self.class_of.insert(gang, values[class]);
+                self.step(Event::GangSubmitted { gang, spec });
+            }
+            Op::Resize { pick, max } => {
+                let ids = self.engine.gang_ids();
+                if !ids.is_empty() {
+                    self.step(Event::GangResized { gang: ids[pick % ids.len()], max });
                 }
             }
             Op::Cancel { pick } => {
@@ -605,4 +644,65 @@ proptest! {
         prop_assert!(placed, "{:?}", engine.gang(GangId(id + 1)).and_then(|g| g.reason));
         engine.check_invariants().unwrap();
     }
+}
+
+#[test]
+fn regression_a_service_resized_below_its_running_slots() {
+    replay(&[
+        Op::Add,
+        sub(2, 0, 1, 0, 0, false, None, Constraint::Zone(false)),
+        sub(1, 2, 1, 2, 0, true, None, Constraint::None),
+        sub(1, 0, 1, 0, 0, false, Some(1), Constraint::CachedOn(5)),
+        sub(1, 1, 2, 0, 0, true, None, Constraint::Zone(false)),
+        sub(1, 2, 4, 2, 0, false, None, Constraint::None),
+        sub(3, 0, 3, 0, 0, false, Some(1), Constraint::Exclusive),
+        Op::Finish { pick: 27565406182271083, ok: false },
+        sub(3, 0, 3, 0, 0, false, None, Constraint::None),
+        Op::Advance { secs: 1 },
+        Op::Cancel { pick: 14982570628157460161 },
+        sub(2, 0, 3, 0, 0, false, None, Constraint::None),
+        Op::Resize { pick: 7624530206095435636, max: 1 },
+    ]);
+}
+
+#[test]
+fn regression_a_batch_gang_is_never_resized() {
+    replay(&[
+        sub(2, 0, 2, 3, 0, false, None, Constraint::None),
+        sub(2, 2, 2, 5, 0, false, None, Constraint::None),
+        sub(3, 0, 2, 0, 0, false, None, Constraint::AntiAffinity(0)),
+        sub(3, 1, 3, 2, 0, false, None, Constraint::None),
+        Op::Finish { pick: 38376758485561582, ok: true },
+        Op::Service { instances: 1, cores: 1, class: 0 },
+        Op::Finish { pick: 696737800957843489, ok: true },
+        Op::Finish { pick: 8691123258878697217, ok: true },
+        sub(3, 0, 1, 0, 0, true, None, Constraint::Zone(false)),
+        sub(2, 0, 4, 0, 0, false, None, Constraint::None),
+        Op::Service { instances: 1, cores: 1, class: 0 },
+        Op::Finish { pick: 1488902726817963295, ok: false },
+        sub(1, 0, 3, 0, 0, false, None, Constraint::None),
+        Op::Finish { pick: 1015128579028446126, ok: true },
+        Op::Resize { pick: 11238747562342776136, max: 1 },
+        Op::Service { instances: 1, cores: 1, class: 0 },
+        sub(1, 0, 1, 3, 0, false, None, Constraint::Exclusive),
+        Op::Add,
+        sub(3, 0, 1, 0, 0, false, None, Constraint::None),
+        sub(1, 0, 1, 0, 0, false, None, Constraint::Exclusive),
+        Op::Advance { secs: 1 },
+        Op::Add,
+        Op::Service { instances: 1, cores: 3, class: 0 },
+        sub(1, 0, 1, 0, 0, false, None, Constraint::AntiAffinity(0)),
+        Op::Lose { node: 4 },
+        sub(1, 0, 1, 0, 0, false, None, Constraint::AntiAffinity(0)),
+        sub(2, 0, 3, 0, 0, false, None, Constraint::None),
+        Op::Finish { pick: 8894210255823228, ok: true },
+        Op::Cancel { pick: 2256996564659377827 },
+        Op::Lose { node: 0 },
+        sub(2, 0, 1, 0, 0, false, Some(1), Constraint::Zone(false)),
+        Op::Resize { pick: 9888720705267443448, max: 2 },
+        Op::Resize { pick: 3353870511270140406, max: 1 },
+        Op::Advance { secs: 1 },
+        Op::Finish { pick: 4716562404244021816, ok: true },
+        sub(1, 0, 1, 0, 0, false, None, Constraint::None),
+    ]);
 }

@@ -494,3 +494,70 @@ fn preemption_never_evicts_from_a_node_its_anti_affinity_group_holds() {
     let d = c.stops_done(&d);
     assert_eq!(places(&d, w2), vec![NodeId(1)]);
 }
+
+// ---------- infrastructure loss and services ----------
+
+#[test]
+fn a_slot_lost_with_its_host_uses_no_attempt_and_waits_no_backoff() {
+    // Given a two-slot gang with one attempt
+    let mut c = Cluster::new(2, 4);
+    let (g, _) = c.gang(2, 2, "batch");
+    let lost = c.allocs_of(g)[0];
+    // When one slot is lost with its host
+    let d = c.finish(lost, SlotOutcome::Lost);
+    // Then the gang restarts whole at once, on the same attempt
+    assert_eq!(places(&d, g).len(), 2, "{}", c.reason(g));
+    assert_eq!(c.engine.gang(g).unwrap().attempts, 1);
+    assert_eq!(c.engine.gang(g).unwrap().failures, 0);
+}
+
+fn service(instances: u32) -> GangSpec {
+    let mut spec = GangSpec::rigid("web", 1, cpu(1), "service", "default");
+    spec.max = instances;
+    spec.restart = Restart::Always;
+    spec
+}
+
+#[test]
+fn a_service_instance_that_exits_restarts_after_a_backoff_that_doubles() {
+    // Given a 3-instance service
+    let mut c = Cluster::new(1, 4);
+    let (s, d) = c.submit(service(3));
+    assert_eq!(places(&d, s).len(), 3);
+    // When one instance exits (even cleanly), the others keep running and it
+    // comes back after 1 s, then 2 s, then 4 s as it keeps exiting
+    let mut t = 0;
+    for backoff in [1, 2, 4] {
+        // The same instance each time: first slot 0, then its latest incarnation.
+        let allocs = c.allocs_of(s);
+        let instance = if backoff == 1 { allocs[0] } else { *allocs.last().unwrap() };
+        c.finish(instance, SlotOutcome::Succeeded);
+        assert_eq!(c.running(s), 2);
+        assert!(places(&c.at(t + backoff - 1), s).is_empty(), "not before its backoff of {backoff} s");
+        t += backoff;
+        assert_eq!(places(&c.at(t), s).len(), 1, "back after {backoff} s");
+    }
+    // After ten minutes up, its next exit waits 1 s again
+    t += 600;
+    c.at(t);
+    let instance = *c.allocs_of(s).last().unwrap();
+    c.finish(instance, SlotOutcome::Failed);
+    assert_eq!(places(&c.at(t + 1), s).len(), 1);
+    // And a service never completes or runs out of attempts
+    assert_eq!(c.phase(s), Some(GangPhase::Running));
+}
+
+#[test]
+fn a_service_scales_up_and_down() {
+    let mut c = Cluster::new(2, 4);
+    let (s, _) = c.submit(service(2));
+    let d = c.apply(Event::GangResized { gang: s, max: 5 });
+    assert_eq!(places(&d, s).len(), 3);
+    assert_eq!(c.running(s), 5);
+    let d = c.apply(Event::GangResized { gang: s, max: 2 });
+    assert_eq!(stops(&d).iter().filter(|(g, r)| *g == s && *r == StopReason::Scaled).count(), 3);
+    assert_eq!(c.running(s), 2);
+    // Batch gangs are not resized
+    let (b, _) = c.gang(1, 1, "batch");
+    assert!(c.engine.handle(Event::GangResized { gang: b, max: 3 }).is_err());
+}

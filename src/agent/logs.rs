@@ -1,9 +1,7 @@
 //! Serves executor logs from this agent's log files (`cohort logs`).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cohort_proto as pb;
@@ -11,15 +9,15 @@ use tokio::io::AsyncReadExt;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::Executor;
+use super::executors::Executors;
 
 pub struct LogService {
     data_dir: PathBuf,
-    executors: Arc<Mutex<HashMap<u64, Executor>>>,
+    executors: Executors,
 }
 
 impl LogService {
-    pub(super) fn new(data_dir: PathBuf, executors: Arc<Mutex<HashMap<u64, Executor>>>) -> LogService {
+    pub(super) fn new(data_dir: PathBuf, executors: Executors) -> LogService {
         LogService { data_dir, executors }
     }
 }
@@ -45,7 +43,7 @@ impl pb::agent_logs_server::AgentLogs for LogService {
                         if finishing {
                             return;
                         }
-                        let running = executors.lock().expect("executor table").contains_key(&req.alloc_id);
+                        let running = executors.is_running(req.alloc_id);
                         if !req.follow || !running {
                             // Read to the end once more: output written just before exit.
                             finishing = true;

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::ValueEnum;
 use cohort_proto as pb;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
@@ -47,8 +47,13 @@ pub async fn submit(coordinator: &str, file: &PathBuf, output: Output) -> Result
     Ok(())
 }
 
+fn ports_json(ports: &std::collections::HashMap<String, u32>) -> serde_json::Value {
+    let sorted: std::collections::BTreeMap<&String, &u32> = ports.iter().collect();
+    json!(sorted)
+}
+
 fn job_json(j: &pb::Job) -> serde_json::Value {
-    json!({
+    let mut v = json!({
         "id": j.id,
         "name": j.name,
         "kind": j.kind,
@@ -58,10 +63,31 @@ fn job_json(j: &pb::Job) -> serde_json::Value {
         "queue": j.queue,
         "reason": j.reason,
         "submitted_at_ms": j.submitted_at_ms,
-        "slots": j.slots.iter().map(|s| json!({
-            "index": s.index, "node": s.node, "state": s.state, "exit_code": s.exit_code,
+        "slots": j.slots.iter().map(|s| {
+            let mut slot = json!({ "index": s.index, "node": s.node, "state": s.state, "exit_code": s.exit_code });
+            if let Some(h) = s.healthy {
+                slot["healthy"] = json!(h);
+                slot["ports"] = ports_json(&s.ports);
+            }
+            slot
+        }).collect::<Vec<_>>(),
+        "history": j.history.iter().map(|a| json!({
+            "attempt": a.attempt,
+            "started_ms": a.started_ms,
+            "ended_ms": (a.ended_ms > 0).then_some(a.ended_ms),
+            "nodes": a.nodes,
+            "outcome": a.outcome,
+            "reason": a.reason,
+            "charged": a.charged,
         })).collect::<Vec<_>>(),
-    })
+    });
+    if let Some(d) = &j.deployment {
+        v["deployment"] = json!({
+            "state": d.state, "instances": d.instances, "healthy_new": d.healthy_new,
+            "healthy_old": d.healthy_old, "started_ms": d.started_ms, "deadline_ms": d.deadline_ms, "reason": d.reason,
+        });
+    }
+    v
 }
 
 pub async fn jobs(coordinator: &str, output: Output) -> Result<()> {
@@ -90,16 +116,65 @@ pub async fn jobs(coordinator: &str, output: Output) -> Result<()> {
     Ok(())
 }
 
-pub async fn job(coordinator: &str, id: u64, output: Output) -> Result<()> {
-    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
-    let j = client.get(pb::JobRef { job_id: id }).await.map_err(status_error)?.into_inner();
-    print_job(&j, output)
+/// A job's id from what the user typed: a number, or a job's name (the newest of that name).
+pub async fn resolve(channel: &Channel, id_or_name: &str) -> Result<u64> {
+    if let Ok(id) = id_or_name.parse() {
+        return Ok(id);
+    }
+    let mut client = pb::jobs_client::JobsClient::new(channel.clone());
+    let found = client.resolve(pb::ResolveRequest { name: id_or_name.to_string() }).await.map_err(status_error)?;
+    Ok(found.into_inner().job_id)
 }
 
-pub async fn cancel(coordinator: &str, id: u64, output: Output) -> Result<()> {
-    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
-    let j = client.cancel(pb::JobRef { job_id: id }).await.map_err(status_error)?.into_inner();
-    print_job(&j, output)
+pub async fn job(coordinator: &str, id: &str, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let id = resolve(&channel, id).await?;
+    let j = pb::jobs_client::JobsClient::new(channel).get(pb::JobRef { job_id: id }).await.map_err(status_error)?;
+    print_job(&j.into_inner(), output)
+}
+
+pub async fn cancel(coordinator: &str, id: &str, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let id = resolve(&channel, id).await?;
+    let j = pb::jobs_client::JobsClient::new(channel).cancel(pb::JobRef { job_id: id }).await.map_err(status_error)?;
+    print_job(&j.into_inner(), output)
+}
+
+pub async fn scale(coordinator: &str, id: &str, instances: u32, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let job_id = resolve(&channel, id).await?;
+    let j = pb::jobs_client::JobsClient::new(channel)
+        .scale(pb::ScaleRequest { job_id, instances })
+        .await
+        .map_err(status_error)?;
+    print_job(&j.into_inner(), output)
+}
+
+pub async fn endpoints(coordinator: &str, id: &str, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let job_id = resolve(&channel, id).await?;
+    let list = pb::jobs_client::JobsClient::new(channel)
+        .endpoints(pb::JobRef { job_id })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .endpoints;
+    let address = |e: &pb::Endpoint| if e.port == 0 { e.host.clone() } else { format!("{}:{}", e.host, e.port) };
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = list
+                .iter()
+                .map(|e| json!({ "address": address(e), "host": e.host, "port": e.port, "ports": ports_json(&e.ports), "node": e.node, "slot": e.slot }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table => {
+            for e in &list {
+                println!("{}", address(e));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn print_job(j: &pb::Job, output: Output) -> Result<()> {
@@ -111,23 +186,68 @@ fn print_job(j: &pb::Job, output: Output) -> Result<()> {
             if !j.reason.is_empty() {
                 println!("reason: {}", j.reason);
             }
-            let mut t = table(&["slot", "node", "state", "exit code"]);
+            if let Some(d) = &j.deployment {
+                let mut line = format!(
+                    "deployment: {} ({} of {} new instances healthy, {} old)",
+                    d.state, d.healthy_new, d.instances, d.healthy_old
+                );
+                if !d.reason.is_empty() {
+                    line += &format!("; {}", d.reason);
+                }
+                println!("{line}");
+            }
+            let service = j.slots.iter().any(|s| s.healthy.is_some());
+            let mut header = vec!["slot", "node", "state", "exit code"];
+            if service {
+                header.extend(["healthy", "ports"]);
+            }
+            let mut t = table(&header);
             for s in &j.slots {
-                t.add_row(vec![
+                let mut row = vec![
                     s.index.to_string(),
                     s.node.clone(),
                     s.state.clone(),
                     if s.state == "succeeded" || s.state == "failed" { s.exit_code.to_string() } else { String::new() },
-                ]);
+                ];
+                if service {
+                    let mut ports: Vec<String> = s.ports.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    ports.sort();
+                    row.push(s.healthy.map_or(String::new(), |h| if h { "yes" } else { "no" }.into()));
+                    row.push(ports.join(","));
+                }
+                t.add_row(row);
             }
             println!("{t}");
+            if !j.history.is_empty() {
+                let mut h = table(&["attempt", "started", "ended", "nodes", "outcome", "why"]);
+                for a in &j.history {
+                    let outcome = if a.charged { format!("{} (attempt used)", a.outcome) } else { a.outcome.clone() };
+                    h.add_row(vec![
+                        a.attempt.to_string(),
+                        clock(a.started_ms),
+                        if a.ended_ms > 0 { clock(a.ended_ms) } else { String::new() },
+                        a.nodes.join(","),
+                        outcome,
+                        first_line(&a.reason),
+                    ]);
+                }
+                println!("history\n{h}");
+            }
         }
     }
     Ok(())
 }
 
-pub async fn logs(coordinator: &str, id: u64, slot: u32, follow: bool) -> Result<()> {
-    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+/// A time of day, UTC, for tables.
+fn clock(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
+pub async fn logs(coordinator: &str, id: &str, slot: u32, follow: bool) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let id = resolve(&channel, id).await?;
+    let mut client = pb::jobs_client::JobsClient::new(channel);
     let mut stream =
         client.logs(pb::LogsRequest { job_id: id, slot, follow }).await.map_err(status_error)?.into_inner();
     let mut out = std::io::stdout().lock();
@@ -199,8 +319,13 @@ pub async fn node_action(coordinator: &str, name: &str, action: NodeAction, outp
 }
 
 /// Prints job events as they happen: one job until it ends, or all until interrupted.
-pub async fn watch(coordinator: &str, job: Option<u64>, output: Output) -> Result<()> {
-    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+pub async fn watch(coordinator: &str, job: Option<&str>, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let job = match job {
+        Some(j) => Some(resolve(&channel, j).await?),
+        None => None,
+    };
+    let mut client = pb::jobs_client::JobsClient::new(channel);
     let mut stream =
         client.watch(pb::WatchRequest { job_id: job.unwrap_or(0) }).await.map_err(status_error)?.into_inner();
     if let Some(id) = job {
@@ -255,13 +380,5 @@ fn first_line(s: &str) -> String {
         format!("{}…", &line[..line.char_indices().nth(79).map_or(line.len(), |(i, _)| i)])
     } else {
         line.to_string()
-    }
-}
-
-/// Fails with a clear message when an id is not a number.
-pub fn job_id(text: &str) -> Result<u64> {
-    match text.parse() {
-        Ok(id) => Ok(id),
-        Err(_) => bail!("`{text}` is not a job id (ids are numbers, as `cohort jobs` lists them)"),
     }
 }

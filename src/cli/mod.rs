@@ -76,12 +76,25 @@ enum Command {
         /// Where this agent serves executor logs.
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: SocketAddr,
+        /// At most this many executors at once on this host (the kubelet's --max-pods).
+        #[arg(long, default_value_t = agent::DEFAULT_MAX_EXECUTORS)]
+        max_executors: u32,
+        /// Host ports handed to service instances, FIRST-LAST.
+        #[arg(long, default_value = "31000-32000")]
+        ports: String,
+        /// Where clients reach the services this host runs (default: the
+        /// --listen address, or the host name when that is 0.0.0.0).
+        #[arg(long)]
+        advertise: Option<String>,
     },
     /// Internal: the process an agent starts for one slot.
     #[command(hide = true)]
     Executor {
         #[arg(long)]
         kind: ExecutorKind,
+        /// Record the workload's exit here (agents pass it).
+        #[arg(long)]
+        alloc_dir: Option<PathBuf>,
         #[arg(last = true)]
         argv: Vec<String>,
     },
@@ -103,6 +116,10 @@ enum Command {
     },
     /// Follow job events as they happen: one job until it ends, or all.
     Watch { id: Option<String> },
+    /// Set a service's instance count.
+    Scale { id: String, instances: u32 },
+    /// host:port of a service's healthy instances, for scripts and load balancers.
+    Endpoints { id: String },
     /// List nodes.
     Nodes,
     /// Stop placing new slots on a node.
@@ -128,7 +145,9 @@ enum BenchCommand {
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("COHORT_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
@@ -140,7 +159,10 @@ pub fn main() -> i32 {
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
     let result = match cli.command {
-        Command::Executor { kind, argv } => executor::run(kind, &argv),
+        Command::Executor { kind, alloc_dir, argv } => match executor::run(kind, alloc_dir.as_deref(), &argv) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
         Command::Simulate(args) => simulate::run(args, cli.output),
         command => tokio::runtime::Runtime::new()
             .context("cannot start the runtime")
@@ -185,7 +207,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 _ = agent::shutdown_signal() => Ok(()),
             }
         }
-        Command::Agent { join, name, cpu, memory, labels, data_dir, listen } => {
+        Command::Agent { join, name, cpu, memory, labels, data_dir, listen, max_executors, ports, advertise } => {
             let (host_cpu, host_memory) = up::host_resources();
             let name = name.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
@@ -206,17 +228,31 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 label_map.insert(k.to_string(), v.to_string());
             }
             let data_dir = data_dir.unwrap_or_else(|| up::default_data_dir().join(&name));
-            agent::run(agent::Settings { join, name, cpu_millis, memory_bytes, labels: label_map, data_dir, listen })
-                .await
+            let ports = parse_port_range(&ports)?;
+            let address = advertise
+                .unwrap_or_else(|| if listen.ip().is_unspecified() { name.clone() } else { listen.ip().to_string() });
+            let settings = agent::Settings {
+                join,
+                name,
+                cpu_millis,
+                memory_bytes,
+                labels: label_map,
+                data_dir,
+                listen,
+                max_executors,
+                ports,
+                address,
+            };
+            agent::run(settings).await
         }
         Command::Submit { file } => client::submit(coordinator, &file, output).await,
         Command::Jobs => client::jobs(coordinator, output).await,
-        Command::Job { id } => client::job(coordinator, client::job_id(&id)?, output).await,
-        Command::Cancel { id } => client::cancel(coordinator, client::job_id(&id)?, output).await,
-        Command::Logs { id, slot, follow } => client::logs(coordinator, client::job_id(&id)?, slot, follow).await,
-        Command::Watch { id } => {
-            client::watch(coordinator, id.as_deref().map(client::job_id).transpose()?, output).await
-        }
+        Command::Job { id } => client::job(coordinator, &id, output).await,
+        Command::Cancel { id } => client::cancel(coordinator, &id, output).await,
+        Command::Logs { id, slot, follow } => client::logs(coordinator, &id, slot, follow).await,
+        Command::Watch { id } => client::watch(coordinator, id.as_deref(), output).await,
+        Command::Scale { id, instances } => client::scale(coordinator, &id, instances, output).await,
+        Command::Endpoints { id } => client::endpoints(coordinator, &id, output).await,
         Command::Nodes => client::nodes(coordinator, output).await,
         Command::Cordon { node } => client::node_action(coordinator, &node, client::NodeAction::Cordon, output).await,
         Command::Uncordon { node } => {
@@ -226,5 +262,15 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Status => client::status(coordinator, output).await,
         Command::Bench(BenchCommand::ControlPlane(args)) => bench::run(args).await,
         Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
+    }
+}
+
+/// `FIRST-LAST`, a range of host ports.
+fn parse_port_range(text: &str) -> Result<(u16, u16)> {
+    let parsed =
+        text.split_once('-').and_then(|(a, b)| Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?)));
+    match parsed {
+        Some((first, last)) if first > 0 && first <= last => Ok((first, last)),
+        _ => anyhow::bail!("--ports: `{text}` is not a port range such as 31000-32000"),
     }
 }

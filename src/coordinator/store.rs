@@ -38,6 +38,21 @@ pub struct JobRecord {
     pub reason: String,
     pub submitted_at_ms: i64,
     pub slots: Vec<SlotRecord>,
+    /// The engine gang that runs it: its own id, unless a rolling update
+    /// of a service replaced it.
+    #[serde(default)]
+    pub gang: u64,
+    /// A service's version: 1, then one more per rolling update.
+    #[serde(default)]
+    pub version: u32,
+    /// A service's instance count, once scaled away from its spec's.
+    #[serde(default)]
+    pub instances: Option<u32>,
+    /// One entry per run: when, where, how it ended and why.
+    #[serde(default)]
+    pub history: Vec<AttemptRecord>,
+    #[serde(default)]
+    pub deployment: Option<DeploymentRecord>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
@@ -46,6 +61,60 @@ pub struct SlotRecord {
     pub state: SlotState,
     pub alloc_id: u64,
     pub exit_code: i32,
+    /// Service instances: whether the agent's health check passes.
+    #[serde(default)]
+    pub healthy: Option<bool>,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// One run of a job (a gang start, or a service instance's life).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Default)]
+pub struct AttemptRecord {
+    pub attempt: u32,
+    pub started_ms: i64,
+    pub ended_ms: Option<i64>,
+    pub nodes: Vec<String>,
+    /// running, succeeded, failed, lost, preempted, drained, resized, cancelled, restarted.
+    pub outcome: String,
+    pub reason: String,
+    /// Whether it used one of the job's attempts.
+    pub charged: bool,
+}
+
+/// A service's rolling update.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct DeploymentRecord {
+    pub state: DeploymentState,
+    /// The gang running the new version.
+    pub gang: u64,
+    pub version: u32,
+    pub file: String,
+    pub spec_toml: String,
+    pub instances: u32,
+    pub started_ms: i64,
+    pub deadline_ms: i64,
+    pub reason: String,
+    /// The new version's instances.
+    pub slots: Vec<SlotRecord>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentState {
+    Rolling,
+    Done,
+    RolledBack,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Rolling => "rolling",
+            DeploymentState::Done => "done",
+            DeploymentState::RolledBack => "rolled-back",
+        }
+    }
 }
 
 /// A placed slot.
@@ -56,6 +125,11 @@ pub struct AllocRecord {
     pub slot: u32,
     pub node: String,
     pub started_ms: u64,
+    /// The engine gang it belongs to (0: the job's own id).
+    #[serde(default)]
+    pub gang: u64,
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// A registered agent.
@@ -68,6 +142,16 @@ pub struct NodeRecord {
     pub labels: BTreeMap<String, String>,
     pub logs_address: String,
     pub isolation: String,
+    #[serde(default)]
+    pub max_executors: u32,
+    /// Host ports it hands to service instances: [first, last], none when first is 0.
+    #[serde(default)]
+    pub port_first: u16,
+    #[serde(default)]
+    pub port_last: u16,
+    /// Where clients reach the services it runs.
+    #[serde(default)]
+    pub address: String,
 }
 
 /// Everything a restarted coordinator reloads.
@@ -172,7 +256,7 @@ mod tests {
     use super::*;
 
     fn alloc(id: u64) -> AllocRecord {
-        AllocRecord { id, job: 1, slot: 0, node: "a".into(), started_ms: 0 }
+        AllocRecord { id, job: 1, slot: 0, node: "a".into(), started_ms: 0, gang: 1, ports: BTreeMap::new() }
     }
 
     #[test]
@@ -193,6 +277,10 @@ mod tests {
             labels: BTreeMap::new(),
             logs_address: String::new(),
             isolation: String::new(),
+            max_executors: 0,
+            port_first: 0,
+            port_last: 0,
+            address: String::new(),
         };
         assert!(store.commit(&[Write::Alloc(alloc(2)), Write::DeleteAlloc(1), Write::Node(node)]).is_err());
         let snapshot = store.load().unwrap();

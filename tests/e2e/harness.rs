@@ -24,14 +24,18 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// A coordinator and one agent per `(name, cores)`.
+    /// A coordinator and one agent per `(name, cores)`; agents silent for 1 s are lost.
     pub fn start(agents: &[(&str, u32)]) -> Cluster {
+        Cluster::start_with(agents, 1.0)
+    }
+
+    pub fn start_with(agents: &[(&str, u32)], heartbeat_timeout: f64) -> Cluster {
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             address: format!("127.0.0.1:{}", free_port()),
             coordinator: None,
             agents: Vec::new(),
-            heartbeat_timeout: 1.0,
+            heartbeat_timeout,
         };
         c.start_coordinator();
         for (name, cores) in agents {
@@ -72,6 +76,8 @@ impl Cluster {
     }
 
     pub fn start_agent(&mut self, name: &str, cores: u32) {
+        // Agents sharing this host need port ranges of their own.
+        let first = 20_000 + 100 * (self.port_block(name));
         let child = Command::new(cohort())
             .args([
                 "agent",
@@ -83,6 +89,8 @@ impl Cluster {
                 &cores.to_string(),
                 "--memory",
                 "4GiB",
+                "--ports",
+                &format!("{first}-{}", first + 99),
                 "--data-dir",
             ])
             .arg(self.dir.path().join(name))
@@ -91,6 +99,21 @@ impl Cluster {
             .spawn()
             .expect("start an agent");
         self.agents.push((name.to_string(), child));
+    }
+
+    /// A block of host ports per agent name, stable across restarts, apart between clusters.
+    fn port_block(&self, name: &str) -> u16 {
+        let base = self.address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0) % 300;
+        base + name.bytes().map(|b| b as u16).sum::<u16>() % 97
+    }
+
+    /// Submits a spec file the test wrote; returns the job id.
+    pub fn submit_file(&self, name: &str, text: &str) -> u64 {
+        let path = self.write(name, text);
+        let out = self.cli(&["submit", path.to_str().unwrap(), "--output", "json"]);
+        assert!(out.status.success(), "submit failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout).expect("json id");
+        v["id"].as_u64().expect("an id")
     }
 
     /// kill -9 an agent.
@@ -150,6 +173,10 @@ impl Cluster {
         self.json(&["job", &id.to_string()])
     }
 
+    pub fn job_named(&self, name: &str) -> Value {
+        self.json(&["job", name])
+    }
+
     pub fn state(&self, id: u64) -> String {
         self.job(id)["state"].as_str().unwrap_or("").to_string()
     }
@@ -195,6 +222,7 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
+        kill_leftover_executors(self.dir.path());
         // Agents stop their executors on SIGTERM.
         for (_, child) in &mut self.agents {
             unsafe_term(child);
@@ -211,6 +239,119 @@ impl Drop for Cluster {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+}
+
+/// Executors outlive a killed agent by design; a test's must not outlive the test.
+pub fn kill_leftover_executors(dir: &std::path::Path) {
+    let Ok(agents) = std::fs::read_dir(dir) else { return };
+    for agent in agents.flatten() {
+        let Ok(allocs) = std::fs::read_dir(agent.path().join("allocs")) else { continue };
+        for alloc in allocs.flatten() {
+            let Ok(text) = std::fs::read_to_string(alloc.path().join("launch.json")) else { continue };
+            let pid = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64());
+            if let Some(pid) = pid {
+                let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+            }
+        }
+    }
+}
+
+/// Pids of processes whose command line contains every one of `parts`.
+pub fn pids_of(parts: &[&str]) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if parts.iter().all(|p| cmdline.contains(p)) {
+            out.push(pid);
+        }
+    }
+    out.sort_unstable();
+    out
+}
+
+pub fn kill9(pid: u32) {
+    let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+}
+
+/// `cohort up` as a user runs it, on a free port and a temporary data dir.
+pub struct Up {
+    pub dir: tempfile::TempDir,
+    pub address: String,
+    up: Child,
+}
+
+impl Up {
+    pub fn start(agents: u32) -> Up {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let address = format!("127.0.0.1:{}", free_port());
+        let up = Command::new(cohort())
+            .args(["up", "--listen", &address, "--agents", &agents.to_string(), "--data-dir"])
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(dir.path().join("up.log")).expect("log file")))
+            .spawn()
+            .expect("start cohort up");
+        let up = Up { dir, address, up };
+        up.wait_until(&format!("{agents} agents register"), Duration::from_secs(30), |u| {
+            u.json(&["nodes"])
+                .as_array()
+                .is_some_and(|n| n.iter().filter(|n| n["state"] == "ready").count() == agents as usize)
+        });
+        up
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(cohort())
+            .args(args)
+            .env("COHORT_COORDINATOR", &self.address)
+            .env("COHORT_LOG", "warn")
+            .output()
+            .expect("run the cli")
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--output", "json"]);
+        let out = self.cli(&all);
+        if !out.status.success() {
+            return Value::Null;
+        }
+        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+    }
+
+    /// The pid of one of the processes `cohort up` runs (`coordinator`, `agent-0`, ...).
+    pub fn pid_of(&self, process: &str) -> Option<u32> {
+        let data = self.dir.path().display().to_string();
+        let role = if process == "coordinator" { "coordinator".to_string() } else { format!("--name {process}") };
+        pids_of(&[&data, &role]).into_iter().find(|&p| p != self.up.id())
+    }
+
+    pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Up) -> bool) {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if f(self) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let log = std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default();
+        panic!("timed out after {timeout:?} waiting until {what}\n--- up.log ---\n{log}");
+    }
+}
+
+impl Drop for Up {
+    fn drop(&mut self) {
+        unsafe_term(&self.up);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && matches!(self.up.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.up.kill();
+        let _ = self.up.wait();
+        kill_leftover_executors(self.dir.path());
     }
 }
 

@@ -4,4 +4,6 @@
 mod harness;
 
 mod control_plane;
+mod self_healing;
+mod services;
 mod simulate;

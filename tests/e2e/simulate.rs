@@ -161,3 +161,16 @@ fn a_plain_swf_log_replays_on_the_machine_its_header_describes() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("MaxNodes") && err.contains("--cluster"), "{err}");
 }
+
+#[test]
+fn a_cli_piped_into_head_ends_quietly() {
+    // Far more output than a pipe holds, so the writer meets the closed pipe.
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!("{} simulate --generate --nodes 10 --jobs 20000 | head -1", cohort()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.is_empty(), "{err}");
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"node\""));
+}

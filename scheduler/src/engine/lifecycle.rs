@@ -4,8 +4,8 @@
 //! done succeeds.
 
 use crate::engine::{Engine, EngineError, GangPhase, PendingReason, SlotState};
-use crate::event::{Decision, GangOutcome, SlotOutcome, StopReason};
-use crate::model::{AllocId, GangId, NodeId, NodeState, OnDrain};
+use crate::event::{Decision, GangOutcome, RequeueCause, SlotOutcome, StopReason};
+use crate::model::{AllocId, GangId, NodeId, NodeState, OnDrain, Restart};
 use crate::resources::Resources;
 
 impl Engine {
@@ -19,6 +19,10 @@ impl Engine {
             return Ok(());
         }
         let gang = alloc.gang;
+        if self.gangs[&gang].spec.restart == Restart::Always && outcome != SlotOutcome::Lost {
+            self.restart_slot(gang, alloc.slot, alloc.res, alloc.started);
+            return Ok(());
+        }
         match outcome {
             SlotOutcome::Succeeded => {
                 let g = &self.gangs[&gang];
@@ -34,6 +38,17 @@ impl Engine {
                 self.slot_left(gang, alloc.slot, alloc.res, SlotState::Done);
                 self.after_progress(gang);
             }
+            SlotOutcome::Lost => {
+                // Not the gang's failure: no attempt used, no backoff.
+                self.slot_left(gang, alloc.slot, alloc.res, SlotState::Todo);
+                let g = &self.gangs[&gang];
+                if g.running < g.spec.min && g.done < g.spec.total_completions() {
+                    let why = format!("slot {} was lost with its host", alloc.slot);
+                    self.teardown(gang, RequeueCause::Lost, &why);
+                } else {
+                    self.after_progress(gang);
+                }
+            }
             SlotOutcome::Failed | SlotOutcome::Stopped => {
                 self.slot_left(gang, alloc.slot, alloc.res, SlotState::Todo);
                 let g = self.gangs.get_mut(&gang).expect("a live alloc has a live gang");
@@ -45,7 +60,7 @@ impl Engine {
                 } else if g.rigid() || g.running < g.spec.min {
                     let backoff = self.config.policy.retry_backoff.saturating_mul(1 << (failures - 1).min(16));
                     let why = format!("slot {} failed (failure {failures} of {max_attempts}); retrying", alloc.slot);
-                    self.teardown(gang, &why);
+                    self.teardown(gang, RequeueCause::Failed, &why);
                     let now = self.now;
                     let g = self.gangs.get_mut(&gang).expect("torn-down gang stays");
                     g.eligible_at = now + backoff;
@@ -54,6 +69,68 @@ impl Engine {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A slot of a `Restart::Always` gang ended on its own: it runs again
+    /// after a backoff that doubles per restart in a row (reset once it had
+    /// stayed up long enough). The rest of the gang keeps running.
+    fn restart_slot(&mut self, gang: GangId, slot: u32, res: Resources, started: crate::model::Time) {
+        self.slot_left(gang, slot, res, SlotState::Todo);
+        let policy = &self.config.policy;
+        let (base, cap, reset_after) = (policy.restart_backoff, policy.restart_backoff_cap, policy.restart_reset_after);
+        let now = self.now;
+        let g = self.gangs.get_mut(&gang).expect("a live alloc has a live gang");
+        let i = slot as usize;
+        g.restarts[i] = if now.saturating_sub(started) >= reset_after { 1 } else { g.restarts[i] + 1 };
+        let backoff = base.saturating_mul(1 << (g.restarts[i] - 1).min(20)).min(cap);
+        g.ready_at[i] = now + backoff;
+        if g.running == 0 {
+            // Every instance is down: the gang waits as a whole for its first ready slot.
+            g.phase = GangPhase::Pending;
+            g.domain = None;
+            g.blocker = PendingReason::NotYetTried;
+            self.update_growable(gang);
+            self.add_pending(gang);
+        } else {
+            self.update_growable(gang);
+        }
+    }
+
+    /// A new ceiling on a gang's slots: added slots wait to be placed,
+    /// slots at or above the new ceiling stop (and are forgotten).
+    pub(crate) fn resize(&mut self, gang: GangId, max: u32) -> Result<(), EngineError> {
+        let g = self.gangs.get(&gang).ok_or(EngineError::UnknownGang(gang))?;
+        if max == 0 || g.spec.restart != Restart::Always {
+            return Err(EngineError::InvalidGang {
+                name: g.spec.name.clone(),
+                why: "only restarting gangs (services) can be resized, to at least one slot".into(),
+            });
+        }
+        let old = g.slots.len() as u32;
+        let doomed: Vec<AllocId> = g.slots[max.min(old) as usize..]
+            .iter()
+            .filter_map(|s| match s {
+                SlotState::Running(a) => Some(*a),
+                _ => None,
+            })
+            .collect();
+        for a in doomed {
+            self.stop_alloc(a, StopReason::Scaled);
+        }
+        let g = self.gangs.get_mut(&gang).expect("checked above");
+        g.spec.max = max;
+        g.spec.min = g.spec.min.min(max);
+        let n = max as usize;
+        g.slots.resize(n, SlotState::Todo);
+        g.ready_at.resize(n, 0);
+        g.restarts.resize(n, 0);
+        g.todo = (0..max).rev().filter(|&s| g.slots[s as usize] == SlotState::Todo).collect();
+        if g.phase == GangPhase::Running && g.running < g.spec.min {
+            // What is left cannot run alone: the gang starts over whole.
+            self.teardown(gang, RequeueCause::Resized, "resized below what it needs to run");
+        }
+        self.update_growable(gang);
         Ok(())
     }
 
@@ -143,15 +220,15 @@ impl Engine {
     }
 
     /// Stops every running slot of a gang and puts it back in the queue, whole.
-    pub(crate) fn teardown(&mut self, gang: GangId, why: &str) {
+    pub(crate) fn teardown(&mut self, gang: GangId, cause: RequeueCause, why: &str) {
         for a in self.running_allocs(gang) {
             self.stop_alloc(a, StopReason::GangTornDown);
         }
-        self.requeue(gang, why);
+        self.requeue(gang, cause, why);
     }
 
     /// Puts a gang with no running slots back in the queue.
-    pub(crate) fn requeue(&mut self, gang: GangId, why: &str) {
+    pub(crate) fn requeue(&mut self, gang: GangId, cause: RequeueCause, why: &str) {
         let g = self.gangs.get_mut(&gang).expect("live gang");
         debug_assert_eq!(g.running, 0);
         if g.rigid() {
@@ -169,7 +246,7 @@ impl Engine {
         if !was_pending {
             self.add_pending(gang);
         }
-        self.emit(Decision::Requeued { gang, attempts, reason: why.to_string() });
+        self.emit(Decision::Requeued { gang, attempts, cause, reason: why.to_string() });
     }
 
     /// Ends a gang for good, stopping whatever still runs.
@@ -227,7 +304,7 @@ impl Engine {
             let g = &self.gangs[&gang];
             if g.running < g.spec.min && g.done < g.spec.total_completions() {
                 let why = format!("{} was lost", self.node(id).name);
-                self.teardown(gang, &why);
+                self.teardown(gang, RequeueCause::Lost, &why);
             } else {
                 self.after_progress(gang);
             }
@@ -262,7 +339,7 @@ impl Engine {
             let g = &self.gangs[&gang];
             if g.running < g.spec.min {
                 let why = format!("{} is draining", self.node(id).name);
-                self.teardown(gang, &why);
+                self.teardown(gang, RequeueCause::Drained, &why);
             } else {
                 self.update_growable(gang);
             }

@@ -123,6 +123,10 @@ pub(crate) struct Gang {
     pub slots: Vec<SlotState>,
     /// Todo slot indices, highest first so `pop` yields the lowest.
     pub todo: Vec<u32>,
+    /// Per slot: not placed again before this time (a restart's backoff).
+    pub ready_at: Vec<Time>,
+    /// Per slot: restarts in a row, for the backoff (`Restart::Always`).
+    pub restarts: Vec<u32>,
     pub running: u32,
     pub done: u32,
     pub attempts: u32,
@@ -155,6 +159,10 @@ impl Gang {
     }
     pub fn rigid(&self) -> bool {
         self.spec.min == self.spec.max
+    }
+    /// To-do slots that may be placed at `now` (not in a restart backoff).
+    pub fn ready_todo(&self, now: Time) -> u32 {
+        self.todo.iter().filter(|&&s| self.ready_at[s as usize] <= now).count() as u32
     }
 }
 
@@ -390,6 +398,7 @@ impl Engine {
             Event::SlotFinished { alloc, outcome } => self.slot_finished(alloc, outcome),
             Event::TimeAdvanced { now } => self.advance(now),
             Event::SlotRestored { alloc, gang, slot, node, started } => self.restore(alloc, gang, slot, node, started),
+            Event::GangResized { gang, max } => self.resize(gang, max),
         }
     }
 
@@ -537,6 +546,8 @@ impl Engine {
             phase: GangPhase::Pending,
             slots: vec![SlotState::Todo; completions as usize],
             todo: (0..completions).rev().collect(),
+            ready_at: vec![0; completions as usize],
+            restarts: vec![0; completions as usize],
             running: 0,
             done: 0,
             attempts: 0,

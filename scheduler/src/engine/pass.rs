@@ -280,6 +280,12 @@ impl Engine {
             self.set_blocker(id, PendingReason::Backoff { until });
             return false;
         }
+        if g.ready_todo(now) < g.start_need() {
+            // Restarting slots still in their backoff: wait for the earliest to be ready.
+            let until = g.todo.iter().map(|&s| g.ready_at[s as usize]).filter(|&t| t > now).min().unwrap_or(now);
+            self.set_blocker(id, PendingReason::Backoff { until });
+            return false;
+        }
         if let Some(why) = self.infeasible(id) {
             self.set_blocker(id, PendingReason::Unschedulable(why));
             self.park(id);
@@ -440,7 +446,9 @@ impl Engine {
     /// Places the gang's first `min` slots and marks it running.
     fn start(&mut self, id: GangId, choice: &crate::engine::place::Choice, domain: crate::engine::place::Domain) {
         let g = self.gangs.get_mut(&id).expect("live gang");
-        g.attempts += 1;
+        // Attempts count the gang's own failures: a restart after a lost
+        // node or a preemption is the same attempt.
+        g.attempts = g.failures + 1;
         g.domain = domain;
         g.phase = GangPhase::Running;
         self.remove_pending(id);
@@ -466,7 +474,7 @@ impl Engine {
             if pass.too_big(&g.spec.slot) || pass.blocked.contains_key(&key) || pass.known_to_fail(request) {
                 continue;
             }
-            let want = (g.spec.max - g.running).min(g.todo.len() as u32);
+            let want = g.spec.max.saturating_sub(g.running).min(g.ready_todo(self.now));
             let cap = self.total.fraction(self.queues[g.queue].cap);
             let queue = &self.queues[g.queue];
             let room_in_queue = cap.saturating_sub(&(queue.allocated + queue.promised)).count_fitting(&g.spec.slot);

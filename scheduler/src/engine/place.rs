@@ -424,7 +424,10 @@ impl Engine {
         for &(node_id, count) in choice {
             for _ in 0..count {
                 let g = self.gangs.get_mut(&gang).expect("placing a live gang");
-                let slot = g.todo.pop().expect("placing only slots with work left");
+                // The lowest to-do slot whose restart backoff is over.
+                let now = self.now;
+                let at = g.todo.iter().rposition(|&s| g.ready_at[s as usize] <= now).expect("placing only ready slots");
+                let slot = g.todo.remove(at);
                 let alloc_id = AllocId(self.next_alloc);
                 self.next_alloc += 1;
                 let res = self.attach(gang, slot, node_id, alloc_id, self.now);

@@ -19,7 +19,7 @@ use rustc_hash::FxHashMap;
 
 use crate::engine::place::{Choice, Domain};
 use crate::engine::{Engine, PendingReason, Reservation};
-use crate::event::StopReason;
+use crate::event::{RequeueCause, StopReason};
 use crate::model::{AllocId, GangId, NodeId};
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -232,7 +232,7 @@ impl Engine {
                 for a in running {
                     self.stop_alloc(a, StopReason::Preempted { by: preemptor });
                 }
-                self.requeue(gang, &format!("preempted by {preemptor} ({name})"));
+                self.requeue(gang, RequeueCause::Preempted, &format!("preempted by {preemptor} ({name})"));
             }
         }
     }

@@ -95,6 +95,7 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
             locality: Vec::new(),
             estimated_runtime: Some(runtime),
             max_attempts: 1,
+            restart: crate::model::Restart::OnFailure,
         };
         trace.jobs.push(TraceJob { id: task, submit: secs(create.max(0.0)), runtime, spec });
     }
@@ -125,7 +126,7 @@ pub fn parse_openb_nodes(file: &str, text: &str) -> Result<Vec<NodeSpec>, TraceE
         }
         nodes.push(NodeSpec {
             name: f[0].to_string(),
-            capacity: Resources::new(cpu, mem << 20).with_scalar(0, gpus * 1000),
+            capacity: Resources::new(cpu, mem << 20).with_scalar(crate::resources::GPU, gpus * 1000),
             labels,
         });
     }
@@ -193,7 +194,7 @@ pub fn parse_alibaba_openb(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Resu
         };
         let runtime = secs(duration.max(1.0));
         let spec = GangSpec {
-            slot: Resources::new(cpu as u64, (mem as u64) << 20).with_scalar(0, gpu as u64),
+            slot: Resources::new(cpu as u64, (mem as u64) << 20).with_scalar(crate::resources::GPU, gpu as u64),
             estimated_runtime: Some(runtime),
             ..GangSpec::rigid(f[0], 1, Resources::ZERO, class, queue)
         };

@@ -133,6 +133,7 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
                     locality: Vec::new(),
                     estimated_runtime: j.estimate.map(secs),
                     max_attempts: 1,
+                    restart: crate::model::Restart::OnFailure,
                 };
                 trace.jobs.push(TraceJob {
                     id: j.id,

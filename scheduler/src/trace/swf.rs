@@ -175,6 +175,7 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
             locality: Vec::new(),
             estimated_runtime: Some(secs(estimate as f64)),
             max_attempts: 1,
+            restart: crate::model::Restart::OnFailure,
         };
         trace.jobs.push(TraceJob {
             id: id.max(0) as u64,

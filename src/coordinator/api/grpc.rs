@@ -4,7 +4,7 @@
 //! to gRPC codes. Commands to agents travel on their attached streams
 //! ([`AgentStreams`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
@@ -203,6 +203,33 @@ impl pb::jobs_server::Jobs for Api {
         }))
     }
 
+    async fn scale(&self, req: Request<pb::ScaleRequest>) -> Result<Response<pb::Job>, Status> {
+        let req = req.into_inner();
+        Ok(Response::new(job_to_pb(self.ask(move |core| core.scale(req.job_id, req.instances)).await?)))
+    }
+
+    async fn endpoints(&self, req: Request<pb::JobRef>) -> Result<Response<pb::EndpointList>, Status> {
+        let id = req.into_inner().job_id;
+        let endpoints = self.ask(move |core| core.endpoints(id)).await?;
+        Ok(Response::new(pb::EndpointList {
+            endpoints: endpoints
+                .into_iter()
+                .map(|e| pb::Endpoint {
+                    slot: e.slot,
+                    node: e.node,
+                    host: e.host,
+                    port: e.ports.values().next().copied().unwrap_or(0) as u32,
+                    ports: ports_to_pb(&e.ports),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::JobRef>, Status> {
+        let name = req.into_inner().name;
+        Ok(Response::new(pb::JobRef { job_id: self.ask(move |core| core.resolve(&name)).await? }))
+    }
+
     type WatchStream = BoxStream<pb::JobEvent>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
@@ -252,13 +279,31 @@ fn resources_to_pb(r: Resources) -> pb::Resources {
 
 fn registration_from_pb(req: pb::RegisterRequest) -> Registration {
     let capacity = req.capacity.unwrap_or_default();
+    let ports = (req.port_first > 0 && req.port_first <= req.port_last && req.port_last <= u16::MAX as u32)
+        .then_some((req.port_first as u16, req.port_last as u16));
     Registration {
         name: req.name,
         capacity: Resources::new(capacity.cpu_millis, capacity.memory_bytes),
         labels: req.labels.into_iter().collect(),
         logs_address: req.logs_address,
         running: req.running.into_iter().map(running_from_pb).collect(),
+        ended: req.ended.into_iter().map(exit_from_pb).collect(),
         isolation: req.isolation,
+        max_executors: req.max_executors,
+        ports,
+        address: req.address,
+    }
+}
+
+fn exit_from_pb(e: pb::ExecutorExited) -> ExitReport {
+    ExitReport {
+        alloc: e.alloc_id,
+        exit_code: e.exit_code,
+        signal: e.signal,
+        output_tail: e.stderr_tail,
+        stopped: e.stopped,
+        reason: e.reason,
+        lost: e.lost,
     }
 }
 
@@ -273,14 +318,10 @@ fn report_from_pb(msg: pb::AgentMessage) -> Option<AgentReport> {
             AgentReport::Heartbeat { running: h.running.into_iter().map(running_from_pb).collect() }
         }
         pb::agent_message::Body::Started(s) => AgentReport::Started { alloc: s.alloc_id, pid: s.pid },
-        pb::agent_message::Body::Exited(e) => AgentReport::Exited(ExitReport {
-            alloc: e.alloc_id,
-            exit_code: e.exit_code,
-            signal: e.signal,
-            output_tail: e.stderr_tail,
-            stopped: e.stopped,
-            reason: e.reason,
-        }),
+        pb::agent_message::Body::Exited(e) => AgentReport::Exited(exit_from_pb(e)),
+        pb::agent_message::Body::Health(h) => {
+            AgentReport::Health { alloc: h.alloc_id, healthy: h.healthy, detail: h.detail }
+        }
     })
 }
 
@@ -294,12 +335,18 @@ fn command_to_pb(command: AgentCommand) -> pb::Command {
             argv: l.argv,
             env: l.env.into_iter().collect(),
             limits: Some(resources_to_pb(l.limits)),
+            ports: ports_to_pb(&l.ports),
+            health: l.health.as_ref().map(crate::wire::health_to_pb),
         }),
         AgentCommand::Kill { alloc, grace_ms, reason } => {
             pb::command::Body::Kill(pb::Kill { alloc_id: alloc, grace_ms, reason })
         }
     };
     pb::Command { body: Some(body) }
+}
+
+fn ports_to_pb(ports: &BTreeMap<String, u16>) -> HashMap<String, u32> {
+    ports.iter().map(|(k, v)| (k.clone(), *v as u32)).collect()
 }
 
 fn job_to_pb(j: JobView) -> pb::Job {
@@ -321,9 +368,33 @@ fn job_to_pb(j: JobView) -> pb::Job {
                 state: s.state.to_string(),
                 alloc_id: s.alloc_id,
                 exit_code: s.exit_code,
+                healthy: s.healthy,
+                ports: ports_to_pb(&s.ports),
             })
             .collect(),
         submitted_at_ms: j.submitted_at_ms,
+        history: j
+            .history
+            .into_iter()
+            .map(|a| pb::Attempt {
+                attempt: a.attempt,
+                started_ms: a.started_ms,
+                ended_ms: a.ended_ms.unwrap_or(0),
+                nodes: a.nodes,
+                outcome: a.outcome,
+                reason: a.reason,
+                charged: a.charged,
+            })
+            .collect(),
+        deployment: j.deployment.map(|d| pb::Deployment {
+            state: d.state.as_str().into(),
+            instances: d.instances,
+            healthy_new: d.healthy_new,
+            healthy_old: d.healthy_old,
+            started_ms: d.started_ms,
+            deadline_ms: d.deadline_ms,
+            reason: d.reason,
+        }),
     }
 }
 
@@ -346,6 +417,8 @@ fn node_to_pb(n: NodeView) -> pb::Node {
         slots: n.slots,
         isolation: n.isolation,
         labels: n.labels.into_iter().collect(),
+        max_executors: n.max_executors,
+        address: n.address,
     }
 }
 

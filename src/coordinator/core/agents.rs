@@ -1,6 +1,7 @@
 //! Agents: registration (and re-registration after either side restarts),
 //! what they report, heartbeats, and node maintenance.
 
+use cohort_scheduler::resources::{EXECUTORS, PORTS};
 use cohort_scheduler::{AllocId, EngineError, Event, NodeId, NodeSpec, NodeState, Resources, SlotOutcome};
 
 use super::error::{CoordinatorError, Result};
@@ -21,6 +22,7 @@ impl Core {
                 Some(id) => id,
                 None => core.agents.keys().next_back().map_or(0, |k| k + 1),
             };
+            let (port_first, port_last) = reg.ports.unwrap_or((0, 0));
             let record = NodeRecord {
                 id,
                 name: reg.name.clone(),
@@ -29,12 +31,12 @@ impl Core {
                 labels: reg.labels.clone(),
                 logs_address: reg.logs_address.clone(),
                 isolation: reg.isolation.clone(),
+                max_executors: reg.max_executors,
+                port_first,
+                port_last,
+                address: reg.address.clone(),
             };
-            let spec = NodeSpec {
-                name: reg.name.clone(),
-                capacity: Resources::new(reg.capacity.cpu_millis, reg.capacity.memory_bytes),
-                labels: record.labels.clone(),
-            };
+            let spec = node_spec(&record);
             let event = match core.engine.node_view(NodeId(id)).map(|n| n.state) {
                 Some(NodeState::Lost) | None => Event::NodeAdded { node: NodeId(id), spec },
                 Some(_) => Event::NodeUpdated { node: NodeId(id), spec },
@@ -55,6 +57,11 @@ impl Core {
                     core.command(id, kill);
                 }
             }
+            // What ended while the agent was down, as it recorded it.
+            for e in reg.ended {
+                core.executor_exited(e)?;
+            }
+            // What we placed there that it neither runs nor recorded ended with its host.
             let vanished: Vec<u64> = core
                 .allocs
                 .values()
@@ -63,7 +70,7 @@ impl Core {
                 .collect();
             for alloc in vanished {
                 let detail = "the executor was gone when its agent re-registered".to_string();
-                core.slot_ended(alloc, SlotOutcome::Failed, -1, detail)?;
+                core.slot_ended(alloc, SlotOutcome::Lost, -1, detail)?;
             }
             core.schedule()?;
             Ok(Registered { node: id, heartbeat_interval_ms: core.settings.heartbeat_interval.as_millis() as u64 })
@@ -92,24 +99,31 @@ impl Core {
                 AgentReport::Heartbeat { .. } => Ok(()),
                 AgentReport::Started { alloc, pid } => {
                     let Some(a) = core.allocs.get(&alloc).cloned() else { return Ok(()) };
-                    let starting = core
-                        .jobs
-                        .get(&a.job)
-                        .and_then(|j| j.record.slots.get(a.slot as usize))
-                        .is_some_and(|s| s.alloc_id == alloc && s.state == SlotState::Starting);
+                    let gang = if a.gang == 0 { a.job } else { a.gang };
+                    let starting =
+                        core.slot(gang, a.slot).is_some_and(|s| s.alloc_id == alloc && s.state == SlotState::Starting);
                     if starting {
-                        core.set_slot(a.job, a.slot, |s| s.state = SlotState::Running);
+                        core.set_slot(gang, a.slot, |s| s.state = SlotState::Running);
                         core.announce(a.job, format!("slot {} running on {} (pid {pid})", a.slot, a.node));
                     }
                     Ok(())
                 }
-                AgentReport::Exited(e) => core.executor_exited(e),
+                AgentReport::Exited(e) => {
+                    core.executor_exited(e)?;
+                    core.schedule()
+                }
+                AgentReport::Health { alloc, healthy, detail } => {
+                    core.instance_health(alloc, healthy, &detail);
+                    core.roll_deployments()
+                }
             }
         })
     }
 
     fn executor_exited(&mut self, e: ExitReport) -> Result<()> {
-        let outcome = if e.stopped {
+        let outcome = if e.lost {
+            SlotOutcome::Lost
+        } else if e.stopped {
             SlotOutcome::Stopped
         } else if e.exit_code == 0 {
             SlotOutcome::Succeeded
@@ -128,8 +142,7 @@ impl Core {
             let why = if e.reason.is_empty() { String::new() } else { format!(" ({})", e.reason) };
             if tail.is_empty() { format!("{how}{why}") } else { format!("{how}{why}; stderr ends:\n{tail}") }
         };
-        self.slot_ended(e.alloc, outcome, e.exit_code, detail)?;
-        self.schedule()
+        self.slot_ended(e.alloc, outcome, e.exit_code, detail)
     }
 
     /// Records a slot's end and tells the engine.
@@ -142,19 +155,34 @@ impl Core {
     ) -> Result<()> {
         let Some(record) = self.allocs.remove(&alloc) else { return Ok(()) };
         self.turn.allocs.insert(alloc);
+        let gang = if record.gang == 0 { record.job } else { record.gang };
         let state = SlotState::ended_as(outcome);
-        self.set_slot(record.job, record.slot, |s| {
+        let was_stopping =
+            self.slot(gang, record.slot).is_some_and(|s| s.alloc_id == alloc && s.state == SlotState::Stopping);
+        self.set_slot(gang, record.slot, |s| {
             if s.alloc_id == alloc {
                 s.exit_code = exit_code;
                 s.state = state;
+                s.healthy = s.healthy.map(|_| false);
             }
         });
+        let job = record.job;
         if outcome == SlotOutcome::Failed && !detail.is_empty() {
-            self.update_job(record.job, |job| job.reason = format!("slot {} {detail}", record.slot));
+            self.update_job(job, |r| r.reason = format!("slot {} {detail}", record.slot));
         }
-        if self.jobs.contains_key(&record.job) {
+        if self.jobs.contains_key(&job) {
             let what = format!("slot {} {state} on {} (exit code {exit_code})", record.slot, record.node);
-            self.announce(record.job, what);
+            self.announce(job, what);
+            // A service instance that ended on its own restarts: keep why.
+            if self.jobs[&job].spec.kind.service().is_some() && !was_stopping {
+                let how = match outcome {
+                    SlotOutcome::Lost => "lost",
+                    SlotOutcome::Stopped => "stopped",
+                    _ => "restarted",
+                };
+                let why = if detail.is_empty() { format!("exited with code {exit_code}") } else { detail };
+                self.instance_ended(job, record.slot, &record.node, record.started_ms, how, &why);
+            }
         }
         match self.engine.apply(Event::SlotFinished { alloc: AllocId(alloc), outcome }) {
             Ok(()) | Err(EngineError::UnknownAlloc(_)) => Ok(()),
@@ -227,6 +255,20 @@ impl Core {
             slots: view.slots as u32,
             isolation: agent.record.isolation.clone(),
             labels: agent.record.labels.clone(),
+            max_executors: agent.record.max_executors,
+            address: agent.record.address.clone(),
         })
+    }
+}
+
+/// What the engine schedules on a node: cpu, memory, executors and host ports.
+pub(super) fn node_spec(record: &NodeRecord) -> NodeSpec {
+    let ports = if record.port_first == 0 { 0 } else { (record.port_last - record.port_first) as u64 + 1 };
+    NodeSpec {
+        name: record.name.clone(),
+        capacity: Resources::new(record.cpu_millis, record.memory_bytes)
+            .with_scalar(EXECUTORS, record.max_executors as u64)
+            .with_scalar(PORTS, ports),
+        labels: record.labels.clone(),
     }
 }

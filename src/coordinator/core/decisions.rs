@@ -1,5 +1,5 @@
 //! A scheduling pass, and what its decisions become: records to store,
-//! commands for agents, events for watchers.
+//! commands for agents, events for watchers, entries in jobs' histories.
 
 use std::collections::BTreeMap;
 
@@ -8,9 +8,12 @@ use cohort_scheduler::{AllocId, Decision, GangId, GangOutcome, NodeId, Resources
 use super::Core;
 use super::error::Result;
 use super::model::{AgentCommand, JobState, Launch, SlotState};
-use crate::coordinator::store::{AllocRecord, SlotRecord};
+use crate::coordinator::store::{AllocRecord, AttemptRecord, SlotRecord};
 use crate::executor::ExecutorKind;
 use crate::spec::JobKind;
+
+/// Entries kept in a job's history; the oldest go first.
+const HISTORY_KEPT: usize = 50;
 
 /// One slot of a gang placed in this pass.
 struct Placed {
@@ -18,6 +21,7 @@ struct Placed {
     node: NodeId,
     alloc: AllocId,
     limits: Resources,
+    elastic: bool,
 }
 
 impl Core {
@@ -27,17 +31,18 @@ impl Core {
         // Slots placed together learn their peers.
         let mut placed: BTreeMap<GangId, Vec<Placed>> = BTreeMap::new();
         for d in &decisions {
-            if let Decision::Place { gang, slot, node, alloc, resources, .. } = d {
+            if let Decision::Place { gang, slot, node, alloc, resources, elastic } = d {
                 placed.entry(*gang).or_default().push(Placed {
                     slot: *slot,
                     node: *node,
                     alloc: *alloc,
                     limits: *resources,
+                    elastic: *elastic,
                 });
             }
         }
         for (gang, slots) in placed {
-            self.launch(gang, &slots);
+            self.launch(gang.0, &slots);
         }
         for d in decisions {
             match d {
@@ -45,45 +50,62 @@ impl Core {
                 Decision::Stop { gang, slot, alloc, reason, deadline, .. } => {
                     let grace_ms = deadline.saturating_sub(self.engine.now());
                     let why = match &reason {
-                        StopReason::Preempted { by } => format!("preempted by job {}", by.0),
-                        StopReason::Shrunk { by } => format!("elastic slot taken back for job {}", by.0),
+                        StopReason::Preempted { by } => format!("preempted by {}", self.gang_name(by.0)),
+                        StopReason::Shrunk { by } => format!("elastic slot taken back for {}", self.gang_name(by.0)),
                         StopReason::Cancelled => "cancelled".into(),
                         StopReason::GangTornDown => "its gang restarts whole".into(),
                         StopReason::Drained => "its node is draining".into(),
                         StopReason::GangFailed => "its job failed".into(),
+                        StopReason::Scaled => "scaled down".into(),
                     };
-                    tracing::info!(job = gang.0, slot, alloc = alloc.0, reason = %why, "stopping slot");
-                    self.set_slot(gang.0, slot, |s| s.state = SlotState::Stopping);
+                    tracing::info!(gang = gang.0, slot, alloc = alloc.0, reason = %why, "stopping slot");
+                    self.set_slot(gang.0, slot, |s| {
+                        if s.alloc_id == alloc.0 {
+                            s.state = SlotState::Stopping;
+                        }
+                    });
                     if let Some(node) = self.allocs.get(&alloc.0).and_then(|a| self.node_id_of(&a.node)) {
                         self.command(node, AgentCommand::Kill { alloc: alloc.0, grace_ms, reason: why });
                     }
                 }
-                Decision::Requeued { gang, attempts, reason } => {
-                    self.update_job(gang.0, |job| {
-                        job.state = JobState::Pending;
-                        job.attempts = attempts;
-                        job.reason = reason.clone();
+                Decision::Requeued { gang, attempts, cause, reason } => {
+                    let Some(job) = self.current_job_of(gang.0) else { continue };
+                    // A failure's own words (exit code, output) were just recorded: keep them.
+                    let detail = std::mem::take(&mut self.jobs.get_mut(&job).expect("a live job").record.reason);
+                    let why = if cause.charged() && !detail.is_empty() {
+                        format!("{reason}: {detail}")
+                    } else {
+                        reason.clone()
+                    };
+                    self.update_job(job, |r| {
+                        r.state = JobState::Pending;
+                        r.attempts = attempts;
+                        r.reason = why.clone();
                     });
-                    self.announce(gang.0, format!("requeued after attempt {attempts}: {reason}"));
+                    self.end_attempt(job, cause.as_str(), &why, cause.charged());
+                    let charge = if cause.charged() { "" } else { " (no attempt used)" };
+                    self.announce(job, format!("requeued after attempt {attempts}{charge}: {reason}"));
                 }
                 Decision::Finished { gang, outcome, reason } => {
+                    let Some(job) = self.current_job_of(gang.0) else { continue };
                     let state = match outcome {
                         GangOutcome::Succeeded => JobState::Succeeded,
                         GangOutcome::Failed => JobState::Failed,
                         GangOutcome::Cancelled => JobState::Cancelled,
                     };
-                    self.update_job(gang.0, |job| {
-                        job.state = state;
+                    self.update_job(job, |r| {
+                        r.state = state;
                         if !reason.is_empty() {
-                            job.reason = reason.clone();
+                            r.reason = reason.clone();
                         }
                     });
-                    tracing::info!(job = gang.0, %state, "job finished");
+                    self.end_attempt(job, state.as_str(), &reason, state == JobState::Failed);
+                    tracing::info!(job, %state, "job finished");
                     let detail = if reason.is_empty() { String::new() } else { format!(": {reason}") };
-                    self.announce(gang.0, format!("{state}{detail}"));
+                    self.announce(job, format!("{state}{detail}"));
                 }
                 Decision::Reserve { gang, nodes, start } => {
-                    tracing::info!(job = gang.0, nodes = nodes.len(), start, "reservation");
+                    tracing::info!(gang = gang.0, nodes = nodes.len(), start, "reservation");
                 }
                 Decision::ClearReservation { .. } => {}
                 Decision::NodeDrained { node } => tracing::info!(node = node.0, "node drained"),
@@ -92,38 +114,145 @@ impl Core {
         Ok(())
     }
 
+    /// The job a gang runs for, if the gang is the job's current one.
+    fn current_job_of(&self, gang: u64) -> Option<u64> {
+        let job = self.job_of(gang)?;
+        (self.jobs.get(&job)?.gang() == gang).then_some(job)
+    }
+
+    fn gang_name(&self, gang: u64) -> String {
+        match self.job_of(gang).and_then(|j| self.jobs.get(&j)) {
+            Some(j) => format!("job {} ({})", j.record.id, j.record.name),
+            None => format!("gang {gang}"),
+        }
+    }
+
     /// Records the placed slots of a gang and tells their agents to start them.
-    fn launch(&mut self, gang: GangId, slots: &[Placed]) {
-        let Some(job) = self.jobs.get(&gang.0) else { return };
-        let attempts = self.engine.gang(gang).map_or(job.record.attempts, |g| g.attempts);
-        let (kind, argv, base_env) = match &job.spec.kind {
-            JobKind::Command { argv, env } => (ExecutorKind::Command, argv.clone(), env.clone()),
+    fn launch(&mut self, gang: u64, slots: &[Placed]) {
+        let Some(id) = self.job_of(gang) else { return };
+        let job = &self.jobs[&id];
+        let spec = if job.gang() == gang { &job.spec } else { job.next.as_ref().unwrap_or(&job.spec) };
+        let attempts = self.engine.gang(GangId(gang)).map_or(job.record.attempts, |g| g.attempts);
+        let (kind, argv, base_env, port_names, health) = match &spec.kind {
+            JobKind::Command { argv, env } => (ExecutorKind::Command, argv.clone(), env.clone(), Vec::new(), None),
+            JobKind::Service { argv, env, service } => {
+                (ExecutorKind::Service, argv.clone(), env.clone(), service.ports.clone(), service.health.clone())
+            }
         };
         let peers: Vec<String> = slots.iter().map(|p| format!("{}@{}", p.slot, self.node_name(p.node))).collect();
         let now = self.engine.now();
         for p in slots {
             let node = self.node_name(p.node);
-            let record = AllocRecord { id: p.alloc.0, job: gang.0, slot: p.slot, node: node.clone(), started_ms: now };
+            let ports = self.assign_ports(p.node.0, &port_names);
+            let record = AllocRecord {
+                id: p.alloc.0,
+                job: id,
+                slot: p.slot,
+                node: node.clone(),
+                started_ms: now,
+                gang,
+                ports: ports.clone(),
+            };
             self.allocs.insert(p.alloc.0, record);
             self.turn.allocs.insert(p.alloc.0);
             let mut env = base_env.clone();
-            env.insert("COHORT_JOB_ID".into(), gang.0.to_string());
+            env.insert("COHORT_JOB_ID".into(), id.to_string());
             env.insert("COHORT_SLOT".into(), p.slot.to_string());
             env.insert("COHORT_GANG_SIZE".into(), slots.len().to_string());
             env.insert("COHORT_PEERS".into(), peers.join(","));
             env.insert("COHORT_ATTEMPT".into(), attempts.to_string());
-            let launch =
-                Launch { alloc: p.alloc.0, job: gang.0, slot: p.slot, kind, argv: argv.clone(), env, limits: p.limits };
-            tracing::info!(job = gang.0, slot = p.slot, node = %node, alloc = p.alloc.0, "launching slot");
+            for (i, name) in port_names.iter().enumerate() {
+                let port = ports.get(name).map(u16::to_string).unwrap_or_default();
+                env.insert(format!("COHORT_PORT_{}", name.to_uppercase().replace('-', "_")), port.clone());
+                env.insert(format!("PORT{i}"), port);
+            }
+            let launch = Launch {
+                alloc: p.alloc.0,
+                job: id,
+                slot: p.slot,
+                kind,
+                argv: argv.clone(),
+                env,
+                limits: p.limits,
+                ports: ports.clone(),
+                health: health.clone(),
+            };
+            tracing::info!(job = id, gang, slot = p.slot, node = %node, alloc = p.alloc.0, "launching slot");
             self.command(p.node.0, AgentCommand::Launch(launch));
-            self.set_slot(gang.0, p.slot, |s| {
-                *s = SlotRecord { node, state: SlotState::Starting, alloc_id: p.alloc.0, exit_code: 0 }
+            self.set_slot(gang, p.slot, |s| {
+                *s = SlotRecord {
+                    node,
+                    state: SlotState::Starting,
+                    alloc_id: p.alloc.0,
+                    exit_code: 0,
+                    // Services are healthy once they pass their check (or, without one, once running).
+                    healthy: (kind == ExecutorKind::Service).then_some(false),
+                    ports,
+                }
             });
         }
-        self.update_job(gang.0, |job| {
-            job.state = JobState::Running;
-            job.attempts = attempts;
-            job.reason.clear();
+        if self.jobs[&id].gang() != gang {
+            return;
+        }
+        let starts_attempt = slots.iter().any(|p| !p.elastic);
+        let nodes: Vec<String> = slots.iter().map(|p| self.node_name(p.node)).collect();
+        self.update_job(id, |r| {
+            r.state = JobState::Running;
+            r.attempts = attempts;
+            r.reason.clear();
+            if starts_attempt {
+                r.history.push(AttemptRecord {
+                    attempt: attempts,
+                    started_ms: now as i64,
+                    ended_ms: None,
+                    nodes,
+                    outcome: "running".into(),
+                    reason: String::new(),
+                    charged: false,
+                });
+                let excess = r.history.len().saturating_sub(HISTORY_KEPT);
+                r.history.drain(..excess);
+            }
+        });
+    }
+
+    /// Closes the job's running history entry (the oldest open one: a pass
+    /// may already have started the next).
+    pub(super) fn end_attempt(&mut self, job: u64, outcome: &str, reason: &str, charged: bool) {
+        let now = self.now() as i64;
+        self.update_job(job, |r| {
+            if let Some(entry) = r.history.iter_mut().find(|e| e.ended_ms.is_none()) {
+                entry.ended_ms = Some(now);
+                entry.outcome = outcome.to_string();
+                entry.reason = reason.to_string();
+                entry.charged = charged;
+            }
+        });
+    }
+
+    /// Records a service instance's end in the job's history.
+    pub(super) fn instance_ended(
+        &mut self,
+        job: u64,
+        slot: u32,
+        node: &str,
+        started_ms: u64,
+        outcome: &str,
+        why: &str,
+    ) {
+        let now = self.now() as i64;
+        self.update_job(job, |r| {
+            r.history.push(AttemptRecord {
+                attempt: r.attempts.max(1),
+                started_ms: started_ms as i64,
+                ended_ms: Some(now),
+                nodes: vec![node.to_string()],
+                outcome: outcome.to_string(),
+                reason: format!("instance {slot}: {why}"),
+                charged: false,
+            });
+            let excess = r.history.len().saturating_sub(HISTORY_KEPT);
+            r.history.drain(..excess);
         });
     }
 }

@@ -10,10 +10,17 @@ use crate::spec::parse_job;
 
 impl Core {
     /// Accepts a job spec (TOML as written; `file` names it in errors) and
-    /// returns the job's id.
+    /// returns the job's id. A service spec whose name matches a running
+    /// service is a rolling update of it, and returns its id.
     pub fn submit(&mut self, file: &str, text: &str) -> Result<u64> {
         self.turn(|core| {
             let spec = parse_job(file, text).map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
+            if spec.kind.service().is_some()
+                && let Some(id) = core.running_service(&spec.name)
+            {
+                core.start_deployment(id, file, text, spec)?;
+                return Ok(id);
+            }
             let id = core.next_job;
             core.engine
                 .apply(Event::GangSubmitted { gang: GangId(id), spec: spec.gang.clone() })
@@ -33,10 +40,16 @@ impl Core {
                 reason: String::new(),
                 submitted_at_ms: core.now() as i64,
                 slots: vec![SlotRecord::default(); spec.gang.max as usize],
+                gang: id,
+                version: 1,
+                instances: None,
+                history: Vec::new(),
+                deployment: None,
             };
-            tracing::info!(job = id, name = %spec.name, "job submitted");
+            tracing::info!(job = id, name = %spec.name, kind = spec.kind.name(), "job submitted");
             let what = format!("submitted: {} ({} × {})", spec.name, spec.gang.min, spec.gang.slot);
-            core.jobs.insert(id, Job { record, spec });
+            core.jobs.insert(id, Job { record, spec, next: None });
+            core.gang_job.insert(id, id);
             core.turn.jobs.insert(id);
             core.announce(id, what);
             core.schedule()?;
@@ -47,13 +60,18 @@ impl Core {
     /// Stops a job's slots and ends it as cancelled.
     pub fn cancel(&mut self, id: u64) -> Result<JobView> {
         self.turn(|core| {
-            match core.engine.apply(Event::GangCancelled { gang: GangId(id) }) {
+            let Some(job) = core.jobs.get(&id) else {
+                return Err(CoordinatorError::NotFound(format!("no job {id}")));
+            };
+            let (gang, next) = (job.gang(), job.next_gang());
+            if let Some(next) = next {
+                core.end_deployment_gang(id, next, "the service was cancelled");
+            }
+            match core.engine.apply(Event::GangCancelled { gang: GangId(gang) }) {
                 Ok(()) => core.schedule()?,
                 Err(EngineError::UnknownGang(_)) => {
-                    return Err(match core.job_state(id) {
-                        Some(state) => CoordinatorError::Conflict(format!("job {id} already {state}")),
-                        None => CoordinatorError::NotFound(format!("no job {id}")),
-                    });
+                    let state = core.job_state(id).unwrap_or(JobState::Cancelled);
+                    return Err(CoordinatorError::Conflict(format!("job {id} already {state}")));
                 }
                 Err(e) => return Err(CoordinatorError::Internal(e.to_string())),
             }
@@ -68,6 +86,16 @@ impl Core {
     /// Every job, oldest first.
     pub fn jobs(&self) -> Vec<JobView> {
         self.jobs.keys().filter_map(|&id| self.job_view(id)).collect()
+    }
+
+    /// The newest job of this name.
+    pub fn resolve(&self, name: &str) -> Result<u64> {
+        self.jobs
+            .values()
+            .rev()
+            .find(|j| j.record.name == name)
+            .map(|j| j.record.id)
+            .ok_or_else(|| CoordinatorError::NotFound(format!("no job named `{name}`")))
     }
 
     /// Where a slot's output is: the agent's log service and the allocation.
@@ -88,10 +116,10 @@ impl Core {
         Ok((agent.record.logs_address.clone(), s.alloc_id))
     }
 
-    /// The job's state: the engine's while it lives, the record's after.
+    /// The job's state: the engine's while its gang lives, the record's after.
     pub(super) fn job_state(&self, id: u64) -> Option<JobState> {
         let job = self.jobs.get(&id)?;
-        Some(match self.engine.gang(GangId(id)) {
+        Some(match self.engine.gang(GangId(job.gang())) {
             Some(g) if g.phase == GangPhase::Pending => JobState::Pending,
             Some(_) => JobState::Running,
             None => job.record.state,
@@ -99,45 +127,79 @@ impl Core {
     }
 
     fn job_view(&self, id: u64) -> Option<JobView> {
-        let job = &self.jobs.get(&id)?.record;
-        let live = self.engine.gang(GangId(id));
+        let job = self.jobs.get(&id)?;
+        let record = &job.record;
+        let live = self.engine.gang(GangId(job.gang()));
         let reason = match &live {
             Some(g) if g.phase == GangPhase::Pending => g.reason.clone().unwrap_or_default(),
-            _ => job.reason.clone(),
+            _ => record.reason.clone(),
         };
+        let slot_view = |version: u32| {
+            move |(i, s): (usize, &SlotRecord)| SlotView {
+                index: i as u32,
+                node: s.node.clone(),
+                state: s.state,
+                alloc_id: s.alloc_id,
+                exit_code: s.exit_code,
+                healthy: s.healthy,
+                ports: s.ports.clone(),
+                version,
+            }
+        };
+        let mut slots: Vec<SlotView> = record.slots.iter().enumerate().map(slot_view(record.version)).collect();
+        if let Some(d) = record.deployment.as_ref().filter(|_| job.next.is_some()) {
+            slots.extend(d.slots.iter().enumerate().map(slot_view(d.version)));
+        }
         Some(JobView {
             id,
-            name: job.name.clone(),
-            kind: job.kind.clone(),
+            name: record.name.clone(),
+            kind: record.kind.clone(),
             state: self.job_state(id)?,
-            attempts: live.as_ref().map_or(job.attempts, |g| g.attempts),
-            priority: job.priority.clone(),
-            queue: job.queue.clone(),
+            attempts: live.as_ref().map_or(record.attempts, |g| g.attempts),
+            priority: record.priority.clone(),
+            queue: record.queue.clone(),
             reason,
-            slots: job
-                .slots
-                .iter()
-                .enumerate()
-                .map(|(i, s)| SlotView {
-                    index: i as u32,
-                    node: s.node.clone(),
-                    state: s.state,
-                    alloc_id: s.alloc_id,
-                    exit_code: s.exit_code,
-                })
-                .collect(),
-            submitted_at_ms: job.submitted_at_ms,
+            slots,
+            submitted_at_ms: record.submitted_at_ms,
+            history: record.history.clone(),
+            deployment: self.deployment_view(job),
         })
     }
 
-    /// Sets a slot's state in the job's record.
-    pub(super) fn set_slot(&mut self, job: u64, slot: u32, f: impl FnOnce(&mut SlotRecord)) {
-        if let Some(j) = self.jobs.get_mut(&job)
-            && let Some(s) = j.record.slots.get_mut(slot as usize)
-        {
-            f(s);
-            self.turn.jobs.insert(job);
+    /// Changes the record of slot `slot` of engine gang `gang` (the job's
+    /// current version, or the version a rolling update is starting).
+    pub(super) fn set_slot(&mut self, gang: u64, slot: u32, f: impl FnOnce(&mut SlotRecord)) {
+        let Some(id) = self.job_of(gang) else { return };
+        let Some(job) = self.jobs.get_mut(&id) else { return };
+        let slots = if job.gang() == gang {
+            &mut job.record.slots
+        } else if let Some(d) = job.record.deployment.as_mut().filter(|d| d.gang == gang) {
+            &mut d.slots
+        } else {
+            return;
+        };
+        let i = slot as usize;
+        if slots.len() <= i {
+            // A service scaled up has more slots; one scaled down keeps no record of the rest.
+            let max = self.engine.gang(GangId(gang)).map_or(0, |g| g.spec.max as usize);
+            if i >= max {
+                return;
+            }
+            slots.resize(i + 1, SlotRecord::default());
         }
+        f(&mut slots[i]);
+        self.turn.jobs.insert(id);
+    }
+
+    /// A slot's record, by engine gang.
+    pub(super) fn slot(&self, gang: u64, slot: u32) -> Option<&SlotRecord> {
+        let job = self.jobs.get(&self.job_of(gang)?)?;
+        let slots = if job.gang() == gang {
+            &job.record.slots
+        } else {
+            &job.record.deployment.as_ref().filter(|d| d.gang == gang)?.slots
+        };
+        slots.get(slot as usize)
     }
 
     /// Changes a job's record.
@@ -154,7 +216,7 @@ impl SlotState {
         match outcome {
             cohort_scheduler::SlotOutcome::Succeeded => SlotState::Succeeded,
             cohort_scheduler::SlotOutcome::Failed => SlotState::Failed,
-            cohort_scheduler::SlotOutcome::Stopped => SlotState::Stopped,
+            cohort_scheduler::SlotOutcome::Stopped | cohort_scheduler::SlotOutcome::Lost => SlotState::Stopped,
         }
     }
 }

@@ -13,6 +13,7 @@
 //! holds half a decision.
 //!
 //! - `jobs`: submit, cancel, job views, where a slot's logs are;
+//! - `services`: rolling updates, scaling, health, ports, endpoints;
 //! - `agents`: registration, reports, heartbeats, node maintenance;
 //! - `decisions`: a scheduling pass and what its decisions become.
 
@@ -22,13 +23,14 @@ mod decisions;
 pub mod error;
 mod jobs;
 pub mod model;
+mod services;
 pub mod sink;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_scheduler::{AllocId, Config, Engine, Event, GangId, NodeId, NodeSpec, Resources};
+use cohort_scheduler::{AllocId, Config, Engine, Event, GangId, NodeId};
 use tokio::sync::broadcast;
 
 pub use clock::{Clock, FakeClock, SystemClock};
@@ -37,7 +39,7 @@ use error::Result;
 use model::{AgentCommand, ClusterStatus, JobEvent, JobState};
 pub use sink::{AgentSink, RecordingSink};
 
-use crate::coordinator::store::{AllocRecord, JobRecord, NodeRecord, StateStore, Write};
+use crate::coordinator::store::{AllocRecord, DeploymentState, JobRecord, NodeRecord, StateStore, Write};
 use crate::spec::{JobSpec, parse_job};
 
 /// How the core behaves.
@@ -65,6 +67,20 @@ impl Default for CoreSettings {
 struct Job {
     record: JobRecord,
     spec: JobSpec,
+    /// A service's next version, while a rolling update runs.
+    next: Option<JobSpec>,
+}
+
+impl Job {
+    /// The engine gang running the job now.
+    fn gang(&self) -> u64 {
+        if self.record.gang == 0 { self.record.id } else { self.record.gang }
+    }
+
+    /// The gang of a rolling update in progress.
+    fn next_gang(&self) -> Option<u64> {
+        self.record.deployment.as_ref().filter(|d| d.state == DeploymentState::Rolling).map(|d| d.gang)
+    }
 }
 
 struct Agent {
@@ -91,8 +107,12 @@ pub struct Core {
     sink: Box<dyn AgentSink>,
     settings: CoreSettings,
     jobs: BTreeMap<u64, Job>,
+    /// The job each engine gang runs for.
+    gang_job: BTreeMap<u64, u64>,
     allocs: BTreeMap<u64, AllocRecord>,
     agents: BTreeMap<u32, Agent>,
+    /// Per node: where the search for free host ports goes on from.
+    port_cursor: BTreeMap<u32, u32>,
     next_job: u64,
     endpoints: ClusterStatus,
     events: broadcast::Sender<JobEvent>,
@@ -116,24 +136,35 @@ impl Core {
         engine.apply(Event::TimeAdvanced { now }).map_err(internal)?;
         let mut agents = BTreeMap::new();
         for n in snapshot.nodes {
-            let spec = NodeSpec {
-                name: n.name.clone(),
-                capacity: Resources::new(n.cpu_millis, n.memory_bytes),
-                labels: n.labels.clone(),
-            };
+            let spec = agents::node_spec(&n);
             engine.apply(Event::NodeAdded { node: NodeId(n.id), spec }).map_err(internal)?;
             agents.insert(n.id, Agent { record: n, last_seen: now, lost: false });
         }
         let mut jobs = BTreeMap::new();
+        let mut gang_job = BTreeMap::new();
         for record in snapshot.jobs {
-            let spec = parse_job(&record.file, &record.spec_toml)
-                .map_err(|e| CoordinatorError::Internal(format!("stored job {}: {e}", record.id)))?;
-            if !record.state.is_final() {
-                engine
-                    .apply(Event::GangSubmitted { gang: GangId(record.id), spec: spec.gang.clone() })
-                    .map_err(internal)?;
+            let id = record.id;
+            let stored = |file: &str, text: &str| {
+                parse_job(file, text).map_err(|e| CoordinatorError::Internal(format!("stored job {id}: {e}")))
+            };
+            let mut spec = stored(&record.file, &record.spec_toml)?;
+            services::apply_scale(&mut spec, &record);
+            let mut job = Job { spec, next: None, record };
+            gang_job.insert(job.gang(), job.record.id);
+            if !job.record.state.is_final() {
+                let gang = GangId(job.gang());
+                engine.apply(Event::GangSubmitted { gang, spec: job.spec.gang.clone() }).map_err(internal)?;
+                if let Some(d) = job.record.deployment.as_ref().filter(|d| d.state == DeploymentState::Rolling) {
+                    let mut next = stored(&d.file, &d.spec_toml)?;
+                    next.gang.max = d.instances;
+                    engine
+                        .apply(Event::GangSubmitted { gang: GangId(d.gang), spec: next.gang.clone() })
+                        .map_err(internal)?;
+                    gang_job.insert(d.gang, job.record.id);
+                    job.next = Some(next);
+                }
             }
-            jobs.insert(record.id, Job { record, spec });
+            jobs.insert(job.record.id, job);
         }
         let mut core = Core {
             engine,
@@ -142,7 +173,9 @@ impl Core {
             sink,
             settings,
             jobs,
+            gang_job,
             allocs: BTreeMap::new(),
+            port_cursor: BTreeMap::new(),
             agents,
             next_job: snapshot.next_job,
             endpoints: ClusterStatus::default(),
@@ -168,10 +201,11 @@ impl Core {
 
     fn restore_alloc(&mut self, a: AllocRecord) {
         let node = self.agents.values().find(|ag| ag.record.name == a.node).map(|ag| ag.record.id);
+        let gang = if a.gang == 0 { a.job } else { a.gang };
         let restored = node.map(|node| {
             self.engine.apply(Event::SlotRestored {
                 alloc: AllocId(a.id),
-                gang: GangId(a.job),
+                gang: GangId(gang),
                 slot: a.slot,
                 node: NodeId(node),
                 started: a.started_ms,
@@ -220,7 +254,8 @@ impl Core {
             let now = core.now();
             core.engine.apply(Event::TimeAdvanced { now }).map_err(internal)?;
             core.find_lost_agents()?;
-            core.schedule()
+            core.schedule()?;
+            core.roll_deployments()
         })
     }
 
@@ -279,6 +314,11 @@ impl Core {
 
     fn node_id_of(&self, name: &str) -> Option<u32> {
         self.agents.values().find(|a| a.record.name == name).map(|a| a.record.id)
+    }
+
+    /// The job an engine gang runs for.
+    fn job_of(&self, gang: u64) -> Option<u64> {
+        self.gang_job.get(&gang).copied()
     }
 }
 

@@ -8,7 +8,9 @@ use std::fmt;
 use cohort_scheduler::{NodeState, Resources};
 use serde::{Deserialize, Serialize};
 
+use crate::coordinator::store::{AttemptRecord, DeploymentState};
 use crate::executor::ExecutorKind;
+use crate::spec::HealthSpec;
 
 /// A job's state, as every client sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,6 +105,10 @@ pub struct JobView {
     pub reason: String,
     pub slots: Vec<SlotView>,
     pub submitted_at_ms: i64,
+    /// One entry per run: when, where, how it ended and why.
+    pub history: Vec<AttemptRecord>,
+    /// A service's latest rolling update.
+    pub deployment: Option<DeploymentView>,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -112,6 +118,33 @@ pub struct SlotView {
     pub state: SlotState,
     pub alloc_id: u64,
     pub exit_code: i32,
+    /// Service instances: whether their health check passes.
+    pub healthy: Option<bool>,
+    pub ports: BTreeMap<String, u16>,
+    /// Services: the version the instance runs.
+    pub version: u32,
+}
+
+/// A rolling update, as readers see it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeploymentView {
+    pub state: DeploymentState,
+    pub version: u32,
+    pub instances: u32,
+    pub healthy_new: u32,
+    pub healthy_old: u32,
+    pub started_ms: i64,
+    pub deadline_ms: i64,
+    pub reason: String,
+}
+
+/// Where a healthy service instance is reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Endpoint {
+    pub slot: u32,
+    pub node: String,
+    pub host: String,
+    pub ports: BTreeMap<String, u16>,
 }
 
 /// A node as readers see it.
@@ -125,6 +158,8 @@ pub struct NodeView {
     pub slots: u32,
     pub isolation: String,
     pub labels: BTreeMap<String, String>,
+    pub max_executors: u32,
+    pub address: String,
 }
 
 /// Where the cluster's front doors are.
@@ -173,8 +208,16 @@ pub struct Registration {
     /// Where its executor logs are served.
     pub logs_address: String,
     pub running: Vec<RunningExecutor>,
+    /// Executors that ended while the agent was down, with their recorded status.
+    pub ended: Vec<ExitReport>,
     /// Which limit enforcement is active there.
     pub isolation: String,
+    /// At most this many executors at once.
+    pub max_executors: u32,
+    /// Host ports it hands to service instances (none when `None`).
+    pub ports: Option<(u16, u16)>,
+    /// Where clients reach the services it runs.
+    pub address: String,
 }
 
 /// The coordinator's answer to a registration.
@@ -198,14 +241,27 @@ pub struct ExitReport {
     pub stopped: bool,
     /// The agent's own explanation (a memory limit, a failed start).
     pub reason: String,
+    /// Gone without a trace (its host's records lost): not the job's failure.
+    pub lost: bool,
 }
 
 /// What an agent tells the coordinator on its stream.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentReport {
-    Heartbeat { running: Vec<RunningExecutor> },
-    Started { alloc: u64, pid: u32 },
+    Heartbeat {
+        running: Vec<RunningExecutor>,
+    },
+    Started {
+        alloc: u64,
+        pid: u32,
+    },
     Exited(ExitReport),
+    /// A service instance passed or failed its health check.
+    Health {
+        alloc: u64,
+        healthy: bool,
+        detail: String,
+    },
 }
 
 /// Start one slot's executor.
@@ -218,6 +274,9 @@ pub struct Launch {
     pub argv: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub limits: Resources,
+    /// Host ports given to the instance, by name.
+    pub ports: BTreeMap<String, u16>,
+    pub health: Option<HealthSpec>,
 }
 
 /// What the coordinator tells an agent.

@@ -35,6 +35,22 @@ impl StateStore for FailingStore {
     }
 }
 
+/// An agent of `cores` cores, 8 GiB, 110 executors and ports 31000-31099.
+fn registration(name: &str, cores: u64) -> Registration {
+    Registration {
+        name: name.into(),
+        capacity: Resources::new(cores * 1000, 8 << 30),
+        labels: BTreeMap::new(),
+        logs_address: format!("{name}:1"),
+        running: Vec::new(),
+        ended: Vec::new(),
+        isolation: "test".into(),
+        max_executors: 110,
+        ports: Some((31000, 31099)),
+        address: format!("{name}.example"),
+    }
+}
+
 struct Harness {
     core: Core,
     clock: FakeClock,
@@ -77,14 +93,12 @@ impl Harness {
     }
 
     fn register(&mut self, name: &str, cores: u64) -> u32 {
-        let reg = Registration {
-            name: name.into(),
-            capacity: Resources::new(cores * 1000, 8 << 30),
-            labels: BTreeMap::new(),
-            logs_address: format!("{name}:1"),
-            running: self.running.get(name).cloned().unwrap_or_default(),
-            isolation: "test".into(),
-        };
+        let mut reg = registration(name, cores);
+        reg.running = self.running.get(name).cloned().unwrap_or_default();
+        self.register_as(reg)
+    }
+
+    fn register_as(&mut self, reg: Registration) -> u32 {
         let node = self.core.register(reg).expect("registered").node;
         self.core.attached(node);
         node
@@ -229,15 +243,7 @@ fn a_store_failure_sends_nothing_and_a_restart_resumes_from_the_store() {
     let job = h.submit("wide", 2, "1", 1);
     // When the store fails on the turn that would place it (an agent registering)
     h.restart(Some(2));
-    let reg = Registration {
-        name: "a".into(),
-        capacity: Resources::new(2000, 8 << 30),
-        labels: BTreeMap::new(),
-        logs_address: String::new(),
-        running: vec![],
-        isolation: "test".into(),
-    };
-    let err = h.core.register(reg).unwrap_err();
+    let err = h.core.register(registration("a", 2)).unwrap_err();
     assert!(matches!(err, CoordinatorError::Store(_)), "{err}");
     // Then no launch went out, and the core refuses everything until restarted
     assert!(h.sink.take().is_empty(), "nothing of a failed turn is sent");
@@ -269,4 +275,186 @@ fn jobs_no_agent_can_hold_never_keep_a_small_job_waiting() {
         let reason = h.core.job(id).unwrap().reason;
         assert!(reason.starts_with("unschedulable: no ready node can hold one slot"), "{reason}");
     }
+}
+
+// ---------- self-healing ----------
+
+#[test]
+fn a_job_whose_node_is_lost_runs_again_on_the_same_attempt() {
+    let mut h = Harness::new();
+    let a = h.register("a", 2);
+    let b = h.register("b", 2);
+    let job = h.submit("survivor", 2, "1", 1);
+    let home = h.launches()[0].0;
+    let other = if home == a { b } else { a };
+    h.advance(TIMEOUT + Duration::from_secs(1), &[other]);
+    let again = h.launches();
+    assert_eq!(again.len(), 2);
+    for (_, l) in &again {
+        h.exit(other, l.alloc, 0);
+    }
+    let view = h.core.job(job).unwrap();
+    assert_eq!((view.state, view.attempts), (JobState::Succeeded, 1), "max_attempts = 1 and still it succeeded");
+    let outcomes: Vec<(&str, bool)> = view.history.iter().map(|e| (e.outcome.as_str(), e.charged)).collect();
+    assert_eq!(outcomes, [("lost", false), ("succeeded", false)]);
+}
+
+#[test]
+fn an_agent_back_from_a_restart_reports_how_its_executors_ended_meanwhile() {
+    let mut h = Harness::new();
+    h.register("a", 4);
+    let job = h.submit("pair", 2, "1", 2);
+    let launched = h.launches();
+    // The agent restarts: one executor still runs, the other ended with code 3 while it was down
+    let (kept, ended) = (&launched[0].1, &launched[1].1);
+    let mut reg = registration("a", 4);
+    reg.running = vec![RunningExecutor { alloc: kept.alloc, job, slot: kept.slot, pid: 7 }];
+    reg.ended = vec![ExitReport { alloc: ended.alloc, exit_code: 3, ..ExitReport::default() }];
+    h.register_as(reg);
+    let view = h.core.job(job).unwrap();
+    let slot = &view.slots[ended.slot as usize];
+    assert_eq!((slot.state, slot.exit_code), (SlotState::Failed, 3), "the recorded exit, not a guess");
+    let ended_entry = &view.history[0];
+    assert_eq!((ended_entry.outcome.as_str(), ended_entry.charged), ("failed", true));
+    assert!(ended_entry.reason.contains("exited with code 3"), "{}", ended_entry.reason);
+    // An executor that vanished without a record was lost with its host: no attempt is used
+    let mut h = Harness::new();
+    h.register("a", 4);
+    let job = h.submit("pair", 2, "1", 1);
+    h.launches();
+    h.register_as(registration("a", 4));
+    let view = h.core.job(job).unwrap();
+    assert_eq!(view.history[0].outcome, "lost");
+    assert_eq!(h.launches().len(), 2, "placed again at once");
+}
+
+#[test]
+fn a_host_runs_at_most_its_executor_limit() {
+    let mut h = Harness::new();
+    let mut reg = registration("a", 4);
+    reg.max_executors = 3;
+    h.register_as(reg);
+    let spec = "name = \"tiny\"\n[gang]\nmin = 1\nmax = 100000\ncpu = \"1m\"\nmemory = \"1MiB\"\n[command]\nargv = [\"true\"]\n";
+    let job = h.core.submit("tiny.toml", spec).unwrap();
+    assert_eq!(h.launches().len(), 3, "no more than the host's limit");
+    let wide = "name = \"wide\"\n[gang]\nmin = 4\ncpu = \"1m\"\nmemory = \"1MiB\"\n[command]\nargv = [\"true\"]\n";
+    let w = h.core.submit("wide.toml", wide).unwrap();
+    let reason = h.core.job(w).unwrap().reason;
+    assert!(reason.contains("4×(1m cpu, 1 MiB)"), "{reason}");
+    assert_eq!(h.core.job(job).unwrap().state, JobState::Running);
+}
+
+// ---------- services ----------
+
+const WEB: &str = r#"name = "web"
+kind = "service"
+[gang]
+cpu = "250m"
+memory = "128MiB"
+[command]
+argv = ["serve", "v1"]
+[service]
+instances = 3
+ports = ["http"]
+update_deadline = "60s"
+[service.health]
+http = "/"
+interval = "1s"
+grace = "5s"
+"#;
+
+impl Harness {
+    /// Health reports for every running instance of a job, by version's argv.
+    fn all_healthy(&mut self, node: u32, launches: &[(u32, Launch)]) {
+        for (_, l) in launches {
+            self.core
+                .report(node, AgentReport::Health { alloc: l.alloc, healthy: true, detail: String::new() })
+                .unwrap();
+        }
+    }
+}
+
+#[test]
+fn service_instances_get_distinct_ports_and_only_healthy_ones_are_endpoints() {
+    let mut h = Harness::new();
+    let node = h.register("a", 4);
+    let id = h.core.submit("web.toml", WEB).unwrap();
+    let launched = h.launches();
+    assert_eq!(launched.len(), 3);
+    let mut ports: Vec<u16> = launched.iter().map(|(_, l)| l.ports["http"]).collect();
+    ports.sort_unstable();
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "three instances on one node, three ports");
+    assert!(
+        launched.iter().all(|(_, l)| l.env["COHORT_PORT_HTTP"] == l.ports["http"].to_string() && l.health.is_some())
+    );
+    assert!(h.core.endpoints(id).unwrap().is_empty(), "nothing is healthy yet");
+    h.all_healthy(node, &launched[..2]);
+    let endpoints = h.core.endpoints(id).unwrap();
+    assert_eq!(endpoints.len(), 2);
+    assert_eq!(endpoints[0].host, "a.example");
+    // An instance that exits is restarted after its backoff, on a port of its own
+    h.exit(node, launched[0].1.alloc, 1);
+    assert_eq!(h.core.endpoints(id).unwrap().len(), 1);
+    h.advance(Duration::from_millis(500), &[node]);
+    assert!(h.launches().is_empty(), "backing off");
+    h.advance(Duration::from_millis(600), &[node]);
+    assert_eq!(h.launches().len(), 1);
+    let view = h.core.job(id).unwrap();
+    assert_eq!(view.state, JobState::Running);
+    assert!(view.history.iter().any(|e| e.outcome == "restarted" && e.reason.contains("exited with code 1")));
+}
+
+#[test]
+fn a_service_scales_and_a_rolling_update_keeps_it_healthy() {
+    let mut h = Harness::new();
+    let node = h.register("a", 8);
+    let id = h.core.submit("web.toml", WEB).unwrap();
+    let v1 = h.launches();
+    h.all_healthy(node, &v1);
+    // Scale to 5 and back to 2
+    h.core.scale(id, 5).unwrap();
+    let more = h.launches();
+    assert_eq!(more.len(), 2);
+    h.all_healthy(node, &more);
+    h.core.scale(id, 2).unwrap();
+    let kills = h.sink.take().into_iter().filter(|(_, c)| matches!(c, AgentCommand::Kill { .. })).count();
+    assert_eq!(kills, 3);
+    assert_eq!(h.core.endpoints(id).unwrap().len(), 2);
+    // A rolling update to v2: new instances start first, old ones stop only as new ones turn healthy
+    assert_eq!(h.core.submit("web.toml", &WEB.replace("\"v1\"", "\"v2\"")).unwrap(), id, "the same service");
+    let v2 = h.launches();
+    assert_eq!(v2.len(), 3, "the update's spec asks for 3 instances");
+    assert!(v2.iter().all(|(_, l)| l.argv[1] == "v2"));
+    h.advance(Duration::from_millis(200), &[node]);
+    assert_eq!(h.core.endpoints(id).unwrap().len(), 2, "old instances keep serving");
+    h.all_healthy(node, &v2[..1]);
+    h.advance(Duration::from_millis(200), &[node]);
+    assert!(h.core.endpoints(id).unwrap().len() >= 2, "never below min_healthy");
+    h.all_healthy(node, &v2[1..]);
+    h.advance(Duration::from_millis(200), &[node]);
+    let view = h.core.job(id).unwrap();
+    let d = view.deployment.as_ref().unwrap();
+    assert_eq!((d.state.as_str(), view.slots.len()), ("done", 3), "{d:?}");
+    assert!(view.slots.iter().all(|s| s.version == 2));
+}
+
+#[test]
+fn an_update_that_never_turns_healthy_is_rolled_back_by_itself() {
+    let mut h = Harness::new();
+    let node = h.register("a", 8);
+    let id = h.core.submit("web.toml", WEB).unwrap();
+    let v1 = h.launches();
+    h.all_healthy(node, &v1);
+    h.core.submit("web.toml", &WEB.replace("\"v1\"", "\"broken\"")).unwrap();
+    let broken = h.launches();
+    assert_eq!(broken.len(), 3);
+    // Never healthy: at the deadline (60 s) the update is rolled back
+    h.advance(Duration::from_secs(61), &[node]);
+    let view = h.core.job(id).unwrap();
+    let d = view.deployment.as_ref().unwrap();
+    assert_eq!(d.state.as_str(), "rolled-back");
+    assert!(d.reason.contains("not healthy within its update deadline"), "{}", d.reason);
+    assert_eq!(h.core.endpoints(id).unwrap().len(), 3, "version 1 serves on");
+    assert!(view.slots.iter().all(|s| s.version == 1));
 }

@@ -1,0 +1,339 @@
+//! Job spec files (`cohort submit FILE`), read into a scheduler gang plus
+//! what each slot runs. Every error names the file, the line and the field.
+//!
+//! - `mod.rs`: the fields every job has, `kind = "command"`;
+//! - `service.rs`: `kind = "service"` (`[service]`, `[service.health]`);
+//! - `duration.rs`: `500ms`, `2s`, `5m`, `1h`.
+
+mod duration;
+mod service;
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use cohort_scheduler::resources::{EXECUTORS, PORTS, parse_cpu, parse_memory};
+use cohort_scheduler::{GangSpec, Placement, Resources, Restart};
+use serde::Deserialize;
+use toml::Spanned;
+
+pub use duration::parse_duration;
+pub use service::{HealthSpec, Probe, ServiceSpec};
+
+/// A job as submitted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JobSpec {
+    pub name: String,
+    pub kind: JobKind,
+    pub gang: GangSpec,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum JobKind {
+    /// An argv run in each slot, with COHORT_SLOT, COHORT_GANG_SIZE and COHORT_PEERS set.
+    Command { argv: Vec<String>, env: BTreeMap<String, String> },
+    /// A long-running service: `instances` of an argv, kept healthy.
+    Service { argv: Vec<String>, env: BTreeMap<String, String>, service: ServiceSpec },
+}
+
+impl JobKind {
+    pub fn name(&self) -> &'static str {
+        match self {
+            JobKind::Command { .. } => "command",
+            JobKind::Service { .. } => "service",
+        }
+    }
+
+    pub fn service(&self) -> Option<&ServiceSpec> {
+        match self {
+            JobKind::Service { service, .. } => Some(service),
+            JobKind::Command { .. } => None,
+        }
+    }
+}
+
+/// A spec that cannot be accepted, with where.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("{file}:{line}: {field}: {message}")]
+pub struct SpecError {
+    pub file: String,
+    pub line: usize,
+    pub field: String,
+    pub message: String,
+}
+
+/// Builds errors that point into one spec's text.
+pub(crate) struct Errors<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Errors<'_> {
+    pub fn at(&self, span: Option<Range<usize>>, field: &str, message: impl Into<String>) -> SpecError {
+        SpecError {
+            file: self.file.to_string(),
+            line: span.map_or(1, |s| line_of(self.text, s.start)),
+            field: field.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSpec {
+    name: Spanned<String>,
+    #[serde(default)]
+    kind: Option<Spanned<String>>,
+    #[serde(default)]
+    priority: Option<Spanned<String>>,
+    #[serde(default)]
+    queue: Option<Spanned<String>>,
+    #[serde(default)]
+    max_attempts: Option<Spanned<i64>>,
+    gang: Option<Spanned<RawGang>>,
+    #[serde(default)]
+    command: Option<Spanned<RawCommand>>,
+    #[serde(default)]
+    sql: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    service: Option<Spanned<service::RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGang {
+    #[serde(default)]
+    min: Option<Spanned<i64>>,
+    #[serde(default)]
+    max: Option<Spanned<i64>>,
+    cpu: Spanned<toml::Value>,
+    memory: Spanned<toml::Value>,
+    #[serde(default)]
+    spread: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCommand {
+    argv: Spanned<Vec<String>>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+/// Reads a job spec. `file` names it in errors.
+pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
+    let errors = Errors { file, text };
+    let raw: RawSpec = toml::from_str(text).map_err(|e| {
+        let message = e.message().trim().to_string();
+        let key = message
+            .split('`')
+            .nth(1)
+            .filter(|_| message.contains("unknown field") || message.contains("missing field"));
+        let field = match (key, e.span()) {
+            (Some(key), Some(span)) => match table_at(text, span.start) {
+                Some(table) => format!("{table}.{key}"),
+                None => key.to_string(),
+            },
+            (Some(key), None) => key.to_string(),
+            (None, _) => "spec".to_string(),
+        };
+        errors.at(e.span(), &field, message)
+    })?;
+    let name = raw.name.get_ref().trim().to_string();
+    if name.is_empty() {
+        return Err(errors.at(Some(raw.name.span()), "name", "must not be empty"));
+    }
+    let kind_name = raw.kind.as_ref().map_or("command", |k| k.get_ref().as_str());
+    let kind_span = raw.kind.as_ref().map(|k| k.span());
+    let default_priority = if kind_name == "service" { "service" } else { "batch" };
+    let priority = raw.priority.as_ref().map_or(default_priority.to_string(), |p| p.get_ref().clone());
+    let queue = raw.queue.as_ref().map_or("default".to_string(), |q| q.get_ref().clone());
+    let max_attempts = match &raw.max_attempts {
+        None => 1,
+        Some(m) if *m.get_ref() >= 1 && *m.get_ref() <= 100 => *m.get_ref() as u32,
+        Some(m) => {
+            return Err(errors.at(
+                Some(m.span()),
+                "max_attempts",
+                format!("must be between 1 and 100, got {}", m.get_ref()),
+            ));
+        }
+    };
+    let Some(gang) = raw.gang else {
+        return Err(errors.at(None, "gang", "missing [gang] table (min, max, cpu, memory per slot)"));
+    };
+    let gang_span = gang.span();
+    let gang = gang.into_inner();
+    let min = match &gang.min {
+        None => 1,
+        Some(m) if *m.get_ref() >= 1 && *m.get_ref() <= 100_000 => *m.get_ref() as u32,
+        Some(m) => {
+            return Err(errors.at(
+                Some(m.span()),
+                "gang.min",
+                format!("must be between 1 and 100000, got {}", m.get_ref()),
+            ));
+        }
+    };
+    let max = match &gang.max {
+        None => min,
+        Some(m) if *m.get_ref() >= min as i64 && *m.get_ref() <= 100_000 => *m.get_ref() as u32,
+        Some(m) => {
+            return Err(errors.at(
+                Some(m.span()),
+                "gang.max",
+                format!("must be at least gang.min ({min}), got {}", m.get_ref()),
+            ));
+        }
+    };
+    let cpu = quantity(&gang.cpu, parse_cpu).map_err(|m| errors.at(Some(gang.cpu.span()), "gang.cpu", m))?;
+    let memory =
+        quantity(&gang.memory, parse_memory).map_err(|m| errors.at(Some(gang.memory.span()), "gang.memory", m))?;
+    if cpu == 0 && memory == 0 {
+        return Err(errors.at(Some(gang_span), "gang", "a slot must ask for some cpu or memory"));
+    }
+    // Every slot is one executor process on its host.
+    let slot = Resources::new(cpu, memory).with_scalar(EXECUTORS, 1);
+    if kind_name != "service"
+        && let Some(s) = &raw.service
+    {
+        return Err(errors.at(Some(s.span()), "service", "a [service] table needs kind = \"service\""));
+    }
+    let command = |errors: &Errors, raw: Option<Spanned<RawCommand>>| {
+        let Some(command) = raw else {
+            return Err(errors.at(
+                kind_span.clone(),
+                "command",
+                format!("kind = \"{kind_name}\" needs a [command] table with argv"),
+            ));
+        };
+        let command = command.into_inner();
+        if command.argv.get_ref().first().is_none_or(|p| p.is_empty()) {
+            return Err(errors.at(Some(command.argv.span()), "command.argv", "must name a program to run"));
+        }
+        Ok((command.argv.into_inner(), command.env))
+    };
+    let mut spec = GangSpec::rigid(name.clone(), min, slot, &priority, &queue);
+    spec.max = max;
+    spec.max_attempts = max_attempts;
+    if gang.spread == Some(true) {
+        spec.constraints.placement = Placement::Spread;
+    }
+    let kind = match kind_name {
+        "command" => {
+            let (argv, env) = command(&errors, raw.command)?;
+            JobKind::Command { argv, env }
+        }
+        "service" => {
+            for (field, given) in [("gang.min", &gang.min), ("gang.max", &gang.max)] {
+                if let Some(v) = given {
+                    return Err(errors.at(
+                        Some(v.span()),
+                        field,
+                        "a service sets its instance count in [service] instances, not in [gang]",
+                    ));
+                }
+            }
+            let Some(raw_service) = raw.service else {
+                return Err(errors.at(kind_span, "service", "kind = \"service\" needs a [service] table"));
+            };
+            let service = service::parse(&errors, raw_service)?;
+            let (argv, env) = command(&errors, raw.command)?;
+            // Instances come and go one by one: the floor is one, the ceiling the count.
+            spec.min = 1;
+            spec.max = service.instances;
+            spec.restart = Restart::Always;
+            spec.slot = spec.slot.with_scalar(PORTS, service.ports.len() as u64);
+            spec.constraints.one_slot_per_node = service.unique_nodes;
+            JobKind::Service { argv, env, service }
+        }
+        "sql" => {
+            let span = raw.sql.as_ref().map(|s| s.span()).or(kind_span);
+            return Err(errors.at(
+                span,
+                "kind",
+                "kind = \"sql\" jobs arrive with the DataFusion data plane; this cluster runs \"command\" and \"service\"",
+            ));
+        }
+        other => {
+            return Err(errors.at(
+                kind_span,
+                "kind",
+                format!("unknown kind `{other}` (expected \"command\", \"service\" or \"sql\")"),
+            ));
+        }
+    };
+    Ok(JobSpec { name, kind, gang: spec })
+}
+
+fn quantity(
+    value: &Spanned<toml::Value>,
+    parse: fn(&str) -> Result<u64, cohort_scheduler::resources::QuantityError>,
+) -> Result<u64, String> {
+    match value.get_ref() {
+        toml::Value::String(s) => parse(s).map_err(|e| e.to_string()),
+        toml::Value::Integer(i) if *i >= 0 => parse(&i.to_string()).map_err(|e| e.to_string()),
+        toml::Value::Float(f) if *f >= 0.0 => parse(&f.to_string()).map_err(|e| e.to_string()),
+        other => Err(format!("expected a quantity such as \"2\", \"500m\" or \"4GiB\", got {other}")),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
+}
+
+/// The `[table]` a byte offset of a TOML text falls under, if any.
+fn table_at(text: &str, offset: usize) -> Option<String> {
+    text[..offset.min(text.len())].lines().rev().find_map(|line| {
+        let line = line.trim();
+        let inner = line.strip_prefix('[')?.strip_suffix(']')?;
+        (!inner.starts_with('[')).then(|| inner.trim().to_string())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "hello"
+kind = "command"
+priority = "batch"
+max_attempts = 3
+
+[gang]
+min = 2
+max = 4
+cpu = "500m"
+memory = "1GiB"
+
+[command]
+argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
+"#;
+
+    #[test]
+    fn a_command_job() {
+        let job = parse_job("job.toml", GOOD).unwrap();
+        assert_eq!(job.name, "hello");
+        assert_eq!((job.gang.min, job.gang.max, job.gang.max_attempts), (2, 4, 3));
+        assert_eq!(job.gang.slot, Resources::new(500, 1 << 30).with_scalar(EXECUTORS, 1));
+        assert!(matches!(job.kind, JobKind::Command { ref argv, .. } if argv[0] == "sh"));
+    }
+
+    #[test]
+    fn errors_name_file_line_and_field() {
+        let bad = GOOD.replace("min = 2", "min = 0");
+        let e = parse_job("job.toml", &bad).unwrap_err();
+        assert_eq!(e.to_string(), "job.toml:8: gang.min: must be between 1 and 100000, got 0");
+        let e = parse_job("job.toml", &GOOD.replace("memory = \"1GiB\"", "memory = \"lots\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (11, "gang.memory"));
+        let e = parse_job("job.toml", &GOOD.replace("priority", "priorty")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (4, "priorty"), "{e}");
+        let e = parse_job("job.toml", &GOOD.replace("spread", "x").replace("max = 4", "maxx = 4")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (9, "gang.maxx"), "{e}");
+        let e = parse_job("job.toml", "name = \"x\"\n[gang\n").unwrap_err();
+        assert_eq!(e.line, 2, "{e}");
+        let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
+        assert_eq!(e.field, "kind");
+    }
+}

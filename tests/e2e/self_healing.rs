@@ -1,0 +1,90 @@
+//! The cluster heals itself: `cohort up` restarts what dies, a lost host is
+//! not a job's failure, and an agent that restarts keeps its executors.
+
+use std::time::Duration;
+
+use crate::harness::{Cluster, Up, kill9, pids_of};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn cohort_up_restarts_a_killed_agent_and_coordinator_and_their_executors_run_on() {
+    let up = Up::start(2);
+    let marker = format!("sleep 3600 # {}", up.address);
+    let spec = format!(
+        "name = \"long\"\nmax_attempts = 1\n[gang]\nmin = 2\ncpu = \"100m\"\nmemory = \"32MiB\"\n[command]\nargv = [\"sh\", \"-c\", {marker:?}]\n"
+    );
+    std::fs::write(up.dir.path().join("long.toml"), spec).unwrap();
+    let out = up.cli(&["submit", up.dir.path().join("long.toml").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let running = |u: &Up| {
+        u.json(&["job", "long"])["slots"].as_array().is_some_and(|s| s.iter().all(|s| s["state"] == "running"))
+    };
+    up.wait_until("both slots run", WAIT, running);
+    let executors = pids_of(&[&marker, "executor"]);
+    assert_eq!(executors.len(), 2, "two executors");
+    // kill -9 an agent: `cohort up` starts it again, and it re-adopts its executors
+    for process in ["agent-0", "agent-1"] {
+        let pid = up.pid_of(process).expect("the agent runs");
+        kill9(pid);
+        up.wait_until(&format!("{process} is back"), WAIT, |u| u.pid_of(process).is_some_and(|p| p != pid));
+    }
+    up.wait_until("both agents are ready again", WAIT, |u| {
+        u.json(&["nodes"]).as_array().is_some_and(|n| n.iter().all(|n| n["state"] == "ready"))
+    });
+    // kill -9 the coordinator: it comes back and adopts what runs
+    let coordinator = up.pid_of("coordinator").expect("the coordinator runs");
+    kill9(coordinator);
+    up.wait_until("the coordinator is back", WAIT, |u| {
+        u.pid_of("coordinator").is_some_and(|p| p != coordinator) && u.json(&["status"])["agents"] == 2
+    });
+    up.wait_until("the job is seen running again", WAIT, running);
+    let job = up.json(&["job", "long"]);
+    assert_eq!((job["state"].as_str(), job["attempts"].as_u64()), (Some("running"), Some(1)), "{job}");
+    assert_eq!(pids_of(&[&marker, "executor"]), executors, "no executor was restarted");
+    let log = std::fs::read_to_string(up.dir.path().join("up.log")).unwrap();
+    assert!(log.contains("agent-0 exited") && log.contains("coordinator restarted"), "{log}");
+}
+
+#[test]
+fn a_job_whose_node_is_lost_mid_run_succeeds_later_with_attempts_unchanged() {
+    let mut c = Cluster::start(&[("a", 2), ("b", 2)]);
+    let spec = "name = \"once\"\nmax_attempts = 1\n[gang]\nmin = 2\ncpu = \"1\"\nmemory = \"32MiB\"\n[command]\nargv = [\"sleep\", \"2\"]\n";
+    let id = c.submit_file("once.toml", spec);
+    c.wait_until("both slots run", WAIT, |c| c.running_slots(id).len() == 2);
+    let home = c.running_slots(id)[0].0.clone();
+    c.kill_agent(&home);
+    c.wait_until("the job succeeds elsewhere", Duration::from_secs(60), |c| c.state(id) == "succeeded");
+    let job = c.job(id);
+    assert_eq!(job["attempts"], 1, "{job}");
+    let history = job["history"].as_array().unwrap();
+    assert_eq!(history[0]["outcome"], "lost");
+    assert_eq!(history[0]["charged"], false);
+    assert_eq!(history.last().unwrap()["outcome"], "succeeded");
+}
+
+#[test]
+fn an_agent_restart_keeps_its_executors_and_reports_how_one_ended_meanwhile() {
+    let mut c = Cluster::start_with(&[("a", 2)], 5.0);
+    let stop = c.dir.path().join("stop-now");
+    let long = c.submit("long", 1, "100m", "batch", "echo up; sleep 30");
+    let waiter = format!("while [ ! -f {} ]; do sleep 0.05; done; echo bye; exit 3", stop.display());
+    let short = c.submit("short", 1, "100m", "batch", &waiter);
+    c.wait_until("both run", WAIT, |c| c.running_slots(long).len() == 1 && c.running_slots(short).len() == 1);
+    let before = c.job(long)["slots"].clone();
+    // kill -9 the agent; while it is down, one executor ends with code 3
+    c.kill_agent("a");
+    std::fs::write(&stop, "").unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    c.start_agent("a", 2);
+    c.wait_until("the ended slot is reported with its code", WAIT, |c| {
+        c.job(short)["history"].as_array().is_some_and(|h| h.iter().any(|e| e["outcome"] == "failed"))
+    });
+    let history = c.job(short)["history"].clone();
+    assert!(history[0]["reason"].as_str().unwrap().contains("exited with code 3"), "{history}");
+    let after = c.job(long);
+    assert_eq!((after["state"].as_str(), after["attempts"].as_u64()), (Some("running"), Some(1)));
+    assert_eq!(after["slots"], before, "the same executor, re-adopted");
+    let logs = String::from_utf8_lossy(&c.cli(&["logs", "long"]).stdout).to_string();
+    assert_eq!(logs.trim(), "up", "one uninterrupted run");
+}
