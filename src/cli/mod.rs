@@ -140,7 +140,9 @@ enum Command {
 #[derive(Subcommand)]
 enum BenchCommand {
     /// Start a local cluster and measure its control plane.
-    ControlPlane(bench::Args),
+    ControlPlane(bench::control_plane::Args),
+    /// Start a local cluster and measure service healing and rolling updates.
+    Services(bench::services::Args),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -260,7 +262,8 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         }
         Command::Drain { node } => client::node_action(coordinator, &node, client::NodeAction::Drain, output).await,
         Command::Status => client::status(coordinator, output).await,
-        Command::Bench(BenchCommand::ControlPlane(args)) => bench::run(args).await,
+        Command::Bench(BenchCommand::ControlPlane(args)) => bench::control_plane::run(args).await,
+        Command::Bench(BenchCommand::Services(args)) => bench::services::run(args).await,
         Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
 }

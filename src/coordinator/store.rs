@@ -166,7 +166,7 @@ pub struct Snapshot {
 /// One change to the stored state.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Write {
-    Job(JobRecord),
+    Job(Box<JobRecord>),
     Alloc(AllocRecord),
     DeleteAlloc(u64),
     Node(NodeRecord),

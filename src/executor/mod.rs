@@ -4,10 +4,10 @@
 //! workload: it runs the argv as its child in its own process group, waits
 //! for it, writes how it ended to `DIR/exit.json`, and exits the same way.
 //! The record outlives the agent, so an agent that restarts learns how an
-//! executor ended while it was down. The supervisor ignores SIGTERM (a stop
-//! reaches the workload through the process group, and the supervisor stays
-//! to record its end); SIGKILL ends both. Without `--alloc-dir` it simply
-//! replaces itself with the argv.
+//! executor ended while it was down. The supervisor survives SIGTERM: it
+//! passes the signal on to the workload (even one that arrived before the
+//! workload started) and stays to record its end; SIGKILL ends both.
+//! Without `--alloc-dir` it simply replaces itself with the argv.
 //!
 //! `command` and `service` run an argv; `batch`, `stream` and `store`
 //! arrive with the data plane.
@@ -16,6 +16,7 @@ mod kind;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
@@ -46,31 +47,39 @@ pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Res
     }
 }
 
+/// A stop signal the supervisor received, and the workload to pass it to.
+static STOP: AtomicI32 = AtomicI32::new(0);
+static WORKLOAD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn on_stop(sig: i32) {
+    STOP.store(sig, Ordering::SeqCst);
+    let pid = WORKLOAD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill(2) is async-signal-safe.
+        unsafe { libc::kill(pid, sig) };
+    }
+}
+
 fn supervise(dir: &Path, program: &str, args: &[String]) -> Result<i32> {
-    const STOPS: [i32; 3] = [libc::SIGTERM, libc::SIGINT, libc::SIGHUP];
-    // SAFETY: setting signal dispositions of this single-threaded process.
+    // The supervisor stays to record the workload's end: a stop is passed on,
+    // even one that arrives before the workload exists. (Caught signals are
+    // reset by exec, so the workload gets the default dispositions.)
+    // SAFETY: installing a handler that only does async-signal-safe work.
     unsafe {
-        for sig in STOPS {
-            libc::signal(sig, libc::SIG_IGN);
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+            libc::signal(sig, on_stop as *const () as libc::sighandler_t);
         }
     }
     let mut cmd = std::process::Command::new(program);
     cmd.args(args);
-    // SAFETY: only signal(2), async-signal-safe, runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            // Ignored dispositions survive exec: give the workload the defaults back.
-            for sig in STOPS {
-                libc::signal(sig, libc::SIG_DFL);
-            }
-            Ok(())
-        });
+    let mut child = cmd.spawn().with_context(|| format!("executor: cannot run `{program}`"))?;
+    WORKLOAD.store(child.id() as i32, Ordering::SeqCst);
+    let early = STOP.load(Ordering::SeqCst);
+    if early != 0 {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, early) };
     }
-    let status = cmd
-        .spawn()
-        .with_context(|| format!("executor: cannot run `{program}`"))?
-        .wait()
-        .context("executor: cannot wait for the workload")?;
+    let status = child.wait().context("executor: cannot wait for the workload")?;
     let record = ExitRecord { code: status.code(), signal: status.signal() };
     let tmp = dir.join("exit.tmp");
     std::fs::write(&tmp, serde_json::to_vec(&record)?).context("executor: cannot record the exit")?;

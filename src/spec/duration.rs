@@ -16,7 +16,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => return Err(bad()),
     };
-    if !seconds.is_finite() || seconds < 0.0 || seconds > 365.0 * 86_400.0 {
+    if !(0.0..=365.0 * 86_400.0).contains(&seconds) {
         return Err(bad());
     }
     Ok(Duration::from_secs_f64(seconds))

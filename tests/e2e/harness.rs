@@ -11,6 +11,27 @@ pub fn cohort() -> &'static str {
     env!("CARGO_BIN_EXE_cohort")
 }
 
+/// Runs a client command against the cluster at `address`.
+pub fn cli_at(address: &str, args: &[&str]) -> Output {
+    Command::new(cohort())
+        .args(args)
+        .env("COHORT_COORDINATOR", address)
+        .env("COHORT_LOG", "warn")
+        .output()
+        .expect("run the cli")
+}
+
+/// Runs a client command with `--output json`; null when it fails.
+pub fn json_at(address: &str, args: &[&str]) -> Value {
+    let mut all = args.to_vec();
+    all.extend(["--output", "json"]);
+    let out = cli_at(address, &all);
+    if !out.status.success() {
+        return Value::Null;
+    }
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
 }
@@ -132,23 +153,12 @@ impl Cluster {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cohort())
-            .args(args)
-            .env("COHORT_COORDINATOR", &self.address)
-            .env("COHORT_LOG", "warn")
-            .output()
-            .expect("run the cli")
+        cli_at(&self.address, args)
     }
 
-    /// Runs a command with `--output json` and parses what it prints.
+    /// Runs a command with `--output json` and parses what it prints (null if it fails).
     pub fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.cli(&all);
-        if !out.status.success() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        json_at(&self.address, args)
     }
 
     pub fn write(&self, name: &str, text: &str) -> PathBuf {
@@ -304,22 +314,12 @@ impl Up {
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(cohort())
-            .args(args)
-            .env("COHORT_COORDINATOR", &self.address)
-            .env("COHORT_LOG", "warn")
-            .output()
-            .expect("run the cli")
+        cli_at(&self.address, args)
     }
 
+    /// Runs a command with `--output json` and parses what it prints (null if it fails).
     pub fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.cli(&all);
-        if !out.status.success() {
-            return Value::Null;
-        }
-        serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+        json_at(&self.address, args)
     }
 
     /// The pid of one of the processes `cohort up` runs (`coordinator`, `agent-0`, ...).

@@ -87,11 +87,7 @@ impl Engine {
         g.ready_at[i] = now + backoff;
         if g.running == 0 {
             // Every instance is down: the gang waits as a whole for its first ready slot.
-            g.phase = GangPhase::Pending;
-            g.domain = None;
-            g.blocker = PendingReason::NotYetTried;
-            self.update_growable(gang);
-            self.add_pending(gang);
+            self.back_to_pending(gang);
         } else {
             self.update_growable(gang);
         }
@@ -163,15 +159,20 @@ impl Engine {
             self.finish(gang, GangOutcome::Succeeded, String::new());
         } else if g.running == 0 {
             // The next wave needs `min` slots together again.
-            let g = self.gangs.get_mut(&gang).expect("live gang");
-            g.phase = GangPhase::Pending;
-            g.domain = None;
-            g.blocker = PendingReason::NotYetTried;
-            self.update_growable(gang);
-            self.add_pending(gang);
+            self.back_to_pending(gang);
         } else {
             self.update_growable(gang);
         }
+    }
+
+    /// A running gang with no slot left running waits in the queue again.
+    fn back_to_pending(&mut self, gang: GangId) {
+        let g = self.gangs.get_mut(&gang).expect("live gang");
+        g.phase = GangPhase::Pending;
+        g.domain = None;
+        g.blocker = PendingReason::NotYetTried;
+        self.update_growable(gang);
+        self.add_pending(gang);
     }
 
     /// Lists the gang among the growable ones, or takes it off, as its state says.

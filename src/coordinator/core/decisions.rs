@@ -178,7 +178,7 @@ impl Core {
                 health: health.clone(),
             };
             tracing::info!(job = id, gang, slot = p.slot, node = %node, alloc = p.alloc.0, "launching slot");
-            self.command(p.node.0, AgentCommand::Launch(launch));
+            self.command(p.node.0, AgentCommand::Launch(Box::new(launch)));
             self.set_slot(gang, p.slot, |s| {
                 *s = SlotRecord {
                     node,

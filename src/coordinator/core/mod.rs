@@ -274,7 +274,7 @@ impl Core {
         let result = f(self);
         let turn = std::mem::take(&mut self.turn);
         let mut writes = Vec::new();
-        writes.extend(turn.jobs.iter().map(|id| Write::Job(self.jobs[id].record.clone())));
+        writes.extend(turn.jobs.iter().map(|id| Write::Job(Box::new(self.jobs[id].record.clone()))));
         writes.extend(turn.allocs.iter().map(|id| match self.allocs.get(id) {
             Some(a) => Write::Alloc(a.clone()),
             None => Write::DeleteAlloc(*id),

@@ -282,7 +282,7 @@ pub struct Launch {
 /// What the coordinator tells an agent.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentCommand {
-    Launch(Launch),
+    Launch(Box<Launch>),
     /// SIGTERM now, SIGKILL after `grace_ms`.
     Kill {
         alloc: u64,

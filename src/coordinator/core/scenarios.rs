@@ -124,7 +124,7 @@ impl Harness {
                     pid: 100 + l.alloc as u32,
                 });
                 self.core.report(node, AgentReport::Started { alloc: l.alloc, pid: 100 + l.alloc as u32 }).unwrap();
-                out.push((node, l));
+                out.push((node, *l));
             }
         }
         out

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use cohort_proto as pb;
 
+use super::percentile;
+
 #[derive(clap::Args)]
 pub struct Args {
     #[arg(long, default_value_t = 30)]
@@ -27,19 +29,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let dir = std::env::temp_dir().join(format!("cohort-bench-{}", std::process::id()));
-    let settings =
-        crate::up::Settings { agents: args.agents, data_dir: dir.clone(), listen: format!("127.0.0.1:{port}") };
-    let children = crate::up::start(&settings).await?;
-    let result = measure(&args, &settings.listen).await;
-    crate::up::stop(children).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    result
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+    let agents = args.agents;
+    super::with_local_cluster(agents, |address| async move { measure(&args, &address).await }).await
 }
 
 async fn measure(args: &Args, address: &str) -> Result<()> {

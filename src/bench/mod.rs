@@ -1,0 +1,35 @@
+//! `cohort bench ...`: measurements of a real local cluster, started as
+//! `cohort up` starts it, each printing figures and same-run ratios.
+//!
+//! - `control_plane.rs`: gang start latency, submissions per second;
+//! - `services.rs`: healing a killed instance, a rolling update.
+
+pub mod control_plane;
+pub mod services;
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Result;
+
+/// Runs `f` against a local cluster of `agents` agents on a free port and a
+/// temporary data dir, and stops the cluster after.
+pub async fn with_local_cluster<F, Fut>(agents: u32, f: F) -> Result<()>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = Result<()>>,
+{
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let dir = std::env::temp_dir().join(format!("cohort-bench-{}", std::process::id()));
+    let settings = crate::up::Settings { agents, data_dir: dir.clone(), listen: format!("127.0.0.1:{port}") };
+    let children = crate::up::start(&settings).await?;
+    let result = f(settings.listen.clone()).await;
+    crate::up::stop(children).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// The `q` quantile of sorted samples.
+pub fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
