@@ -129,7 +129,7 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
             };
             println!("{json}");
         }
-        crate::cli::Output::Table => print!("{}", render(&trace, path, &reports)),
+        crate::cli::Output::Table | crate::cli::Output::Csv => print!("{}", render(&trace, path, &reports)),
     }
     Ok(())
 }

@@ -97,6 +97,8 @@ pub enum StopReason {
     GangFailed,
     /// Its gang was resized below it.
     Scaled,
+    /// Its gang's leader finished the gang's work.
+    Finished,
 }
 
 /// Why a running gang was stopped whole and re-queued.

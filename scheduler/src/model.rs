@@ -142,6 +142,10 @@ pub enum Restart {
     /// that doubles per restart (reset once it stayed up long enough); the
     /// gang never completes and never runs out of attempts.
     Always,
+    /// A driver and its workers, as in Spark: slot 0 (the leader)
+    /// succeeding completes the gang and stops the other slots; any slot
+    /// failing fails the attempt, as with `OnFailure`.
+    Leader,
 }
 
 fn default_max_attempts() -> u32 {

@@ -52,6 +52,8 @@ pub(super) struct Executors {
     pub data_dir: PathBuf,
     pub isolation: Isolation,
     pub max_executors: u32,
+    /// Set for every executor: where the coordinator and this host are.
+    pub env: BTreeMap<String, String>,
     pub table: Arc<Mutex<HashMap<u64, Executor>>>,
     pub outbox: mpsc::UnboundedSender<pb::AgentMessage>,
 }
@@ -140,7 +142,11 @@ impl Executors {
         let exe = std::env::current_exe().context("cannot find the cohort binary")?;
         let mut cmd = tokio::process::Command::new(exe);
         cmd.arg("executor").arg("--kind").arg(kind.as_str()).arg("--alloc-dir").arg(&dir).arg("--").args(&l.argv);
-        cmd.envs(&l.env).env("COHORT_ALLOC_ID", l.alloc_id.to_string());
+        cmd.envs(&self.env)
+            .envs(&l.env)
+            .env("COHORT_ALLOC_ID", l.alloc_id.to_string())
+            .env("COHORT_CPU_MILLIS", limits.cpu_millis.to_string())
+            .env("COHORT_MEMORY_BYTES", limits.memory_bytes.to_string());
         cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
         // Its own process group, so a stop reaches the workload's children too; and no
         // death signal from the agent: executors outlive an agent restart.

@@ -70,6 +70,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         data_dir: settings.data_dir.clone(),
         isolation,
         max_executors: settings.max_executors,
+        env: BTreeMap::from([
+            ("COHORT_COORDINATOR".to_string(), settings.join.clone()),
+            ("COHORT_HOST".to_string(), settings.address.clone()),
+        ]),
         table: Arc::default(),
         outbox,
     };

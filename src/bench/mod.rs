@@ -2,10 +2,13 @@
 //! `cohort up` starts it, each printing figures and same-run ratios.
 //!
 //! - `control_plane.rs`: gang start latency, submissions per second;
-//! - `services.rs`: healing a killed instance, a rolling update.
+//! - `services.rs`: healing a killed instance, a rolling update;
+//! - `tpch.rs`: the 22 TPC-H-derived queries through Flight SQL against
+//!   single-process DataFusion.
 
 pub mod control_plane;
 pub mod services;
+pub mod tpch;
 
 use std::future::Future;
 use std::time::Duration;
@@ -14,10 +17,10 @@ use anyhow::Result;
 
 /// Runs `f` against a local cluster of `agents` agents on a free port and a
 /// temporary data dir, and stops the cluster after.
-pub async fn with_local_cluster<F, Fut>(agents: u32, f: F) -> Result<()>
+pub async fn with_local_cluster<T, F, Fut>(agents: u32, f: F) -> Result<T>
 where
     F: FnOnce(String) -> Fut,
-    Fut: Future<Output = Result<()>>,
+    Fut: Future<Output = Result<T>>,
 {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let dir = std::env::temp_dir().join(format!("cohort-bench-{}", std::process::id()));

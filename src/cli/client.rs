@@ -15,6 +15,8 @@ pub enum Output {
     #[default]
     Table,
     Json,
+    /// Comma-separated values (`cohort sql`; other commands print tables).
+    Csv,
 }
 
 pub async fn channel(coordinator: &str) -> Result<Channel> {
@@ -42,7 +44,7 @@ pub async fn submit(coordinator: &str, file: &PathBuf, output: Output) -> Result
         .job_id;
     match output {
         Output::Json => println!("{}", json!({ "id": id })),
-        Output::Table => println!("{id}"),
+        Output::Table | Output::Csv => println!("{id}"),
     }
     Ok(())
 }
@@ -95,7 +97,7 @@ pub async fn jobs(coordinator: &str, output: Output) -> Result<()> {
     let list = client.list(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(job_json).collect::<Vec<_>>())?),
-        Output::Table => {
+        Output::Table | Output::Csv => {
             let mut t = table(&["id", "name", "state", "slots", "attempts", "priority", "queue", "reason"]);
             for j in &list {
                 let running = j.slots.iter().filter(|s| s.state == "running" || s.state == "starting").count();
@@ -168,7 +170,7 @@ pub async fn endpoints(coordinator: &str, id: &str, output: Output) -> Result<()
                 .collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        Output::Table => {
+        Output::Table | Output::Csv => {
             for e in &list {
                 println!("{}", address(e));
             }
@@ -180,7 +182,7 @@ pub async fn endpoints(coordinator: &str, id: &str, output: Output) -> Result<()
 fn print_job(j: &pb::Job, output: Output) -> Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&job_json(j))?),
-        Output::Table => {
+        Output::Table | Output::Csv => {
             println!("job {} ({}, {}): {}", j.id, j.name, j.kind, j.state);
             println!("priority {}, queue {}, attempts {}", j.priority, j.queue, j.attempts);
             if !j.reason.is_empty() {
@@ -274,7 +276,7 @@ pub async fn nodes(coordinator: &str, output: Output) -> Result<()> {
     let list = client.list(pb::ListNodesRequest {}).await.map_err(status_error)?.into_inner().nodes;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(node_json).collect::<Vec<_>>())?),
-        Output::Table => {
+        Output::Table | Output::Csv => {
             use cohort_scheduler::resources::{format_bytes, format_cpu};
             let mut t = table(&["node", "state", "cpu used/total", "memory used/total", "slots", "isolation"]);
             for n in &list {
@@ -313,7 +315,7 @@ pub async fn node_action(coordinator: &str, name: &str, action: NodeAction, outp
     .into_inner();
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&node_json(&node))?),
-        Output::Table => println!("{}: {}", node.name, node.state),
+        Output::Table | Output::Csv => println!("{}: {}", node.name, node.state),
     }
     Ok(())
 }
@@ -341,7 +343,7 @@ pub async fn watch(coordinator: &str, job: Option<&str>, output: Output) -> Resu
             Output::Json => {
                 println!("{}", json!({ "job": e.job_id, "at_ms": e.at_ms, "state": e.state, "what": e.what }))
             }
-            Output::Table => println!("job {} [{}] {}", e.job_id, e.state, e.what),
+            Output::Table | Output::Csv => println!("job {} [{}] {}", e.job_id, e.state, e.what),
         }
         if job.is_some() && matches!(e.state.as_str(), "succeeded" | "failed" | "cancelled") {
             break;
@@ -358,7 +360,7 @@ pub async fn status(coordinator: &str, output: Output) -> Result<()> {
             "{}",
             json!({ "coordinator": s.coordinator, "http": s.http, "kafka_bootstrap": s.kafka_bootstrap, "agents": s.agents })
         ),
-        Output::Table => {
+        Output::Table | Output::Csv => {
             println!("coordinator {} with {} agent(s)", s.coordinator, s.agents);
             if s.http.is_empty() {
                 println!("http: not served yet (web UI and /metrics arrive with the next control-plane step)");

@@ -2,6 +2,7 @@
 //! `executor`), the client commands (`client.rs`), and the simulator.
 
 mod client;
+pub(crate) mod sql;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -33,6 +34,26 @@ struct Cli {
     command: Command,
 }
 
+/// The warm pool of batch executors that serves SQL clients.
+#[derive(clap::Args)]
+struct PoolArgs {
+    /// Instances kept running while no query runs.
+    #[arg(long = "sql-pool-warm", default_value_t = 1)]
+    warm: u32,
+    /// Instances a large query grows the pool to (0: one per node).
+    #[arg(long = "sql-pool-max", default_value_t = 0)]
+    max: u32,
+    /// Cores per instance.
+    #[arg(long = "sql-pool-cpu", default_value = "1")]
+    cpu: String,
+    /// Memory per instance (queries spill beyond it).
+    #[arg(long = "sql-pool-memory", default_value = "2GiB")]
+    memory: String,
+    /// Seconds without queries before the pool shrinks back.
+    #[arg(long = "sql-pool-idle", default_value_t = 60.0)]
+    idle: f64,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start a whole cluster on this machine: a coordinator and agents.
@@ -54,6 +75,8 @@ enum Command {
         /// Seconds without heartbeats after which an agent is lost.
         #[arg(long, default_value_t = 5.0)]
         heartbeat_timeout: f64,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// Run an agent on this host and join it to a coordinator.
     Agent {
@@ -130,6 +153,8 @@ enum Command {
     Drain { node: String },
     /// Where the cluster is.
     Status,
+    /// Run SQL over Flight SQL: a REPL, or `-e SQL` / `-f FILE`.
+    Sql(sql::Args),
     /// Replay a workload trace through the scheduler in virtual time, or generate one.
     Simulate(simulate::Args),
     /// Measure a local cluster: gang start latency and submissions per second.
@@ -143,6 +168,8 @@ enum BenchCommand {
     ControlPlane(bench::control_plane::Args),
     /// Start a local cluster and measure service healing and rolling updates.
     Services(bench::services::Args),
+    /// TPC-H (derived) through Flight SQL against single-process DataFusion.
+    Tpch(bench::tpch::Args),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -194,8 +221,18 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Up { agents, data_dir, listen } => {
             up::run(up::Settings { agents, data_dir: data_dir.unwrap_or_else(up::default_data_dir), listen }).await
         }
-        Command::Coordinator { listen, data_dir, heartbeat_timeout } => {
+        Command::Coordinator { listen, data_dir, heartbeat_timeout, pool } => {
             let settings = coordinator::Settings {
+                sql: coordinator::sql::SqlSettings {
+                    pool: coordinator::sql::PoolSettings {
+                        warm: pool.warm.max(1),
+                        max: pool.max,
+                        cpu: pool.cpu,
+                        memory: pool.memory,
+                        idle: Duration::from_secs_f64(pool.idle.max(0.0)),
+                        ..Default::default()
+                    },
+                },
                 listen,
                 data_dir: data_dir.unwrap_or_else(|| up::default_data_dir().join("coordinator")),
                 core: CoreSettings {
@@ -252,6 +289,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Job { id } => client::job(coordinator, &id, output).await,
         Command::Cancel { id } => client::cancel(coordinator, &id, output).await,
         Command::Logs { id, slot, follow } => client::logs(coordinator, &id, slot, follow).await,
+        Command::Sql(args) => sql::run(coordinator, args, output).await,
         Command::Watch { id } => client::watch(coordinator, id.as_deref(), output).await,
         Command::Scale { id, instances } => client::scale(coordinator, &id, instances, output).await,
         Command::Endpoints { id } => client::endpoints(coordinator, &id, output).await,
@@ -264,6 +302,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Status => client::status(coordinator, output).await,
         Command::Bench(BenchCommand::ControlPlane(args)) => bench::control_plane::run(args).await,
         Command::Bench(BenchCommand::Services(args)) => bench::services::run(args).await,
+        Command::Bench(BenchCommand::Tpch(args)) => bench::tpch::run(args).await,
         Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
 }

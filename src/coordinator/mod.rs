@@ -5,10 +5,13 @@
 //! - `core/`: jobs, agents, allocations and the scheduler engine, in domain
 //!   types; the only code that touches the engine or the store;
 //! - `store.rs`: durable state (SQLite by default);
-//! - `api/`: the front doors. `grpc.rs` serves the CLI and the agents.
+//! - `api/`: the front doors. `grpc.rs` serves the CLI and the agents;
+//! - `sql/`: the SQL catalog, the warm pool and Flight SQL (served on the
+//!   same address as gRPC).
 
 pub mod api;
 pub mod core;
+pub mod sql;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -28,6 +31,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
     pub core: CoreSettings,
+    pub sql: sql::SqlSettings,
 }
 
 type Call = Box<dyn FnOnce(&mut Core) + Send>;
@@ -109,8 +113,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("coordinator listening on {address}");
     let (handle, stopped) = spawn_core(core);
     spawn_ticker(handle.clone());
+    let sql = sql::SqlFront::start(handle.clone(), settings.sql.clone(), settings.data_dir.clone()).await?;
     tokio::select! {
-        served = api::grpc::serve(listener, handle, streams) => served,
+        served = api::grpc::serve(listener, handle, streams, sql) => served,
         _ = stopped => anyhow::bail!("the coordinator stopped after a state store failure (see the log above)"),
     }
 }

@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use cohort_batch::TableDef;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -161,6 +162,8 @@ pub struct Snapshot {
     pub allocs: Vec<AllocRecord>,
     pub nodes: Vec<NodeRecord>,
     pub next_job: u64,
+    /// The SQL catalog, in the order its entries were created.
+    pub tables: Vec<TableDef>,
 }
 
 /// One change to the stored state.
@@ -171,6 +174,8 @@ pub enum Write {
     DeleteAlloc(u64),
     Node(NodeRecord),
     NextJob(u64),
+    /// The whole SQL catalog, replacing what was stored.
+    Catalog(Vec<TableDef>),
 }
 
 pub trait StateStore: Send {
@@ -192,7 +197,8 @@ impl SqliteStore {
             "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS allocs (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, record TEXT NOT NULL);
-             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);",
+             CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS catalog (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);",
         )?;
         Ok(SqliteStore { conn })
     }
@@ -217,6 +223,7 @@ impl StateStore for SqliteStore {
             allocs: self.all("SELECT record FROM allocs ORDER BY id")?,
             nodes: self.all("SELECT record FROM nodes ORDER BY name")?,
             next_job: next_job.unwrap_or(1) as u64,
+            tables: self.all("SELECT record FROM catalog ORDER BY seq")?,
         })
     }
 
@@ -244,6 +251,16 @@ impl StateStore for SqliteStore {
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job', ?1)",
                     params![*next as i64],
                 )?,
+                Write::Catalog(tables) => {
+                    tx.execute("DELETE FROM catalog", [])?;
+                    for (seq, table) in tables.iter().enumerate() {
+                        tx.execute(
+                            "INSERT INTO catalog (seq, record) VALUES (?1, ?2)",
+                            params![seq as i64, serde_json::to_string(table)?],
+                        )?;
+                    }
+                    0
+                }
             };
         }
         tx.commit()?;

@@ -9,10 +9,14 @@
 //! workload started) and stays to record its end; SIGKILL ends both.
 //! Without `--alloc-dir` it simply replaces itself with the argv.
 //!
-//! `command` and `service` run an argv; `batch`, `stream` and `store`
-//! arrive with the data plane.
+//! `command` and `service` run an argv; `batch` runs a datafusion-distributed
+//! worker (and a SQL job's driver) in a child of the supervisor
+//! (`batch.rs`, `sql_job.rs`); `stream` and `store` arrive with the rest of
+//! the data plane.
 
+mod batch;
 mod kind;
+mod sql_job;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -41,7 +45,14 @@ pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Res
                 let err = std::process::Command::new(program).args(args).exec();
                 bail!("executor: cannot run `{program}`: {err}")
             };
-            supervise(dir, program, args)
+            supervise(dir, program, args, &[])
+        }
+        ExecutorKind::Batch => {
+            let Some(dir) = alloc_dir else { return batch::run(argv) };
+            let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
+            let mut args = vec!["executor".to_string(), "--kind".into(), "batch".into(), "--".into()];
+            args.extend(argv.iter().cloned());
+            supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
         }
         other => bail!("executor kind `{other}` is not supported by this build yet"),
     }
@@ -60,7 +71,7 @@ extern "C" fn on_stop(sig: i32) {
     }
 }
 
-fn supervise(dir: &Path, program: &str, args: &[String]) -> Result<i32> {
+fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)]) -> Result<i32> {
     // The supervisor stays to record the workload's end: a stop is passed on,
     // even one that arrives before the workload exists. (Caught signals are
     // reset by exec, so the workload gets the default dispositions.)
@@ -71,7 +82,7 @@ fn supervise(dir: &Path, program: &str, args: &[String]) -> Result<i32> {
         }
     }
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args);
+    cmd.args(args).envs(env.iter().copied());
     let mut child = cmd.spawn().with_context(|| format!("executor: cannot run `{program}`"))?;
     WORKLOAD.store(child.id() as i32, Ordering::SeqCst);
     let early = STOP.load(Ordering::SeqCst);

@@ -3,10 +3,13 @@
 //!
 //! - `mod.rs`: the fields every job has, `kind = "command"`;
 //! - `service.rs`: `kind = "service"` (`[service]`, `[service.health]`);
+//! - `sql.rs`: `kind = "sql"` (`[sql] statements`) and the coordinator's
+//!   own `kind = "pool"` of batch executors kept warm for SQL clients;
 //! - `duration.rs`: `500ms`, `2s`, `5m`, `1h`.
 
 mod duration;
 mod service;
+mod sql;
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -16,8 +19,11 @@ use cohort_scheduler::{GangSpec, Placement, Resources, Restart};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::executor::ExecutorKind;
+
 pub use duration::parse_duration;
 pub use service::{HealthSpec, Probe, ServiceSpec};
+pub use sql::{FLIGHT_PORT, pool_spec};
 
 /// A job as submitted.
 #[derive(Clone, Debug, PartialEq)]
@@ -33,6 +39,21 @@ pub enum JobKind {
     Command { argv: Vec<String>, env: BTreeMap<String, String> },
     /// A long-running service: `instances` of an argv, kept healthy.
     Service { argv: Vec<String>, env: BTreeMap<String, String>, service: ServiceSpec },
+    /// SQL statements, run by a driver in slot 0 over the gang's batch
+    /// executors (every slot serves one).
+    Sql { statements: String },
+    /// Batch executors kept warm for SQL clients: a service whose
+    /// instances are datafusion-distributed workers.
+    Pool { service: ServiceSpec },
+}
+
+/// How an agent starts one slot of a job.
+pub struct LaunchShape {
+    pub executor: ExecutorKind,
+    pub argv: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub ports: Vec<String>,
+    pub health: Option<HealthSpec>,
 }
 
 impl JobKind {
@@ -40,13 +61,60 @@ impl JobKind {
         match self {
             JobKind::Command { .. } => "command",
             JobKind::Service { .. } => "service",
+            JobKind::Sql { .. } => "sql",
+            JobKind::Pool { .. } => "pool",
         }
     }
 
+    /// The service part of long-running kinds (scaled, health-checked,
+    /// restarted, updated in place).
     pub fn service(&self) -> Option<&ServiceSpec> {
         match self {
-            JobKind::Service { service, .. } => Some(service),
-            JobKind::Command { .. } => None,
+            JobKind::Service { service, .. } | JobKind::Pool { service } => Some(service),
+            JobKind::Command { .. } | JobKind::Sql { .. } => None,
+        }
+    }
+
+    /// The names of the host ports each slot gets.
+    pub fn ports(&self) -> Vec<String> {
+        match self {
+            JobKind::Service { service, .. } | JobKind::Pool { service } => service.ports.clone(),
+            JobKind::Sql { .. } => vec![FLIGHT_PORT.to_string()],
+            JobKind::Command { .. } => Vec::new(),
+        }
+    }
+
+    pub fn launch_shape(&self) -> LaunchShape {
+        let ports = self.ports();
+        match self {
+            JobKind::Command { argv, env } => LaunchShape {
+                executor: ExecutorKind::Command,
+                argv: argv.clone(),
+                env: env.clone(),
+                ports,
+                health: None,
+            },
+            JobKind::Service { argv, env, service } => LaunchShape {
+                executor: ExecutorKind::Service,
+                argv: argv.clone(),
+                env: env.clone(),
+                ports,
+                health: service.health.clone(),
+            },
+            JobKind::Sql { statements } => LaunchShape {
+                executor: ExecutorKind::Batch,
+                argv: vec!["sql".into()],
+                env: BTreeMap::from([("COHORT_SQL".to_string(), statements.clone())]),
+                ports,
+                health: Some(sql::serving_check()),
+            },
+            JobKind::Pool { service } => LaunchShape {
+                executor: ExecutorKind::Batch,
+                argv: vec!["worker".into()],
+                env: BTreeMap::new(),
+                ports,
+                health: service.health.clone(),
+            },
         }
     }
 }
@@ -94,7 +162,7 @@ struct RawSpec {
     #[serde(default)]
     command: Option<Spanned<RawCommand>>,
     #[serde(default)]
-    sql: Option<Spanned<toml::Table>>,
+    sql: Option<Spanned<sql::RawSql>>,
     #[serde(default)]
     service: Option<Spanned<service::RawService>>,
 }
@@ -195,6 +263,7 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     // Every slot is one executor process on its host.
     let slot = Resources::new(cpu, memory).with_scalar(EXECUTORS, 1);
     if kind_name != "service"
+        && kind_name != "pool"
         && let Some(s) = &raw.service
     {
         return Err(errors.at(Some(s.span()), "service", "a [service] table needs kind = \"service\""));
@@ -248,12 +317,28 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
             JobKind::Service { argv, env, service }
         }
         "sql" => {
-            let span = raw.sql.as_ref().map(|s| s.span()).or(kind_span);
-            return Err(errors.at(
-                span,
-                "kind",
-                "kind = \"sql\" jobs arrive with the DataFusion data plane; this cluster runs \"command\" and \"service\"",
-            ));
+            if let Some(c) = &raw.command {
+                return Err(errors.at(Some(c.span()), "command", "a kind = \"sql\" job runs [sql] statements, not a command"));
+            }
+            let Some(table) = raw.sql else {
+                return Err(errors.at(kind_span, "sql", "kind = \"sql\" needs a [sql] table with statements"));
+            };
+            let statements = sql::parse(&errors, table)?;
+            spec.restart = Restart::Leader;
+            spec.slot = spec.slot.with_scalar(PORTS, 1);
+            JobKind::Sql { statements }
+        }
+        "pool" => {
+            let Some(raw_service) = raw.service else {
+                return Err(errors.at(kind_span, "service", "kind = \"pool\" needs a [service] table"));
+            };
+            let service = sql::pool_service(&errors, raw_service)?;
+            spec.min = 1;
+            spec.max = service.instances;
+            spec.restart = Restart::Always;
+            spec.slot = spec.slot.with_scalar(PORTS, service.ports.len() as u64);
+            spec.constraints.one_slot_per_node = service.unique_nodes;
+            JobKind::Pool { service }
         }
         other => {
             return Err(errors.at(
@@ -334,6 +419,6 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         let e = parse_job("job.toml", "name = \"x\"\n[gang\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
-        assert_eq!(e.field, "kind");
+        assert_eq!(e.field, "command");
     }
 }

@@ -24,6 +24,10 @@ impl Engine {
             return Ok(());
         }
         match outcome {
+            SlotOutcome::Succeeded if self.gangs[&gang].spec.restart == Restart::Leader && alloc.slot == 0 => {
+                self.slot_left(gang, alloc.slot, alloc.res, SlotState::Done);
+                self.finish(gang, GangOutcome::Succeeded, String::new());
+            }
             SlotOutcome::Succeeded => {
                 let g = &self.gangs[&gang];
                 let ran = self.now - alloc.started;
@@ -254,6 +258,7 @@ impl Engine {
     pub(crate) fn finish(&mut self, gang: GangId, outcome: GangOutcome, reason: String) {
         let stop_reason = match outcome {
             GangOutcome::Cancelled => StopReason::Cancelled,
+            GangOutcome::Succeeded => StopReason::Finished,
             _ => StopReason::GangFailed,
         };
         for a in self.running_allocs(gang) {

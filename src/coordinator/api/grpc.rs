@@ -19,17 +19,47 @@ use crate::coordinator::core::model::{
     AgentCommand, AgentReport, ExitReport, JobEvent, JobView, NodeOp, NodeView, Registration, RunningExecutor,
 };
 use crate::coordinator::core::{AgentSink, CoordinatorError};
+use crate::coordinator::sql::SqlFront;
 
-/// Serves the gRPC API on `listener` until the process ends.
-pub async fn serve(listener: tokio::net::TcpListener, core: CoreHandle, streams: AgentStreams) -> anyhow::Result<()> {
+/// Serves the gRPC API, and Flight SQL beside it, on `listener` until the
+/// process ends.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    core: CoreHandle,
+    streams: AgentStreams,
+    sql: Arc<SqlFront>,
+) -> anyhow::Result<()> {
     let api = Api { core, streams };
+    // Small answers (a query's ticket, its rows) must not wait for Nagle.
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
+        let conn = conn?;
+        conn.set_nodelay(true)?;
+        Ok::<_, std::io::Error>(conn)
+    });
     tonic::transport::Server::builder()
         .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
         .add_service(pb::jobs_server::JobsServer::new(api.clone()))
         .add_service(pb::nodes_server::NodesServer::new(api))
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .add_service(pb::catalog_server::CatalogServer::new(CatalogApi { sql: sql.clone() }))
+        .add_service(crate::coordinator::sql::flight::service(sql))
+        .serve_with_incoming(incoming)
         .await?;
     Ok(())
+}
+
+/// The catalog as statements, for drivers of SQL jobs.
+struct CatalogApi {
+    sql: Arc<SqlFront>,
+}
+
+#[tonic::async_trait]
+impl pb::catalog_server::Catalog for CatalogApi {
+    async fn tables(&self, _req: Request<pb::TablesRequest>) -> Result<Response<pb::TableList>, Status> {
+        let tables = self.sql.tables().await.map_err(status_of)?;
+        Ok(Response::new(pb::TableList {
+            tables: tables.into_iter().map(|t| pb::TableDef { name: t.name, ddl: t.ddl }).collect(),
+        }))
+    }
 }
 
 /// The gRPC status for a core error.

@@ -9,8 +9,6 @@ use super::Core;
 use super::error::Result;
 use super::model::{AgentCommand, JobState, Launch, SlotState};
 use crate::coordinator::store::{AllocRecord, AttemptRecord, SlotRecord};
-use crate::executor::ExecutorKind;
-use crate::spec::JobKind;
 
 /// Entries kept in a job's history; the oldest go first.
 const HISTORY_KEPT: usize = 50;
@@ -57,6 +55,7 @@ impl Core {
                         StopReason::Drained => "its node is draining".into(),
                         StopReason::GangFailed => "its job failed".into(),
                         StopReason::Scaled => "scaled down".into(),
+                        StopReason::Finished => "its driver finished".into(),
                     };
                     tracing::info!(gang = gang.0, slot, alloc = alloc.0, reason = %why, "stopping slot");
                     self.set_slot(gang.0, slot, |s| {
@@ -133,17 +132,13 @@ impl Core {
         let job = &self.jobs[&id];
         let spec = if job.gang() == gang { &job.spec } else { job.next.as_ref().unwrap_or(&job.spec) };
         let attempts = self.engine.gang(GangId(gang)).map_or(job.record.attempts, |g| g.attempts);
-        let (kind, argv, base_env, port_names, health) = match &spec.kind {
-            JobKind::Command { argv, env } => (ExecutorKind::Command, argv.clone(), env.clone(), Vec::new(), None),
-            JobKind::Service { argv, env, service } => {
-                (ExecutorKind::Service, argv.clone(), env.clone(), service.ports.clone(), service.health.clone())
-            }
-        };
+        let shape = spec.kind.launch_shape();
+        let (kind, port_names) = (shape.executor, &shape.ports);
         let peers: Vec<String> = slots.iter().map(|p| format!("{}@{}", p.slot, self.node_name(p.node))).collect();
         let now = self.engine.now();
         for p in slots {
             let node = self.node_name(p.node);
-            let ports = self.assign_ports(p.node.0, &port_names);
+            let ports = self.assign_ports(p.node.0, port_names);
             let record = AllocRecord {
                 id: p.alloc.0,
                 job: id,
@@ -155,7 +150,7 @@ impl Core {
             };
             self.allocs.insert(p.alloc.0, record);
             self.turn.allocs.insert(p.alloc.0);
-            let mut env = base_env.clone();
+            let mut env = shape.env.clone();
             env.insert("COHORT_JOB_ID".into(), id.to_string());
             env.insert("COHORT_SLOT".into(), p.slot.to_string());
             env.insert("COHORT_GANG_SIZE".into(), slots.len().to_string());
@@ -171,11 +166,11 @@ impl Core {
                 job: id,
                 slot: p.slot,
                 kind,
-                argv: argv.clone(),
+                argv: shape.argv.clone(),
                 env,
                 limits: p.limits,
                 ports: ports.clone(),
-                health: health.clone(),
+                health: shape.health.clone(),
             };
             tracing::info!(job = id, gang, slot = p.slot, node = %node, alloc = p.alloc.0, "launching slot");
             self.command(p.node.0, AgentCommand::Launch(Box::new(launch)));
@@ -185,8 +180,8 @@ impl Core {
                     state: SlotState::Starting,
                     alloc_id: p.alloc.0,
                     exit_code: 0,
-                    // Services are healthy once they pass their check (or, without one, once running).
-                    healthy: (kind == ExecutorKind::Service).then_some(false),
+                    // Health-checked slots are healthy once they pass their check.
+                    healthy: shape.health.is_some().then_some(false),
                     ports,
                 }
             });

@@ -98,6 +98,12 @@ impl Core {
             .ok_or_else(|| CoordinatorError::NotFound(format!("no job named `{name}`")))
     }
 
+    /// A job's spec as submitted.
+    pub fn spec_text(&self, id: u64) -> Result<String> {
+        let job = self.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
+        Ok(job.record.spec_toml.clone())
+    }
+
     /// Where a slot's output is: the agent's log service and the allocation.
     pub fn log_source(&self, job: u64, slot: u32) -> Result<(String, u64)> {
         let record = &self.jobs.get(&job).ok_or_else(|| CoordinatorError::NotFound(format!("no job {job}")))?.record;

@@ -15,9 +15,12 @@
 //! - `jobs`: submit, cancel, job views, where a slot's logs are;
 //! - `services`: rolling updates, scaling, health, ports, endpoints;
 //! - `agents`: registration, reports, heartbeats, node maintenance;
-//! - `decisions`: a scheduling pass and what its decisions become.
+//! - `decisions`: a scheduling pass and what its decisions become;
+//! - `catalog`: the SQL catalog's table definitions (their meaning is
+//!   DataFusion's business, in the Flight SQL front door and drivers).
 
 mod agents;
+mod catalog;
 pub mod clock;
 mod decisions;
 pub mod error;
@@ -30,6 +33,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cohort_batch::TableDef;
 use cohort_scheduler::{AllocId, Config, Engine, Event, GangId, NodeId};
 use tokio::sync::broadcast;
 
@@ -96,6 +100,7 @@ struct Turn {
     allocs: BTreeSet<u64>,
     nodes: BTreeSet<u32>,
     next_job: bool,
+    catalog: bool,
     commands: Vec<(u32, AgentCommand)>,
     events: Vec<JobEvent>,
 }
@@ -114,6 +119,8 @@ pub struct Core {
     /// Per node: where the search for free host ports goes on from.
     port_cursor: BTreeMap<u32, u32>,
     next_job: u64,
+    /// The SQL catalog, in creation order.
+    tables: Vec<TableDef>,
     endpoints: ClusterStatus,
     events: broadcast::Sender<JobEvent>,
     turn: Turn,
@@ -178,6 +185,7 @@ impl Core {
             port_cursor: BTreeMap::new(),
             agents,
             next_job: snapshot.next_job,
+            tables: snapshot.tables,
             endpoints: ClusterStatus::default(),
             events: broadcast::channel(4096).0,
             turn: Turn::default(),
@@ -282,6 +290,9 @@ impl Core {
         writes.extend(turn.nodes.iter().map(|id| Write::Node(self.agents[id].record.clone())));
         if turn.next_job {
             writes.push(Write::NextJob(self.next_job));
+        }
+        if turn.catalog {
+            writes.push(Write::Catalog(self.tables.clone()));
         }
         if let Err(e) = self.store.commit(&writes) {
             tracing::error!(error = %e, writes = writes.len(), "state store failed; the coordinator stops");

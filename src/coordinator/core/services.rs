@@ -235,12 +235,13 @@ impl Core {
         })
     }
 
-    /// Where a service's healthy instances are reached (both versions during a rolling update).
+    /// Where a job's healthy slots are reached (for a service, both
+    /// versions during a rolling update).
     pub fn endpoints(&self, id: u64) -> Result<Vec<Endpoint>> {
         let job = self.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
-        if job.spec.kind.service().is_none() {
+        if job.spec.kind.ports().is_empty() {
             return Err(CoordinatorError::InvalidInput(format!(
-                "job {id} is a {} job; only services have endpoints",
+                "job {id} is a {} job: its slots serve no ports, so it has no endpoints",
                 job.record.kind
             )));
         }

@@ -1,0 +1,55 @@
+//! Connections to workers, with the timeouts datafusion-distributed's
+//! default resolver lacks: a connect timeout (a dead host fails in
+//! seconds, not minutes) and HTTP/2 keepalive (a host that vanishes
+//! mid-stream is noticed). No overall request timeout: it would cut long
+//! streams short. Channels are made lazily and kept per URL; `forget` drops
+//! the one of a worker that went away.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use datafusion::error::DataFusionError;
+use datafusion_distributed::{ChannelResolver, WorkerChannel, grpc};
+use url::Url;
+
+/// How long connecting to a worker may take before the query is told.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Clone, Default)]
+pub struct Channels {
+    cache: Arc<Mutex<HashMap<Url, grpc::BoxCloneSyncChannel>>>,
+}
+
+impl Channels {
+    /// Forgets the connection to a worker (it died, or was replaced).
+    pub fn forget(&self, url: &Url) {
+        self.cache.lock().expect("channel cache").remove(url);
+    }
+
+    fn channel(&self, url: &Url) -> Result<grpc::BoxCloneSyncChannel, DataFusionError> {
+        let mut cache = self.cache.lock().expect("channel cache");
+        if let Some(c) = cache.get(url) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+            .map_err(|e| DataFusionError::Configuration(format!("invalid worker URL `{url}`: {e}")))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .tcp_keepalive(Some(Duration::from_secs(30)))
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        let channel = grpc::BoxCloneSyncChannel::new(endpoint.connect_lazy());
+        cache.insert(url.clone(), channel.clone());
+        Ok(channel)
+    }
+}
+
+#[async_trait]
+impl ChannelResolver for Channels {
+    async fn get_worker_client_for_url(&self, url: &Url) -> Result<Box<dyn WorkerChannel>, DataFusionError> {
+        self.channel(url).map(grpc::create_worker_client)
+    }
+}

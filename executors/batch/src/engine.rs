@@ -1,0 +1,401 @@
+//! The driver side of distributed queries.
+//!
+//! One [`SqlEngine`] holds the catalog (a DataFusion `SessionContext`
+//! whose tables every query sees). Each query is planned in its own session
+//! whose worker resolver returns the workers of that query's attempt, since
+//! datafusion-distributed reads the resolver synchronously while planning.
+//!
+//! datafusion-distributed has no fault tolerance: a worker that dies fails
+//! the query. So the engine holds a query's output back (up to
+//! [`EngineSettings::hold_back_bytes`]) until it is complete: a worker lost
+//! before then costs a re-plan on the workers there are now and another
+//! try, at most [`EngineSettings::max_attempts`] in all. Rows are never
+//! answered twice or partially: once output is released, a later failure
+//! reaches the client as an error.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::datasource::ViewTable;
+use datafusion::common::ParamValues;
+use datafusion::catalog::TableProvider;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
+use datafusion::datasource::{provider_as_source, source_as_provider};
+use datafusion::logical_expr::dml::{CopyTo, InsertOp};
+use datafusion::logical_expr::{DmlStatement, WriteOp};
+use datafusion::error::DataFusionError;
+use datafusion::execution::SendableRecordBatchStream;
+use datafusion::execution::session_state::SessionStateBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResolver};
+use futures::{StreamExt, TryStreamExt};
+use url::Url;
+
+use crate::statements::TableDef;
+use crate::{Channels, Error, Result, Staged};
+
+/// How the driver plans and retries.
+#[derive(Clone, Debug)]
+pub struct EngineSettings {
+    /// Partitions each task runs: about the cores of one worker.
+    pub target_partitions: usize,
+    /// Tries per query when workers are lost.
+    pub max_attempts: u32,
+    /// Output held back, so that a lost worker can still be retried,
+    /// before rows start to flow to the client.
+    pub hold_back_bytes: usize,
+    /// Memory for the parts of plans that run in the driver.
+    pub memory_bytes: usize,
+    /// Where the driver spills; the system's temporary directory if unset.
+    pub spill_dir: Option<PathBuf>,
+}
+
+impl Default for EngineSettings {
+    fn default() -> Self {
+        EngineSettings {
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            max_attempts: 3,
+            hold_back_bytes: 64 << 20,
+            memory_bytes: 1 << 30,
+            spill_dir: None,
+        }
+    }
+}
+
+/// Where a query's workers come from.
+#[async_trait]
+pub trait WorkerSource: Send + Sync {
+    /// The workers to plan attempt `attempt` (from 1) over. May wait for
+    /// some to come; fails with [`Error::NoWorkers`] if none do.
+    async fn workers(&self, attempt: u32) -> Result<Vec<Url>>;
+}
+
+/// A query that ran far enough to answer: its rows, and why earlier
+/// attempts were abandoned.
+pub struct QueryOutcome {
+    pub schema: SchemaRef,
+    pub stream: SendableRecordBatchStream,
+    pub retries: Vec<String>,
+}
+
+/// The workers of one attempt, as datafusion-distributed asks for them.
+struct Fixed(Vec<Url>);
+
+impl WorkerResolver for Fixed {
+    fn get_urls(&self) -> Result<Vec<Url>, DataFusionError> {
+        Ok(self.0.clone())
+    }
+}
+
+/// The catalog and the way queries run.
+pub struct SqlEngine {
+    /// Plans across workers; owns the catalog.
+    ctx: SessionContext,
+    /// The same catalog, planned in this process only: for statements that
+    /// read no files (SHOW TABLES, DESCRIBE, `SELECT 1`).
+    local: SessionContext,
+    channels: Channels,
+    settings: EngineSettings,
+    /// Bytes under each scanned location, listed at most every few seconds.
+    sizes: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
+}
+
+/// How long a location's listed size is trusted.
+const SIZE_TTL: Duration = Duration::from_secs(10);
+
+/// What a planned statement reads.
+#[derive(Debug, Default)]
+pub struct Footprint {
+    /// Locations of the file-backed tables it scans (views looked through).
+    pub locations: Vec<ListingTableUrl>,
+}
+
+impl SqlEngine {
+    pub fn new(settings: EngineSettings) -> Result<SqlEngine> {
+        let spill = settings.spill_dir.clone().unwrap_or_else(std::env::temp_dir);
+        std::fs::create_dir_all(&spill)
+            .map_err(|source| Error::Io { context: format!("cannot create {}", spill.display()), source })?;
+        let runtime = crate::runtime(settings.memory_bytes, spill)?;
+        let config = SessionConfig::new()
+            .with_target_partitions(settings.target_partitions.max(1))
+            .with_information_schema(true);
+        let channels = Channels::default();
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config.clone())
+            .with_runtime_env(runtime.clone())
+            .with_distributed_channel_resolver(channels.clone())
+            .with_distributed_planner()
+            .build();
+        let local = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(config)
+            .with_runtime_env(runtime)
+            .with_catalog_list(state.catalog_list().clone())
+            .build();
+        Ok(SqlEngine {
+            ctx: SessionContext::new_with_state(state),
+            local: SessionContext::new_with_state(local),
+            channels,
+            settings,
+            sizes: Default::default(),
+        })
+    }
+
+    /// The shared catalog, for listings.
+    pub fn context(&self) -> &SessionContext {
+        &self.ctx
+    }
+
+    /// Runs a catalog statement (`CREATE EXTERNAL TABLE`, `CREATE VIEW`,
+    /// `DROP ...`) against the shared catalog.
+    pub async fn apply_ddl(&self, sql: &str) -> Result<()> {
+        self.local.sql(sql).await?.collect().await?;
+        Ok(())
+    }
+
+    /// Recreates persisted tables, in order. Returns those that failed
+    /// (their files may be gone), with why; the rest are registered.
+    pub async fn restore(&self, defs: &[TableDef]) -> Vec<(String, Error)> {
+        let mut failed = Vec::new();
+        for def in defs {
+            if let Err(e) = self.apply_ddl(&def.ddl).await {
+                tracing::warn!(table = %def.name, error = %e, "cannot restore table");
+                failed.push((def.name.clone(), e));
+            }
+        }
+        failed
+    }
+
+    /// Plans a statement without running it (its schema answers Flight
+    /// SQL's GetFlightInfo and prepared statements).
+    pub async fn plan(&self, sql: &str, params: Option<ParamValues>) -> Result<LogicalPlan> {
+        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        Ok(match params {
+            Some(p) => plan.with_param_values(p)?,
+            None => plan,
+        })
+    }
+
+    /// About how many bytes of files a planned statement scans (before
+    /// pruning), to size the workers it runs on.
+    pub async fn scan_bytes(&self, plan: &LogicalPlan) -> Result<u64> {
+        let mut total = 0;
+        for location in footprint(plan)?.locations {
+            let key = location.to_string();
+            let cached = self.sizes.lock().expect("size cache").get(&key).copied();
+            let bytes = match cached {
+                Some((at, bytes)) if at.elapsed() < SIZE_TTL => bytes,
+                _ => {
+                    let store = self.ctx.runtime_env().object_store(location.object_store())?;
+                    let bytes = store
+                        .list(Some(location.prefix()))
+                        .try_fold(0u64, |sum, meta| async move { Ok(sum + meta.size) })
+                        .await
+                        .map_err(DataFusionError::from)?;
+                    self.sizes.lock().expect("size cache").insert(key, (std::time::Instant::now(), bytes));
+                    bytes
+                }
+            };
+            total += bytes;
+        }
+        Ok(total)
+    }
+
+    /// Plans a write (`COPY ... TO`, or `INSERT INTO` an external table)
+    /// to go beside its target: the plan writes to staging, and the
+    /// returned [`Staged`] moves the files in at commit. `job` and
+    /// `attempt` name the staging (see [`Staged::beside`]).
+    pub async fn stage_write(&self, sql: &str, job: &str, attempt: u32) -> Result<(LogicalPlan, Staged)> {
+        match self.plan(sql, None).await? {
+            LogicalPlan::Copy(copy) => {
+                let staged = Staged::beside(&copy.output_url, job, attempt, &self.ctx.runtime_env()).await?;
+                let plan = LogicalPlan::Copy(CopyTo::new(
+                    copy.input,
+                    staged.staging_url.clone(),
+                    copy.partition_by,
+                    copy.file_type,
+                    copy.options,
+                ));
+                Ok((plan, staged))
+            }
+            LogicalPlan::Dml(dml) if matches!(dml.op, WriteOp::Insert(InsertOp::Append)) => {
+                let provider = source_as_provider(&dml.target)?;
+                let Some(table) = provider.downcast_ref::<ListingTable>() else {
+                    return Err(Error::Invalid(format!(
+                        "INSERT INTO {}: only external tables (files) take inserts",
+                        dml.table_name
+                    )));
+                };
+                let [location] = table.table_paths().as_slice() else {
+                    return Err(Error::Invalid(format!(
+                        "INSERT INTO {}: the table spans several locations; insert into one",
+                        dml.table_name
+                    )));
+                };
+                if !location.is_collection() {
+                    return Err(Error::Invalid(format!(
+                        "INSERT INTO {}: the table is one file ({location}); declare it over a directory",
+                        dml.table_name
+                    )));
+                }
+                let staged = Staged::beside(location.as_str(), job, attempt, &self.ctx.runtime_env()).await?;
+                // The same table, over the staging directory: DataFusion writes
+                // it with the table's own format options and partitioning.
+                let options = table.options().clone();
+                let partition_columns: Vec<&str> = options.table_partition_cols.iter().map(|(c, _)| c.as_str()).collect();
+                let file_fields: Vec<_> = table
+                    .schema()
+                    .fields()
+                    .iter()
+                    .filter(|f| !partition_columns.contains(&f.name().as_str()))
+                    .cloned()
+                    .collect();
+                let file_schema = Arc::new(arrow::datatypes::Schema::new(file_fields));
+                let config = ListingTableConfig::new(ListingTableUrl::parse(&staged.staging_url)?)
+                    .with_listing_options(options)
+                    .with_schema(file_schema);
+                let staging_table = ListingTable::try_new(config)?;
+                let plan = LogicalPlan::Dml(DmlStatement::new(
+                    dml.table_name.clone(),
+                    provider_as_source(Arc::new(staging_table)),
+                    dml.op,
+                    dml.input,
+                ));
+                Ok((plan, staged))
+            }
+            LogicalPlan::Dml(dml) => {
+                Err(Error::Invalid(format!("{} is not supported; INSERT INTO appends files to a table", dml.op)))
+            }
+            _ => Err(Error::Invalid("expected COPY ... TO or INSERT INTO".into())),
+        }
+    }
+
+    /// Runs a planned query on the workers `source` gives, retrying on
+    /// others when one is lost before the output is released. A query that
+    /// reads no files runs here, without workers.
+    pub async fn run(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
+        if footprint(&plan)?.locations.is_empty() {
+            let stream = self.local.execute_logical_plan(plan).await?.execute_stream().await?;
+            return Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new() });
+        }
+        let mut retries = Vec::new();
+        for attempt in 1..=self.settings.max_attempts {
+            let workers = source.workers(attempt).await?;
+            if workers.is_empty() {
+                return Err(Error::NoWorkers("the worker source returned none".into()));
+            }
+            match self.attempt(plan.clone(), &workers).await {
+                Ok(mut outcome) => {
+                    outcome.retries = retries;
+                    return Ok(outcome);
+                }
+                Err(e) if is_worker_loss(&e) => {
+                    tracing::warn!(attempt, error = %e, "query lost a worker; re-planning");
+                    for w in &workers {
+                        self.channels.forget(w);
+                    }
+                    retries.push(format!("attempt {attempt}: {e}"));
+                    // Give the cluster a moment to notice the loss.
+                    tokio::time::sleep(Duration::from_millis(200 * attempt as u64)).await;
+                }
+                Err(e) => return Err(Error::DataFusion(e)),
+            }
+        }
+        Err(Error::WorkersLost {
+            attempts: self.settings.max_attempts,
+            last: retries.pop().unwrap_or_default(),
+        })
+    }
+
+    /// One try: plan on `workers`, run until the output is complete or
+    /// exceeds the hold-back, and hand it over.
+    async fn attempt(&self, plan: LogicalPlan, workers: &[Url]) -> Result<QueryOutcome, DataFusionError> {
+        let state = SessionStateBuilder::new_from_existing(self.ctx.state())
+            .with_distributed_worker_resolver(Fixed(workers.to_vec()))
+            .build();
+        let df = SessionContext::new_with_state(state).execute_logical_plan(plan).await?;
+        let mut stream = df.execute_stream().await?;
+        let schema = stream.schema();
+        let mut held: Vec<RecordBatch> = Vec::new();
+        let mut held_bytes = 0;
+        while held_bytes <= self.settings.hold_back_bytes {
+            match stream.try_next().await? {
+                Some(batch) => {
+                    held_bytes += batch.get_array_memory_size();
+                    held.push(batch);
+                }
+                None => {
+                    let done = futures::stream::iter(held.into_iter().map(Ok));
+                    let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), done));
+                    return Ok(QueryOutcome { schema, stream, retries: Vec::new() });
+                }
+            }
+        }
+        let rest = futures::stream::iter(held.into_iter().map(Ok)).chain(stream);
+        let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), rest));
+        Ok(QueryOutcome { schema, stream, retries: Vec::new() })
+    }
+}
+
+/// The file-backed tables a plan reads, looking through views.
+pub fn footprint(plan: &LogicalPlan) -> Result<Footprint> {
+    let mut found = Footprint::default();
+    visit_scans(plan, &mut found)?;
+    Ok(found)
+}
+
+fn visit_scans(plan: &LogicalPlan, found: &mut Footprint) -> Result<()> {
+    plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Ok(provider) = source_as_provider(&scan.source)
+        {
+            if let Some(listing) = provider.downcast_ref::<ListingTable>() {
+                found.locations.extend(listing.table_paths().iter().cloned());
+            } else if let Some(view) = provider.downcast_ref::<ViewTable>() {
+                visit_scans(view.logical_plan(), found).map_err(|e| DataFusionError::External(Box::new(e)))?;
+            }
+        }
+        Ok(TreeNodeRecursion::Continue)
+    })?;
+    Ok(())
+}
+
+/// Whether an error means a worker went away (and a re-planned try may
+/// succeed), rather than that the query itself is wrong.
+pub fn is_worker_loss(e: &DataFusionError) -> bool {
+    use tonic::Code;
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cause {
+        if let Some(status) = err.downcast_ref::<tonic::Status>()
+            && matches!(
+                status.code(),
+                Code::Unavailable | Code::Cancelled | Code::Unknown | Code::Aborted | Code::DeadlineExceeded
+            )
+        {
+            return true;
+        }
+        if err.downcast_ref::<tonic::transport::Error>().is_some() {
+            return true;
+        }
+        cause = err.source();
+    }
+    let text = e.to_string();
+    const SIGNS: [&str; 7] = [
+        "Error connecting to Distributed DataFusion worker",
+        "transport error",
+        "Connection refused",
+        "connection reset",
+        "broken pipe",
+        "h2 protocol error",
+        "error reading a body from connection",
+    ];
+    SIGNS.iter().any(|sign| text.contains(sign))
+}

@@ -1,0 +1,67 @@
+//! Cohort's batch executors and the SQL driver around them.
+//!
+//! DataFusion is the query engine and datafusion-distributed the
+//! distributed one; this crate supplies what they leave to the platform:
+//!
+//! - `worker.rs`: one datafusion-distributed worker per slot, with a
+//!   memory pool the size of the slot and spill files in its allocation;
+//! - `channels.rs`: worker connections with connect timeouts and keepalive;
+//! - `engine.rs`: the driver: plans each query over the workers it is
+//!   given now and retries it, re-planned, when one of them is lost;
+//! - `statements.rs`: what a statement does to the catalog and to storage;
+//! - `output.rs`: outputs staged beside their target and moved in at commit,
+//!   so a failed or preempted job leaves nothing half-written in sight;
+//! - `tpch.rs`: TPC-H data (tpchgen) and the 22 queries, for benchmarks.
+//!
+//! It knows nothing of the coordinator: where the workers are and where
+//! table definitions are kept is told to it ([`WorkerSource`], [`TableDef`]).
+
+mod channels;
+mod engine;
+mod output;
+mod statements;
+pub mod tpch;
+mod worker;
+
+pub use channels::{CONNECT_TIMEOUT, Channels};
+pub use engine::{EngineSettings, Footprint, QueryOutcome, SqlEngine, WorkerSource, footprint, is_worker_loss};
+pub use output::{Staged, commit_all, discard_all};
+pub use statements::{CatalogChange, Statement, TableDef, classify, same_definition, split_statements};
+pub use worker::{WorkerSettings, runtime, serve};
+
+/// What can go wrong running SQL on batch executors.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// DataFusion refused or failed the statement; its message says why.
+    #[error(transparent)]
+    DataFusion(#[from] datafusion::error::DataFusionError),
+    /// The statement is not allowed where it was sent.
+    #[error("{0}")]
+    Invalid(String),
+    /// No worker is serving, and none came within the wait.
+    #[error("no batch executor is serving: {0}")]
+    NoWorkers(String),
+    /// Something the statement needs (the catalog's store, a driver's
+    /// coordinator) cannot be reached.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Every attempt lost a worker mid-query.
+    #[error("the query lost a worker on each of its {attempts} attempts; last: {last}")]
+    WorkersLost { attempts: u32, last: String },
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serve: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(source: std::io::Error) -> Self {
+        Error::Io { context: "i/o".into(), source }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

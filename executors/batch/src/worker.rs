@@ -1,0 +1,60 @@
+//! A batch executor: one datafusion-distributed worker, serving plan
+//! fragments over Arrow Flight. It holds no tables (plans travel with their
+//! file groups); it spills to its allocation's directory rather than let
+//! its slot's memory limit kill it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use datafusion::error::DataFusionError;
+use datafusion::execution::SessionState;
+use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
+use datafusion::execution::memory_pool::FairSpillPool;
+use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
+use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext};
+
+use crate::Channels;
+
+/// What a worker may use.
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    pub listen: SocketAddr,
+    /// The slot's memory: queries spill beyond this.
+    pub memory_bytes: usize,
+    /// Where spill files go (the allocation's directory).
+    pub spill_dir: PathBuf,
+}
+
+/// A runtime whose memory pool is `memory_bytes`, shared fairly among the
+/// operators that can spill, spilling into `spill_dir`.
+pub fn runtime(memory_bytes: usize, spill_dir: PathBuf) -> Result<Arc<RuntimeEnv>, DataFusionError> {
+    RuntimeEnvBuilder::new()
+        .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+        .with_disk_manager_builder(
+            DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),
+        )
+        .build_arc()
+}
+
+/// Serves a worker until `shutdown` resolves.
+pub async fn serve(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -> Result<(), crate::Error> {
+    std::fs::create_dir_all(&settings.spill_dir)?;
+    // Workers talk to each other in shuffles: with the same timeouts.
+    let channels = Channels::default();
+    let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
+        let channels = channels.clone();
+        async move { Ok::<SessionState, DataFusionError>(ctx.builder.with_distributed_channel_resolver(channels).build()) }
+    })
+    .with_runtime_env(runtime(settings.memory_bytes, settings.spill_dir.clone())?);
+    tracing::info!(listen = %settings.listen, memory = settings.memory_bytes, "batch worker serving");
+    tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .add_service(worker.into_worker_server())
+        .serve_with_shutdown(settings.listen, shutdown)
+        .await?;
+    Ok(())
+}

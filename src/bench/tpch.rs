@@ -1,0 +1,235 @@
+//! `cohort bench tpch --sf N`: the 22 queries derived from TPC-H, through a
+//! Cohort cluster over Flight SQL and through single-process DataFusion
+//! in this process, on the same Parquet files, in the same run. Answers
+//! must be equal (rows compared as sorted text, floats to 1e-6 relative);
+//! times and their ratio are printed per query and in total.
+//!
+//! Without `--cluster` it starts a local cluster (2 agents), as `cohort up`
+//! would; with it, it uses that cluster, whose hosts must see `--data-dir`.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{Array, Float32Array, Float64Array};
+use arrow::datatypes::DataType;
+use arrow::record_batch::RecordBatch;
+use arrow::util::display::{ArrayFormatter, FormatOptions};
+use cohort_batch::tpch;
+use datafusion::prelude::{SessionConfig, SessionContext};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::cli::sql::Session;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Scale factor (1 is about 1 GB of CSV, 6 million line items).
+    #[arg(long, default_value_t = 1.0)]
+    sf: f64,
+    /// Where the data is generated (kept and reused between runs).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Queries to run, e.g. `1,6,15` (default: all 22).
+    #[arg(long, value_delimiter = ',')]
+    queries: Vec<usize>,
+    /// Runs per query and engine; the fastest counts.
+    #[arg(long, default_value_t = 1)]
+    runs: u32,
+    /// Use this running cluster instead of starting a local one.
+    #[arg(long)]
+    cluster: Option<String>,
+    #[arg(long, default_value_t = 2)]
+    agents: u32,
+}
+
+struct QueryResult {
+    query: usize,
+    local: Duration,
+    cohort: Duration,
+    rows: usize,
+    equal: Result<(), String>,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::up::default_data_dir().join("tpch").join(format!("sf{}", args.sf)),
+    };
+    let dir = std::path::absolute(&dir)?;
+    generate(&dir, args.sf).await?;
+    let queries: Vec<usize> = if args.queries.is_empty() { (1..=22).collect() } else { args.queries.clone() };
+    for &q in &queries {
+        tpch::query(q)?;
+    }
+    let results = match &args.cluster {
+        Some(address) => compare(address, &dir, &queries, args.runs).await?,
+        None => {
+            let (dir, queries) = (&dir, &queries);
+            super::with_local_cluster(args.agents, |address| async move {
+                compare(&address, dir, queries, args.runs).await
+            })
+            .await?
+        }
+    };
+    report(args.sf, &results)
+}
+
+async fn generate(dir: &std::path::Path, sf: f64) -> Result<()> {
+    let bar = ProgressBar::new(1).with_style(
+        ProgressStyle::with_template("generating TPC-H SF{msg} {bar:30} {pos}/{len} files").expect("a valid template"),
+    );
+    bar.set_message(sf.to_string());
+    let owned = dir.to_path_buf();
+    let progress = bar.clone();
+    tokio::task::spawn_blocking(move || {
+        tpch::generate(&owned, sf, &|done, total| {
+            progress.set_length(total as u64);
+            progress.set_position(done as u64);
+        })
+    })
+    .await??;
+    bar.finish_and_clear();
+    println!("TPC-H SF{sf} data in {}", dir.display());
+    Ok(())
+}
+
+async fn compare(address: &str, dir: &std::path::Path, queries: &[usize], runs: u32) -> Result<Vec<QueryResult>> {
+    let mut session = Session::connect(address).await?;
+    let local = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
+    for ddl in tpch::table_ddl(dir) {
+        local.sql(&ddl).await?.collect().await?;
+        let replace = ddl.replacen("CREATE EXTERNAL TABLE", "CREATE OR REPLACE EXTERNAL TABLE", 1);
+        session.query(&replace).await.with_context(|| format!("cannot declare the tables on {address}"))?;
+    }
+    let bar = ProgressBar::new(queries.len() as u64)
+        .with_style(ProgressStyle::with_template("running {bar:30} {pos}/{len} {msg}").expect("a valid template"));
+    let mut results = Vec::new();
+    for &q in queries {
+        bar.set_message(format!("q{q}"));
+        let statements = tpch::query(q)?;
+        let (mut local_best, mut cohort_best) = (Duration::MAX, Duration::MAX);
+        let (mut local_rows, mut cohort_rows) = (Vec::new(), Vec::new());
+        for _ in 0..runs.max(1) {
+            let at = Instant::now();
+            local_rows = run_local(&local, &statements).await.with_context(|| format!("q{q} in DataFusion"))?;
+            local_best = local_best.min(at.elapsed());
+            let at = Instant::now();
+            cohort_rows = run_cohort(&mut session, &statements).await.with_context(|| format!("q{q} on Cohort"))?;
+            cohort_best = cohort_best.min(at.elapsed());
+        }
+        let equal = same_answer(&local_rows, &cohort_rows);
+        let rows = local_rows.iter().map(RecordBatch::num_rows).sum();
+        results.push(QueryResult { query: q, local: local_best, cohort: cohort_best, rows, equal });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    Ok(results)
+}
+
+/// Runs a query's statements; the answer is the last one returning rows.
+async fn run_local(ctx: &SessionContext, statements: &[String]) -> Result<Vec<RecordBatch>> {
+    let mut answer = Vec::new();
+    for sql in statements {
+        let batches = ctx.sql(sql).await?.collect().await?;
+        if batches.iter().any(|b| b.num_columns() > 0) {
+            answer = batches;
+        }
+    }
+    Ok(answer)
+}
+
+async fn run_cohort(session: &mut Session, statements: &[String]) -> Result<Vec<RecordBatch>> {
+    let mut answer = Vec::new();
+    for sql in statements {
+        let (schema, batches) = session.query(sql).await?;
+        if !schema.fields().is_empty() {
+            answer = batches;
+        }
+    }
+    Ok(answer)
+}
+
+/// Equal answers: the same rows (in any order), each value printed the
+/// same, floats within a relative 1e-6.
+fn same_answer(expected: &[RecordBatch], got: &[RecordBatch]) -> Result<(), String> {
+    let (mut a, mut b) = (rows_of(expected)?, rows_of(got)?);
+    if a.len() != b.len() {
+        return Err(format!("{} rows expected, {} returned", a.len(), b.len()));
+    }
+    a.sort_by(|x, y| x.0.cmp(&y.0));
+    b.sort_by(|x, y| x.0.cmp(&y.0));
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        let floats_close =
+            x.1.len() == y.1.len() && x.1.iter().zip(&y.1).all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(q.abs()).max(1.0));
+        if x.0 != y.0 || !floats_close {
+            return Err(format!("row {i} differs: expected {} {:?}, got {} {:?}", x.0, x.1, y.0, y.1));
+        }
+    }
+    Ok(())
+}
+
+/// Each row as (its non-float values as text, its float values).
+fn rows_of(batches: &[RecordBatch]) -> Result<Vec<(String, Vec<f64>)>, String> {
+    let options = FormatOptions::default();
+    let mut rows = Vec::new();
+    for batch in batches {
+        let columns = batch.columns();
+        let formatters: Vec<ArrayFormatter> = columns
+            .iter()
+            .map(|c| ArrayFormatter::try_new(c.as_ref(), &options))
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        for row in 0..batch.num_rows() {
+            let mut text = Vec::new();
+            let mut floats = Vec::new();
+            for (column, formatter) in columns.iter().zip(&formatters) {
+                match column.data_type() {
+                    DataType::Float64 if column.is_valid(row) => {
+                        floats.push(column.as_any().downcast_ref::<Float64Array>().expect("f64").value(row))
+                    }
+                    DataType::Float32 if column.is_valid(row) => {
+                        floats.push(column.as_any().downcast_ref::<Float32Array>().expect("f32").value(row) as f64)
+                    }
+                    _ => text.push(formatter.value(row).to_string()),
+                }
+            }
+            rows.push((text.join("|"), floats));
+        }
+    }
+    Ok(rows)
+}
+
+fn report(sf: f64, results: &[QueryResult]) -> Result<()> {
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["query", "DataFusion (ms)", "Cohort (ms)", "ratio", "rows", "answer"]);
+    for r in results {
+        table.add_row([
+            format!("q{}", r.query),
+            format!("{:.0}", r.local.as_secs_f64() * 1e3),
+            format!("{:.0}", r.cohort.as_secs_f64() * 1e3),
+            format!("{:.2}", r.cohort.as_secs_f64() / r.local.as_secs_f64()),
+            r.rows.to_string(),
+            match &r.equal {
+                Ok(()) => "equal".to_string(),
+                Err(e) => format!("DIFFERENT: {e}"),
+            },
+        ]);
+    }
+    println!("{table}");
+    let local: Duration = results.iter().map(|r| r.local).sum();
+    let cohort: Duration = results.iter().map(|r| r.cohort).sum();
+    let equal = results.iter().filter(|r| r.equal.is_ok()).count();
+    println!(
+        "TPC-H SF{sf} (derived), {} queries: DataFusion {:.2} s, Cohort over Flight SQL {:.2} s, ratio {:.2}; {equal} of {} answers equal",
+        results.len(),
+        local.as_secs_f64(),
+        cohort.as_secs_f64(),
+        cohort.as_secs_f64() / local.as_secs_f64(),
+        results.len()
+    );
+    if equal != results.len() {
+        bail!("{} answer(s) differ", results.len() - equal);
+    }
+    Ok(())
+}

@@ -1,0 +1,198 @@
+//! `cohort sql`: SQL over Flight SQL, the protocol any other client uses.
+//! A REPL (history in the data directory, statements may span lines and
+//! end with `;`), or `-e SQL` / `-f FILE` for scripts. Results print as
+//! tables with their row count and time, or as JSON or CSV.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use arrow::record_batch::RecordBatch;
+use arrow_flight::error::FlightError;
+use arrow_flight::sql::client::FlightSqlServiceClient;
+use futures::TryStreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+use super::client::Output;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Run these statements and exit.
+    #[arg(short = 'e', long = "execute", conflicts_with = "file")]
+    execute: Option<String>,
+    /// Run the statements in this file and exit.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+}
+
+pub async fn run(coordinator: &str, args: Args, output: Output) -> Result<()> {
+    let script = match (&args.execute, &args.file) {
+        (Some(sql), _) => Some(sql.clone()),
+        (None, Some(path)) => {
+            Some(std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?)
+        }
+        (None, None) => None,
+    };
+    let mut session = Session::connect(coordinator).await?;
+    match script {
+        Some(script) => {
+            let statements = cohort_batch::split_statements(&script)?;
+            for (i, sql) in statements.iter().enumerate() {
+                if let Err(e) = session.run(sql, output).await {
+                    let which = if statements.len() > 1 { format!("statement {}: ", i + 1) } else { String::new() };
+                    bail!("{which}{e}");
+                }
+            }
+            Ok(())
+        }
+        None => repl(&mut session, output).await,
+    }
+}
+
+pub(crate) struct Session {
+    client: FlightSqlServiceClient<Channel>,
+}
+
+impl Session {
+    pub(crate) async fn connect(coordinator: &str) -> Result<Session> {
+        let url = if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
+        // No overall timeout: a long query streams for as long as it runs.
+        let channel = Endpoint::from_shared(url)?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_while_idle(true)
+            .connect()
+            .await
+            .with_context(|| {
+                format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)")
+            })?;
+        Ok(Session { client: FlightSqlServiceClient::new(channel) })
+    }
+
+    /// Runs one statement and prints its outcome.
+    async fn run(&mut self, sql: &str, output: Output) -> Result<()> {
+        let started = Instant::now();
+        let (schema, batches) = self.query(sql).await?;
+        let elapsed = started.elapsed();
+        let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+        match output {
+            Output::Table => {
+                if schema.fields().is_empty() {
+                    println!("OK ({:.3} s)", elapsed.as_secs_f64());
+                } else {
+                    println!("{}", arrow::util::pretty::pretty_format_batches(&batches)?);
+                    let noun = if rows == 1 { "row" } else { "rows" };
+                    println!("{rows} {noun} in {:.3} s", elapsed.as_secs_f64());
+                }
+            }
+            Output::Json => {
+                let mut writer = arrow::json::ArrayWriter::new(Vec::new());
+                for b in &batches {
+                    writer.write(b)?;
+                }
+                writer.finish()?;
+                let text = writer.into_inner();
+                println!("{}", if text.is_empty() { "[]" } else { std::str::from_utf8(&text)? });
+            }
+            Output::Csv => {
+                let mut writer = arrow::csv::WriterBuilder::new().with_header(true).build(std::io::stdout());
+                for b in &batches {
+                    writer.write(b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one statement over Flight SQL: its schema and every batch.
+    pub(crate) async fn query(&mut self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
+        let info = self.client.execute(sql.to_string(), None).await.map_err(readable)?;
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::try_from(info.clone())?);
+        let mut batches = Vec::new();
+        for endpoint in info.endpoint {
+            let Some(ticket) = endpoint.ticket else { bail!("the server sent an endpoint without a ticket") };
+            let mut stream = self.client.do_get(ticket).await.map_err(readable)?;
+            while let Some(batch) = stream.try_next().await.map_err(readable)? {
+                batches.push(batch);
+            }
+        }
+        if batches.is_empty() {
+            batches.push(RecordBatch::new_empty(schema.clone()));
+        }
+        Ok((schema, batches))
+    }
+}
+
+/// The server's own words, without gRPC's wrapping.
+fn readable(e: FlightError) -> anyhow::Error {
+    match e {
+        FlightError::Tonic(status) => anyhow::anyhow!("{}", status.message()),
+        other => anyhow::anyhow!("{other}"),
+    }
+}
+
+fn history_path() -> PathBuf {
+    crate::up::default_data_dir().join("sql_history")
+}
+
+async fn repl(session: &mut Session, output: Output) -> Result<()> {
+    let mut editor = rustyline::DefaultEditor::new()?;
+    let history = history_path();
+    let _ = editor.load_history(&history);
+    println!("Connected. End statements with `;`; \\d lists tables, \\d NAME describes one, \\q quits.");
+    let mut buffer = String::new();
+    loop {
+        let prompt = if buffer.is_empty() { "cohort> " } else { "     -> " };
+        let line = match tokio::task::block_in_place(|| editor.readline(prompt)) {
+            Ok(line) => line,
+            Err(rustyline::error::ReadlineError::Interrupted) => {
+                buffer.clear();
+                continue;
+            }
+            Err(rustyline::error::ReadlineError::Eof) => break,
+            Err(e) => return Err(e.into()),
+        };
+        let trimmed = line.trim();
+        if buffer.is_empty() {
+            let command = match trimmed {
+                "\\q" | "quit" | "exit" => break,
+                "\\d" => Some("SHOW TABLES".to_string()),
+                _ => trimmed.strip_prefix("\\d ").map(|t| format!("DESCRIBE {}", t.trim())),
+            };
+            if let Some(sql) = command {
+                let _ = editor.add_history_entry(trimmed);
+                if let Err(e) = session.run(&sql, output).await {
+                    eprintln!("error: {e}");
+                }
+                continue;
+            }
+            if trimmed.is_empty() {
+                continue;
+            }
+        }
+        buffer.push_str(&line);
+        buffer.push('\n');
+        if !trimmed.ends_with(';') {
+            continue;
+        }
+        let text = std::mem::take(&mut buffer);
+        let _ = editor.add_history_entry(text.trim());
+        match cohort_batch::split_statements(&text) {
+            Ok(statements) => {
+                for sql in statements {
+                    if let Err(e) = session.run(&sql, output).await {
+                        eprintln!("error: {e}");
+                        break;
+                    }
+                }
+            }
+            Err(e) => eprintln!("error: {e}"),
+        }
+    }
+    if let Some(dir) = history.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let _ = editor.save_history(&history);
+    Ok(())
+}

@@ -1,0 +1,41 @@
+//! The SQL catalog as the coordinator keeps it: each table or view as the
+//! statement that recreates it, in creation order (a view comes after what
+//! it reads), stored with the rest of the state.
+
+use cohort_batch::TableDef;
+
+use super::Core;
+use super::error::Result;
+
+impl Core {
+    /// Every table and view, in the order they were (re)created.
+    pub fn tables(&self) -> Vec<TableDef> {
+        self.tables.clone()
+    }
+
+    /// Adds a table or view, or replaces the one of the same name (which
+    /// then counts as created now).
+    pub fn put_table(&mut self, def: TableDef) -> Result<()> {
+        self.turn(|core| {
+            core.tables.retain(|t| !t.name.eq_ignore_ascii_case(&def.name));
+            tracing::info!(table = %def.name, "catalog: table defined");
+            core.tables.push(def);
+            core.turn.catalog = true;
+            Ok(())
+        })
+    }
+
+    /// Forgets a table or view; whether there was one.
+    pub fn drop_table(&mut self, name: &str) -> Result<bool> {
+        self.turn(|core| {
+            let before = core.tables.len();
+            core.tables.retain(|t| !t.name.eq_ignore_ascii_case(name));
+            let dropped = core.tables.len() != before;
+            if dropped {
+                tracing::info!(table = %name, "catalog: table dropped");
+                core.turn.catalog = true;
+            }
+            Ok(dropped)
+        })
+    }
+}

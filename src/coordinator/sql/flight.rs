@@ -1,0 +1,557 @@
+//! Arrow Flight SQL on the coordinator's address: what pyarrow, ADBC and
+//! JDBC clients speak. Statements and prepared statements are stateless:
+//! a handle (and a ticket) carries the SQL and its bound parameters, so
+//! any coordinator serves any ticket and nothing leaks when a client
+//! forgets to close. A statement that changes something (DDL, COPY,
+//! INSERT) runs when the client asks for its FlightInfo; its ticket then
+//! carries the outcome. Metadata (catalogs, schemas, tables, table types,
+//! SQL info) comes from DataFusion's catalog through arrow-flight's
+//! builders, whose schemas clients check exactly.
+
+use std::pin::Pin;
+use std::sync::{Arc, LazyLock};
+
+use arrow::array::{ArrayRef, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use arrow::ipc::writer::IpcWriteOptions;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::FlightServiceServer;
+use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
+use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
+use arrow_flight::sql::{
+    ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
+    CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
+    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+};
+use arrow_flight::{
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
+    SchemaAsIpc, Ticket,
+};
+use bytes::Bytes;
+use cohort_batch::{Error as SqlError, Statement};
+use datafusion::common::{ParamValues, ScalarValue};
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::TableType;
+use futures::{Stream, StreamExt, TryStreamExt};
+use prost::Message;
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{Described, SqlFront};
+
+/// The service, ready for a tonic server.
+pub fn service(front: Arc<SqlFront>) -> FlightServiceServer<FlightSql> {
+    FlightServiceServer::new(FlightSql { front }).max_decoding_message_size(64 << 20)
+}
+
+pub struct FlightSql {
+    front: Arc<SqlFront>,
+}
+
+/// What a statement handle or ticket carries.
+#[derive(Serialize, Deserialize, Default)]
+struct Handle {
+    sql: String,
+    /// Bound parameters: one row, as an Arrow IPC stream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    params: Option<Vec<u8>>,
+    /// The statement already ran (it changed something).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    done: Option<Done>,
+}
+
+/// How a statement that already ran ended.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq)]
+struct Done {
+    /// Rows written, for a COPY or INSERT.
+    count: Option<u64>,
+}
+
+impl Handle {
+    fn encode(&self) -> Bytes {
+        Bytes::from(serde_json::to_vec(self).expect("plain data"))
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Handle, Status> {
+        serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("not a Cohort statement handle: {e}")))
+    }
+
+    fn param_values(&self) -> Result<Option<ParamValues>, Status> {
+        let Some(ipc) = &self.params else { return Ok(None) };
+        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.as_slice()), None)
+            .map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
+        let batches: Vec<RecordBatch> =
+            reader.collect::<Result<_, _>>().map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
+        params_from(&batches).map(Some)
+    }
+}
+
+/// One row of parameters, by position (`$1`, `$2`, ... or `?`) or name.
+fn params_from(batches: &[RecordBatch]) -> Result<ParamValues, Status> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows != 1 {
+        return Err(Status::invalid_argument(format!(
+            "bind one row of parameters at a time, got {rows}; run the statement once per row"
+        )));
+    }
+    let batch = batches.iter().find(|b| b.num_rows() == 1).expect("one row");
+    let values: Vec<(String, ScalarValue)> = batch
+        .schema()
+        .fields()
+        .iter()
+        .zip(batch.columns())
+        .map(|(f, c)| ScalarValue::try_from_array(c, 0).map(|v| (f.name().clone(), v)))
+        .collect::<Result<_, _>>()
+        .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
+    let positional = values.iter().enumerate().all(|(i, (name, _))| {
+        name.trim_start_matches('$').parse::<usize>().is_ok_and(|n| n == i + 1) || name.is_empty()
+    });
+    Ok(if positional {
+        ParamValues::from(values.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
+    } else {
+        ParamValues::from(values.into_iter().map(|(k, v)| (k.trim_start_matches('$').to_string(), v)).collect::<Vec<_>>())
+    })
+}
+
+fn count_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
+}
+
+/// The gRPC status for a SQL error: the client's mistake is
+/// InvalidArgument or NotFound with DataFusion's own words.
+pub fn status_of(e: &SqlError) -> Status {
+    let message = e.to_string();
+    match e {
+        SqlError::Invalid(_) => Status::invalid_argument(message),
+        SqlError::NoWorkers(_) | SqlError::WorkersLost { .. } | SqlError::Unavailable(_) => {
+            Status::unavailable(message)
+        }
+        SqlError::Io { .. } | SqlError::Transport(_) => Status::internal(message),
+        SqlError::DataFusion(df) => status_of_datafusion(df, message),
+    }
+}
+
+fn status_of_datafusion(e: &DataFusionError, message: String) -> Status {
+    let lower = message.to_lowercase();
+    let missing = lower.contains("not found") || lower.contains("no such file") || lower.contains("doesn't exist");
+    match e.find_root() {
+        DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) if missing => Status::not_found(message),
+        DataFusionError::Plan(_) | DataFusionError::SchemaError(..) if missing => Status::not_found(message),
+        DataFusionError::SQL(..)
+        | DataFusionError::Plan(_)
+        | DataFusionError::SchemaError(..)
+        | DataFusionError::Configuration(_)
+        | DataFusionError::ArrowError(..)
+        | DataFusionError::Execution(_) => Status::invalid_argument(message),
+        DataFusionError::NotImplemented(_) => Status::unimplemented(message),
+        DataFusionError::ResourcesExhausted(_) => Status::resource_exhausted(message),
+        _ if missing => Status::not_found(message),
+        _ => Status::internal(message),
+    }
+}
+
+fn st(e: SqlError) -> Status {
+    status_of(&e)
+}
+
+fn internal(e: impl std::fmt::Display) -> Status {
+    Status::internal(e.to_string())
+}
+
+fn ipc_schema(schema: &Schema) -> Result<Bytes, Status> {
+    let IpcMessage(bytes) = SchemaAsIpc::new(schema, &IpcWriteOptions::default()).try_into().map_err(internal)?;
+    Ok(bytes)
+}
+
+fn flight_info(schema: &Schema, ticket: Bytes, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+    let info = FlightInfo::new()
+        .try_with_schema(schema)
+        .map_err(internal)?
+        .with_endpoint(FlightEndpoint::new().with_ticket(Ticket::new(ticket)))
+        .with_descriptor(descriptor);
+    Ok(Response::new(info))
+}
+
+type DoGetStream = Pin<Box<dyn Stream<Item = Result<arrow_flight::FlightData, Status>> + Send + 'static>>;
+
+fn batches_stream(
+    schema: SchemaRef,
+    batches: impl Stream<Item = Result<RecordBatch, FlightError>> + Send + 'static,
+) -> Response<DoGetStream> {
+    let encoded = FlightDataEncoderBuilder::new().with_schema(schema).build(batches).map_err(Status::from);
+    Response::new(Box::pin(encoded))
+}
+
+fn one_batch(batch: Result<RecordBatch, FlightError>, schema: SchemaRef) -> Response<DoGetStream> {
+    batches_stream(schema, futures::stream::once(async move { batch }))
+}
+
+static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "Cohort");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.build().expect("valid SQL info")
+});
+
+/// DataFusion's table types under the names SQL tools expect.
+fn table_type_name(t: TableType) -> &'static str {
+    match t {
+        TableType::Base => "TABLE",
+        TableType::View => "VIEW",
+        TableType::Temporary => "LOCAL TEMPORARY",
+    }
+}
+
+impl FlightSql {
+    /// FlightInfo for a statement: a query is planned (its schema told),
+    /// anything else runs now.
+    async fn info_for(&self, handle: Handle, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
+        let params = handle.param_values()?;
+        match self.front.describe(&handle.sql, params).await.map_err(st)? {
+            Described::Query(schema) => {
+                let ticket = TicketStatementQuery { statement_handle: handle.encode() }.as_any().encode_to_vec();
+                flight_info(&schema, ticket.into(), descriptor)
+            }
+            Described::Effect(statement) => {
+                let count = self.front.execute(&handle.sql, statement).await.map_err(st)?;
+                let schema = if count.is_some() { count_schema() } else { Arc::new(Schema::empty()) };
+                let done = Handle { sql: handle.sql, params: None, done: Some(Done { count }) };
+                let ticket = TicketStatementQuery { statement_handle: done.encode() }.as_any().encode_to_vec();
+                flight_info(&schema, ticket.into(), descriptor)
+            }
+        }
+    }
+
+    async fn update(&self, handle: Handle) -> Result<i64, Status> {
+        let params = handle.param_values()?;
+        match self.front.describe(&handle.sql, params).await.map_err(st)? {
+            Described::Effect(statement) => {
+                Ok(self.front.execute(&handle.sql, statement).await.map_err(st)?.unwrap_or(0) as i64)
+            }
+            Described::Query(_) => {
+                Err(Status::invalid_argument("this statement is a query: run it as one to read its rows"))
+            }
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl FlightSqlService for FlightSql {
+    type FlightService = FlightSql;
+
+    async fn do_handshake(
+        &self,
+        _request: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
+        let answer = HandshakeResponse { protocol_version: 0, payload: Bytes::new() };
+        Ok(Response::new(Box::pin(futures::stream::iter([Ok(answer)]))))
+    }
+
+    async fn get_flight_info_statement(
+        &self,
+        query: CommandStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.info_for(Handle { sql: query.query, ..Default::default() }, request.into_inner()).await
+    }
+
+    async fn get_flight_info_prepared_statement(
+        &self,
+        cmd: CommandPreparedStatementQuery,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        self.info_for(Handle::decode(&cmd.prepared_statement_handle)?, request.into_inner()).await
+    }
+
+    async fn do_get_statement(
+        &self,
+        ticket: TicketStatementQuery,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let handle = Handle::decode(&ticket.statement_handle)?;
+        match handle.done.map(|d| d.count) {
+            Some(Some(count)) => {
+                let schema = count_schema();
+                let column: ArrayRef = Arc::new(UInt64Array::from(vec![count]));
+                let batch = RecordBatch::try_new(schema.clone(), vec![column]).map_err(FlightError::from);
+                return Ok(one_batch(batch, schema));
+            }
+            Some(None) => return Ok(batches_stream(Arc::new(Schema::empty()), futures::stream::empty())),
+            None => {}
+        }
+        let params = handle.param_values()?;
+        let schema = match self.front.describe(&handle.sql, params.clone()).await.map_err(st)? {
+            Described::Query(schema) => schema,
+            Described::Effect(_) => return Err(Status::invalid_argument("ask for this statement's FlightInfo first")),
+        };
+        let outcome = self.front.query(&handle.sql, params).await.map_err(st)?;
+        // Advertise and send the planned schema (clients compare it with
+        // FlightInfo's); batches are relabelled to it when only names or
+        // nullability differ.
+        let target = schema.clone();
+        let batches = outcome.stream.map(move |batch| {
+            let batch = batch.map_err(|e| FlightError::ExternalError(Box::new(e)))?;
+            if batch.schema() == target {
+                return Ok(batch);
+            }
+            RecordBatch::try_new(target.clone(), batch.columns().to_vec()).or(Ok(batch))
+        });
+        Ok(batches_stream(schema, batches))
+    }
+
+    async fn do_get_prepared_statement(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let ticket = TicketStatementQuery { statement_handle: query.prepared_statement_handle };
+        self.do_get_statement(ticket, request).await
+    }
+
+    async fn do_put_statement_update(
+        &self,
+        command: CommandStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.update(Handle { sql: command.query, ..Default::default() }).await
+    }
+
+    async fn do_put_prepared_statement_update(
+        &self,
+        query: CommandPreparedStatementUpdate,
+        _request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        self.update(Handle::decode(&query.prepared_statement_handle)?).await
+    }
+
+    async fn do_action_create_prepared_statement(
+        &self,
+        query: ActionCreatePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<ActionCreatePreparedStatementResult, Status> {
+        let handle = Handle { sql: query.query, ..Default::default() };
+        let (dataset, parameters) = match cohort_batch::classify(&handle.sql).map_err(st)? {
+            Statement::Query => {
+                let plan = self.front.engine().plan(&handle.sql, None).await.map_err(st)?;
+                let mut params: Vec<(String, Option<DataType>)> =
+                    plan.get_parameter_types().map_err(|e| st(e.into()))?.into_iter().collect();
+                params.sort_by_key(|(name, _)| (name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX), name.clone()));
+                let fields: Vec<Field> = params
+                    .into_iter()
+                    .map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Utf8), true))
+                    .collect();
+                (plan.schema().as_arrow().clone(), Schema::new(fields))
+            }
+            _ => (Schema::empty(), Schema::empty()),
+        };
+        Ok(ActionCreatePreparedStatementResult {
+            prepared_statement_handle: handle.encode(),
+            dataset_schema: ipc_schema(&dataset)?,
+            parameter_schema: ipc_schema(&parameters)?,
+        })
+    }
+
+    async fn do_put_prepared_statement_query(
+        &self,
+        query: CommandPreparedStatementQuery,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<DoPutPreparedStatementResult, Status> {
+        let mut handle = Handle::decode(&query.prepared_statement_handle)?;
+        let data = request.into_inner().into_inner().map_err(FlightError::from);
+        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
+            .try_collect()
+            .await
+            .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
+        params_from(&batches)?;
+        let schema = batches.first().map(RecordBatch::schema).unwrap_or_else(|| Arc::new(Schema::empty()));
+        let mut ipc = Vec::new();
+        {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema).map_err(internal)?;
+            for b in &batches {
+                writer.write(b).map_err(internal)?;
+            }
+            writer.finish().map_err(internal)?;
+        }
+        handle.params = Some(ipc);
+        Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.encode()) })
+    }
+
+    async fn do_action_close_prepared_statement(
+        &self,
+        _query: ActionClosePreparedStatementRequest,
+        _request: Request<Action>,
+    ) -> Result<(), Status> {
+        // Handles are stateless: nothing to free.
+        Ok(())
+    }
+
+    async fn get_flight_info_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_catalogs(
+        &self,
+        query: CommandGetCatalogs,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for catalog in self.front.engine().context().catalog_names() {
+            builder.append(catalog);
+        }
+        let schema = builder.schema();
+        Ok(one_batch(builder.build(), schema))
+    }
+
+    async fn get_flight_info_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_schemas(
+        &self,
+        query: CommandGetDbSchemas,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let ctx = self.front.engine().context();
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else { continue };
+            for schema in catalog.schema_names() {
+                builder.append(&catalog_name, schema);
+            }
+        }
+        let schema = builder.schema();
+        Ok(one_batch(builder.build(), schema))
+    }
+
+    async fn get_flight_info_tables(
+        &self,
+        query: CommandGetTables,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.clone().into_builder().schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_tables(
+        &self,
+        query: CommandGetTables,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        let ctx = self.front.engine().context();
+        for catalog_name in ctx.catalog_names() {
+            let Some(catalog) = ctx.catalog(&catalog_name) else { continue };
+            for schema_name in catalog.schema_names() {
+                let Some(schema) = catalog.schema(&schema_name) else { continue };
+                for table_name in schema.table_names() {
+                    let Ok(Some(table)) = schema.table(&table_name).await else { continue };
+                    builder
+                        .append(
+                            &catalog_name,
+                            &schema_name,
+                            &table_name,
+                            table_type_name(table.table_type()),
+                            table.schema().as_ref(),
+                        )
+                        .map_err(internal)?;
+                }
+            }
+        }
+        let schema = builder.schema();
+        Ok(one_batch(builder.build(), schema))
+    }
+
+    async fn get_flight_info_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(&query.into_builder().schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+    }
+
+    async fn do_get_table_types(
+        &self,
+        query: CommandGetTableTypes,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let mut builder = query.into_builder();
+        for t in ["LOCAL TEMPORARY", "TABLE", "VIEW"] {
+            builder.append(t);
+        }
+        let schema = builder.schema();
+        Ok(one_batch(builder.build(), schema))
+    }
+
+    async fn get_flight_info_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        request: Request<FlightDescriptor>,
+    ) -> Result<Response<FlightInfo>, Status> {
+        flight_info(
+            &query.clone().into_builder(&SQL_INFO).schema(),
+            query.as_any().encode_to_vec().into(),
+            request.into_inner(),
+        )
+    }
+
+    async fn do_get_sql_info(
+        &self,
+        query: CommandGetSqlInfo,
+        _request: Request<Ticket>,
+    ) -> Result<Response<DoGetStream>, Status> {
+        let builder = query.into_builder(&SQL_INFO);
+        let schema = builder.schema();
+        Ok(one_batch(builder.build(), schema))
+    }
+
+    async fn register_sql_info(&self, _id: i32, _result: &SqlInfo) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_round_trip_and_parameters_bind_by_position() {
+        for done in [Some(Done { count: Some(3) }), Some(Done { count: None }), None] {
+            let handle = Handle { sql: "SELECT $1".into(), params: None, done };
+            let back = Handle::decode(&handle.encode()).unwrap();
+            assert_eq!((back.sql.as_str(), back.done), ("SELECT $1", done));
+        }
+        assert_eq!(Handle::decode(b"garbage").unwrap_err().code(), tonic::Code::InvalidArgument);
+
+        let schema = Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(arrow::array::Int64Array::from(vec![7]))]).unwrap();
+        let ParamValues::List(values) = params_from(&[batch.clone()]).unwrap() else { panic!("positional") };
+        assert_eq!(values.len(), 1);
+        let two = arrow::compute::concat_batches(&batch.schema(), &[batch.clone(), batch]).unwrap();
+        assert!(params_from(&[two]).unwrap_err().message().contains("one row"));
+    }
+
+    #[test]
+    fn a_missing_table_is_not_found_and_bad_sql_invalid() {
+        let missing = SqlError::DataFusion(DataFusionError::Plan("table 'datafusion.public.nope' not found".into()));
+        assert_eq!(status_of(&missing).code(), tonic::Code::NotFound);
+        assert!(status_of(&missing).message().contains("nope"));
+        let bad = SqlError::Invalid("expected one statement".into());
+        assert_eq!(status_of(&bad).code(), tonic::Code::InvalidArgument);
+    }
+}

@@ -1,0 +1,188 @@
+//! SQL at the coordinator: the catalog every client and job shares, and
+//! interactive queries on the warm pool. Flight SQL (`flight.rs`) is its
+//! protocol; this module is what a statement does.
+//!
+//! - `pool.rs`: the warm pool of batch executors and its sizing;
+//! - `flight.rs`: the Arrow Flight SQL service.
+//!
+//! A catalog change is validated by DataFusion (which reads the files'
+//! schema), then stored through the core; one change at a time, so the
+//! catalog in memory and the stored one never disagree. Writes (COPY,
+//! INSERT) are staged and committed like a job's.
+
+pub mod flight;
+pub mod pool;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arrow::array::UInt64Array;
+use arrow::datatypes::SchemaRef;
+use cohort_batch::{
+    CatalogChange, EngineSettings, Error, QueryOutcome, Result, SqlEngine, Statement, TableDef, classify,
+};
+use datafusion::common::ParamValues;
+use futures::TryStreamExt;
+
+use crate::coordinator::CoreHandle;
+use crate::coordinator::core::CoordinatorError;
+pub use pool::PoolSettings;
+use pool::Pool;
+
+/// How the coordinator runs SQL.
+#[derive(Clone, Debug, Default)]
+pub struct SqlSettings {
+    pub pool: PoolSettings,
+}
+
+/// What a statement is, before it runs.
+pub enum Described {
+    /// Rows, with this schema.
+    Query(SchemaRef),
+    /// A change: to the catalog, or files written.
+    Effect(Statement),
+}
+
+pub struct SqlFront {
+    engine: SqlEngine,
+    core: CoreHandle,
+    pool: Arc<Pool>,
+    /// One catalog change at a time.
+    catalog_lock: tokio::sync::Mutex<()>,
+    writes: AtomicU64,
+}
+
+impl SqlFront {
+    /// Recreates the stored catalog and finds (or starts) the warm pool.
+    pub async fn start(core: CoreHandle, settings: SqlSettings, data_dir: PathBuf) -> anyhow::Result<Arc<SqlFront>> {
+        let engine = SqlEngine::new(EngineSettings { spill_dir: Some(data_dir.join("spill")), ..Default::default() })?;
+        let tables = core.call(|c| c.tables()).await?;
+        for (name, e) in engine.restore(&tables).await {
+            eprintln!("warning: table `{name}` could not be restored: {e}");
+        }
+        let pool = Pool::start(core.clone(), settings.pool).await?;
+        Ok(Arc::new(SqlFront {
+            engine,
+            core,
+            pool,
+            catalog_lock: tokio::sync::Mutex::new(()),
+            writes: AtomicU64::new(0),
+        }))
+    }
+
+    pub fn engine(&self) -> &SqlEngine {
+        &self.engine
+    }
+
+    /// What `sql` is and, for a query, its result's schema.
+    pub async fn describe(&self, sql: &str, params: Option<ParamValues>) -> Result<Described> {
+        match classify(sql)? {
+            Statement::Query => {
+                let plan = self.engine.plan(sql, params).await?;
+                Ok(Described::Query(Arc::new(plan.schema().as_arrow().clone())))
+            }
+            effect => Ok(Described::Effect(effect)),
+        }
+    }
+
+    /// Runs a query on the warm pool (grown first if it scans much).
+    pub async fn query(&self, sql: &str, params: Option<ParamValues>) -> Result<QueryOutcome> {
+        let plan = self.engine.plan(sql, params).await?;
+        let _in_use = self.pool.enter();
+        let bytes = self.engine.scan_bytes(&plan).await?;
+        self.pool.grow_for(bytes).await;
+        let outcome = self.engine.run(plan, self.pool.as_ref()).await?;
+        if !outcome.retries.is_empty() {
+            tracing::warn!(retries = outcome.retries.len(), why = %outcome.retries.join("; "), "query retried");
+        }
+        Ok(outcome)
+    }
+
+    /// Applies a statement that is not a query: a catalog change (no
+    /// count) or a write (the rows written).
+    pub async fn execute(&self, sql: &str, statement: Statement) -> Result<Option<u64>> {
+        match statement {
+            Statement::Catalog(change) => self.change_catalog(sql, change).await.map(|()| None),
+            Statement::Copy | Statement::Insert { .. } => self.write(sql).await.map(Some),
+            Statement::Query => Err(Error::Invalid("a query returns rows; run it as a query".into())),
+        }
+    }
+
+    async fn write(&self, sql: &str) -> Result<u64> {
+        let tag = format!("sql{}x{}", std::process::id(), self.writes.fetch_add(1, Ordering::Relaxed));
+        let (plan, staged) = self.engine.stage_write(sql, &tag, 1).await?;
+        let _in_use = self.pool.enter();
+        let counted = async {
+            let outcome = self.engine.run(plan, self.pool.as_ref()).await?;
+            let batches: Vec<_> = outcome.stream.try_collect().await?;
+            Ok::<u64, Error>(count_of(&batches))
+        }
+        .await;
+        match counted {
+            Ok(rows) => {
+                staged.commit().await?;
+                Ok(rows)
+            }
+            Err(e) => {
+                staged.discard().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn change_catalog(&self, sql: &str, change: CatalogChange) -> Result<()> {
+        let _one_at_a_time = self.catalog_lock.lock().await;
+        match change {
+            CatalogChange::Create { def, or_replace, if_not_exists } => {
+                if !or_replace && self.engine.context().table_exist(def.name.as_str())? {
+                    let stored = self.core.call(|c| c.tables()).await.map_err(unavailable)?;
+                    let same = stored.iter().any(|t| cohort_batch::same_definition(&t.ddl, &def.ddl));
+                    if if_not_exists || same {
+                        return Ok(());
+                    }
+                    return Err(Error::Invalid(format!(
+                        "table `{}` already exists with another definition; DROP it first or use CREATE OR REPLACE",
+                        def.name
+                    )));
+                }
+                self.engine.apply_ddl(sql).await?;
+                let name = def.name.clone();
+                if let Err(e) = self.store(move |c| c.put_table(def)).await {
+                    let _ = self.engine.context().deregister_table(name.as_str());
+                    return Err(e);
+                }
+            }
+            CatalogChange::Drop { name, .. } => {
+                self.engine.apply_ddl(sql).await?;
+                self.store(move |c| c.drop_table(&name).map(|_| ())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn store(
+        &self,
+        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<(), CoordinatorError> + Send + 'static,
+    ) -> Result<()> {
+        self.core.call(f).await.map_err(unavailable)?.map_err(unavailable)
+    }
+
+    /// The catalog as stored, for drivers of SQL jobs.
+    pub async fn tables(&self) -> std::result::Result<Vec<TableDef>, CoordinatorError> {
+        self.core.call(|c| c.tables()).await
+    }
+}
+
+fn unavailable(e: CoordinatorError) -> Error {
+    Error::Unavailable(format!("the catalog cannot be stored: {e}"))
+}
+
+/// The row count a COPY or INSERT returns.
+pub fn count_of(batches: &[arrow::record_batch::RecordBatch]) -> u64 {
+    batches
+        .iter()
+        .filter_map(|b| b.column_by_name("count").and_then(|c| c.as_any().downcast_ref::<UInt64Array>().cloned()))
+        .flat_map(|a| a.values().to_vec())
+        .sum()
+}
