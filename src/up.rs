@@ -20,6 +20,8 @@ pub struct Settings {
     pub agents: u32,
     pub data_dir: PathBuf,
     pub listen: String,
+    /// More flags for `cohort coordinator` (the SQL pool's).
+    pub coordinator_args: Vec<String>,
 }
 
 /// First wait before restarting a process that died.
@@ -102,6 +104,7 @@ pub async fn run(s: Settings) -> Result<()> {
     let (cpu, memory) = host_resources();
     println!("Cohort is up.");
     println!("  coordinator (gRPC)  {}", s.listen);
+    println!("  SQL (Flight SQL)    grpc://{}   try: cohort sql", s.listen);
     println!(
         "  agents              {} sharing this host ({} cores, {} in all)",
         s.agents,
@@ -164,11 +167,9 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
     std::fs::create_dir_all(&s.data_dir).with_context(|| format!("cannot create {}", s.data_dir.display()))?;
     let mut children = Vec::new();
     let coordinator_dir = s.data_dir.join("coordinator").display().to_string();
-    let mut coordinator = Supervised::new(
-        "coordinator",
-        vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--data-dir".into(), coordinator_dir],
-        &s.data_dir,
-    );
+    let mut args = vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--data-dir".into(), coordinator_dir];
+    args.extend(s.coordinator_args.iter().cloned());
+    let mut coordinator = Supervised::new("coordinator", args, &s.data_dir);
     coordinator.start()?;
     children.push(coordinator);
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -561,3 +561,56 @@ fn a_service_scales_up_and_down() {
     let (b, _) = c.gang(1, 1, "batch");
     assert!(c.engine.handle(Event::GangResized { gang: b, max: 3 }).is_err());
 }
+
+/// The allocation of one slot, from the decisions that placed it.
+fn alloc_of_slot(decisions: &[Decision], gang: GangId, slot: u32) -> AllocId {
+    decisions
+        .iter()
+        .find_map(|d| match d {
+            Decision::Place { gang: g, slot: s, alloc, .. } if *g == gang && *s == slot => Some(*alloc),
+            _ => None,
+        })
+        .expect("the slot was placed")
+}
+
+fn driver_and_workers(n: u32) -> GangSpec {
+    let mut spec = GangSpec::rigid("report", n, cpu(1), "batch", "default");
+    spec.restart = Restart::Leader;
+    spec.max_attempts = 2;
+    spec
+}
+
+#[test]
+fn a_leader_gang_ends_with_its_leader_and_its_workers_are_stopped() {
+    // Given a SQL job: a driver (slot 0) and two workers
+    let mut c = Cluster::new(1, 4);
+    let (g, d) = c.submit(driver_and_workers(3));
+    assert_eq!(places(&d, g).len(), 3);
+    let leader = alloc_of_slot(&d, g, 0);
+    // When the driver succeeds
+    let d = c.finish(leader, SlotOutcome::Succeeded);
+    // Then the job succeeds and its workers are stopped as finished, not failed
+    assert_eq!(finished(&d, g), Some(GangOutcome::Succeeded));
+    let stopped = stops(&d);
+    assert_eq!(stopped.len(), 2, "{stopped:?}");
+    assert!(stopped.iter().all(|(gang, why)| *gang == g && *why == StopReason::Finished));
+}
+
+#[test]
+fn a_leader_gang_whose_worker_fails_restarts_whole() {
+    // Given a SQL job of a driver and two workers, two attempts allowed
+    let mut c = Cluster::new(1, 4);
+    let (g, d) = c.submit(driver_and_workers(3));
+    let worker = alloc_of_slot(&d, g, 2);
+    // When a worker fails, the attempt fails: everything stops and starts again
+    let d = c.finish(worker, SlotOutcome::Failed);
+    assert!(stops(&d).iter().all(|(_, why)| *why == StopReason::GangTornDown));
+    assert_eq!(finished(&d, g), None);
+    // And a worker that ends cleanly before the driver does not end the job
+    let mut c = Cluster::new(1, 4);
+    let (g, d) = c.submit(driver_and_workers(3));
+    let worker = alloc_of_slot(&d, g, 1);
+    let d = c.finish(worker, SlotOutcome::Succeeded);
+    assert_eq!(finished(&d, g), None);
+    assert_eq!(c.phase(g), Some(GangPhase::Running));
+}

@@ -373,9 +373,15 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 pub(super) fn signal_group(pid: u32, sig: i32) {
+    // -0 is our own group and -1 every process: a corrupt record must reach neither.
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid <= 1 {
+        tracing::error!(pid, "refusing to signal process group {pid}");
+        return;
+    }
     // SAFETY: kill(2) with a negative pid signals the executor's process group.
     unsafe {
-        libc::kill(-(pid as i32), sig);
+        libc::kill(-pid, sig);
     }
 }
 

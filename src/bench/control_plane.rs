@@ -30,7 +30,7 @@ pub struct Args {
 
 pub async fn run(args: Args) -> Result<()> {
     let agents = args.agents;
-    super::with_local_cluster(agents, |address| async move { measure(&args, &address).await }).await
+    super::with_local_cluster(agents, |address, _| async move { measure(&args, &address).await }).await
 }
 
 async fn measure(args: &Args, address: &str) -> Result<()> {

@@ -15,18 +15,23 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-/// Runs `f` against a local cluster of `agents` agents on a free port and a
-/// temporary data dir, and stops the cluster after.
+/// Runs `f(address, data_dir)` against a local cluster of `agents` agents
+/// on a free port and a temporary data dir, and stops the cluster after.
 pub async fn with_local_cluster<T, F, Fut>(agents: u32, f: F) -> Result<T>
 where
-    F: FnOnce(String) -> Fut,
+    F: FnOnce(String, std::path::PathBuf) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let dir = std::env::temp_dir().join(format!("cohort-bench-{}", std::process::id()));
-    let settings = crate::up::Settings { agents, data_dir: dir.clone(), listen: format!("127.0.0.1:{port}") };
+    let settings = crate::up::Settings {
+        agents,
+        data_dir: dir.clone(),
+        listen: format!("127.0.0.1:{port}"),
+        coordinator_args: Vec::new(),
+    };
     let children = crate::up::start(&settings).await?;
-    let result = f(settings.listen.clone()).await;
+    let result = f(settings.listen.clone(), dir.clone()).await;
     crate::up::stop(children).await;
     let _ = std::fs::remove_dir_all(&dir);
     result

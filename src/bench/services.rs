@@ -57,7 +57,7 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     let agents = args.agents;
-    super::with_local_cluster(agents, |address| async move { measure(&args, &address).await }).await
+    super::with_local_cluster(agents, |address, _| async move { measure(&args, &address).await }).await
 }
 
 async fn healthy(jobs: &mut pb::jobs_client::JobsClient<Channel>, id: u64) -> Result<Vec<pb::Endpoint>> {

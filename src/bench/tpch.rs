@@ -61,17 +61,134 @@ pub async fn run(args: Args) -> Result<()> {
     for &q in &queries {
         tpch::query(q)?;
     }
-    let results = match &args.cluster {
-        Some(address) => compare(address, &dir, &queries, args.runs).await?,
+    let (results, extras) = match &args.cluster {
+        Some(address) => {
+            let results = compare(address, &dir, &queries, args.runs).await?;
+            (results, Extras { small_p50: Some(small_query_p50(address).await?), kill: None })
+        }
         None => {
             let (dir, queries) = (&dir, &queries);
-            super::with_local_cluster(args.agents, |address| async move {
-                compare(&address, dir, queries, args.runs).await
+            super::with_local_cluster(args.agents, |address, cluster_dir| async move {
+                let results = compare(&address, dir, queries, args.runs).await?;
+                let small_p50 = Some(small_query_p50(&address).await?);
+                let kill = Some(kill_during_query(&address, dir, &cluster_dir).await?);
+                Ok((results, Extras { small_p50, kill }))
             })
             .await?
         }
     };
+    extras.print();
     report(args.sf, &results)
+}
+
+/// What is measured beside the 22 queries.
+struct Extras {
+    small_p50: Option<Duration>,
+    /// Only on a cluster this process started (it needs the executors' pids).
+    kill: Option<KillOutcome>,
+}
+
+struct KillOutcome {
+    answered: Duration,
+    equal: Result<(), String>,
+    /// From the kill until the pool ran as many executors as before.
+    healed: Option<Duration>,
+}
+
+impl Extras {
+    fn print(&self) {
+        if let Some(p50) = self.small_p50 {
+            println!("small-table query through the warm pool (nation, 25 rows): p50 {:.1} ms over {SMALL_RUNS} runs", p50.as_secs_f64() * 1e3);
+        }
+        if let Some(k) = &self.kill {
+            println!(
+                "q18 with one pool executor killed (-9) a quarter in: answered in {:.2} s, answer {}, pool whole again {}",
+                k.answered.as_secs_f64(),
+                match &k.equal {
+                    Ok(()) => "equal".to_string(),
+                    Err(e) => format!("DIFFERENT: {e}"),
+                },
+                match k.healed {
+                    Some(d) => format!("{:.1} s after the kill", d.as_secs_f64()),
+                    None => format!("NOT within {} s", HEAL_WAIT.as_secs()),
+                }
+            );
+        }
+    }
+}
+
+const SMALL_RUNS: usize = 50;
+const HEAL_WAIT: Duration = Duration::from_secs(120);
+
+async fn small_query_p50(address: &str) -> Result<Duration> {
+    let mut session = Session::connect(address).await?;
+    let sql = "SELECT n_name FROM nation WHERE n_regionkey = 1 ORDER BY n_name";
+    session.query(sql).await?;
+    let mut times = Vec::with_capacity(SMALL_RUNS);
+    for _ in 0..SMALL_RUNS {
+        let at = Instant::now();
+        session.query(sql).await?;
+        times.push(at.elapsed());
+    }
+    times.sort();
+    Ok(times[SMALL_RUNS / 2])
+}
+
+/// Runs q18, kills one pool executor (kill -9) a quarter of an undisturbed
+/// run's time in, and checks the answer and how soon the pool is whole.
+async fn kill_during_query(address: &str, tables: &std::path::Path, cluster_dir: &std::path::Path) -> Result<KillOutcome> {
+    let statements = tpch::query(18)?;
+    let local = SessionContext::new();
+    for ddl in tpch::table_ddl(tables) {
+        local.sql(&ddl).await?.collect().await?;
+    }
+    let expected = run_local(&local, &statements).await?;
+    let mut session = Session::connect(address).await?;
+    let at = Instant::now();
+    run_cohort(&mut session, &statements).await?;
+    let undisturbed = at.elapsed();
+    let before = pool_executors(cluster_dir);
+    let Some(&victim) = before.first() else { bail!("no pool executor runs under {}", cluster_dir.display()) };
+
+    let at = Instant::now();
+    let running = tokio::spawn(async move { run_cohort(&mut session, &statements).await });
+    tokio::time::sleep(undisturbed / 4).await;
+    // SAFETY: kill(2) with a pid read from /proc; at worst it names a process that already exited.
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    let killed_at = Instant::now();
+    let got = running.await?.context("q18 after the kill")?;
+    let answered = at.elapsed();
+    let healed = loop {
+        let now = pool_executors(cluster_dir);
+        if now.len() >= before.len() && !now.contains(&victim) {
+            break Some(killed_at.elapsed());
+        }
+        if killed_at.elapsed() > HEAL_WAIT {
+            break None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    Ok(KillOutcome { answered, equal: same_answer(&expected, &got), healed })
+}
+
+/// The pids of batch executors (worker processes) started for the cluster
+/// whose data dir is `cluster_dir`.
+fn pool_executors(cluster_dir: &std::path::Path) -> Vec<u32> {
+    let marker = cluster_dir.display().to_string();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains("executor --kind batch") && cmdline.contains("worker") {
+            let environ = std::fs::read(entry.path().join("environ")).unwrap_or_default();
+            if String::from_utf8_lossy(&environ).contains(&marker) {
+                pids.push(pid);
+            }
+        }
+    }
+    pids.sort_unstable();
+    pids
 }
 
 async fn generate(dir: &std::path::Path, sf: f64) -> Result<()> {

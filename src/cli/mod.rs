@@ -37,7 +37,8 @@ struct Cli {
 /// The warm pool of batch executors that serves SQL clients.
 #[derive(clap::Args)]
 struct PoolArgs {
-    /// Instances kept running while no query runs.
+    /// Instances kept running while no query runs (0: the pool starts
+    /// with the first query that needs it and stops when idle).
     #[arg(long = "sql-pool-warm", default_value_t = 1)]
     warm: u32,
     /// Instances a large query grows the pool to (0: one per node).
@@ -54,6 +55,19 @@ struct PoolArgs {
     idle: f64,
 }
 
+impl PoolArgs {
+    /// The same settings as `cohort coordinator` flags.
+    fn to_args(&self) -> Vec<String> {
+        vec![
+            format!("--sql-pool-warm={}", self.warm),
+            format!("--sql-pool-max={}", self.max),
+            format!("--sql-pool-cpu={}", self.cpu),
+            format!("--sql-pool-memory={}", self.memory),
+            format!("--sql-pool-idle={}", self.idle),
+        ]
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start a whole cluster on this machine: a coordinator and agents.
@@ -65,6 +79,8 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
+        #[command(flatten)]
+        pool: PoolArgs,
     },
     /// Run the coordinator (scheduler, state, API) of a multi-host cluster.
     Coordinator {
@@ -218,14 +234,20 @@ impl Command {
 
 async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result<()> {
     match command {
-        Command::Up { agents, data_dir, listen } => {
-            up::run(up::Settings { agents, data_dir: data_dir.unwrap_or_else(up::default_data_dir), listen }).await
+        Command::Up { agents, data_dir, listen, pool } => {
+            up::run(up::Settings {
+                agents,
+                data_dir: data_dir.unwrap_or_else(up::default_data_dir),
+                listen,
+                coordinator_args: pool.to_args(),
+            })
+            .await
         }
         Command::Coordinator { listen, data_dir, heartbeat_timeout, pool } => {
             let settings = coordinator::Settings {
                 sql: coordinator::sql::SqlSettings {
                     pool: coordinator::sql::PoolSettings {
-                        warm: pool.warm.max(1),
+                        warm: pool.warm,
                         max: pool.max,
                         cpu: pool.cpu,
                         memory: pool.memory,

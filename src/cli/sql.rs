@@ -67,7 +67,9 @@ impl Session {
             .with_context(|| {
                 format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)")
             })?;
-        Ok(Session { client: FlightSqlServiceClient::new(channel) })
+        let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
+            .max_decoding_message_size(256 << 20);
+        Ok(Session { client: FlightSqlServiceClient::new_from_inner(inner) })
     }
 
     /// Runs one statement and prints its outcome.

@@ -82,6 +82,9 @@ impl Cluster {
                 &self.address,
                 "--heartbeat-timeout",
                 &self.heartbeat_timeout.to_string(),
+                // Control-plane tests count every core: the SQL pool starts only when a query needs it.
+                "--sql-pool-warm",
+                "0",
                 "--data-dir",
             ])
             .arg(self.dir.path().join("coordinator"))
@@ -260,8 +263,11 @@ pub fn kill_leftover_executors(dir: &std::path::Path) {
         for alloc in allocs.flatten() {
             let Ok(text) = std::fs::read_to_string(alloc.path().join("launch.json")) else { continue };
             let pid = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["pid"].as_i64());
-            if let Some(pid) = pid {
-                let _ = Command::new("kill").args(["-KILL", &format!("-{pid}")]).status();
+            // kill(2) itself: procps-ng 4.0.2's `kill -KILL -1234` signals group -1,
+            // that is every process, which must never happen.
+            if let Some(pid) = pid.filter(|p| *p > 1 && *p <= i32::MAX as i64) {
+                // SAFETY: signals the process group the executor leads.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
             }
         }
     }
@@ -295,10 +301,17 @@ pub struct Up {
 
 impl Up {
     pub fn start(agents: u32) -> Up {
+        Up::start_with(agents, &[])
+    }
+
+    /// With more `cohort up` flags.
+    pub fn start_with(agents: u32, flags: &[&str]) -> Up {
         let dir = tempfile::tempdir().expect("temp dir");
         let address = format!("127.0.0.1:{}", free_port());
         let up = Command::new(cohort())
-            .args(["up", "--listen", &address, "--agents", &agents.to_string(), "--data-dir"])
+            .args(["up", "--listen", &address, "--agents", &agents.to_string()])
+            .args(flags)
+            .arg("--data-dir")
             .arg(dir.path())
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(dir.path().join("up.log")).expect("log file")))

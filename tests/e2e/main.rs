@@ -7,3 +7,4 @@ mod control_plane;
 mod self_healing;
 mod services;
 mod simulate;
+mod sql;

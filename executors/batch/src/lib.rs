@@ -11,6 +11,7 @@
 //! - `statements.rs`: what a statement does to the catalog and to storage;
 //! - `output.rs`: outputs staged beside their target and moved in at commit,
 //!   so a failed or preempted job leaves nothing half-written in sight;
+//! - `stores.rs`: local files, and S3 buckets configured from the environment;
 //! - `tpch.rs`: TPC-H data (tpchgen) and the 22 queries, for benchmarks.
 //!
 //! It knows nothing of the coordinator: where the workers are and where
@@ -20,6 +21,7 @@ mod channels;
 mod engine;
 mod output;
 mod statements;
+mod stores;
 pub mod tpch;
 mod worker;
 
@@ -27,6 +29,7 @@ pub use channels::{CONNECT_TIMEOUT, Channels};
 pub use engine::{EngineSettings, Footprint, QueryOutcome, SqlEngine, WorkerSource, footprint, is_worker_loss};
 pub use output::{Staged, commit_all, discard_all};
 pub use statements::{CatalogChange, Statement, TableDef, classify, same_definition, split_statements};
+pub use stores::Stores;
 pub use worker::{WorkerSettings, runtime, serve};
 
 /// What can go wrong running SQL on batch executors.

@@ -29,9 +29,11 @@ pub struct WorkerSettings {
 }
 
 /// A runtime whose memory pool is `memory_bytes`, shared fairly among the
-/// operators that can spill, spilling into `spill_dir`.
+/// operators that can spill, spilling into `spill_dir`, reading local
+/// files and S3 buckets ([`crate::Stores`]).
 pub fn runtime(memory_bytes: usize, spill_dir: PathBuf) -> Result<Arc<RuntimeEnv>, DataFusionError> {
     RuntimeEnvBuilder::new()
+        .with_object_store_registry(Arc::new(crate::Stores::default()))
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),

@@ -92,11 +92,16 @@ impl Core {
                         GangOutcome::Failed => JobState::Failed,
                         GangOutcome::Cancelled => JobState::Cancelled,
                     };
+                    // As on a requeue: a failure's own words (exit code, output) stay in the reason.
+                    let detail = std::mem::take(&mut self.jobs.get_mut(&job).expect("a live job").record.reason);
+                    let reason = match outcome {
+                        GangOutcome::Failed if !detail.is_empty() => format!("{reason}: {detail}"),
+                        _ if reason.is_empty() => detail,
+                        _ => reason,
+                    };
                     self.update_job(job, |r| {
                         r.state = state;
-                        if !reason.is_empty() {
-                            r.reason = reason.clone();
-                        }
+                        r.reason = reason.clone();
                     });
                     self.end_attempt(job, state.as_str(), &reason, state == JobState::Failed);
                     tracing::info!(job, %state, "job finished");

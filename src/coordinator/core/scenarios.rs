@@ -234,6 +234,7 @@ fn a_failed_gang_is_retried_after_a_backoff_that_doubles() {
     let view = h.core.job(job).unwrap();
     assert_eq!(view.state, JobState::Failed);
     assert!(view.reason.contains("3 of 3 attempts used"), "{}", view.reason);
+    assert!(view.reason.contains("exited with code 1"), "the last failure's own words stay: {}", view.reason);
 }
 
 #[test]
@@ -457,4 +458,25 @@ fn an_update_that_never_turns_healthy_is_rolled_back_by_itself() {
     assert!(d.reason.contains("not healthy within its update deadline"), "{}", d.reason);
     assert_eq!(h.core.endpoints(id).unwrap().len(), 3, "version 1 serves on");
     assert!(view.slots.iter().all(|s| s.version == 1));
+}
+
+#[test]
+fn the_sql_catalog_is_stored_and_comes_back_in_creation_order() {
+    use cohort_batch::TableDef;
+    let def = |name: &str, ddl: &str| TableDef { name: name.into(), ddl: ddl.into() };
+    // Given tables and a view over them, one table replaced and one dropped
+    let mut h = Harness::new();
+    h.core.put_table(def("events", "CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION '/d/e/'")).unwrap();
+    h.core.put_table(def("users", "CREATE EXTERNAL TABLE users STORED AS CSV LOCATION '/d/u/'")).unwrap();
+    h.core.put_table(def("big", "CREATE VIEW big AS SELECT * FROM events")).unwrap();
+    h.core.put_table(def("EVENTS", "CREATE OR REPLACE EXTERNAL TABLE events STORED AS JSON LOCATION '/d/e2/'")).unwrap();
+    assert!(h.core.drop_table("users").unwrap());
+    assert!(!h.core.drop_table("users").unwrap(), "dropping twice finds nothing");
+    let before = h.core.tables();
+    // When the coordinator restarts from its store
+    h.restart(None);
+    // Then the catalog is as it was: the replaced table counts as created last
+    assert_eq!(h.core.tables(), before);
+    let names: Vec<&str> = before.iter().map(|t| t.name.as_str()).collect();
+    assert_eq!(names, ["big", "EVENTS"]);
 }

@@ -53,7 +53,7 @@ pub struct FlightSql {
 }
 
 /// What a statement handle or ticket carries.
-#[derive(Serialize, Deserialize, Default)]
+#[derive(Serialize, Deserialize, Default, Debug)]
 struct Handle {
     sql: String,
     /// Bound parameters: one row, as an Arrow IPC stream.
@@ -107,14 +107,48 @@ fn params_from(batches: &[RecordBatch]) -> Result<ParamValues, Status> {
         .map(|(f, c)| ScalarValue::try_from_array(c, 0).map(|v| (f.name().clone(), v)))
         .collect::<Result<_, _>>()
         .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
-    let positional = values.iter().enumerate().all(|(i, (name, _))| {
-        name.trim_start_matches('$').parse::<usize>().is_ok_and(|n| n == i + 1) || name.is_empty()
-    });
+    // Clients name positional parameters `$1`, `1`, `0` or nothing; only
+    // names that are all words bind by name.
+    let positional =
+        values.iter().any(|(name, _)| name.is_empty() || name.trim_start_matches('$').parse::<usize>().is_ok());
     Ok(if positional {
         ParamValues::from(values.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
     } else {
         ParamValues::from(values.into_iter().map(|(k, v)| (k.trim_start_matches('$').to_string(), v)).collect::<Vec<_>>())
     })
+}
+
+/// The schema clients see: view types (DataFusion's internal string and
+/// binary layout) as plain `Utf8`/`Binary`, which every Flight SQL client
+/// reads, and whose slices carry only their own bytes.
+fn client_schema(schema: &Schema) -> SchemaRef {
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match f.data_type() {
+            DataType::Utf8View => f.as_ref().clone().with_data_type(DataType::Utf8),
+            DataType::BinaryView => f.as_ref().clone().with_data_type(DataType::Binary),
+            _ => f.as_ref().clone(),
+        })
+        .collect();
+    Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()))
+}
+
+/// A batch in the schema clients were promised.
+fn to_client(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, FlightError> {
+    if batch.schema() == *schema {
+        return Ok(batch);
+    }
+    let columns = batch
+        .columns()
+        .iter()
+        .zip(schema.fields())
+        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(RecordBatch::try_new(schema.clone(), columns).or_else(|_| {
+        // Only nullability differs from the plan: keep the batch's own.
+        RecordBatch::try_new(batch.schema(), batch.columns().to_vec())
+    })?)
 }
 
 fn count_schema() -> SchemaRef {
@@ -221,7 +255,7 @@ impl FlightSql {
         match self.front.describe(&handle.sql, params).await.map_err(st)? {
             Described::Query(schema) => {
                 let ticket = TicketStatementQuery { statement_handle: handle.encode() }.as_any().encode_to_vec();
-                flight_info(&schema, ticket.into(), descriptor)
+                flight_info(&client_schema(&schema), ticket.into(), descriptor)
             }
             Described::Effect(statement) => {
                 let count = self.front.execute(&handle.sql, statement).await.map_err(st)?;
@@ -292,21 +326,15 @@ impl FlightSqlService for FlightSql {
         }
         let params = handle.param_values()?;
         let schema = match self.front.describe(&handle.sql, params.clone()).await.map_err(st)? {
-            Described::Query(schema) => schema,
+            Described::Query(schema) => client_schema(&schema),
             Described::Effect(_) => return Err(Status::invalid_argument("ask for this statement's FlightInfo first")),
         };
         let outcome = self.front.query(&handle.sql, params).await.map_err(st)?;
-        // Advertise and send the planned schema (clients compare it with
-        // FlightInfo's); batches are relabelled to it when only names or
-        // nullability differ.
+        // Send the schema FlightInfo advertised (clients compare the two).
         let target = schema.clone();
-        let batches = outcome.stream.map(move |batch| {
-            let batch = batch.map_err(|e| FlightError::ExternalError(Box::new(e)))?;
-            if batch.schema() == target {
-                return Ok(batch);
-            }
-            RecordBatch::try_new(target.clone(), batch.columns().to_vec()).or(Ok(batch))
-        });
+        let batches = outcome
+            .stream
+            .map(move |batch| to_client(batch.map_err(|e| FlightError::ExternalError(Box::new(e)))?, &target));
         Ok(batches_stream(schema, batches))
     }
 
@@ -351,7 +379,7 @@ impl FlightSqlService for FlightSql {
                     .into_iter()
                     .map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Utf8), true))
                     .collect();
-                (plan.schema().as_arrow().clone(), Schema::new(fields))
+                (client_schema(plan.schema().as_arrow()).as_ref().clone(), Schema::new(fields))
             }
             _ => (Schema::empty(), Schema::empty()),
         };
@@ -368,7 +396,8 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut handle = Handle::decode(&query.prepared_statement_handle)?;
-        let data = request.into_inner().into_inner().map_err(FlightError::from);
+        // The peeked first message is the parameters' schema: keep it.
+        let data = request.into_inner().into_peekable().map_err(FlightError::from);
         let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
             .try_collect()
             .await
@@ -469,7 +498,7 @@ impl FlightSqlService for FlightSql {
                             &schema_name,
                             &table_name,
                             table_type_name(table.table_type()),
-                            table.schema().as_ref(),
+                            client_schema(table.schema().as_ref()).as_ref(),
                         )
                         .map_err(internal)?;
                 }

@@ -7,7 +7,9 @@
 //! The pool holds `warm` instances while idle. A query that will scan at
 //! least `grow_at_bytes` first grows it to `max` (one per live node unless
 //! set), preempting batch work if it must, and waits a bounded time for
-//! the new instances; after `idle` without queries it shrinks back.
+//! the new instances; after `idle` without queries it shrinks back. A
+//! cold pool (`warm = 0`) starts with the first query that needs workers
+//! and stops when idle.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -56,7 +58,7 @@ impl Default for PoolSettings {
 }
 
 struct Usage {
-    /// Instances asked for.
+    /// Instances asked for (0: no pool job).
     target: u32,
     running_queries: u32,
     last_used: Instant,
@@ -65,46 +67,76 @@ struct Usage {
 pub struct Pool {
     core: CoreHandle,
     settings: PoolSettings,
-    job: u64,
+    /// The pool's job, while there is one.
+    job: tokio::sync::Mutex<Option<u64>>,
     usage: Mutex<Usage>,
 }
 
+type CoreResult<T> = Result<T, crate::coordinator::core::CoordinatorError>;
+
 impl Pool {
-    /// Finds the pool's job, or submits it; a pool whose instance shape
-    /// changed is updated in place (a rolling update).
+    /// Adopts the pool's job, or submits it unless the pool starts cold
+    /// (`warm = 0`); a pool whose instance shape changed is updated in
+    /// place (a rolling update).
     pub async fn start(core: CoreHandle, settings: PoolSettings) -> anyhow::Result<Arc<Pool>> {
         let spec = pool_spec(&settings.name, settings.warm.max(1), &settings.cpu, &settings.memory);
-        let name = settings.name.clone();
-        let (job, target) = core
-            .call(move |c| -> Result<(u64, u32), crate::coordinator::core::CoordinatorError> {
+        let (name, warm) = (settings.name.clone(), settings.warm);
+        let found = core
+            .call(move |c| -> CoreResult<Option<(u64, u32)>> {
                 let live = c.resolve(&name).ok().and_then(|id| {
                     let view = c.job(id).ok()?;
                     (view.kind == "pool" && !view.state.is_final()).then_some((id, view.slots.len() as u32))
                 });
                 match live {
-                    Some((id, instances)) if c.spec_text(id)? == spec => Ok((id, instances)),
-                    Some((_, instances)) => Ok((c.submit("sql-pool (built in)", &spec)?, instances)),
+                    Some((id, instances)) if c.spec_text(id)? == spec || warm == 0 => Ok(Some((id, instances))),
+                    Some((_, instances)) => Ok(Some((c.submit(SPEC_FILE, &spec)?, instances))),
+                    None if warm == 0 => Ok(None),
                     None => {
-                        let id = c.submit("sql-pool (built in)", &spec)?;
-                        Ok((id, c.job(id)?.slots.len() as u32))
+                        let id = c.submit(SPEC_FILE, &spec)?;
+                        Ok(Some((id, c.job(id)?.slots.len() as u32)))
                     }
                 }
             })
             .await??;
-        tracing::info!(job, instances = target, "sql pool ready");
+        match found {
+            Some((job, instances)) => tracing::info!(job, instances, "sql pool ready"),
+            None => tracing::info!("sql pool starts with the first query"),
+        }
         let pool = Arc::new(Pool {
             core,
             settings,
-            job,
-            usage: Mutex::new(Usage { target, running_queries: 0, last_used: Instant::now() }),
+            job: tokio::sync::Mutex::new(found.map(|(id, _)| id)),
+            usage: Mutex::new(Usage {
+                target: found.map_or(0, |(_, n)| n),
+                running_queries: 0,
+                last_used: Instant::now(),
+            }),
         });
         tokio::spawn(shrink_when_idle(Arc::downgrade(&pool)));
         Ok(pool)
     }
 
+    /// The pool's job, submitted now if there is none.
+    async fn job(&self) -> Result<u64, BatchError> {
+        let mut job = self.job.lock().await;
+        if let Some(id) = *job {
+            return Ok(id);
+        }
+        let spec = pool_spec(&self.settings.name, 1, &self.settings.cpu, &self.settings.memory);
+        let id = self
+            .core
+            .call(move |c| c.submit(SPEC_FILE, &spec))
+            .await
+            .and_then(|r| r)
+            .map_err(|e| BatchError::Unavailable(format!("cannot start the sql pool: {e}")))?;
+        tracing::info!(job = id, "sql pool started");
+        self.usage.lock().expect("pool usage").target = 1;
+        *job = Some(id);
+        Ok(id)
+    }
+
     /// The serving instances' worker URLs, in slot order.
-    async fn urls(&self) -> Vec<Url> {
-        let job = self.job;
+    async fn urls(&self, job: u64) -> Vec<Url> {
         let endpoints = self.core.call(move |c| c.endpoints(job)).await.ok().and_then(Result::ok).unwrap_or_default();
         endpoints
             .into_iter()
@@ -136,23 +168,24 @@ impl Pool {
                 .unwrap_or(1),
             n => n,
         }
-        .max(self.settings.warm);
+        .max(self.settings.warm)
+        .max(1);
         if self.usage.lock().expect("pool usage").target >= max {
             return;
         }
+        let Ok(job) = self.job().await else { return };
         tracing::info!(bytes, instances = max, "growing the sql pool for a large query");
-        if self.resize(max).await {
+        if self.resize(job, max).await {
             // New instances take a moment to serve; the query goes on with
             // what serves by then.
             let deadline = Instant::now() + self.settings.wait.min(Duration::from_secs(10));
-            while self.urls().await.len() < max as usize && Instant::now() < deadline {
+            while self.urls(job).await.len() < max as usize && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }
 
-    async fn resize(&self, instances: u32) -> bool {
-        let job = self.job;
+    async fn resize(&self, job: u64, instances: u32) -> bool {
         match self.core.call(move |c| c.scale(job, instances)).await {
             Ok(Ok(_)) => {
                 self.usage.lock().expect("pool usage").target = instances;
@@ -164,7 +197,26 @@ impl Pool {
             }
         }
     }
+
+    /// Back to `warm` instances; a cold pool's job ends.
+    async fn shrink(&self) {
+        let mut job = self.job.lock().await;
+        let Some(id) = *job else { return };
+        if self.settings.warm > 0 {
+            tracing::info!(instances = self.settings.warm, "the sql pool is idle; shrinking it");
+            self.resize(id, self.settings.warm).await;
+            return;
+        }
+        tracing::info!(job = id, "the sql pool is idle; stopping it");
+        if let Ok(Ok(_)) = self.core.call(move |c| c.cancel(id)).await {
+            *job = None;
+            self.usage.lock().expect("pool usage").target = 0;
+        }
+    }
 }
+
+/// How the pool's spec is named in job views and errors.
+const SPEC_FILE: &str = "sql-pool (built in)";
 
 /// A query using the pool.
 pub struct InUse(Arc<Pool>);
@@ -180,9 +232,10 @@ impl Drop for InUse {
 #[async_trait]
 impl WorkerSource for Pool {
     async fn workers(&self, _attempt: u32) -> Result<Vec<Url>, BatchError> {
+        let job = self.job().await?;
         let deadline = Instant::now() + self.settings.wait;
         loop {
-            let urls = self.urls().await;
+            let urls = self.urls(job).await;
             if !urls.is_empty() {
                 return Ok(urls);
             }
@@ -208,8 +261,7 @@ async fn shrink_when_idle(pool: std::sync::Weak<Pool>) {
                 && usage.last_used.elapsed() >= pool.settings.idle
         };
         if shrink {
-            tracing::info!(instances = pool.settings.warm, "the sql pool is idle; shrinking it");
-            pool.resize(pool.settings.warm).await;
+            pool.shrink().await;
         }
     }
 }

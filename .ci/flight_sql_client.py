@@ -1,0 +1,74 @@
+"""An outside client against `cohort up`: the Python ADBC Flight SQL driver
+and pyarrow, as a data team would use them.
+
+    python flight_sql_client.py HOST:PORT DATA_DIR
+"""
+
+import sys
+
+import adbc_driver_flightsql.dbapi as flight_sql
+import pyarrow as pa
+
+
+def tables_named(objects, name):
+    return [
+        table
+        for catalog in objects
+        for schema in catalog["catalog_db_schemas"] or []
+        for table in schema["db_schema_tables"] or []
+        if table["table_name"] == name
+    ]
+
+
+def main(address, data_dir):
+    with flight_sql.connect(f"grpc://{address}") as conn:
+        cur = conn.cursor()
+        cur.execute(
+            "COPY (SELECT i AS id, i % 3 AS k FROM generate_series(1, 1000) t(i)) "
+            f"TO '{data_dir}/ci_events/' STORED AS PARQUET"
+        )
+        cur.execute(
+            f"CREATE EXTERNAL TABLE ci_events STORED AS PARQUET LOCATION '{data_dir}/ci_events/'"
+        )
+
+        # The catalog, as ADBC lists it (GetCatalogs, GetDbSchemas, GetTables with schemas).
+        objects = conn.adbc_get_objects(depth="all").read_all().to_pylist()
+        found = tables_named(objects, "ci_events")
+        assert found, f"ci_events not listed: {objects}"
+        columns = [c["column_name"] for c in found[0]["table_columns"]]
+        assert columns == ["id", "k"], columns
+        schema = conn.adbc_get_table_schema("ci_events")
+        assert schema.names == ["id", "k"], schema
+
+        # A query, read as Arrow and as rows.
+        cur.execute("SELECT k, count(*) AS n FROM ci_events GROUP BY k ORDER BY k")
+        table = cur.fetch_arrow_table()
+        assert table.to_pylist() == [
+            {"k": 0, "n": 333},
+            {"k": 1, "n": 334},
+            {"k": 2, "n": 333},
+        ], table.to_pylist()
+
+        # A prepared statement with a bound parameter.
+        cur.execute("SELECT count(*) AS n FROM ci_events WHERE k = $1", parameters=(1,))
+        assert cur.fetchone()[0] == 334
+
+        cur.adbc_prepare("SELECT id FROM ci_events WHERE id <= 3 ORDER BY id")
+        cur.execute("SELECT id FROM ci_events WHERE id <= 3 ORDER BY id")
+        assert [r[0] for r in cur.fetchall()] == [1, 2, 3]
+
+        # Errors carry the server's words.
+        try:
+            cur.execute("SELECT * FROM no_such_table")
+        except flight_sql.Error as e:
+            assert "no_such_table" in str(e), e
+        else:
+            raise AssertionError("a missing table was not an error")
+
+        info = conn.adbc_get_info()
+        assert info["vendor_name"] == "Cohort", info
+    print(f"ADBC Flight SQL client against {address}: ok (pyarrow {pa.__version__})")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

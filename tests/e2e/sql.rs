@@ -1,0 +1,265 @@
+//! SQL end to end: Flight SQL against single-process DataFusion, `kind =
+//! "sql"` jobs and their outputs, errors clients see, a worker killed
+//! mid-query, and the catalog across a coordinator restart.
+
+use std::path::Path;
+use std::process::Output;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, Up, cli_at, cohort, kill9, pids_of};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Runs SQL through `cohort sql -e`; the parsed JSON rows.
+fn sql_json(address: &str, sql: &str) -> Vec<Value> {
+    let out = cli_at(address, &["sql", "--output", "json", "-e", sql]);
+    assert!(out.status.success(), "`{sql}` failed: {}", stderr(&out));
+    serde_json::from_slice::<Value>(&out.stdout)
+        .unwrap_or_else(|e| panic!("`{sql}` printed no JSON ({e}): {}", stdout(&out)))
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn sql_ok(address: &str, sql: &str) {
+    let out = cli_at(address, &["sql", "-e", sql]);
+    assert!(out.status.success(), "`{sql}` failed: {}", stderr(&out));
+}
+
+/// Writes `rows` rows (`id`, `k = id % 10`, `pad`) as Parquet into `dir`
+/// through the cluster itself, and declares table `name` over them.
+fn make_table(address: &str, name: &str, dir: &Path, rows: u64) {
+    sql_ok(
+        address,
+        &format!(
+            "COPY (SELECT i AS id, i % 10 AS k, md5(CAST(i AS VARCHAR)) AS pad FROM generate_series(1, {rows}) t(i)) \
+             TO '{}/' STORED AS PARQUET",
+            dir.display()
+        ),
+    );
+    sql_ok(address, &format!("CREATE EXTERNAL TABLE {name} STORED AS PARQUET LOCATION '{}/'", dir.display()));
+}
+
+fn visible_entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().to_string()).collect())
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn tpch_through_flight_sql_equals_single_process_datafusion_query_by_query() {
+    let up = Up::start(2);
+    let data = up.dir.path().join("tpch");
+    let out = std::process::Command::new(cohort())
+        .args(["bench", "tpch", "--sf", "0.01", "--cluster", &up.address, "--data-dir"])
+        .arg(&data)
+        .env("COHORT_LOG", "warn")
+        .output()
+        .expect("run the benchmark");
+    let text = stdout(&out);
+    assert!(out.status.success(), "bench tpch failed:\n{text}\n{}", stderr(&out));
+    assert!(text.contains("22 of 22 answers equal"), "{text}");
+    for q in 1..=22 {
+        assert!(text.contains(&format!("q{q} ")), "q{q} missing:\n{text}");
+    }
+}
+
+fn sql_job(name: &str, statements: &str) -> String {
+    format!(
+        "name = \"{name}\"\nkind = \"sql\"\nmax_attempts = 2\n\n[gang]\nmin = 2\ncpu = \"1\"\nmemory = \"512MiB\"\n\n\
+         [sql]\nstatements = \"\"\"\n{statements}\n\"\"\"\n"
+    )
+}
+
+#[test]
+fn an_sql_job_writes_exactly_its_rows_and_a_failed_one_leaves_nothing() {
+    let c = Cluster::start(&[("a", 2), ("b", 2)]);
+    let root = c.dir.path().join("data");
+    make_table(&c.address, "events", &root.join("events"), 10_000);
+
+    let out = root.join("out");
+    let id = c.submit_file(
+        "report.toml",
+        &sql_job(
+            "report",
+            &format!(
+                "CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION '{events}/';\n\
+                 COPY (SELECT k, count(*) AS n, sum(id) AS total FROM events WHERE id > 100 GROUP BY k)\n  TO '{out}/report/' STORED AS PARQUET;\n\
+                 SELECT count(*) FROM events;",
+                events = root.join("events").display(),
+                out = out.display()
+            ),
+        ),
+    );
+    c.wait_until("the report job succeeds", WAIT, |c| c.state(id) == "succeeded");
+    let log = stdout(&c.cli(&["logs", &id.to_string()]));
+    assert!(log.contains("[2/3]") && log.contains("10 rows staged") && log.contains("committed"), "{log}");
+    sql_ok(&c.address, &format!("CREATE EXTERNAL TABLE report STORED AS PARQUET LOCATION '{}/report/'", out.display()));
+    let rows = sql_json(&c.address, "SELECT k, n, total FROM report ORDER BY k");
+    let expected: Vec<(i64, i64, i64)> = (0..10)
+        .map(|k| {
+            let ids: Vec<i64> = (101..=10_000).filter(|i| i % 10 == k).collect();
+            (k, ids.len() as i64, ids.iter().sum())
+        })
+        .collect();
+    let got: Vec<(i64, i64, i64)> = rows
+        .iter()
+        .map(|r| (r["k"].as_i64().unwrap(), r["n"].as_i64().unwrap(), r["total"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(got, expected);
+    assert_eq!(visible_entries(&out), vec!["report"], "nothing but the committed output");
+
+    // A job that writes, then fails: its output never appears, and it says why.
+    let failing = c.submit_file(
+        "broken.toml",
+        &sql_job(
+            "broken",
+            &format!(
+                "COPY (SELECT * FROM events) TO '{}/broken/' STORED AS PARQUET;\nSELECT * FROM no_such_table;",
+                out.display()
+            ),
+        ),
+    );
+    c.wait_until("the broken job fails", WAIT, |c| c.state(failing) == "failed");
+    let job = c.job(failing);
+    let reason = job["reason"].as_str().unwrap_or("");
+    assert!(reason.contains("statement 2") && reason.contains("no_such_table"), "{job}");
+    assert_eq!(visible_entries(&out), vec!["report"], "no output, not even hidden staging");
+}
+
+#[test]
+fn a_job_preempted_halfway_leaves_no_output_and_writes_it_when_it_runs_again() {
+    let c = Cluster::start(&[("a", 2)]);
+    let root = c.dir.path().join("data");
+    make_table(&c.address, "events", &root.join("events"), 1_000);
+    let out = root.join("out");
+    // The COPY is staged at once; the slow statement after it is where the preemption lands.
+    let id = c.submit_file(
+        "slow.toml",
+        &sql_job(
+            "slow",
+            &format!(
+                "COPY (SELECT k, count(*) AS n FROM events GROUP BY k) TO '{}/slow/' STORED AS PARQUET;\n\
+                 SELECT count(*) FROM generate_series(1, 400000000);",
+                out.display()
+            ),
+        ),
+    );
+    c.wait_until("the COPY is staged", WAIT, |c| stdout(&c.cli(&["logs", &id.to_string()])).contains("[2/2]"));
+    assert!(visible_entries(&out).iter().all(|e| e.starts_with('.')), "staged only: {:?}", visible_entries(&out));
+    // An interactive job needs both cores: the SQL job is preempted.
+    let urgent = c.submit("urgent", 2, "1", "interactive", "sleep 2");
+    c.wait_until("the SQL job is preempted", WAIT, |c| c.state(id) == "pending");
+    assert!(visible_entries(&out).iter().all(|e| e.starts_with('.')), "no visible output: {:?}", visible_entries(&out));
+    c.wait_until("the urgent job succeeds", WAIT, |c| c.state(urgent) == "succeeded");
+    c.wait_until("the SQL job runs again and succeeds", Duration::from_secs(180), |c| c.state(id) == "succeeded");
+    assert_eq!(visible_entries(&out), vec!["slow"], "committed once, stale staging swept");
+    assert_eq!(c.job(id)["attempts"], 1, "a preemption is not the job's failure");
+    let total: i64 = {
+        sql_ok(&c.address, &format!("CREATE EXTERNAL TABLE slow STORED AS PARQUET LOCATION '{}/slow/'", out.display()));
+        sql_json(&c.address, "SELECT sum(n) AS n FROM slow")[0]["n"].as_i64().unwrap()
+    };
+    assert_eq!(total, 1_000);
+}
+
+#[test]
+fn missing_tables_bad_sql_and_vanished_files_get_clear_errors() {
+    let c = Cluster::start(&[("a", 2)]);
+    let root = c.dir.path().join("data");
+    make_table(&c.address, "events", &root.join("events"), 100);
+
+    let missing = c.cli(&["sql", "-e", "SELECT * FROM nope"]);
+    assert!(!missing.status.success());
+    assert!(stderr(&missing).contains("nope") && stderr(&missing).contains("not found"), "{}", stderr(&missing));
+
+    let bad = c.cli(&["sql", "-e", "SELEC 1"]);
+    assert!(!bad.status.success());
+    assert!(stderr(&bad).contains("SELEC"), "{}", stderr(&bad));
+
+    let relative = c.cli(&["sql", "-e", "CREATE EXTERNAL TABLE r STORED AS PARQUET LOCATION 'data/'"]);
+    assert!(stderr(&relative).contains("relative"), "{}", stderr(&relative));
+
+    // A table over one file that is then deleted.
+    let file = root.join("one.parquet");
+    sql_ok(&c.address, &format!("COPY (SELECT 1 AS x) TO '{}' STORED AS PARQUET", file.display()));
+    sql_ok(&c.address, &format!("CREATE EXTERNAL TABLE one STORED AS PARQUET LOCATION '{}'", file.display()));
+    assert_eq!(sql_json(&c.address, "SELECT x FROM one")[0]["x"], 1);
+    std::fs::remove_file(&file).unwrap();
+    let vanished = c.cli(&["sql", "-e", "SELECT x FROM one"]);
+    assert!(!vanished.status.success());
+    assert!(stderr(&vanished).contains("one.parquet"), "{}", stderr(&vanished));
+
+    // Errors change nothing: the good table still answers.
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM events")[0]["n"], 100);
+}
+
+#[test]
+fn the_catalog_survives_a_coordinator_restart() {
+    let mut c = Cluster::start(&[("a", 2)]);
+    let root = c.dir.path().join("data");
+    make_table(&c.address, "events", &root.join("events"), 50);
+    sql_ok(&c.address, "CREATE VIEW big_ids AS SELECT id FROM events WHERE id > 40");
+    sql_ok(
+        &c.address,
+        &format!("CREATE EXTERNAL TABLE gone STORED AS PARQUET LOCATION '{}/'", root.join("events").display()),
+    );
+    sql_ok(&c.address, "DROP TABLE gone");
+    c.kill_coordinator();
+    c.start_coordinator();
+    let tables: Vec<String> = sql_json(&c.address, "SHOW TABLES")
+        .iter()
+        .filter(|t| t["table_schema"] == "public")
+        .map(|t| t["table_name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(tables.len(), 2, "{tables:?}");
+    assert!(tables.contains(&"events".to_string()) && tables.contains(&"big_ids".to_string()), "{tables:?}");
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM big_ids")[0]["n"], 10);
+}
+
+#[test]
+fn a_query_whose_executor_is_killed_is_retried_and_answers_right() {
+    let up = Up::start_with(2, &["--sql-pool-warm", "2"]);
+    up.wait_until("two pool executors serve", WAIT, |u| {
+        u.json(&["endpoints", "sql-pool"]).as_array().is_some_and(|e| e.len() == 2)
+    });
+    let dir = up.dir.path().join("big");
+    make_table(&up.address, "big", &dir, 2_000_000);
+    let query = "SELECT k, count(*) AS n, max(md5(md5(md5(md5(pad))))) AS m FROM big GROUP BY k ORDER BY k";
+    let expected = sql_json(&up.address, query);
+    assert_eq!(expected.len(), 10);
+    let address = up.address.clone();
+    let started = Instant::now();
+    let running = std::thread::spawn(move || sql_json(&address, query));
+    // Kill one serving pool executor (its worker process) while the query runs.
+    std::thread::sleep(Duration::from_millis(700));
+    let workers = pids_of(&["executor --kind batch --", "worker"]);
+    let mine: Vec<u32> = workers.into_iter().filter(|p| is_under(*p, up.dir.path())).collect();
+    assert!(!mine.is_empty(), "no pool worker found");
+    kill9(mine[0]);
+    let answer = running.join().expect("the query thread");
+    assert_eq!(answer, expected, "the retried query answers as an undisturbed one");
+    let log = std::fs::read_to_string(up.dir.path().join("coordinator.log")).unwrap_or_default();
+    assert!(log.contains("re-planning"), "the kill landed after {:?}; coordinator log:\n{log}", started.elapsed());
+    up.wait_until("the pool is whole again", WAIT, |u| {
+        u.json(&["endpoints", "sql-pool"]).as_array().is_some_and(|e| e.len() == 2)
+    });
+}
+
+/// Whether a process was started for the cluster whose data is under `dir`.
+fn is_under(pid: u32, dir: &Path) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/environ"))
+        .map(|env| env.contains(&dir.display().to_string()))
+        .unwrap_or(false)
+}
