@@ -20,8 +20,11 @@ pub struct Settings {
     pub agents: u32,
     pub data_dir: PathBuf,
     pub listen: String,
-    /// More flags for `cohort coordinator` (the SQL pool's).
+    /// More flags for `cohort coordinator` (the SQL pool's, the brokers).
     pub coordinator_args: Vec<String>,
+    /// The Kafka bootstrap address pipelines use, and whether it is the
+    /// embedded broker (for what `up` prints).
+    pub kafka: Option<(String, bool)>,
 }
 
 /// First wait before restarting a process that died.
@@ -111,6 +114,13 @@ pub async fn run(s: Settings) -> Result<()> {
         cpu / 1000,
         cohort_scheduler::resources::format_bytes(memory)
     );
+    match &s.kafka {
+        Some((bootstrap, true)) => println!(
+            "  Kafka (embedded)    {bootstrap}   in memory, for trying Cohort out (keeps ~5 MiB per partition; --kafka-brokers for a real cluster)"
+        ),
+        Some((bootstrap, false)) => println!("  Kafka               {bootstrap}"),
+        None => {}
+    }
     println!("  state               {}", s.data_dir.display());
     println!("  try                 cohort submit job.toml && cohort jobs   (COHORT_COORDINATOR={})", s.listen);
     println!("Press Ctrl-C to stop; every executor is stopped with it. A process that dies is restarted.");

@@ -4,10 +4,12 @@
 //! - `control_plane.rs`: gang start latency, submissions per second;
 //! - `services.rs`: healing a killed instance, a rolling update;
 //! - `tpch.rs`: the 22 TPC-H-derived queries through Flight SQL against
-//!   single-process DataFusion.
+//!   single-process DataFusion;
+//! - `stream.rs`: a pipeline member against a bare Kafka consumer.
 
 pub mod control_plane;
 pub mod services;
+pub mod stream;
 pub mod tpch;
 
 use std::future::Future;
@@ -29,6 +31,7 @@ where
         data_dir: dir.clone(),
         listen: format!("127.0.0.1:{port}"),
         coordinator_args: Vec::new(),
+        kafka: None,
     };
     let children = crate::up::start(&settings).await?;
     let result = f(settings.listen.clone(), dir.clone()).await;

@@ -142,6 +142,20 @@ pub async fn cancel(coordinator: &str, id: &str, output: Output) -> Result<()> {
     print_job(&j.into_inner(), output)
 }
 
+pub async fn pause(coordinator: &str, id: &str, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let id = resolve(&channel, id).await?;
+    let j = pb::jobs_client::JobsClient::new(channel).pause(pb::JobRef { job_id: id }).await.map_err(status_error)?;
+    print_job(&j.into_inner(), output)
+}
+
+pub async fn resume(coordinator: &str, id: &str, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let id = resolve(&channel, id).await?;
+    let j = pb::jobs_client::JobsClient::new(channel).resume(pb::JobRef { job_id: id }).await.map_err(status_error)?;
+    print_job(&j.into_inner(), output)
+}
+
 pub async fn scale(coordinator: &str, id: &str, instances: u32, output: Output) -> Result<()> {
     let channel = channel(coordinator).await?;
     let job_id = resolve(&channel, id).await?;
@@ -383,4 +397,121 @@ fn first_line(s: &str) -> String {
     } else {
         line.to_string()
     }
+}
+
+/// The contract's pipeline state: `running`, `pending`, `failed`, or the
+/// job's own word once it ended (`cancelled` after a delete).
+fn pipeline_state(j: &pb::Job) -> &str {
+    match j.state.as_str() {
+        "running" | "pending" | "failed" | "paused" => &j.state,
+        "starting" => "pending",
+        other => other,
+    }
+}
+
+pub async fn pipeline_create(coordinator: &str, file: &PathBuf, output: Output) -> Result<()> {
+    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    if !crate::spec::is_pipeline(&text) {
+        anyhow::bail!("{}: not a pipeline spec (it has no [source.kafka] table); jobs go to `cohort submit`", file.display());
+    }
+    submit(coordinator, file, output).await
+}
+
+pub async fn pipelines(coordinator: &str, output: Output) -> Result<()> {
+    let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
+    let list = client.list(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
+    let list: Vec<&pb::Job> = list.iter().filter(|j| j.kind == "pipeline").collect();
+    match output {
+        Output::Json => {
+            let rows: Vec<serde_json::Value> = list
+                .iter()
+                .map(|j| json!({ "id": j.id, "name": j.name, "state": pipeline_state(j), "members": members_json(j) }))
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Table | Output::Csv => {
+            let mut t = table(&["id", "name", "state", "members", "reason"]);
+            for j in list {
+                let running = j.slots.iter().filter(|s| s.state == "running").count();
+                t.add_row(vec![
+                    j.id.to_string(),
+                    j.name.clone(),
+                    pipeline_state(j).to_string(),
+                    format!("{running}/{}", j.slots.len()),
+                    first_line(&j.reason),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+fn members_json(j: &pb::Job) -> serde_json::Value {
+    j.slots.iter().map(|s| json!({ "member": s.index, "node": s.node, "state": s.state })).collect()
+}
+
+pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Result<()> {
+    let channel = channel(coordinator).await?;
+    let job_id = resolve(&channel, name).await?;
+    let p = pb::jobs_client::JobsClient::new(channel)
+        .pipeline(pb::JobRef { job_id })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let j = p.job.clone().unwrap_or_default();
+    let lag: i64 = p.partitions.iter().map(|x| x.lag).sum();
+    match output {
+        Output::Json => {
+            let partitions: Vec<serde_json::Value> = p
+                .partitions
+                .iter()
+                .map(|x| {
+                    let committed = (x.committed >= 0).then_some(x.committed);
+                    json!({ "partition": x.partition, "committed": committed, "end": x.end, "lag": x.lag })
+                })
+                .collect();
+            let mut v = json!({
+                "id": j.id,
+                "name": j.name,
+                "state": pipeline_state(&j),
+                "reason": j.reason,
+                "members": members_json(&j),
+                "topic": p.topic,
+                "group": p.group,
+                "brokers": p.brokers,
+                "sink": p.sink,
+                "lag": lag,
+                "partitions": partitions,
+            });
+            if !p.lag_error.is_empty() {
+                v["lag_error"] = json!(p.lag_error);
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Table | Output::Csv => {
+            println!("pipeline {} (job {}): {}", j.name, j.id, pipeline_state(&j));
+            println!("source: topic {} on {} (group {}); sink: {}", p.topic, p.brokers, p.group, p.sink);
+            if !j.reason.is_empty() {
+                println!("reason: {}", j.reason);
+            }
+            let mut members = table(&["member", "node", "state"]);
+            for s in &j.slots {
+                members.add_row(vec![s.index.to_string(), s.node.clone(), s.state.clone()]);
+            }
+            println!("{members}");
+            if p.lag_error.is_empty() {
+                let mut parts = table(&["partition", "committed", "end", "lag"]);
+                for x in &p.partitions {
+                    let committed = if x.committed >= 0 { x.committed.to_string() } else { "-".into() };
+                    parts.add_row(vec![x.partition.to_string(), committed, x.end.to_string(), x.lag.to_string()]);
+                }
+                println!("{parts}");
+                println!("total lag: {lag} record(s); rates, errors and dead letters: cohort logs {}", j.name);
+            } else {
+                println!("lag unknown: {}", p.lag_error);
+            }
+        }
+    }
+    Ok(())
 }

@@ -69,6 +69,22 @@ impl PoolArgs {
 }
 
 #[derive(Subcommand)]
+enum PipelineCommand {
+    /// Create a pipeline from its spec (TOML), or update the one of that name.
+    Create { file: PathBuf },
+    /// List pipelines.
+    List,
+    /// A pipeline's state, members and per-partition lag.
+    Get { name: String },
+    /// Stop its members (each commits what it has first); keep it, paused.
+    Pause { name: String },
+    /// Start a paused pipeline again from its committed offsets.
+    Resume { name: String },
+    /// Stop a pipeline's members (each commits what it has) and end it.
+    Delete { name: String },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Start a whole cluster on this machine: a coordinator and agents.
     Up {
@@ -81,6 +97,9 @@ enum Command {
         listen: String,
         #[command(flatten)]
         pool: PoolArgs,
+        /// Kafka brokers for pipelines (default: an embedded, in-memory broker).
+        #[arg(long)]
+        kafka_brokers: Option<String>,
     },
     /// Run the coordinator (scheduler, state, API) of a multi-host cluster.
     Coordinator {
@@ -93,6 +112,9 @@ enum Command {
         heartbeat_timeout: f64,
         #[command(flatten)]
         pool: PoolArgs,
+        /// Kafka brokers for pipelines whose spec names none.
+        #[arg(long)]
+        kafka_bootstrap: Option<String>,
     },
     /// Run an agent on this host and join it to a coordinator.
     Agent {
@@ -157,6 +179,9 @@ enum Command {
     Watch { id: Option<String> },
     /// Set a service's instance count.
     Scale { id: String, instances: u32 },
+    /// Streaming pipelines: Kafka → SQL transform → Parquet or Kafka.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
     /// host:port of a service's healthy instances, for scripts and load balancers.
     Endpoints { id: String },
     /// List nodes.
@@ -186,6 +211,8 @@ enum BenchCommand {
     Services(bench::services::Args),
     /// TPC-H (derived) through Flight SQL against single-process DataFusion.
     Tpch(bench::tpch::Args),
+    /// A pipeline (JSON → filter → Parquet) against a bare Kafka consumer.
+    Stream(bench::stream::Args),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -234,16 +261,32 @@ impl Command {
 
 async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result<()> {
     match command {
-        Command::Up { agents, data_dir, listen, pool } => {
-            up::run(up::Settings {
+        Command::Up { agents, data_dir, listen, pool, kafka_brokers } => {
+            // The embedded broker lives in this process, so it outlasts coordinator restarts.
+            let (broker, bootstrap) = match kafka_brokers {
+                Some(brokers) => (None, brokers),
+                None => {
+                    let broker = cohort_connectors::broker::EmbeddedBroker::start()
+                        .context("cannot start the embedded Kafka broker")?;
+                    let bootstrap = broker.bootstrap().to_string();
+                    (Some(broker), bootstrap)
+                }
+            };
+            let mut coordinator_args = pool.to_args();
+            coordinator_args.push(format!("--kafka-bootstrap={bootstrap}"));
+            let embedded = broker.is_some();
+            let result = up::run(up::Settings {
                 agents,
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
                 listen,
-                coordinator_args: pool.to_args(),
+                coordinator_args,
+                kafka: Some((bootstrap, embedded)),
             })
-            .await
+            .await;
+            drop(broker);
+            result
         }
-        Command::Coordinator { listen, data_dir, heartbeat_timeout, pool } => {
+        Command::Coordinator { listen, data_dir, heartbeat_timeout, pool, kafka_bootstrap } => {
             let settings = coordinator::Settings {
                 sql: coordinator::sql::SqlSettings {
                     pool: coordinator::sql::PoolSettings {
@@ -256,6 +299,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                     },
                 },
                 listen,
+                kafka_bootstrap,
                 data_dir: data_dir.unwrap_or_else(|| up::default_data_dir().join("coordinator")),
                 core: CoreSettings {
                     heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),
@@ -314,6 +358,12 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Sql(args) => sql::run(coordinator, args, output).await,
         Command::Watch { id } => client::watch(coordinator, id.as_deref(), output).await,
         Command::Scale { id, instances } => client::scale(coordinator, &id, instances, output).await,
+        Command::Pipeline(PipelineCommand::Create { file }) => client::pipeline_create(coordinator, &file, output).await,
+        Command::Pipeline(PipelineCommand::List) => client::pipelines(coordinator, output).await,
+        Command::Pipeline(PipelineCommand::Get { name }) => client::pipeline_get(coordinator, &name, output).await,
+        Command::Pipeline(PipelineCommand::Pause { name }) => client::pause(coordinator, &name, output).await,
+        Command::Pipeline(PipelineCommand::Resume { name }) => client::resume(coordinator, &name, output).await,
+        Command::Pipeline(PipelineCommand::Delete { name }) => client::cancel(coordinator, &name, output).await,
         Command::Endpoints { id } => client::endpoints(coordinator, &id, output).await,
         Command::Nodes => client::nodes(coordinator, output).await,
         Command::Cordon { node } => client::node_action(coordinator, &node, client::NodeAction::Cordon, output).await,
@@ -325,6 +375,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Bench(BenchCommand::ControlPlane(args)) => bench::control_plane::run(args).await,
         Command::Bench(BenchCommand::Services(args)) => bench::services::run(args).await,
         Command::Bench(BenchCommand::Tpch(args)) => bench::tpch::run(args).await,
+        Command::Bench(BenchCommand::Stream(args)) => bench::stream::run(args).await,
         Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
 }

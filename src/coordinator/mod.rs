@@ -32,6 +32,8 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub core: CoreSettings,
     pub sql: sql::SqlSettings,
+    /// The Kafka brokers pipelines use unless their spec names others.
+    pub kafka_bootstrap: Option<String>,
 }
 
 type Call = Box<dyn FnOnce(&mut Core) + Send>;
@@ -108,7 +110,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         Box::new(streams.clone()),
         settings.core.clone(),
     )?;
-    core.set_endpoints(self::core::model::ClusterStatus { coordinator: address.to_string(), ..Default::default() });
+    core.set_endpoints(self::core::model::ClusterStatus {
+        coordinator: address.to_string(),
+        kafka_bootstrap: settings.kafka_bootstrap.clone().unwrap_or_default(),
+        ..Default::default()
+    });
     tracing::info!(%address, data_dir = %settings.data_dir.display(), "coordinator listening");
     println!("coordinator listening on {address}");
     let (handle, stopped) = spawn_core(core);

@@ -11,12 +11,13 @@
 //!
 //! `command` and `service` run an argv; `batch` runs a datafusion-distributed
 //! worker (and a SQL job's driver) in a child of the supervisor
-//! (`batch.rs`, `sql_job.rs`); `stream` and `store` arrive with the rest of
-//! the data plane.
+//! (`batch.rs`, `sql_job.rs`); `stream` runs a pipeline member
+//! (`stream.rs`); `store` arrives with the caching issue.
 
 mod batch;
 mod kind;
 mod sql_job;
+mod stream;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::Path;
@@ -51,6 +52,13 @@ pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Res
             let Some(dir) = alloc_dir else { return batch::run(argv) };
             let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
             let mut args = vec!["executor".to_string(), "--kind".into(), "batch".into(), "--".into()];
+            args.extend(argv.iter().cloned());
+            supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
+        }
+        ExecutorKind::Stream => {
+            let Some(dir) = alloc_dir else { return stream::run(argv) };
+            let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
+            let mut args = vec!["executor".to_string(), "--kind".into(), "stream".into(), "--".into()];
             args.extend(argv.iter().cloned());
             supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
         }

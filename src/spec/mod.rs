@@ -8,6 +8,7 @@
 //! - `duration.rs`: `500ms`, `2s`, `5m`, `1h`.
 
 mod duration;
+mod pipeline;
 mod service;
 mod sql;
 
@@ -23,6 +24,7 @@ use crate::executor::ExecutorKind;
 
 pub use duration::parse_duration;
 pub use service::{HealthSpec, Probe, ServiceSpec};
+pub use pipeline::is_pipeline;
 pub use sql::{FLIGHT_PORT, pool_spec};
 
 /// A job as submitted.
@@ -45,7 +47,13 @@ pub enum JobKind {
     /// Batch executors kept warm for SQL clients: a service whose
     /// instances are datafusion-distributed workers.
     Pool { service: ServiceSpec },
+    /// A streaming pipeline: a service whose instances are members of one
+    /// Kafka consumer group.
+    Pipeline { config: Box<cohort_stream::PipelineConfig>, service: ServiceSpec },
 }
+
+/// The variable a stream executor reads its pipeline from (as JSON).
+pub const PIPELINE_ENV: &str = "COHORT_PIPELINE";
 
 /// How an agent starts one slot of a job.
 pub struct LaunchShape {
@@ -63,6 +71,7 @@ impl JobKind {
             JobKind::Service { .. } => "service",
             JobKind::Sql { .. } => "sql",
             JobKind::Pool { .. } => "pool",
+            JobKind::Pipeline { .. } => "pipeline",
         }
     }
 
@@ -70,7 +79,9 @@ impl JobKind {
     /// restarted, updated in place).
     pub fn service(&self) -> Option<&ServiceSpec> {
         match self {
-            JobKind::Service { service, .. } | JobKind::Pool { service } => Some(service),
+            JobKind::Service { service, .. } | JobKind::Pool { service } | JobKind::Pipeline { service, .. } => {
+                Some(service)
+            }
             JobKind::Command { .. } | JobKind::Sql { .. } => None,
         }
     }
@@ -78,7 +89,9 @@ impl JobKind {
     /// The names of the host ports each slot gets.
     pub fn ports(&self) -> Vec<String> {
         match self {
-            JobKind::Service { service, .. } | JobKind::Pool { service } => service.ports.clone(),
+            JobKind::Service { service, .. } | JobKind::Pool { service } | JobKind::Pipeline { service, .. } => {
+                service.ports.clone()
+            }
             JobKind::Sql { .. } => vec![FLIGHT_PORT.to_string()],
             JobKind::Command { .. } => Vec::new(),
         }
@@ -114,6 +127,16 @@ impl JobKind {
                 env: BTreeMap::new(),
                 ports,
                 health: service.health.clone(),
+            },
+            JobKind::Pipeline { config, .. } => LaunchShape {
+                executor: ExecutorKind::Stream,
+                argv: vec!["pipeline".into()],
+                env: BTreeMap::from([(
+                    PIPELINE_ENV.to_string(),
+                    serde_json::to_string(config).expect("a pipeline config serializes"),
+                )]),
+                ports,
+                health: None,
             },
         }
     }
@@ -191,22 +214,10 @@ struct RawCommand {
 /// Reads a job spec. `file` names it in errors.
 pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     let errors = Errors { file, text };
-    let raw: RawSpec = toml::from_str(text).map_err(|e| {
-        let message = e.message().trim().to_string();
-        let key = message
-            .split('`')
-            .nth(1)
-            .filter(|_| message.contains("unknown field") || message.contains("missing field"));
-        let field = match (key, e.span()) {
-            (Some(key), Some(span)) => match table_at(text, span.start) {
-                Some(table) => format!("{table}.{key}"),
-                None => key.to_string(),
-            },
-            (Some(key), None) => key.to_string(),
-            (None, _) => "spec".to_string(),
-        };
-        errors.at(e.span(), &field, message)
-    })?;
+    if pipeline::is_pipeline(text) {
+        return pipeline::parse(&errors, text);
+    }
+    let raw: RawSpec = toml::from_str(text).map_err(|e| toml_error(&errors, text, &e))?;
     let name = raw.name.get_ref().trim().to_string();
     if name.is_empty() {
         return Err(errors.at(Some(raw.name.span()), "name", "must not be empty"));
@@ -349,6 +360,24 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
         }
     };
     Ok(JobSpec { name, kind, gang: spec })
+}
+
+/// A TOML or shape error, with the field it is about.
+fn toml_error(errors: &Errors, text: &str, e: &toml::de::Error) -> SpecError {
+    let message = e.message().trim().to_string();
+    let key = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("unknown field") || message.contains("missing field"));
+    let field = match (key, e.span()) {
+        (Some(key), Some(span)) => match table_at(text, span.start) {
+            Some(table) => format!("{table}.{key}"),
+            None => key.to_string(),
+        },
+        (Some(key), None) => key.to_string(),
+        (None, _) => "spec".to_string(),
+    };
+    errors.at(e.span(), &field, message)
 }
 
 fn quantity(

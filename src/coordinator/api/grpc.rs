@@ -144,6 +144,29 @@ impl Api {
     ) -> Result<R, Status> {
         self.core.call(f).await.map_err(status_of)
     }
+
+    /// A pipeline's topics must exist before members wait on them forever.
+    /// (A spec that does not parse is left for the core to refuse, with
+    /// its line.)
+    async fn check_topics(&self, file: &str, text: &str) -> Result<(), Status> {
+        let Ok(spec) = crate::spec::parse_job(file, text) else { return Ok(()) };
+        let crate::spec::JobKind::Pipeline { config, .. } = spec.kind else { return Ok(()) };
+        let bootstrap = self.read(|core| core.status().kafka_bootstrap).await?;
+        let brokers = config.brokers.clone().unwrap_or(bootstrap);
+        if brokers.is_empty() {
+            return Err(Status::failed_precondition(format!(
+                "{file}: source.kafka.brokers: not set, and this cluster has no embedded broker"
+            )));
+        }
+        let (topic, file) = (config.topic.clone(), file.to_string());
+        tokio::task::spawn_blocking(move || {
+            cohort_connectors::kafka::topic_partitions(&brokers, &topic, std::time::Duration::from_secs(5))
+                .map(|_| ())
+                .map_err(|e| Status::failed_precondition(format!("{file}: source.kafka.topic: {e}")))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -191,6 +214,9 @@ impl pb::jobs_server::Jobs for Api {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
         let req = req.into_inner();
         let file = if req.file_name.is_empty() { "job.toml".to_string() } else { req.file_name };
+        if crate::spec::is_pipeline(&req.spec_toml) {
+            self.check_topics(&file, &req.spec_toml).await?;
+        }
         let id = self.ask(move |core| core.submit(&file, &req.spec_toml)).await?;
         Ok(Response::new(pb::SubmitResponse { job_id: id }))
     }
@@ -236,6 +262,61 @@ impl pb::jobs_server::Jobs for Api {
     async fn scale(&self, req: Request<pb::ScaleRequest>) -> Result<Response<pb::Job>, Status> {
         let req = req.into_inner();
         Ok(Response::new(job_to_pb(self.ask(move |core| core.scale(req.job_id, req.instances)).await?)))
+    }
+
+    async fn pause(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().job_id;
+        Ok(Response::new(job_to_pb(self.ask(move |core| core.pause(id)).await?)))
+    }
+
+    async fn resume(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let id = req.into_inner().job_id;
+        Ok(Response::new(job_to_pb(self.ask(move |core| core.resume(id)).await?)))
+    }
+
+    async fn pipeline(&self, req: Request<pb::JobRef>) -> Result<Response<pb::PipelineStatus>, Status> {
+        let id = req.into_inner().job_id;
+        let (job, text, bootstrap) =
+            self.ask(move |core| Ok((core.job(id)?, core.spec_text(id)?, core.status().kafka_bootstrap))).await?;
+        let spec = crate::spec::parse_job("pipeline.toml", &text).map_err(|e| Status::internal(e.to_string()))?;
+        let crate::spec::JobKind::Pipeline { config, .. } = spec.kind else {
+            return Err(Status::invalid_argument(format!("job {id} is a {} job, not a pipeline", job.kind)));
+        };
+        let brokers = config.brokers.clone().unwrap_or(bootstrap);
+        let sink = match &config.sink {
+            cohort_stream::SinkConfig::Parquet { path, .. } => format!("parquet:{path}"),
+            cohort_stream::SinkConfig::Kafka { topic, .. } => format!("kafka:{topic}"),
+        };
+        let (b, topic, group) = (brokers.clone(), config.topic.clone(), config.group.clone());
+        let lag = tokio::task::spawn_blocking(move || {
+            cohort_connectors::kafka::group_lag(&b, &topic, &group, std::time::Duration::from_secs(3))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (partitions, lag_error) = match lag {
+            Ok(parts) => (
+                parts
+                    .into_iter()
+                    .map(|p| pb::PartitionLag {
+                        partition: p.partition,
+                        committed: p.committed.unwrap_or(-1),
+                        end: p.end,
+                        lag: p.lag,
+                    })
+                    .collect(),
+                String::new(),
+            ),
+            Err(e) => (Vec::new(), e.to_string()),
+        };
+        Ok(Response::new(pb::PipelineStatus {
+            job: Some(job_to_pb(job)),
+            topic: config.topic.clone(),
+            group: config.group.clone(),
+            brokers,
+            sink,
+            partitions,
+            lag_error,
+        }))
     }
 
     async fn endpoints(&self, req: Request<pb::JobRef>) -> Result<Response<pb::EndpointList>, Status> {

@@ -161,6 +161,9 @@ impl Core {
             env.insert("COHORT_GANG_SIZE".into(), slots.len().to_string());
             env.insert("COHORT_PEERS".into(), peers.join(","));
             env.insert("COHORT_ATTEMPT".into(), attempts.to_string());
+            if !self.endpoints.kafka_bootstrap.is_empty() {
+                env.insert("COHORT_KAFKA_BOOTSTRAP".into(), self.endpoints.kafka_bootstrap.clone());
+            }
             for (i, name) in port_names.iter().enumerate() {
                 let port = ports.get(name).map(u16::to_string).unwrap_or_default();
                 env.insert(format!("COHORT_PORT_{}", name.to_uppercase().replace('-', "_")), port.clone());

@@ -158,7 +158,7 @@ impl Core {
             services::apply_scale(&mut spec, &record);
             let mut job = Job { spec, next: None, record };
             gang_job.insert(job.gang(), job.record.id);
-            if !job.record.state.is_final() {
+            if !job.record.state.is_final() && job.record.state != JobState::Paused {
                 let gang = GangId(job.gang());
                 engine.apply(Event::GangSubmitted { gang, spec: job.spec.gang.clone() }).map_err(internal)?;
                 if let Some(d) = job.record.deployment.as_ref().filter(|d| d.state == DeploymentState::Rolling) {

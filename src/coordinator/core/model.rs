@@ -18,6 +18,8 @@ use crate::spec::HealthSpec;
 pub enum JobState {
     Pending,
     Running,
+    /// A service or pipeline stopped on request, to be resumed.
+    Paused,
     Succeeded,
     Failed,
     Cancelled,
@@ -28,6 +30,7 @@ impl JobState {
         match self {
             JobState::Pending => "pending",
             JobState::Running => "running",
+            JobState::Paused => "paused",
             JobState::Succeeded => "succeeded",
             JobState::Failed => "failed",
             JobState::Cancelled => "cancelled",

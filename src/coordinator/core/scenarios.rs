@@ -480,3 +480,37 @@ fn the_sql_catalog_is_stored_and_comes_back_in_creation_order() {
     let names: Vec<&str> = before.iter().map(|t| t.name.as_str()).collect();
     assert_eq!(names, ["big", "EVENTS"]);
 }
+
+#[test]
+fn a_paused_service_stops_its_instances_stays_paused_across_a_restart_and_resumes() {
+    let mut h = Harness::new();
+    let node = h.register("a", 4);
+    let id = h.core.submit("web.toml", WEB).unwrap();
+    let v1 = h.launches();
+    h.all_healthy(node, &v1);
+    // Pausing stops every instance (with its grace period) and keeps the job
+    let view = h.core.pause(id).unwrap();
+    assert_eq!(view.state, JobState::Paused);
+    let kills = h.sink.take().into_iter().filter(|(_, c)| matches!(c, AgentCommand::Kill { .. })).count();
+    assert_eq!(kills, 3);
+    assert!(matches!(h.core.pause(id), Err(CoordinatorError::Conflict(_))), "pausing twice is refused");
+    for (_, l) in &v1 {
+        h.exit(node, l.alloc, 0);
+    }
+    h.advance(Duration::from_secs(5), &[node]);
+    assert!(h.launches().is_empty(), "nothing restarts a paused service");
+    // A restarted coordinator keeps it paused
+    h.restart(None);
+    let node = h.register("a", 4);
+    h.advance(Duration::from_secs(5), &[node]);
+    assert!(h.launches().is_empty(), "still paused after a restart");
+    assert_eq!(h.core.job(id).unwrap().state, JobState::Paused);
+    // Then resumed: a new gang of the same spec
+    let view = h.core.resume(id).unwrap();
+    assert_ne!(view.state, JobState::Paused);
+    let v2 = h.launches();
+    assert_eq!(v2.len(), 3);
+    assert!(matches!(h.core.resume(id), Err(CoordinatorError::Conflict(_))), "only a paused job resumes");
+    let command = h.submit("batch", 1, "100m", 1);
+    assert!(matches!(h.core.pause(command), Err(CoordinatorError::InvalidInput(_))), "batch jobs cancel, not pause");
+}

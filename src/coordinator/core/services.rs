@@ -9,13 +9,17 @@
 //! has not happened by the deadline, the new gang is cancelled, the old one
 //! is scaled back, and the reason is kept (Marathon's deployments without
 //! the hang).
+//!
+//! A service or pipeline pauses: its gang is cancelled (instances stop
+//! with their grace period) while the job stays, `paused`; resuming starts
+//! a new gang of the same spec.
 
 use std::collections::BTreeMap;
 
 use cohort_scheduler::{EngineError, Event, GangId};
 
 use super::error::{CoordinatorError, Result};
-use super::model::{DeploymentView, Endpoint, SlotState};
+use super::model::{DeploymentView, Endpoint, JobState, JobView, SlotState};
 use super::{Core, Job, internal};
 use crate::coordinator::store::{DeploymentRecord, DeploymentState, JobRecord, SlotRecord};
 use crate::spec::JobSpec;
@@ -194,7 +198,7 @@ impl Core {
     }
 
     /// Sets a service's instance count (a rolling update in progress takes it too).
-    pub fn scale(&mut self, id: u64, instances: u32) -> Result<super::model::JobView> {
+    pub fn scale(&mut self, id: u64, instances: u32) -> Result<JobView> {
         self.turn(|core| {
             let job = core.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
             if job.spec.kind.service().is_none() {
@@ -230,6 +234,71 @@ impl Core {
             }
             core.turn.jobs.insert(id);
             core.announce(id, format!("scaled to {instances} instance(s)"));
+            core.schedule()?;
+            core.job(id)
+        })
+    }
+
+    /// Stops a service's or pipeline's instances (each gets SIGTERM and its
+    /// grace period: a pipeline member commits what it has) and keeps the
+    /// job, `paused`, until [`Core::resume`].
+    pub fn pause(&mut self, id: u64) -> Result<JobView> {
+        self.turn(|core| {
+            let job = core.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
+            if job.spec.kind.service().is_none() {
+                return Err(CoordinatorError::InvalidInput(format!(
+                    "job {id} is a {} job; only services and pipelines pause (cancel ends a job)",
+                    job.record.kind
+                )));
+            }
+            match core.job_state(id) {
+                Some(JobState::Paused) => return Err(CoordinatorError::Conflict(format!("job {id} is already paused"))),
+                Some(s) if s.is_final() => return Err(CoordinatorError::Conflict(format!("job {id} has ended ({s})"))),
+                _ => {}
+            }
+            if job.next_gang().is_some() {
+                return Err(CoordinatorError::Conflict(format!(
+                    "a rolling update of job {id} is in progress; wait for it to finish"
+                )));
+            }
+            let gang = job.gang();
+            core.engine.apply(Event::GangCancelled { gang: GangId(gang) }).map_err(internal)?;
+            core.schedule()?;
+            // The engine ended the gang as cancelled; the job lives on.
+            core.update_job(id, |r| {
+                r.state = JobState::Paused;
+                r.reason = "paused; `resume` starts it again".into();
+                if let Some(last) = r.history.last_mut().filter(|e| e.outcome == "cancelled") {
+                    last.outcome = "paused".into();
+                }
+            });
+            core.announce(id, "paused".into());
+            core.job(id)
+        })
+    }
+
+    /// Starts a paused job again, as a new gang of the same spec.
+    pub fn resume(&mut self, id: u64) -> Result<JobView> {
+        self.turn(|core| {
+            let job = core.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
+            if job.record.state != JobState::Paused {
+                let state = core.job_state(id).unwrap_or(job.record.state);
+                return Err(CoordinatorError::Conflict(format!("job {id} is {state}, not paused")));
+            }
+            let gang = core.next_job;
+            let spec = job.spec.gang.clone();
+            let slots = spec.max as usize;
+            core.engine.apply(Event::GangSubmitted { gang: GangId(gang), spec }).map_err(internal)?;
+            core.next_job += 1;
+            core.turn.next_job = true;
+            core.gang_job.insert(gang, id);
+            core.update_job(id, |r| {
+                r.gang = gang;
+                r.state = JobState::Pending;
+                r.reason = String::new();
+                r.slots = vec![SlotRecord::default(); slots];
+            });
+            core.announce(id, "resumed".into());
             core.schedule()?;
             core.job(id)
         })

@@ -1,0 +1,74 @@
+"""An outside Kafka client against `cohort up`'s embedded broker: produce
+JSON with confluent-kafka, run a pipeline into Parquet, read the files back
+with pyarrow.
+
+    python kafka_client.py COHORT_BINARY HOST:PORT DATA_DIR
+"""
+
+import json
+import subprocess
+import sys
+import time
+
+import pyarrow.dataset as ds
+from confluent_kafka import Producer
+
+N = 1000
+
+
+def cohort(binary, address, *args):
+    out = subprocess.run([binary, "--coordinator", address, *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"cohort {' '.join(args)} failed: {out.stderr}")
+    return out.stdout
+
+
+def main(binary, address, data_dir):
+    status = json.loads(cohort(binary, address, "status", "--output", "json"))
+    bootstrap = status["kafka_bootstrap"]
+    assert bootstrap, status
+
+    producer = Producer({"bootstrap.servers": bootstrap})
+    for i in range(N):
+        url = f"/shop/checkout/{i}" if i % 2 == 0 else f"/browse/{i}"
+        producer.produce("ci-clicks", key=str(i), value=json.dumps({"user_id": i, "url": url, "ts": i}))
+    producer.produce("ci-clicks", value=b"not json")
+    assert producer.flush(30) == 0, "every message delivered"
+
+    out = f"{data_dir}/ci-checkouts/"
+    spec = f"{data_dir}/ci-pipeline.toml"
+    with open(spec, "w") as f:
+        f.write(f"""name = "ci-checkouts"
+[source.kafka]
+topic = "ci-clicks"
+schema = {{ user_id = "Int64", url = "Utf8", ts = "Int64" }}
+[transform]
+sql = "SELECT user_id, url FROM source WHERE url LIKE '%/checkout%'"
+[sink.parquet]
+path = "{out}"
+roll_every = "1s"
+[parallelism]
+cpu = "250m"
+memory = "256MiB"
+""")
+    cohort(binary, address, "pipeline", "create", spec)
+    deadline = time.time() + 120
+    while True:
+        got = json.loads(cohort(binary, address, "pipeline", "get", "ci-checkouts", "--output", "json"))
+        parts = got.get("partitions", [])
+        if parts and got["lag"] == 0 and all(p["committed"] is not None or p["end"] == 0 for p in parts):
+            break
+        if time.time() > deadline:
+            raise SystemExit(f"the pipeline did not catch up in 120 s: {got}")
+        time.sleep(0.5)
+
+    table = ds.dataset(out, format="parquet").to_table()  # hidden in-progress files are ignored
+    ids = sorted(set(table.column("user_id").to_pylist()))
+    assert ids == list(range(0, N, 2)), f"{len(ids)} distinct ids"
+    assert table.column_names == ["user_id", "url"], table.column_names
+    print(f"kafka client: {N + 1} messages produced with confluent-kafka, {table.num_rows} rows read back with pyarrow")
+    cohort(binary, address, "pipeline", "delete", "ci-checkouts")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])

@@ -1,0 +1,140 @@
+//! The embedded broker: librdkafka's mock cluster, a Kafka-protocol broker
+//! held in memory, for trying Cohort out on one machine. Any Kafka client
+//! reaches it at its bootstrap address. It keeps at most 5 MiB (or 100,000
+//! message sets) per partition, loses everything when it stops, and
+//! creates a topic (4 partitions) on first use; a real cluster is one
+//! `brokers = "..."` away.
+
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use rdkafka::ClientConfig;
+use rdkafka::producer::{BaseProducer, Producer};
+
+use crate::{Error, Result};
+
+/// A running embedded broker; dropping it stops it.
+pub struct EmbeddedBroker {
+    bootstrap: String,
+    commands: Option<mpsc::Sender<Command>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// Asked of the thread that owns the mock cluster.
+enum Command {
+    CreateTopic { name: String, partitions: i32, done: mpsc::Sender<Result<()>> },
+}
+
+impl EmbeddedBroker {
+    /// Starts a one-broker cluster on a free loopback port.
+    pub fn start() -> Result<EmbeddedBroker> {
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<String>>();
+        let (commands_tx, commands_rx) = mpsc::channel::<Command>();
+        // The mock cluster is not Send: it lives and dies on its own thread.
+        let thread = std::thread::Builder::new()
+            .name("embedded-kafka".into())
+            .spawn(move || {
+                let anchor: BaseProducer = match ClientConfig::new().set("test.mock.num.brokers", "1").create() {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e.into()));
+                        return;
+                    }
+                };
+                let bootstrap = match anchor.client().mock_cluster() {
+                    Some(cluster) => cluster.bootstrap_servers(),
+                    None => {
+                        let _ = ready_tx.send(Err(Error::Invalid("librdkafka made no mock cluster".into())));
+                        return;
+                    }
+                };
+                // SAFETY: the handle belongs to `anchor`, which outlives this call.
+                unsafe {
+                    let cluster = rdkafka::bindings::rd_kafka_handle_mock_cluster(anchor.client().native_ptr());
+                    // Groups form at once instead of after the broker's 3 s default.
+                    rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0);
+                }
+                let _ = ready_tx.send(Ok(bootstrap));
+                // Until every sender is dropped (the broker is stopped).
+                while let Ok(command) = commands_rx.recv() {
+                    match command {
+                        Command::CreateTopic { name, partitions, done } => {
+                            let created = match anchor.client().mock_cluster() {
+                                Some(cluster) => cluster.create_topic(&name, partitions, 1).map_err(Error::from),
+                                None => Err(Error::Invalid("the mock cluster is gone".into())),
+                            };
+                            let _ = done.send(created);
+                        }
+                    }
+                }
+                drop(anchor);
+            })
+            .map_err(|e| Error::Invalid(format!("cannot start the embedded broker: {e}")))?;
+        let bootstrap = ready_rx
+            .recv()
+            .map_err(|_| Error::Invalid("the embedded broker thread ended before serving".into()))??;
+        Ok(EmbeddedBroker { bootstrap, commands: Some(commands_tx), thread: Some(thread) })
+    }
+
+    /// Creates a topic of `partitions` partitions (topics made on first use get 4).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let (done, result) = mpsc::channel();
+        let command = Command::CreateTopic { name: name.to_string(), partitions, done };
+        let gone = || Error::Invalid("the embedded broker has stopped".into());
+        self.commands.as_ref().ok_or_else(gone)?.send(command).map_err(|_| gone())?;
+        result.recv().map_err(|_| gone())?
+    }
+
+    /// `HOST:PORT` for clients.
+    pub fn bootstrap(&self) -> &str {
+        &self.bootstrap
+    }
+}
+
+impl Drop for EmbeddedBroker {
+    fn drop(&mut self) {
+        drop(self.commands.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::kafka::{KafkaSink, KafkaSource, Start, group_lag, topic_partitions};
+
+    #[test]
+    fn a_produced_message_is_consumed_committed_and_lag_reported() {
+        let broker = EmbeddedBroker::start().unwrap();
+        let brokers = broker.bootstrap().to_string();
+        assert!(topic_partitions(&brokers, "nothing-here", Duration::from_secs(5)).unwrap_err().to_string().contains("does not exist"));
+        let sink = KafkaSink::open(&brokers, "t", "test").unwrap();
+        for i in 0..10 {
+            sink.send(Some(format!("k{i}").as_bytes()), format!("{{\"i\": {i}}}").as_bytes(), None).unwrap();
+        }
+        sink.deliver(Duration::from_secs(10)).unwrap();
+        let partitions = topic_partitions(&brokers, "t", Duration::from_secs(5)).unwrap();
+        assert!(!partitions.is_empty());
+
+        let source = KafkaSource::open(&brokers, "t", "g", Start::Earliest, "test").unwrap();
+        let mut seen = 0;
+        let mut offsets = crate::kafka::Offsets::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while seen < 10 && std::time::Instant::now() < deadline {
+            for m in source.poll_batch(100, Duration::from_millis(200)) {
+                use rdkafka::Message;
+                offsets.insert(m.partition(), m.offset() + 1);
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 10, "all produced messages are read within 30 s");
+        source.commit(&offsets).unwrap();
+        let lag = group_lag(&brokers, "t", "g", Duration::from_secs(5)).unwrap();
+        assert_eq!(lag.iter().map(|p| p.lag).sum::<i64>(), 0, "{lag:?}");
+        assert_eq!(lag.iter().map(|p| p.end).sum::<i64>(), 10);
+    }
+}

@@ -1,0 +1,146 @@
+//! JSON messages straight into Arrow, with bad messages set aside.
+//!
+//! The fast path feeds every message to one arrow-json decoder. A message
+//! that is not one JSON object is refused before it reaches the decoder
+//! (whose state a syntax error would poison); a value of the wrong type
+//! only shows when the batch is flushed, and then the batch is decoded
+//! again message by message to find the culprits. Good messages are never
+//! dropped because a neighbour was bad.
+
+use arrow::datatypes::SchemaRef;
+use arrow::json::ReaderBuilder;
+use arrow::json::reader::Decoder;
+use arrow::record_batch::RecordBatch;
+
+use crate::Result;
+
+/// Decodes batches of messages into record batches of one schema.
+pub struct JsonDecoder {
+    schema: SchemaRef,
+}
+
+/// One batch, decoded.
+#[derive(Debug)]
+pub struct Decoded {
+    /// The good messages, in order, as rows.
+    pub batch: RecordBatch,
+    /// The bad ones: (index in the input, why).
+    pub bad: Vec<(usize, String)>,
+}
+
+impl JsonDecoder {
+    pub fn new(schema: SchemaRef) -> JsonDecoder {
+        JsonDecoder { schema }
+    }
+
+    fn decoder(&self, capacity: usize) -> Result<Decoder> {
+        Ok(ReaderBuilder::new(self.schema.clone()).with_batch_size(capacity.max(1)).build_decoder()?)
+    }
+
+    pub fn decode<'a>(&self, messages: &[&'a [u8]]) -> Result<Decoded> {
+        let mut bad = Vec::new();
+        let mut good = Vec::with_capacity(messages.len());
+        let mut decoder = self.decoder(messages.len())?;
+        for (i, message) in messages.iter().enumerate() {
+            if let Err(why) = one_object(message) {
+                bad.push((i, why));
+                continue;
+            }
+            match decoder.decode(message) {
+                Ok(n) if n == message.len() && !decoder.has_partial_record() => good.push(i),
+                Ok(_) => {
+                    // Cannot happen after `one_object`, but a poisoned decoder must not go on.
+                    bad.push((i, "not exactly one JSON object".into()));
+                    decoder = self.replay(messages, &good)?;
+                }
+                Err(e) => {
+                    bad.push((i, e.to_string()));
+                    decoder = self.replay(messages, &good)?;
+                }
+            }
+        }
+        match decoder.flush() {
+            Ok(batch) => {
+                let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+                bad.sort_unstable_by_key(|(i, _)| *i);
+                Ok(Decoded { batch, bad })
+            }
+            // A value of the wrong type somewhere: find it, one message at a time.
+            Err(_) => self.one_by_one(messages, &good, bad),
+        }
+    }
+
+    /// A fresh decoder holding the messages at `good` again.
+    fn replay(&self, messages: &[&[u8]], good: &[usize]) -> Result<Decoder> {
+        let mut decoder = self.decoder(messages.len())?;
+        for &i in good {
+            decoder.decode(messages[i])?;
+        }
+        Ok(decoder)
+    }
+
+    fn one_by_one(&self, messages: &[&[u8]], candidates: &[usize], mut bad: Vec<(usize, String)>) -> Result<Decoded> {
+        let mut good = Vec::with_capacity(candidates.len());
+        for &i in candidates {
+            let mut one = self.decoder(1)?;
+            match one.decode(messages[i]).and_then(|_| one.flush()) {
+                Ok(_) => good.push(i),
+                Err(e) => bad.push((i, e.to_string())),
+            }
+        }
+        let mut decoder = self.replay(messages, &good)?;
+        let batch = decoder.flush()?.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+        bad.sort_unstable_by_key(|(i, _)| *i);
+        Ok(Decoded { batch, bad })
+    }
+}
+
+/// Whether a message is exactly one JSON object (checked without building it).
+fn one_object(message: &[u8]) -> Result<(), String> {
+    if message.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(if message.is_empty() { "empty message".into() } else { "not a JSON object".into() });
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(message).map(|_| ()).map_err(|e| format!("invalid JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use arrow::array::{Array, Int64Array, StringArray};
+
+    use super::*;
+    use crate::schema::schema_of;
+
+    fn decoder() -> JsonDecoder {
+        JsonDecoder::new(schema_of(&[("id".into(), "Int64".into()), ("url".into(), "Utf8".into())]).unwrap())
+    }
+
+    #[test]
+    fn good_messages_become_rows_in_order() {
+        let messages: Vec<&[u8]> = vec![br#"{"id": 1, "url": "/a"}"#, br#"{"url": "/b", "id": 2, "extra": true}"#, br#"{"id": 3}"#];
+        let out = decoder().decode(&messages).unwrap();
+        assert!(out.bad.is_empty());
+        let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 2, 3]);
+        let urls = out.batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(urls.is_null(2), "a missing key reads as null");
+    }
+
+    #[test]
+    fn bad_messages_are_named_and_their_neighbours_kept() {
+        let messages: Vec<&[u8]> = vec![
+            br#"{"id": 1, "url": "/a"}"#,
+            b"not json",
+            br#"{"id": 2, "url": "/b""#,
+            br#"{"id": "three", "url": "/c"}"#,
+            br#"[1, 2]"#,
+            br#"{"id": 4, "url": "/d"}"#,
+            b"",
+        ];
+        let out = decoder().decode(&messages).unwrap();
+        let bad: Vec<usize> = out.bad.iter().map(|(i, _)| *i).collect();
+        assert_eq!(bad, [1, 2, 3, 4, 6], "{:?}", out.bad);
+        let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+        assert_eq!(ids.values(), &[1, 4]);
+        assert!(out.bad[2].1.to_lowercase().contains("three") || out.bad[2].1.contains("Int64"), "{}", out.bad[2].1);
+    }
+}

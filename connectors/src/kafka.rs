@@ -1,0 +1,241 @@
+//! The Kafka source, sinks and the lag report.
+//!
+//! The source is a consumer-group member with automatic commits off: the
+//! pipeline commits the offsets a sink has made safe, so a member killed at
+//! any point resumes where the data stops (at-least-once). The sink is an
+//! idempotent producer; [`KafkaSink::deliver`] returns only when every
+//! record was acknowledged, which is when the pipeline may commit.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, DeliveryResult, Header, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, ProducerContext, ThreadedProducer, Producer};
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::{Error, Result};
+
+/// Where the source starts when its group has no committed offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    Earliest,
+    Latest,
+}
+
+/// The next offset to read, per partition.
+pub type Offsets = BTreeMap<i32, i64>;
+
+/// Logs rebalances, so `cohort logs` tells which member holds what.
+pub struct MemberContext;
+
+impl ClientContext for MemberContext {}
+
+impl ConsumerContext for MemberContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "assigned partitions");
+            }
+            Rebalance::Revoke(tpl) => {
+                let parts: Vec<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                tracing::info!(partitions = ?parts, "partitions revoked");
+            }
+            Rebalance::Error(e) => tracing::warn!(error = %e, "rebalance failed"),
+        }
+    }
+}
+
+/// A consumer-group member reading one topic.
+pub struct KafkaSource {
+    consumer: BaseConsumer<MemberContext>,
+    topic: String,
+}
+
+impl KafkaSource {
+    pub fn open(brokers: &str, topic: &str, group: &str, start: Start, client_id: &str) -> Result<KafkaSource> {
+        let consumer: BaseConsumer<MemberContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("group.id", group)
+            .set("client.id", client_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", if start == Start::Earliest { "earliest" } else { "latest" })
+            // A member that dies is noticed in seconds, not the default 45.
+            .set("session.timeout.ms", "6000")
+            .set("heartbeat.interval.ms", "1000")
+            // Prefetch within a member's memory (the default is 64 MiB).
+            .set("queued.max.messages.kbytes", "16384")
+            .create_with_context(MemberContext)?;
+        consumer.subscribe(&[topic])?;
+        Ok(KafkaSource { consumer, topic: topic.to_string() })
+    }
+
+    /// Up to `max` messages, waiting at most `max_wait` for the first ones.
+    /// Errors the client recovers from by itself (a broker reconnecting)
+    /// are logged, not returned.
+    pub fn poll_batch(&self, max: usize, max_wait: Duration) -> Vec<BorrowedMessage<'_>> {
+        let deadline = Instant::now() + max_wait;
+        let mut out = Vec::with_capacity(max.min(65_536));
+        while out.len() < max {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.consumer.poll(left) {
+                Some(Ok(message)) => out.push(message),
+                Some(Err(e)) => tracing::warn!(error = %e, "consumer error"),
+                None if left.is_zero() => break,
+                None => {}
+            }
+            if left.is_zero() {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Commits `offsets` (next offsets to read) for the group.
+    pub fn commit(&self, offsets: &Offsets) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let mut tpl = TopicPartitionList::new();
+        for (&partition, &next) in offsets {
+            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))?;
+        }
+        self.consumer.commit(&tpl, CommitMode::Sync)?;
+        Ok(())
+    }
+}
+
+/// Counts delivery failures of a producer, so a batch is known to be
+/// acknowledged in full before offsets move.
+#[derive(Default)]
+pub struct Deliveries {
+    failed: Mutex<Option<String>>,
+}
+
+impl ClientContext for Deliveries {}
+
+impl ProducerContext for Deliveries {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((e, _)) = result {
+            let mut failed = self.failed.lock().expect("delivery lock");
+            failed.get_or_insert_with(|| e.to_string());
+        }
+    }
+}
+
+/// Records produced to a topic, each acknowledged before `deliver` returns.
+pub struct KafkaSink {
+    producer: ThreadedProducer<Deliveries>,
+    topic: String,
+}
+
+impl KafkaSink {
+    pub fn open(brokers: &str, topic: &str, client_id: &str) -> Result<KafkaSink> {
+        let producer = ClientConfig::new()
+            .set("bootstrap.servers", brokers)
+            .set("client.id", client_id)
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "5")
+            .set("compression.type", "lz4")
+            .create_with_context(Deliveries::default())?;
+        Ok(KafkaSink { producer, topic: topic.to_string() })
+    }
+
+    /// Queues one record; `header` is an optional (name, value) pair.
+    pub fn send(&self, key: Option<&[u8]>, payload: &[u8], header: Option<(&str, &str)>) -> Result<()> {
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some((name, value)) = header {
+            record = record.headers(OwnedHeaders::new().insert(Header { key: name, value: Some(value) }));
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    // The local queue is full: let deliveries drain it.
+                    record = back;
+                    self.producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits until everything sent was acknowledged (or failed).
+    pub fn deliver(&self, timeout: Duration) -> Result<()> {
+        self.producer.flush(timeout)?;
+        match self.producer.context().failed.lock().expect("delivery lock").take() {
+            Some(why) => Err(Error::Invalid(format!("delivery to `{}` failed: {why}", self.topic))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One partition's progress for a group.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct PartitionLag {
+    pub partition: i32,
+    /// The group's committed (next) offset; None before its first commit.
+    pub committed: Option<i64>,
+    /// The partition's end (high watermark).
+    pub end: i64,
+    pub lag: i64,
+}
+
+fn admin_consumer(brokers: &str, group: Option<&str>) -> Result<BaseConsumer> {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", brokers).set("enable.auto.commit", "false");
+    if let Some(group) = group {
+        config.set("group.id", group);
+    }
+    Ok(config.create()?)
+}
+
+/// The group's committed offsets and lag on each partition of `topic`,
+/// read from the brokers as `kafka-consumer-groups --describe` does.
+pub fn group_lag(brokers: &str, topic: &str, group: &str, timeout: Duration) -> Result<Vec<PartitionLag>> {
+    let consumer = admin_consumer(brokers, Some(group))?;
+    let partitions = partitions_of(&consumer, brokers, topic, timeout)?;
+    let mut tpl = TopicPartitionList::new();
+    for &p in &partitions {
+        tpl.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(tpl, timeout)?;
+    let mut out = Vec::new();
+    for p in partitions {
+        let (low, end) = consumer.fetch_watermarks(topic, p, timeout)?;
+        let committed = committed.find_partition(topic, p).and_then(|e| match e.offset() {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        });
+        let lag = end - committed.unwrap_or(low).max(low);
+        out.push(PartitionLag { partition: p, committed, end, lag: lag.max(0) });
+    }
+    Ok(out)
+}
+
+/// The partitions of `topic`; an error naming the topic if it does not exist.
+pub fn topic_partitions(brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<i32>> {
+    let consumer = admin_consumer(brokers, None)?;
+    partitions_of(&consumer, brokers, topic, timeout)
+}
+
+fn partitions_of(consumer: &BaseConsumer, brokers: &str, topic: &str, timeout: Duration) -> Result<Vec<i32>> {
+    let metadata = consumer.fetch_metadata(Some(topic), timeout)?;
+    let found = metadata.topics().iter().find(|t| t.name() == topic);
+    match found {
+        Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+            Ok(t.partitions().iter().map(|p| p.id()).collect())
+        }
+        _ => Err(Error::Invalid(format!("topic `{topic}` does not exist on {brokers}"))),
+    }
+}

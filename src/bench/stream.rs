@@ -1,0 +1,278 @@
+//! `cohort bench stream`: N JSON messages of about 200 bytes in a topic
+//! (the embedded broker by default, `--brokers` for a real one), read in
+//! the same run by a bare rdkafka consumer loop and by a pipeline member
+//! (JSON → Arrow → `WHERE url LIKE '%checkout%'` → Parquet, offsets
+//! committed after each file), one core each. Then a live phase: messages
+//! produced at a steady rate while each reader runs, for end-to-end
+//! latency (produced → consumed, and produced → visible in a committed
+//! Parquet file).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result, bail};
+use arrow::array::{Array, Int64Array};
+use cohort_connectors::broker::EmbeddedBroker;
+use cohort_connectors::kafka::{KafkaSink, KafkaSource, Start, topic_partitions};
+use cohort_stream::{OnError, PipelineConfig, SinkConfig};
+use rdkafka::Message;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Messages in the throughput phase.
+    #[arg(long, default_value_t = 500_000)]
+    messages: u64,
+    /// A real Kafka cluster (default: an embedded broker in this process).
+    #[arg(long)]
+    brokers: Option<String>,
+    /// Partitions of the topics the embedded broker creates.
+    #[arg(long, default_value_t = 16)]
+    partitions: i32,
+    /// Messages per second in the latency phase.
+    #[arg(long, default_value_t = 20_000)]
+    rate: u64,
+    /// Seconds the latency phase produces for.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+}
+
+const MESSAGE_BYTES: usize = 200;
+
+pub async fn run(args: Args) -> Result<()> {
+    tokio::task::spawn_blocking(move || measure(&args)).await?
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_micros() as i64
+}
+
+/// A message of about 200 bytes; every other one is a checkout.
+fn message(id: u64) -> Vec<u8> {
+    let url = if id % 2 == 0 { "/shop/checkout/confirm" } else { "/browse/catalog/item" };
+    let head = format!(r#"{{"id": {id}, "user": {}, "url": "{url}", "ts": {}, "pad": ""#, id % 10_000, now_us());
+    let mut m = head.into_bytes();
+    m.resize(MESSAGE_BYTES - 2, b'x');
+    m.extend_from_slice(b"\"}");
+    m
+}
+
+fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>, rate: Option<u64>) -> Result<()> {
+    let sink = KafkaSink::open(brokers, topic, "bench-producer")?;
+    let started = Instant::now();
+    for id in ids.clone() {
+        if let Some(rate) = rate {
+            let due = started + Duration::from_secs_f64((id - ids.start) as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        sink.send(Some(id.to_string().as_bytes()), &message(id), None)?;
+    }
+    sink.deliver(Duration::from_secs(120))?;
+    Ok(())
+}
+
+struct Phase {
+    messages: u64,
+    elapsed: Duration,
+}
+
+impl Phase {
+    fn per_second(&self) -> f64 {
+        self.messages as f64 / self.elapsed.as_secs_f64()
+    }
+    fn mb_per_second(&self) -> f64 {
+        self.per_second() * MESSAGE_BYTES as f64 / 1e6
+    }
+}
+
+/// A bare consumer loop reading `n` messages (touching every payload);
+/// with `latencies`, each message's produced → read time.
+fn bare(brokers: &str, topic: &str, n: u64, mut latencies: Option<&mut Vec<i64>>) -> Result<Phase> {
+    let group = format!("bench-bare-{}-{}", std::process::id(), now_us());
+    let source = KafkaSource::open(brokers, topic, &group, Start::Earliest, "bench-bare")?;
+    let (mut seen, mut bytes) = (0u64, 0usize);
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    while seen < n {
+        if Instant::now() > deadline {
+            bail!("the bare consumer read {seen} of {n} messages in 600 s");
+        }
+        for m in source.poll_batch(10_000, Duration::from_millis(100)) {
+            let payload = m.payload().unwrap_or_default();
+            bytes += payload.len();
+            if let Some(l) = latencies.as_deref_mut() {
+                l.push(now_us() - produced_at(payload));
+            }
+            seen += 1;
+        }
+    }
+    std::hint::black_box(bytes);
+    Ok(Phase { messages: seen, elapsed: started.elapsed() })
+}
+
+/// The `ts` field of a message this bench wrote.
+fn produced_at(payload: &[u8]) -> i64 {
+    let text = std::str::from_utf8(payload).unwrap_or_default();
+    text.split("\"ts\": ").nth(1).and_then(|r| r.split(',').next()).and_then(|t| t.parse().ok()).unwrap_or(0)
+}
+
+fn pipeline_config(topic: &str, out: &std::path::Path, group: &str) -> PipelineConfig {
+    let columns = [("id", "Int64"), ("user", "Int64"), ("url", "Utf8"), ("ts", "Int64"), ("pad", "Utf8")];
+    PipelineConfig {
+        name: "bench".into(),
+        brokers: None,
+        topic: topic.into(),
+        group: group.into(),
+        start_latest: false,
+        schema: columns.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
+        sql: Some("SELECT id, user, url, ts FROM source WHERE url LIKE '%checkout%'".into()),
+        sink: SinkConfig::Parquet { path: out.display().to_string(), roll_bytes: 64 << 20, roll_ms: 1000 },
+        max_records: 20_000,
+        max_latency_ms: 100,
+        on_error: OnError::Skip,
+    }
+}
+
+/// A pipeline member until `n` records' offsets are committed.
+fn pipeline(brokers: &str, topic: &str, n: u64, out: &std::path::Path) -> Result<Phase> {
+    let group = format!("bench-pipeline-{}-{}", std::process::id(), now_us());
+    let config = pipeline_config(topic, out, &group);
+    let stop = Arc::new(AtomicBool::new(false));
+    let committed = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let member = {
+        let (brokers, stop, committed) = (brokers.to_string(), stop.clone(), committed.clone());
+        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", &stop, &committed))
+    };
+    let deadline = started + Duration::from_secs(600);
+    while committed.load(Ordering::SeqCst) < n {
+        if member.is_finished() || Instant::now() > deadline {
+            stop.store(true, Ordering::SeqCst);
+            let ended = member.join().map_err(|_| anyhow::anyhow!("the member panicked"))?;
+            bail!("the pipeline committed {} of {n} records ({:?})", committed.load(Ordering::SeqCst), ended.err());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, Ordering::SeqCst);
+    let counters = member.join().map_err(|_| anyhow::anyhow!("the member panicked"))??;
+    Ok(Phase { messages: counters.records_in.max(n), elapsed })
+}
+
+/// Produced → visible in Parquet, per row, from each file's commit time.
+fn parquet_latencies(dir: &std::path::Path) -> Result<Vec<i64>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)?.flatten() {
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        let visible = entry.metadata()?.modified()?.duration_since(UNIX_EPOCH)?.as_micros() as i64;
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(entry.path())?, 8192)?;
+        for batch in reader {
+            let batch = batch?;
+            let ts = batch.column_by_name("ts").context("a ts column")?;
+            let ts = ts.as_any().downcast_ref::<Int64Array>().context("ts is Int64")?;
+            out.extend(ts.iter().flatten().map(|t| visible - t));
+        }
+    }
+    Ok(out)
+}
+
+fn p99_ms(mut v: Vec<i64>) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_unstable();
+    v[(v.len() * 99 / 100).min(v.len() - 1)] as f64 / 1e3
+}
+
+fn measure(args: &Args) -> Result<()> {
+    let embedded = match &args.brokers {
+        Some(_) => None,
+        None => Some(EmbeddedBroker::start()?),
+    };
+    let brokers = match (&args.brokers, &embedded) {
+        (Some(b), _) => b.clone(),
+        (None, Some(e)) => e.bootstrap().to_string(),
+        (None, None) => unreachable!("one of the two is set"),
+    };
+    let run = now_us();
+    let (topic, live, live_pipeline) = (format!("bench-{run}"), format!("bench-live-{run}"), format!("bench-live-p-{run}"));
+    if let Some(e) = &embedded {
+        for t in [&topic, &live, &live_pipeline] {
+            e.create_topic(t, args.partitions)?;
+        }
+    }
+    let n = args.messages;
+    println!("producing {n} messages of {MESSAGE_BYTES} bytes to {topic} on {brokers}");
+    let at = Instant::now();
+    produce(&brokers, &topic, 0..n, None)?;
+    println!("  produced in {:.2} s", at.elapsed().as_secs_f64());
+    if embedded.is_some() {
+        check_retained(&brokers, &topic)?;
+    }
+    let dir = tempfile::tempdir()?;
+    let bare_phase = bare(&brokers, &topic, n, None)?;
+    let pipeline_phase = pipeline(&brokers, &topic, n, &dir.path().join("throughput"))?;
+
+    // Latency: a steady rate while each reader runs.
+    let live_n = args.rate * args.seconds;
+    let producer = {
+        let (brokers, live, rate) = (brokers.clone(), live.clone(), args.rate);
+        std::thread::spawn(move || produce(&brokers, &live, 0..live_n, Some(rate)))
+    };
+    let mut bare_latencies = Vec::new();
+    bare(&brokers, &live, live_n, Some(&mut bare_latencies))?;
+    producer.join().map_err(|_| anyhow::anyhow!("the producer panicked"))??;
+    let live_out = dir.path().join("live");
+    let producer = {
+        let (brokers, topic, rate) = (brokers.clone(), live_pipeline.clone(), args.rate);
+        std::thread::spawn(move || produce(&brokers, &topic, 0..live_n, Some(rate)))
+    };
+    pipeline(&brokers, &live_pipeline, live_n, &live_out)?;
+    producer.join().map_err(|_| anyhow::anyhow!("the producer panicked"))??;
+    let pipeline_latencies = parquet_latencies(&live_out)?;
+
+    let mut table = comfy_table::Table::new();
+    table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
+    table.set_header(["reader", "messages/s", "MB/s", "p99 produced → available"]);
+    table.add_row([
+        "bare rdkafka consumer".to_string(),
+        format!("{:.0}", bare_phase.per_second()),
+        format!("{:.1}", bare_phase.mb_per_second()),
+        format!("{:.1} ms (read)", p99_ms(bare_latencies)),
+    ]);
+    table.add_row([
+        "pipeline: JSON → filter → Parquet".to_string(),
+        format!("{:.0}", pipeline_phase.per_second()),
+        format!("{:.1}", pipeline_phase.mb_per_second()),
+        format!("{:.1} ms (in a committed file; files roll every 1 s)", p99_ms(pipeline_latencies)),
+    ]);
+    println!("{table}");
+    println!(
+        "pipeline / bare consumer: {:.2} ({} messages, one core each, latency at {} messages/s)",
+        pipeline_phase.per_second() / bare_phase.per_second(),
+        n,
+        args.rate
+    );
+    Ok(())
+}
+
+/// The embedded broker keeps about 5 MiB per partition; a run that
+/// overflowed it would measure less than it produced.
+fn check_retained(brokers: &str, topic: &str) -> Result<()> {
+    let consumer: rdkafka::consumer::BaseConsumer =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", brokers).create()?;
+    for p in topic_partitions(brokers, topic, Duration::from_secs(5))? {
+        let (low, _) = rdkafka::consumer::Consumer::fetch_watermarks(&consumer, topic, p, Duration::from_secs(5))?;
+        if low > 0 {
+            bail!(
+                "the embedded broker dropped the oldest messages of partition {p} (it keeps ~5 MiB per partition): \
+                 use fewer --messages, more --partitions, or --brokers"
+            );
+        }
+    }
+    Ok(())
+}

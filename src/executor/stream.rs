@@ -1,0 +1,47 @@
+//! `cohort executor --kind stream -- pipeline`: one member of a pipeline.
+//!
+//! Everything comes from the environment the agent sets: COHORT_PIPELINE
+//! (the pipeline, as JSON), COHORT_KAFKA_BOOTSTRAP (the cluster's brokers,
+//! used when the pipeline names none), COHORT_JOB_ID, COHORT_SLOT and
+//! COHORT_ALLOC_ID (which name the member to Kafka and in file names).
+//! SIGTERM (preemption, pause, delete) makes the member commit what it has
+//! and exit 0.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use anyhow::{Context, Result, bail};
+use cohort_stream::PipelineConfig;
+
+use crate::spec::PIPELINE_ENV;
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop(_: i32) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+pub fn run(argv: &[String]) -> Result<i32> {
+    if argv.first().map(String::as_str) != Some("pipeline") {
+        bail!("a stream executor runs `pipeline`, not {argv:?}");
+    }
+    let text = std::env::var(PIPELINE_ENV).with_context(|| format!("{PIPELINE_ENV} is not set"))?;
+    let config: PipelineConfig = serde_json::from_str(&text).with_context(|| format!("{PIPELINE_ENV} is not a pipeline"))?;
+    let brokers = std::env::var("COHORT_KAFKA_BOOTSTRAP").unwrap_or_default();
+    if config.brokers.is_none() && brokers.is_empty() {
+        bail!("pipeline {}: no brokers in its spec and COHORT_KAFKA_BOOTSTRAP is not set", config.name);
+    }
+    let var = |name: &str| std::env::var(name).unwrap_or_else(|_| "0".into());
+    let id = format!("{}-{}-{}", config.name, var("COHORT_SLOT"), var("COHORT_ALLOC_ID"));
+    // SAFETY: the handler only stores to an atomic.
+    unsafe {
+        for sig in [libc::SIGTERM, libc::SIGINT] {
+            libc::signal(sig, on_stop as *const () as libc::sighandler_t);
+        }
+    }
+    let counters = cohort_stream::member::run(&config, &brokers, &id, &STOP, &AtomicU64::new(0))?;
+    println!(
+        "member {id} stopped: {} records in, {} out, {} bad",
+        counters.records_in, counters.records_out, counters.bad
+    );
+    Ok(0)
+}

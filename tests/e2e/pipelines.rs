@@ -1,0 +1,223 @@
+//! Pipelines end to end on `cohort up`'s embedded broker: records produced
+//! to Kafka reach a Parquet sink and a Kafka sink through a SQL filter and
+//! projection; a member killed with -9 and another preempted lose nothing;
+//! malformed records land in the dead-letter topic with their error; a
+//! paused and resumed pipeline loses nothing; bad specs are refused naming
+//! the field.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use cohort_connectors::kafka::{KafkaSink, KafkaSource, Start};
+use rdkafka::Message;
+use rdkafka::message::Headers;
+use serde_json::Value;
+
+use crate::harness::{Up, kill9, pids_of};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>) {
+    let sink = KafkaSink::open(brokers, topic, "e2e-producer").expect("a producer");
+    for id in ids {
+        let url = if id % 2 == 0 { format!("/shop/checkout/{id}") } else { format!("/browse/{id}") };
+        let json = format!(r#"{{"user_id": {id}, "url": "{url}", "ts": {}}}"#, 1_700_000_000 + id);
+        sink.send(Some(id.to_string().as_bytes()), json.as_bytes(), None).expect("queued");
+    }
+    sink.deliver(Duration::from_secs(30)).expect("acknowledged");
+}
+
+/// Every message of `topic`, from the start, as (payload, `cohort.error` header).
+fn read_topic(brokers: &str, topic: &str, expect_at_least: usize) -> Vec<(String, Option<String>)> {
+    let group = format!("e2e-reader-{topic}-{}", std::process::id());
+    let source = KafkaSource::open(brokers, topic, &group, Start::Earliest, "e2e-reader").expect("a consumer");
+    let mut out = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while out.len() < expect_at_least && Instant::now() < deadline {
+        for m in source.poll_batch(10_000, Duration::from_millis(500)) {
+            let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
+            let error = m.headers().and_then(|h| {
+                h.iter().find(|h| h.key == "cohort.error").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+            });
+            out.push((payload, error));
+        }
+    }
+    out
+}
+
+fn write(up: &Up, name: &str, text: &str) -> String {
+    let path = up.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+fn stream_members(up: &Up, pipeline: &str) -> Vec<u32> {
+    let needle = format!("\"name\":\"{pipeline}\"");
+    pids_of(&["--kind stream -- pipeline"])
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ"))
+                .map(|e| {
+                    let env = String::from_utf8_lossy(&e);
+                    env.contains(&up.dir.path().display().to_string()) && env.contains(&needle)
+                })
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+fn lag(up: &Up, pipeline: &str) -> Option<i64> {
+    let v = up.json(&["pipeline", "get", pipeline]);
+    let committed_everywhere = v["partitions"].as_array()?.iter().all(|p| !p["committed"].is_null() || p["end"] == 0);
+    (committed_everywhere && v["lag_error"].is_null()).then(|| v["lag"].as_i64()).flatten()
+}
+
+#[test]
+fn pipelines_deliver_every_record_through_kills_and_preemption() {
+    let up = Up::start_with(2, &["--sql-pool-warm", "0"]);
+    let status = up.json(&["status"]);
+    let brokers = status["kafka_bootstrap"].as_str().expect("an embedded broker").to_string();
+    assert!(!brokers.is_empty(), "{status}");
+
+    // Bad specs: the field is named, nothing is created.
+    let out = up.json(&["pipeline", "list"]);
+    assert_eq!(out, Value::Array(vec![]), "no pipelines yet");
+    let missing = up.cli(&["pipeline", "create", &write(&up, "missing.toml", &spec("m", "no-such-topic", "/tmp/x/", 1))]);
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && err.contains("source.kafka.topic") && err.contains("no-such-topic"), "{err}");
+
+    produce(&brokers, "clicks", 0..2_000);
+    for (bad, field) in [
+        (spec("b", "clicks", "/tmp/x/", 1).replace("ts = \"Int64\"", "ts = \"Instant\""), "source.kafka.schema.ts"),
+        (spec("b", "clicks", "/tmp/x/", 1).replace("SELECT user_id", "SELECT user_idd"), "transform.sql"),
+    ] {
+        let out = up.cli(&["pipeline", "create", &write(&up, "bad.toml", &bad)]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(field), "{field}: {err}");
+    }
+
+    // Malformed records among good ones.
+    let raw = KafkaSink::open(&brokers, "clicks", "e2e-bad").unwrap();
+    for bad in ["not json", r#"{"user_id": "seven", "url": "/shop/checkout/x"}"#, r#"{"user_id": 1"#] {
+        raw.send(None, bad.as_bytes(), None).unwrap();
+    }
+    raw.deliver(Duration::from_secs(30)).unwrap();
+
+    let out_dir = up.dir.path().join("checkouts");
+    let parquet = spec("checkouts", "clicks", &format!("{}/", out_dir.display()), 2);
+    let created = up.cli(&["pipeline", "create", &write(&up, "checkouts.toml", &parquet)]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let to_kafka = spec("forward", "clicks", "", 1).replace(
+        &format!("[sink.parquet]\npath = \"\"\nroll_every = \"1s\""),
+        "[sink.kafka]\ntopic = \"checkouts-out\"",
+    );
+    let created = up.cli(&["pipeline", "create", &write(&up, "forward.toml", &to_kafka)]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+
+    up.wait_until("both checkouts members run", WAIT, |u| stream_members(u, "checkouts").len() == 2);
+    // More records while a member is killed, and while another is preempted.
+    produce(&brokers, "clicks", 2_000..4_000);
+    kill9(stream_members(&up, "checkouts")[0]);
+    produce(&brokers, "clicks", 4_000..6_000);
+    let urgent = write(&up, "urgent.toml", URGENT);
+    assert!(up.cli(&["submit", &urgent]).status.success());
+    produce(&brokers, "clicks", 6_000..8_000);
+
+    up.wait_until("the Parquet pipeline has committed everything", WAIT, |u| lag(u, "checkouts") == Some(0));
+    up.wait_until("the Kafka pipeline has committed everything", WAIT, |u| lag(u, "forward") == Some(0));
+
+    // Paused, it stops reading; resumed, it goes on from its committed offsets.
+    assert!(up.cli(&["pipeline", "pause", "checkouts"]).status.success());
+    up.wait_until("the paused pipeline's members stop", WAIT, |u| stream_members(u, "checkouts").is_empty());
+    assert_eq!(up.json(&["pipeline", "get", "checkouts"])["state"], "paused");
+    produce(&brokers, "clicks", 8_000..9_000);
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(lag(&up, "checkouts").is_some_and(|l| l >= 1_000), "nothing reads while paused");
+    assert!(up.cli(&["pipeline", "resume", "checkouts"]).status.success());
+    up.wait_until("the resumed pipeline catches up", WAIT, |u| lag(u, "checkouts") == Some(0));
+
+    // Every even id (the filter) is in the Parquet files; nothing lost.
+    let expected: BTreeSet<u64> = (0..9_000).filter(|i| i % 2 == 0).collect();
+    let got = parquet_ids(&out_dir);
+    let distinct: BTreeSet<u64> = got.iter().copied().collect();
+    assert_eq!(distinct, expected, "no record lost in Parquet");
+    let duplicates = got.len() - distinct.len();
+    eprintln!("parquet: {} rows, {duplicates} duplicate(s) (at-least-once)", got.len());
+
+    let expected: BTreeSet<u64> = (0..8_000).filter(|i| i % 2 == 0).collect();
+    let forwarded = read_topic(&brokers, "checkouts-out", expected.len());
+    let ids: BTreeSet<u64> = forwarded
+        .iter()
+        .map(|(p, _)| serde_json::from_str::<Value>(p).unwrap()["user_id"].as_u64().unwrap())
+        .collect();
+    let ids: BTreeSet<u64> = ids.into_iter().filter(|i| *i < 8_000).collect();
+    assert_eq!(ids, expected, "no record lost in Kafka");
+
+    // The three malformed records, with why, in the dead-letter topic.
+    let dead = read_topic(&brokers, "clicks.dlq", 3);
+    let distinct_dead: BTreeSet<&str> = dead.iter().map(|(p, _)| p.as_str()).collect();
+    assert_eq!(distinct_dead.len(), 3, "{dead:?}");
+    assert!(dead.iter().all(|(_, e)| e.as_deref().is_some_and(|e| !e.is_empty())), "{dead:?}");
+
+    let listed = up.json(&["pipeline", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
+    assert!(up.cli(&["pipeline", "delete", "forward"]).status.success());
+    up.wait_until("the deleted pipeline's member stops", WAIT, |u| stream_members(u, "forward").is_empty());
+}
+
+const URGENT: &str = r#"name = "urgent"
+priority = "system"
+[gang]
+cpu = "1"
+memory = "64MiB"
+[command]
+argv = ["sleep", "3"]
+"#;
+
+fn spec(name: &str, topic: &str, path: &str, members: u32) -> String {
+    format!(
+        r#"name = "{name}"
+
+[source.kafka]
+topic = "{topic}"
+schema = {{ user_id = "Int64", url = "Utf8", ts = "Int64" }}
+
+[transform]
+sql = "SELECT user_id, url FROM source WHERE url LIKE '%/checkout%'"
+
+[sink.parquet]
+path = "{path}"
+roll_every = "1s"
+
+[batch]
+max_records = 500
+max_latency = "100ms"
+
+[parallelism]
+min = 1
+max = {members}
+cpu = "400m"
+memory = "256MiB"
+"#
+    )
+}
+
+/// The user ids in every visible Parquet file under `dir`.
+fn parquet_ids(dir: &std::path::Path) -> Vec<u64> {
+    use arrow::array::{Array, Int64Array};
+    let mut ids = Vec::new();
+    for entry in std::fs::read_dir(dir).expect("the sink's directory").flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') {
+            continue;
+        }
+        let file = std::fs::File::open(entry.path()).unwrap();
+        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(file, 8192).unwrap();
+        for batch in reader {
+            let batch = batch.unwrap();
+            let column = batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
+            ids.extend(column.iter().flatten().map(|v| v as u64));
+        }
+    }
+    ids
+}
