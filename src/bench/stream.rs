@@ -3,9 +3,9 @@
 //! the same run by a bare rdkafka consumer loop and by a pipeline member
 //! (JSON → Arrow → `WHERE url LIKE '%checkout%'` → Parquet, offsets
 //! committed after each file), one core each. Then a live phase: messages
-//! produced at a steady rate while each reader runs, for end-to-end
-//! latency (produced → consumed, and produced → visible in a committed
-//! Parquet file).
+//! produced at a steady rate to each reader in turn, once it has joined
+//! its group, for end-to-end latency (produced → consumed, and produced →
+//! visible in a committed Parquet file).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +38,8 @@ pub struct Args {
 }
 
 const MESSAGE_BYTES: usize = 200;
+/// Long enough for a reader to join its group before the latency phase produces.
+const JOIN_TIME: Duration = Duration::from_secs(2);
 
 pub async fn run(args: Args) -> Result<()> {
     tokio::task::spawn_blocking(move || measure(&args)).await?
@@ -217,22 +219,26 @@ fn measure(args: &Args) -> Result<()> {
     let bare_phase = bare(&brokers, &topic, n, None)?;
     let pipeline_phase = pipeline(&brokers, &topic, n, &dir.path().join("throughput"))?;
 
-    // Latency: a steady rate while each reader runs.
+    // Latency: a steady rate once each reader has joined its group.
     let live_n = args.rate * args.seconds;
-    let producer = {
-        let (brokers, live, rate) = (brokers.clone(), live.clone(), args.rate);
-        std::thread::spawn(move || produce(&brokers, &live, 0..live_n, Some(rate)))
+    let bare_reader = {
+        let (brokers, live) = (brokers.clone(), live.clone());
+        std::thread::spawn(move || {
+            let mut latencies = Vec::new();
+            bare(&brokers, &live, live_n, Some(&mut latencies)).map(|_| latencies)
+        })
     };
-    let mut bare_latencies = Vec::new();
-    bare(&brokers, &live, live_n, Some(&mut bare_latencies))?;
-    producer.join().map_err(|_| anyhow::anyhow!("the producer panicked"))??;
+    std::thread::sleep(JOIN_TIME);
+    produce(&brokers, &live, 0..live_n, Some(args.rate))?;
+    let bare_latencies = bare_reader.join().map_err(|_| anyhow::anyhow!("the reader panicked"))??;
     let live_out = dir.path().join("live");
-    let producer = {
-        let (brokers, topic, rate) = (brokers.clone(), live_pipeline.clone(), args.rate);
-        std::thread::spawn(move || produce(&brokers, &topic, 0..live_n, Some(rate)))
+    let pipeline_reader = {
+        let (brokers, topic, out) = (brokers.clone(), live_pipeline.clone(), live_out.clone());
+        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, &out))
     };
-    pipeline(&brokers, &live_pipeline, live_n, &live_out)?;
-    producer.join().map_err(|_| anyhow::anyhow!("the producer panicked"))??;
+    std::thread::sleep(JOIN_TIME);
+    produce(&brokers, &live_pipeline, 0..live_n, Some(args.rate))?;
+    pipeline_reader.join().map_err(|_| anyhow::anyhow!("the pipeline panicked"))??;
     let pipeline_latencies = parquet_latencies(&live_out)?;
 
     let mut table = comfy_table::Table::new();

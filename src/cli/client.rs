@@ -135,25 +135,24 @@ pub async fn job(coordinator: &str, id: &str, output: Output) -> Result<()> {
     print_job(&j.into_inner(), output)
 }
 
-pub async fn cancel(coordinator: &str, id: &str, output: Output) -> Result<()> {
-    let channel = channel(coordinator).await?;
-    let id = resolve(&channel, id).await?;
-    let j = pb::jobs_client::JobsClient::new(channel).cancel(pb::JobRef { job_id: id }).await.map_err(status_error)?;
-    print_job(&j.into_inner(), output)
+/// What can be done to a job as a whole.
+#[derive(Clone, Copy)]
+pub enum JobAction {
+    Cancel,
+    Pause,
+    Resume,
 }
 
-pub async fn pause(coordinator: &str, id: &str, output: Output) -> Result<()> {
+pub async fn job_action(coordinator: &str, id: &str, action: JobAction, output: Output) -> Result<()> {
     let channel = channel(coordinator).await?;
-    let id = resolve(&channel, id).await?;
-    let j = pb::jobs_client::JobsClient::new(channel).pause(pb::JobRef { job_id: id }).await.map_err(status_error)?;
-    print_job(&j.into_inner(), output)
-}
-
-pub async fn resume(coordinator: &str, id: &str, output: Output) -> Result<()> {
-    let channel = channel(coordinator).await?;
-    let id = resolve(&channel, id).await?;
-    let j = pb::jobs_client::JobsClient::new(channel).resume(pb::JobRef { job_id: id }).await.map_err(status_error)?;
-    print_job(&j.into_inner(), output)
+    let job = pb::JobRef { job_id: resolve(&channel, id).await? };
+    let mut client = pb::jobs_client::JobsClient::new(channel);
+    let j = match action {
+        JobAction::Cancel => client.cancel(job).await,
+        JobAction::Pause => client.pause(job).await,
+        JobAction::Resume => client.resume(job).await,
+    };
+    print_job(&j.map_err(status_error)?.into_inner(), output)
 }
 
 pub async fn scale(coordinator: &str, id: &str, instances: u32, output: Output) -> Result<()> {
@@ -372,10 +371,24 @@ pub async fn status(coordinator: &str, output: Output) -> Result<()> {
     match output {
         Output::Json => println!(
             "{}",
-            json!({ "coordinator": s.coordinator, "http": s.http, "kafka_bootstrap": s.kafka_bootstrap, "agents": s.agents })
+            json!({
+                "coordinator": s.coordinator,
+                "http": s.http,
+                "kafka_bootstrap": s.kafka_bootstrap,
+                "kafka_embedded": s.kafka_embedded,
+                "agents": s.agents
+            })
         ),
         Output::Table | Output::Csv => {
             println!("coordinator {} with {} agent(s)", s.coordinator, s.agents);
+            match (s.kafka_bootstrap.is_empty(), s.kafka_embedded) {
+                (true, _) => println!("kafka: none configured (pipelines must name their brokers)"),
+                (false, true) => println!(
+                    "kafka: {} (embedded broker: in memory, for trying Cohort out; --kafka-brokers for a real cluster)",
+                    s.kafka_bootstrap
+                ),
+                (false, false) => println!("kafka: {}", s.kafka_bootstrap),
+            }
             if s.http.is_empty() {
                 println!("http: not served yet (web UI and /metrics arrive with the next control-plane step)");
             }

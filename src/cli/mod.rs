@@ -115,6 +115,9 @@ enum Command {
         /// Kafka brokers for pipelines whose spec names none.
         #[arg(long)]
         kafka_bootstrap: Option<String>,
+        /// The brokers are `cohort up`'s embedded one (shown as such).
+        #[arg(long, hide = true)]
+        kafka_embedded: bool,
     },
     /// Run an agent on this host and join it to a coordinator.
     Agent {
@@ -275,6 +278,9 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             let mut coordinator_args = pool.to_args();
             coordinator_args.push(format!("--kafka-bootstrap={bootstrap}"));
             let embedded = broker.is_some();
+            if embedded {
+                coordinator_args.push("--kafka-embedded".into());
+            }
             let result = up::run(up::Settings {
                 agents,
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
@@ -286,7 +292,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             drop(broker);
             result
         }
-        Command::Coordinator { listen, data_dir, heartbeat_timeout, pool, kafka_bootstrap } => {
+        Command::Coordinator { listen, data_dir, heartbeat_timeout, pool, kafka_bootstrap, kafka_embedded } => {
             let settings = coordinator::Settings {
                 sql: coordinator::sql::SqlSettings {
                     pool: coordinator::sql::PoolSettings {
@@ -300,6 +306,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 },
                 listen,
                 kafka_bootstrap,
+                kafka_embedded,
                 data_dir: data_dir.unwrap_or_else(|| up::default_data_dir().join("coordinator")),
                 core: CoreSettings {
                     heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),
@@ -353,7 +360,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Submit { file } => client::submit(coordinator, &file, output).await,
         Command::Jobs => client::jobs(coordinator, output).await,
         Command::Job { id } => client::job(coordinator, &id, output).await,
-        Command::Cancel { id } => client::cancel(coordinator, &id, output).await,
+        Command::Cancel { id } => client::job_action(coordinator, &id, client::JobAction::Cancel, output).await,
         Command::Logs { id, slot, follow } => client::logs(coordinator, &id, slot, follow).await,
         Command::Sql(args) => sql::run(coordinator, args, output).await,
         Command::Watch { id } => client::watch(coordinator, id.as_deref(), output).await,
@@ -361,9 +368,9 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Pipeline(PipelineCommand::Create { file }) => client::pipeline_create(coordinator, &file, output).await,
         Command::Pipeline(PipelineCommand::List) => client::pipelines(coordinator, output).await,
         Command::Pipeline(PipelineCommand::Get { name }) => client::pipeline_get(coordinator, &name, output).await,
-        Command::Pipeline(PipelineCommand::Pause { name }) => client::pause(coordinator, &name, output).await,
-        Command::Pipeline(PipelineCommand::Resume { name }) => client::resume(coordinator, &name, output).await,
-        Command::Pipeline(PipelineCommand::Delete { name }) => client::cancel(coordinator, &name, output).await,
+        Command::Pipeline(PipelineCommand::Pause { name }) => client::job_action(coordinator, &name, client::JobAction::Pause, output).await,
+        Command::Pipeline(PipelineCommand::Resume { name }) => client::job_action(coordinator, &name, client::JobAction::Resume, output).await,
+        Command::Pipeline(PipelineCommand::Delete { name }) => client::job_action(coordinator, &name, client::JobAction::Cancel, output).await,
         Command::Endpoints { id } => client::endpoints(coordinator, &id, output).await,
         Command::Nodes => client::nodes(coordinator, output).await,
         Command::Cordon { node } => client::node_action(coordinator, &node, client::NodeAction::Cordon, output).await,

@@ -34,6 +34,8 @@ pub struct Settings {
     pub sql: sql::SqlSettings,
     /// The Kafka brokers pipelines use unless their spec names others.
     pub kafka_bootstrap: Option<String>,
+    /// They are `cohort up`'s embedded broker.
+    pub kafka_embedded: bool,
 }
 
 type Call = Box<dyn FnOnce(&mut Core) + Send>;
@@ -113,6 +115,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     core.set_endpoints(self::core::model::ClusterStatus {
         coordinator: address.to_string(),
         kafka_bootstrap: settings.kafka_bootstrap.clone().unwrap_or_default(),
+        kafka_embedded: settings.kafka_embedded,
         ..Default::default()
     });
     tracing::info!(%address, data_dir = %settings.data_dir.display(), "coordinator listening");

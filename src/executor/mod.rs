@@ -48,22 +48,25 @@ pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Res
             };
             supervise(dir, program, args, &[])
         }
-        ExecutorKind::Batch => {
-            let Some(dir) = alloc_dir else { return batch::run(argv) };
-            let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
-            let mut args = vec!["executor".to_string(), "--kind".into(), "batch".into(), "--".into()];
-            args.extend(argv.iter().cloned());
-            supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
-        }
-        ExecutorKind::Stream => {
-            let Some(dir) = alloc_dir else { return stream::run(argv) };
-            let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
-            let mut args = vec!["executor".to_string(), "--kind".into(), "stream".into(), "--".into()];
-            args.extend(argv.iter().cloned());
-            supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
-        }
+        ExecutorKind::Batch => match alloc_dir {
+            Some(dir) => supervise_itself(dir, kind, argv),
+            None => batch::run(argv),
+        },
+        ExecutorKind::Stream => match alloc_dir {
+            Some(dir) => supervise_itself(dir, kind, argv),
+            None => stream::run(argv),
+        },
         other => bail!("executor kind `{other}` is not supported by this build yet"),
     }
+}
+
+/// Runs `cohort executor --kind KIND -- argv` (the workload, without an
+/// allocation directory) under this supervisor.
+fn supervise_itself(dir: &Path, kind: ExecutorKind, argv: &[String]) -> Result<i32> {
+    let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
+    let mut args = vec!["executor".to_string(), "--kind".into(), kind.as_str().into(), "--".into()];
+    args.extend(argv.iter().cloned());
+    supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
 }
 
 /// A stop signal the supervisor received, and the workload to pass it to.

@@ -1,5 +1,6 @@
 //! What a pipeline member runs.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -7,7 +8,9 @@ use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use cohort_connectors::kafka::Start;
 use cohort_connectors::schema::schema_of;
+use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::execution::context::SQLOptions;
+use datafusion::logical_expr::LogicalPlan;
 use datafusion::prelude::SessionContext;
 use serde::{Deserialize, Serialize};
 
@@ -97,7 +100,72 @@ impl PipelineConfig {
     }
 }
 
+impl PipelineConfig {
+    /// The declared columns the transform reads (all of them without one),
+    /// in declared order: only these are decoded from each message, as a
+    /// Parquet scan reads only the columns a query projects.
+    pub async fn used_columns(&self) -> Result<Vec<(String, String)>> {
+        let Some(sql) = &self.sql else { return Ok(self.schema.clone()) };
+        let schema = self.source_schema()?;
+        let ctx = SessionContext::new();
+        ctx.register_batch("source", RecordBatch::new_empty(schema.clone()))?;
+        let plan = ctx.sql_with_options(sql, query_only()).await?.into_optimized_plan()?;
+        let mut used = BTreeSet::new();
+        plan.apply_with_subqueries(|node| {
+            if let LogicalPlan::TableScan(scan) = node
+                && scan.table_name.table() == "source"
+            {
+                match &scan.projection {
+                    Some(columns) => used.extend(columns.iter().copied()),
+                    None => used.extend(0..schema.fields().len()),
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })?;
+        if used.is_empty() {
+            // `SELECT count(*) FROM source` reads no column, but rows must still be counted.
+            used.insert(0);
+        }
+        Ok(self.schema.iter().enumerate().filter(|(i, _)| used.contains(i)).map(|(_, c)| c.clone()).collect())
+    }
+}
+
 /// A transform is a query: no DDL, DML or `SET`.
 pub fn query_only() -> SQLOptions {
     SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(sql: Option<&str>) -> PipelineConfig {
+        let columns = [("id", "Int64"), ("url", "Utf8"), ("pad", "Utf8"), ("ts", "Int64")];
+        PipelineConfig {
+            name: "p".into(),
+            brokers: None,
+            topic: "t".into(),
+            group: "g".into(),
+            start_latest: false,
+            schema: columns.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
+            sql: sql.map(str::to_string),
+            sink: SinkConfig::Kafka { brokers: None, topic: "out".into() },
+            max_records: 10,
+            max_latency_ms: 10,
+            on_error: OnError::Skip,
+        }
+    }
+
+    fn names(columns: Vec<(String, String)>) -> Vec<String> {
+        columns.into_iter().map(|(n, _)| n).collect()
+    }
+
+    #[tokio::test]
+    async fn only_the_columns_the_transform_reads_are_decoded() {
+        let used = config(Some("SELECT ts, id FROM source WHERE url LIKE '%checkout%'")).used_columns().await.unwrap();
+        assert_eq!(names(used), ["id", "url", "ts"], "filter columns count, declared order kept");
+        assert_eq!(names(config(None).used_columns().await.unwrap()).len(), 4, "no transform: every column");
+        assert_eq!(names(config(Some("SELECT * FROM source")).used_columns().await.unwrap()).len(), 4);
+        assert_eq!(names(config(Some("SELECT count(*) AS n FROM source")).used_columns().await.unwrap()), ["id"]);
+    }
 }

@@ -20,7 +20,8 @@ use arrow::record_batch::RecordBatch;
 use cohort_connectors::json::JsonDecoder;
 use cohort_connectors::kafka::{KafkaSink, KafkaSource, Offsets};
 use cohort_connectors::parquet::{ParquetSink, Roll};
-use datafusion::prelude::SessionContext;
+use cohort_connectors::schema::schema_of;
+use datafusion::prelude::{SessionConfig, SessionContext};
 use rdkafka::Message;
 
 use crate::config::{OnError, PipelineConfig, SinkConfig, query_only};
@@ -55,9 +56,9 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
         message: e.to_string(),
     })?;
     let brokers = config.brokers.as_deref().unwrap_or(brokers);
-    let schema = config.source_schema()?;
     let output_schema = runtime.block_on(config.output_schema())?;
-    let decoder = JsonDecoder::new(schema);
+    let used = runtime.block_on(config.used_columns())?;
+    let decoder = JsonDecoder::new(schema_of(&used)?);
     let source = KafkaSource::open(brokers, &config.topic, &config.group, config.start(), id)?;
     let mut sink = match &config.sink {
         SinkConfig::Parquet { path, roll_bytes, roll_ms } => {
@@ -70,7 +71,8 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
         OnError::DeadLetter => Some(KafkaSink::open(brokers, &format!("{}.dlq", config.topic), id)?),
         _ => None,
     };
-    let ctx = SessionContext::new();
+    // One member is one core: no repartitioning of a micro-batch across threads.
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let mut counters = Counters::default();
     let mut pending = Offsets::new();
     let mut pending_records = 0u64;

@@ -256,6 +256,7 @@ impl pb::jobs_server::Jobs for Api {
             http: s.http,
             kafka_bootstrap: s.kafka_bootstrap,
             agents: s.agents,
+            kafka_embedded: s.kafka_embedded,
         }))
     }
 

@@ -171,6 +171,8 @@ pub struct ClusterStatus {
     pub coordinator: String,
     pub http: String,
     pub kafka_bootstrap: String,
+    /// The brokers are `cohort up`'s embedded one (in memory).
+    pub kafka_embedded: bool,
     pub agents: u32,
 }
 
