@@ -68,8 +68,11 @@ impl KafkaSource {
             // A member that dies is noticed in seconds, not the default 45.
             .set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "1000")
-            // Prefetch within a member's memory (the default is 64 MiB).
+            // Prefetch within a member's memory (the default is 64 MiB), and
+            // fetch again soon once below it: the default waits 1 s, which
+            // starves any consumer slower than the network.
             .set("queued.max.messages.kbytes", "16384")
+            .set("fetch.queue.backoff.ms", "10")
             // A quiet partition answers a fetch within 100 ms (the default waits 500).
             .set("fetch.wait.max.ms", "100")
             .create_with_context(MemberContext)?;
