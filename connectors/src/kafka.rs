@@ -29,12 +29,28 @@ pub enum Start {
 /// The next offset to read, per partition.
 pub type Offsets = BTreeMap<i32, i64>;
 
-/// Logs rebalances, so `cohort logs` tells which member holds what.
-pub struct MemberContext;
+/// Called with the consumer when partitions are about to be revoked, so a
+/// member can make its sink safe and commit before another takes over.
+pub type RevokeHook = Box<dyn FnMut(&BaseConsumer<MemberContext>) + Send>;
+
+/// Logs rebalances, so `cohort logs` tells which member holds what, and
+/// runs the revoke hook.
+#[derive(Default)]
+pub struct MemberContext {
+    on_revoke: Mutex<Option<RevokeHook>>,
+}
 
 impl ClientContext for MemberContext {}
 
 impl ConsumerContext for MemberContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(_) = rebalance
+            && let Some(hook) = self.on_revoke.lock().expect("revoke hook lock").as_mut()
+        {
+            hook(consumer);
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(tpl) => {
@@ -75,7 +91,7 @@ impl KafkaSource {
             .set("fetch.queue.backoff.ms", "10")
             // A quiet partition answers a fetch within 100 ms (the default waits 500).
             .set("fetch.wait.max.ms", "100")
-            .create_with_context(MemberContext)?;
+            .create_with_context(MemberContext::default())?;
         consumer.subscribe(&[topic])?;
         Ok(KafkaSource { consumer, topic: topic.to_string() })
     }
@@ -109,16 +125,32 @@ impl KafkaSource {
 
     /// Commits `offsets` (next offsets to read) for the group.
     pub fn commit(&self, offsets: &Offsets) -> Result<()> {
-        if offsets.is_empty() {
-            return Ok(());
-        }
-        let mut tpl = TopicPartitionList::new();
-        for (&partition, &next) in offsets {
-            tpl.add_partition_offset(&self.topic, partition, Offset::Offset(next))?;
-        }
-        self.consumer.commit(&tpl, CommitMode::Sync)?;
-        Ok(())
+        commit(&self.consumer, &self.topic, offsets)
     }
+
+    /// The partitions this member holds now.
+    pub fn assigned(&self) -> Vec<i32> {
+        self.consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
+    }
+
+    /// Runs `hook` whenever partitions are about to be revoked (inside
+    /// `poll_batch`, on this thread).
+    pub fn on_revoke(&self, hook: RevokeHook) {
+        *self.consumer.context().on_revoke.lock().expect("revoke hook lock") = Some(hook);
+    }
+}
+
+/// Commits `offsets` of `topic` for the consumer's group.
+pub fn commit(consumer: &BaseConsumer<MemberContext>, topic: &str, offsets: &Offsets) -> Result<()> {
+    if offsets.is_empty() {
+        return Ok(());
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (&partition, &next) in offsets {
+        tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
+    }
+    consumer.commit(&tpl, CommitMode::Sync)?;
+    Ok(())
 }
 
 /// Counts delivery failures of a producer, so a batch is known to be

@@ -464,16 +464,37 @@ fn members_json(j: &pb::Job) -> serde_json::Value {
     j.slots.iter().map(|s| json!({ "member": s.index, "node": s.node, "state": s.state })).collect()
 }
 
+/// A running member's last progress line (members print one every 10 s
+/// and when they stop), read from its log.
+async fn member_progress(channel: &Channel, job: u64, slot: u32) -> Option<Vec<(String, f64)>> {
+    let mut client = pb::jobs_client::JobsClient::new(channel.clone());
+    let request = pb::LogsRequest { job_id: job, slot, follow: false };
+    let mut stream = client.logs(request).await.ok()?.into_inner();
+    let mut text = Vec::new();
+    while let Ok(Some(chunk)) = stream.message().await {
+        text.extend_from_slice(&chunk.data);
+    }
+    String::from_utf8_lossy(&text).lines().rev().find_map(cohort_stream::member::parse_progress)
+}
+
 pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Result<()> {
     let channel = channel(coordinator).await?;
     let job_id = resolve(&channel, name).await?;
-    let p = pb::jobs_client::JobsClient::new(channel)
+    let p = pb::jobs_client::JobsClient::new(channel.clone())
         .pipeline(pb::JobRef { job_id })
         .await
         .map_err(status_error)?
         .into_inner();
     let j = p.job.clone().unwrap_or_default();
     let lag: i64 = p.partitions.iter().map(|x| x.lag).sum();
+    let mut progress = Vec::new();
+    for s in &j.slots {
+        let running = s.state == "running";
+        progress.push(if running { member_progress(&channel, job_id, s.index).await } else { None });
+    }
+    let figure = |i: usize, key: &str| {
+        progress[i].as_ref().and_then(|f| f.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
+    };
     match output {
         Output::Json => {
             let partitions: Vec<serde_json::Value> = p
@@ -489,7 +510,15 @@ pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Resu
                 "name": j.name,
                 "state": pipeline_state(&j),
                 "reason": j.reason,
-                "members": members_json(&j),
+                "members": j.slots.iter().enumerate().map(|(i, s)| {
+                    let mut m = json!({ "member": s.index, "node": s.node, "state": s.state });
+                    if let Some(figures) = &progress[i] {
+                        for (k, v) in figures {
+                            m[k] = json!(v);
+                        }
+                    }
+                    m
+                }).collect::<Vec<_>>(),
                 "topic": p.topic,
                 "group": p.group,
                 "brokers": p.brokers,
@@ -508,9 +537,19 @@ pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Resu
             if !j.reason.is_empty() {
                 println!("reason: {}", j.reason);
             }
-            let mut members = table(&["member", "node", "state"]);
-            for s in &j.slots {
-                members.add_row(vec![s.index.to_string(), s.node.clone(), s.state.clone()]);
+            let mut members = table(&["member", "node", "state", "in/s", "out/s", "records in", "bad", "dead-lettered"]);
+            for (i, s) in j.slots.iter().enumerate() {
+                let shown = |key: &str| figure(i, key).map_or("-".to_string(), |v| format!("{v:.0}"));
+                members.add_row(vec![
+                    s.index.to_string(),
+                    s.node.clone(),
+                    s.state.clone(),
+                    shown("in_per_s"),
+                    shown("out_per_s"),
+                    shown("in"),
+                    shown("bad"),
+                    shown("dead_lettered"),
+                ]);
             }
             println!("{members}");
             if p.lag_error.is_empty() {
@@ -520,7 +559,7 @@ pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Resu
                     parts.add_row(vec![x.partition.to_string(), committed, x.end.to_string(), x.lag.to_string()]);
                 }
                 println!("{parts}");
-                println!("total lag: {lag} record(s); rates, errors and dead letters: cohort logs {}", j.name);
+                println!("total lag: {lag} record(s) (member figures: each member's last progress line, every 10 s)");
             } else {
                 println!("lag unknown: {}", p.lag_error);
             }

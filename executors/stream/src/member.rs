@@ -5,6 +5,8 @@
 //!   them was renamed into place. A member killed at any point therefore
 //!   loses nothing; the rows after its last commit are read again by
 //!   whoever holds the partition next (at-least-once: those may repeat).
+//! - a member about to lose partitions in a rebalance does the same
+//!   before it lets go, so members joining or leaving repeat nothing.
 //! - a stop request (SIGTERM: preemption, pause, delete, scale-down)
 //!   finishes the micro-batch in hand, commits the open file and the
 //!   offsets, and exits cleanly, so a paused or preempted pipeline resumes
@@ -13,16 +15,18 @@
 //!   healthy member unless `on_error = "fail"`.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::json::LineDelimitedWriter;
 use arrow::record_batch::RecordBatch;
 use cohort_connectors::json::JsonDecoder;
-use cohort_connectors::kafka::{KafkaSink, KafkaSource, Offsets};
+use cohort_connectors::kafka::{self, KafkaSink, KafkaSource, Offsets};
 use cohort_connectors::parquet::{ParquetSink, Roll};
 use cohort_connectors::schema::schema_of;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use rdkafka::Message;
+use tokio::runtime::Runtime;
 
 use crate::config::{OnError, PipelineConfig, SinkConfig, query_only};
 use crate::{Error, Result};
@@ -46,21 +50,72 @@ enum Sink {
     Kafka(KafkaSink),
 }
 
+/// What the sink holds and the offsets it will make safe. Shared with the
+/// revoke hook: a member that is about to lose partitions in a rebalance
+/// makes its sink safe and commits first, so the next owner starts where
+/// this one stopped instead of reading the open file's records again.
+struct Delivery {
+    sink: Sink,
+    dead_letters: Option<KafkaSink>,
+    /// Next offsets of records handed to the sink but not yet committed.
+    pending: Offsets,
+    pending_records: u64,
+    committed_records: u64,
+    commits: u64,
+}
+
+impl Delivery {
+    /// Makes the sink's rows safe if due (or `now`), then commits their
+    /// offsets. A commit refused after a rebalance is logged: the next
+    /// owner reads those records again (at-least-once).
+    fn settle(&mut self, runtime: &Runtime, now: bool, commit: impl FnOnce(&Offsets) -> cohort_connectors::Result<()>) -> Result<()> {
+        let safe = match &mut self.sink {
+            Sink::Kafka(k) => {
+                k.deliver(DELIVERY_TIMEOUT)?;
+                true
+            }
+            Sink::Parquet(p) if p.due() || (now && p.pending()) => {
+                if let Some(path) = runtime.block_on(p.commit())? {
+                    tracing::debug!(file = %path, "file committed");
+                }
+                true
+            }
+            Sink::Parquet(p) => !p.pending(),
+        };
+        if !safe || self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Some(dlq) = &self.dead_letters {
+            dlq.deliver(DELIVERY_TIMEOUT)?;
+        }
+        match commit(&self.pending) {
+            Ok(()) => {
+                self.commits += 1;
+                self.committed_records += self.pending_records;
+                self.pending.clear();
+                self.pending_records = 0;
+            }
+            // Kept, and tried again for the partitions still held (see `run`).
+            Err(e) => tracing::warn!(error = %e, "offset commit failed; trying again at the next commit"),
+        }
+        Ok(())
+    }
+}
+
 /// Runs a member until `stop` is set (then it commits and returns Ok) or
 /// a fatal error. `brokers` is used where the config names none; `id`
 /// names the member to Kafka and in file names; `committed` counts the
 /// records whose offsets were committed (for whoever watches progress).
 pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, committed: &AtomicU64) -> Result<Counters> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| Error::Invalid {
-        field: "runtime".into(),
-        message: e.to_string(),
-    })?;
+    let runtime = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
+        Error::Invalid { field: "runtime".into(), message: e.to_string() }
+    })?);
     let brokers = config.brokers.as_deref().unwrap_or(brokers);
     let output_schema = runtime.block_on(config.output_schema())?;
     let used = runtime.block_on(config.used_columns())?;
     let decoder = JsonDecoder::new(schema_of(&used)?);
     let source = KafkaSource::open(brokers, &config.topic, &config.group, config.start(), id)?;
-    let mut sink = match &config.sink {
+    let sink = match &config.sink {
         SinkConfig::Parquet { path, roll_bytes, roll_ms } => {
             let roll = Roll { bytes: *roll_bytes, after: Duration::from_millis(*roll_ms) };
             Sink::Parquet(ParquetSink::open(path, output_schema, id, roll)?)
@@ -71,27 +126,43 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
         OnError::DeadLetter => Some(KafkaSink::open(brokers, &format!("{}.dlq", config.topic), id)?),
         _ => None,
     };
+    let delivery = Arc::new(Mutex::new(Delivery {
+        sink,
+        dead_letters,
+        pending: Offsets::new(),
+        pending_records: 0,
+        committed_records: 0,
+        commits: 0,
+    }));
+    {
+        let (delivery, runtime, topic) = (delivery.clone(), runtime.clone(), config.topic.clone());
+        source.on_revoke(Box::new(move |consumer| {
+            let mut d = delivery.lock().expect("delivery lock");
+            if let Err(e) = d.settle(&runtime, true, |offsets| kafka::commit(consumer, &topic, offsets)) {
+                tracing::warn!(error = %e, "could not settle before a rebalance; the next owner re-reads");
+            }
+        }));
+    }
     // One member is one core: no repartitioning of a micro-batch across threads.
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
     let mut counters = Counters::default();
-    let mut pending = Offsets::new();
-    let mut pending_records = 0u64;
     let mut reported = (Instant::now(), counters.clone());
     tracing::info!(pipeline = %config.name, member = id, topic = %config.topic, group = %config.group, "member started");
 
     loop {
         let stopping = stop.load(Ordering::SeqCst);
         if !stopping {
+            // The revoke hook may run in here: the delivery lock is not held.
             let messages = source.poll_batch(config.max_records, config.max_latency());
             if !messages.is_empty() {
                 counters.records_in += messages.len() as u64;
-                pending_records += messages.len() as u64;
                 let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload().unwrap_or_default()).collect();
                 let decoded = decoder.decode(&payloads)?;
+                let mut d = delivery.lock().expect("delivery lock");
                 for (i, why) in &decoded.bad {
                     counters.bad += 1;
                     let m = &messages[*i];
-                    match (config.on_error, &dead_letters) {
+                    match (config.on_error, &d.dead_letters) {
                         (OnError::DeadLetter, Some(dlq)) => {
                             dlq.send(m.key(), payloads[*i], Some(("cohort.error", why)))?;
                             counters.dead_lettered += 1;
@@ -106,49 +177,32 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
                         _ => counters.skipped += 1,
                     }
                 }
+                d.pending_records += messages.len() as u64;
                 for m in &messages {
-                    let next = pending.entry(m.partition()).or_insert(0);
+                    let next = d.pending.entry(m.partition()).or_insert(0);
                     *next = (*next).max(m.offset() + 1);
                 }
                 drop(messages);
                 let out = transform(&runtime, &ctx, config.sql.as_deref(), decoded.batch)?;
                 for batch in &out {
                     counters.records_out += batch.num_rows() as u64;
-                    match &mut sink {
+                    match &mut d.sink {
                         Sink::Parquet(p) => p.write(batch)?,
                         Sink::Kafka(k) => send_json(k, batch)?,
                     }
                 }
             }
         }
-        // Make what is pending safe, then commit its offsets.
-        let safe_now = match &mut sink {
-            Sink::Kafka(k) => {
-                k.deliver(DELIVERY_TIMEOUT)?;
-                true
+        {
+            let mut d = delivery.lock().expect("delivery lock");
+            if !d.pending.is_empty() {
+                // Offsets of partitions lost in a rebalance are the new owner's to commit.
+                let held = source.assigned();
+                d.pending.retain(|p, _| held.contains(p));
             }
-            Sink::Parquet(p) if p.due() || (stopping && p.pending()) => {
-                if let Some(path) = runtime.block_on(p.commit())? {
-                    tracing::debug!(file = %path, "file committed");
-                }
-                true
-            }
-            Sink::Parquet(p) => !p.pending(),
-        };
-        if safe_now && !pending.is_empty() {
-            if let Some(dlq) = &dead_letters {
-                dlq.deliver(DELIVERY_TIMEOUT)?;
-            }
-            match source.commit(&pending) {
-                Ok(()) => {
-                    counters.commits += 1;
-                    committed.fetch_add(pending_records, Ordering::SeqCst);
-                }
-                // Lost the partitions in a rebalance: the new owner re-reads (at-least-once).
-                Err(e) => tracing::warn!(error = %e, "offset commit failed; the next owner re-reads these records"),
-            }
-            pending.clear();
-            pending_records = 0;
+            d.settle(&runtime, stopping, |offsets| source.commit(offsets))?;
+            counters.commits = d.commits;
+            committed.store(d.committed_records, Ordering::SeqCst);
         }
         if reported.0.elapsed() >= REPORT_EVERY || stopping {
             report(&config.name, id, &reported, &counters);
@@ -162,7 +216,7 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
 }
 
 fn transform(
-    runtime: &tokio::runtime::Runtime,
+    runtime: &Runtime,
     ctx: &SessionContext,
     sql: Option<&str>,
     batch: RecordBatch,
@@ -189,12 +243,13 @@ fn send_json(sink: &KafkaSink, batch: &RecordBatch) -> Result<()> {
     Ok(())
 }
 
-/// One progress line for `cohort logs`: totals and rates since the last.
+/// One progress line for `cohort logs` (and `cohort pipeline get`, which
+/// reads each member's last): totals, and rates since the last line.
 fn report(pipeline: &str, id: &str, last: &(Instant, Counters), now: &Counters) {
     let secs = last.0.elapsed().as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| (a - b) as f64 / secs;
     println!(
-        "pipeline {pipeline} member {id}: in {} ({:.0}/s), out {} ({:.0}/s), bad {} (dead-lettered {}, skipped {}), commits {}",
+        "{PROGRESS_PREFIX}{pipeline} member {id}: in={} in_per_s={:.0} out={} out_per_s={:.0} bad={} dead_lettered={} skipped={} commits={}",
         now.records_in,
         rate(now.records_in, last.1.records_in),
         now.records_out,
@@ -206,3 +261,29 @@ fn report(pipeline: &str, id: &str, last: &(Instant, Counters), now: &Counters) 
     );
 }
 
+/// How a member's progress lines start.
+pub const PROGRESS_PREFIX: &str = "pipeline ";
+
+/// The `key=value` figures of a progress line, if it is one.
+pub fn parse_progress(line: &str) -> Option<Vec<(String, f64)>> {
+    let rest = line.strip_prefix(PROGRESS_PREFIX)?;
+    let (_, figures) = rest.split_once(": ")?;
+    figures
+        .split_whitespace()
+        .map(|pair| pair.split_once('=').and_then(|(k, v)| Some((k.to_string(), v.parse().ok()?))))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn progress_lines_read_back() {
+        let line = "pipeline checkouts member checkouts-0-7: in=10 in_per_s=5 out=4 out_per_s=2 bad=1 dead_lettered=1 skipped=0 commits=3";
+        let figures = parse_progress(line).unwrap();
+        assert_eq!(figures[0], ("in".to_string(), 10.0));
+        assert_eq!(figures.len(), 8);
+        assert!(parse_progress("2026-11-26T16:55:43Z INFO member started").is_none());
+    }
+}
