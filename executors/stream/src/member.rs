@@ -6,7 +6,9 @@
 //!   loses nothing; the rows after its last commit are read again by
 //!   whoever holds the partition next (at-least-once: those may repeat).
 //! - a member about to lose partitions in a rebalance does the same
-//!   before it lets go, so members joining or leaving repeat nothing.
+//!   before it lets go, so members joining or leaving repeat nothing
+//!   (where the broker takes a commit at that point, as Kafka does; the
+//!   embedded broker refuses it, and then the next owner reads again).
 //! - a stop request (SIGTERM: preemption, pause, delete, scale-down)
 //!   finishes the micro-batch in hand, commits the open file and the
 //!   offsets, and exits cleanly, so a paused or preempted pipeline resumes
@@ -66,8 +68,8 @@ struct Delivery {
 
 impl Delivery {
     /// Makes the sink's rows safe if due (or `now`), then commits their
-    /// offsets. A commit refused after a rebalance is logged: the next
-    /// owner reads those records again (at-least-once).
+    /// offsets. A refused commit keeps them pending (the loop drops those
+    /// of partitions it no longer holds: their next owner reads them again).
     fn settle(&mut self, runtime: &Runtime, now: bool, commit: impl FnOnce(&Offsets) -> cohort_connectors::Result<()>) -> Result<()> {
         let safe = match &mut self.sink {
             Sink::Kafka(k) => {
