@@ -181,10 +181,8 @@ fn gangs_on_a_busy_cluster(c: &mut Criterion) {
 fn preemption_on_a_full_cluster(c: &mut Criterion) {
     // Every node full of 8-core batch tasks.
     let mut engine = cluster();
-    let mut id = 0u64;
-    for _ in 0..NODES * 8 {
+    for id in 0..NODES as u64 * 8 {
         engine.apply(task(id, 8000, "batch")).unwrap();
-        id += 1;
     }
     engine.schedule();
     let mut next = 10_000_000u64;

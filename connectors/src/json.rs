@@ -39,7 +39,7 @@ impl JsonDecoder {
         Ok(ReaderBuilder::new(self.schema.clone()).with_batch_size(capacity.max(1)).build_decoder()?)
     }
 
-    pub fn decode<'a>(&self, messages: &[&'a [u8]]) -> Result<Decoded> {
+    pub fn decode(&self, messages: &[&[u8]]) -> Result<Decoded> {
         let mut bad = Vec::new();
         let mut good = Vec::with_capacity(messages.len());
         let mut decoder = self.decoder(messages.len())?;

@@ -51,7 +51,7 @@ fn now_us() -> i64 {
 
 /// A message of about 200 bytes; every other one is a checkout.
 fn message(id: u64) -> Vec<u8> {
-    let url = if id % 2 == 0 { "/shop/checkout/confirm" } else { "/browse/catalog/item" };
+    let url = if id.is_multiple_of(2) { "/shop/checkout/confirm" } else { "/browse/catalog/item" };
     let head = format!(r#"{{"id": {id}, "user": {}, "url": "{url}", "ts": {}, "pad": ""#, id % 10_000, now_us());
     let mut m = head.into_bytes();
     m.resize(MESSAGE_BYTES - 2, b'x');

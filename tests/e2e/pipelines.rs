@@ -108,7 +108,7 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     let created = up.cli(&["pipeline", "create", &write(&up, "checkouts.toml", &parquet)]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let to_kafka = spec("forward", "clicks", "", 1).replace(
-        &format!("[sink.parquet]\npath = \"\"\nroll_every = \"1s\""),
+        "[sink.parquet]\npath = \"\"\nroll_every = \"1s\"",
         "[sink.kafka]\ntopic = \"checkouts-out\"",
     );
     let created = up.cli(&["pipeline", "create", &write(&up, "forward.toml", &to_kafka)]);

@@ -48,7 +48,7 @@ pub struct Counters {
 }
 
 enum Sink {
-    Parquet(ParquetSink),
+    Parquet(Box<ParquetSink>),
     Kafka(KafkaSink),
 }
 
@@ -120,7 +120,7 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
     let sink = match &config.sink {
         SinkConfig::Parquet { path, roll_bytes, roll_ms } => {
             let roll = Roll { bytes: *roll_bytes, after: Duration::from_millis(*roll_ms) };
-            Sink::Parquet(ParquetSink::open(path, output_schema, id, roll)?)
+            Sink::Parquet(Box::new(ParquetSink::open(path, output_schema, id, roll)?))
         }
         SinkConfig::Kafka { brokers: to, topic } => Sink::Kafka(KafkaSink::open(to.as_deref().unwrap_or(brokers), topic, id)?),
     };

@@ -430,7 +430,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetCatalogs,
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
-        flight_info(&query.clone().into_builder().schema(), query.as_any().encode_to_vec().into(), request.into_inner())
+        flight_info(&query.into_builder().schema(), query.as_any().encode_to_vec().into(), request.into_inner())
     }
 
     async fn do_get_catalogs(
@@ -569,7 +569,7 @@ mod tests {
 
         let schema = Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(arrow::array::Int64Array::from(vec![7]))]).unwrap();
-        let ParamValues::List(values) = params_from(&[batch.clone()]).unwrap() else { panic!("positional") };
+        let ParamValues::List(values) = params_from(std::slice::from_ref(&batch)).unwrap() else { panic!("positional") };
         assert_eq!(values.len(), 1);
         let two = arrow::compute::concat_batches(&batch.schema(), &[batch.clone(), batch]).unwrap();
         assert!(params_from(&[two]).unwrap_err().message().contains("one row"));
