@@ -10,6 +10,7 @@ pub mod bench;
 pub mod cli;
 pub mod coordinator;
 pub mod executor;
+pub mod json;
 pub mod plot;
 pub mod simulate;
 pub mod spec;

@@ -20,6 +20,8 @@ pub struct Settings {
     pub agents: u32,
     pub data_dir: PathBuf,
     pub listen: String,
+    /// The coordinator's HTTP address (web UI, /metrics).
+    pub http: String,
     /// More flags for `cohort coordinator` (the SQL pool's, the brokers).
     pub coordinator_args: Vec<String>,
     /// The Kafka bootstrap address pipelines use, and whether it is the
@@ -108,6 +110,7 @@ pub async fn run(s: Settings) -> Result<()> {
     println!("Cohort is up.");
     println!("  coordinator (gRPC)  {}", s.listen);
     println!("  SQL (Flight SQL)    grpc://{}   try: cohort sql", s.listen);
+    println!("  web UI              http://{}   (/metrics for Prometheus; try: cohort top)", s.http);
     println!(
         "  agents              {} sharing this host ({} cores, {} in all)",
         s.agents,
@@ -177,7 +180,8 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
     std::fs::create_dir_all(&s.data_dir).with_context(|| format!("cannot create {}", s.data_dir.display()))?;
     let mut children = Vec::new();
     let coordinator_dir = s.data_dir.join("coordinator").display().to_string();
-    let mut args = vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--data-dir".into(), coordinator_dir];
+    let mut args = vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--http".into(), s.http.clone()];
+    args.extend(["--data-dir".into(), coordinator_dir]);
     args.extend(s.coordinator_args.iter().cloned());
     let mut coordinator = Supervised::new("coordinator", args, &s.data_dir);
     coordinator.start()?;

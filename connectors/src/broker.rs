@@ -70,9 +70,8 @@ impl EmbeddedBroker {
                 drop(anchor);
             })
             .map_err(|e| Error::Invalid(format!("cannot start the embedded broker: {e}")))?;
-        let bootstrap = ready_rx
-            .recv()
-            .map_err(|_| Error::Invalid("the embedded broker thread ended before serving".into()))??;
+        let bootstrap =
+            ready_rx.recv().map_err(|_| Error::Invalid("the embedded broker thread ended before serving".into()))??;
         Ok(EmbeddedBroker { bootstrap, commands: Some(commands_tx), thread: Some(thread) })
     }
 
@@ -111,7 +110,12 @@ mod tests {
     fn a_produced_message_is_consumed_committed_and_lag_reported() {
         let broker = EmbeddedBroker::start().unwrap();
         let brokers = broker.bootstrap().to_string();
-        assert!(topic_partitions(&brokers, "nothing-here", Duration::from_secs(5)).unwrap_err().to_string().contains("does not exist"));
+        assert!(
+            topic_partitions(&brokers, "nothing-here", Duration::from_secs(5))
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
         let sink = KafkaSink::open(&brokers, "t", "test").unwrap();
         for i in 0..10 {
             sink.send(Some(format!("k{i}").as_bytes()), format!("{{\"i\": {i}}}").as_bytes(), None).unwrap();

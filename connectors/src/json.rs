@@ -124,7 +124,8 @@ mod tests {
 
     #[test]
     fn good_messages_become_rows_in_order() {
-        let messages: Vec<&[u8]> = vec![br#"{"id": 1, "url": "/a"}"#, br#"{"url": "/b", "id": 2, "extra": true}"#, br#"{"id": 3}"#];
+        let messages: Vec<&[u8]> =
+            vec![br#"{"id": 1, "url": "/a"}"#, br#"{"url": "/b", "id": 2, "extra": true}"#, br#"{"id": 3}"#];
         let out = decoder().decode(&messages).unwrap();
         assert!(out.bad.is_empty());
         let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();

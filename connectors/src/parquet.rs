@@ -42,20 +42,24 @@ impl ParquetSink {
     /// `s3://bucket/prefix/` URL (S3 settings from the AWS_* variables).
     pub fn open(location: &str, schema: SchemaRef, prefix: &str, roll: Roll) -> Result<ParquetSink> {
         let (store, dir): (Arc<dyn ObjectStore>, Path) = if location.starts_with('/') {
-            std::fs::create_dir_all(location)
-                .map_err(|e| Error::Invalid(format!("cannot create {location}: {e}")))?;
+            std::fs::create_dir_all(location).map_err(|e| Error::Invalid(format!("cannot create {location}: {e}")))?;
             let dir = Path::from_filesystem_path(location)
                 .map_err(|e| Error::Invalid(format!("`{location}` is not a usable path: {e}")))?;
             (Arc::new(object_store::local::LocalFileSystem::new()), dir)
         } else {
-            let url = Url::parse(location).map_err(|e| Error::Invalid(format!("`{location}` is not a path or URL: {e}")))?;
+            let url =
+                Url::parse(location).map_err(|e| Error::Invalid(format!("`{location}` is not a path or URL: {e}")))?;
             match url.scheme() {
                 "s3" | "s3a" => {
                     let bucket = url.host_str().unwrap_or_default();
                     let store = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket).build()?;
                     (Arc::new(store), Path::from(url.path().trim_start_matches('/')))
                 }
-                other => return Err(Error::Invalid(format!("no object store for `{other}://`; use an absolute path or s3://"))),
+                other => {
+                    return Err(Error::Invalid(format!(
+                        "no object store for `{other}://`; use an absolute path or s3://"
+                    )));
+                }
             }
         };
         Ok(ParquetSink { store, dir, prefix: prefix.to_string(), schema, roll, open: None, rows: 0, files: 0 })
@@ -78,7 +82,9 @@ impl ParquetSink {
 
     /// Whether the open file should be committed now.
     pub fn due(&self) -> bool {
-        self.open.as_ref().is_some_and(|(w, opened)| w.memory_size() + w.bytes_written() >= self.roll.bytes || opened.elapsed() >= self.roll.after)
+        self.open.as_ref().is_some_and(|(w, opened)| {
+            w.memory_size() + w.bytes_written() >= self.roll.bytes || opened.elapsed() >= self.roll.after
+        })
     }
 
     /// Whether rows wait in an open file.
@@ -118,7 +124,12 @@ mod tests {
         sink.write(&batch).unwrap();
         assert!(sink.pending() && !sink.due());
         let visible = |d: &std::path::Path| -> Vec<String> {
-            let mut v: Vec<String> = std::fs::read_dir(d).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| !n.starts_with('.')).collect();
+            let mut v: Vec<String> = std::fs::read_dir(d)
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| !n.starts_with('.'))
+                .collect();
             v.sort();
             v
         };

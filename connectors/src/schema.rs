@@ -41,7 +41,8 @@ mod tests {
 
     #[test]
     fn columns_keep_their_order_and_types() {
-        let schema = schema_of(&cols(&[("user_id", "Int64"), ("url", "Utf8"), ("ts", "Timestamp(Millisecond, None)")])).unwrap();
+        let schema =
+            schema_of(&cols(&[("user_id", "Int64"), ("url", "Utf8"), ("ts", "Timestamp(Millisecond, None)")])).unwrap();
         let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
         assert_eq!(names, ["user_id", "url", "ts"]);
         assert_eq!(schema.field(0).data_type(), &DataType::Int64);

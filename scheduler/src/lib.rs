@@ -27,7 +27,7 @@ pub mod event;
 pub mod model;
 pub mod resources;
 
-pub use engine::{Engine, EngineError, GangPhase, GangView, NodeView, PendingReason};
+pub use engine::{Engine, EngineError, GangPhase, GangView, NodeView, PendingReason, QueueView};
 pub use event::{Decision, Event, GangOutcome, RequeueCause, SlotOutcome, StopReason};
 pub use model::{
     AllocId, Config, Constraints, GangId, GangSpec, NodeId, NodeSpec, NodeState, OnDrain, Ordering, Placement, Policy,

@@ -56,6 +56,7 @@ pub(super) struct Executors {
     pub env: BTreeMap<String, String>,
     pub table: Arc<Mutex<HashMap<u64, Executor>>>,
     pub outbox: mpsc::UnboundedSender<pb::AgentMessage>,
+    pub stats: Arc<super::http::AgentStats>,
 }
 
 fn message(body: pb::agent_message::Body) -> pb::AgentMessage {
@@ -83,6 +84,13 @@ impl Executors {
     }
 
     fn send(&self, body: pb::agent_message::Body) {
+        match &body {
+            pb::agent_message::Body::Started(_) => {
+                self.stats.started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            pb::agent_message::Body::Exited(e) => self.stats.ended(e),
+            _ => {}
+        }
         let _ = self.outbox.send(message(body));
     }
 

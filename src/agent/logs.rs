@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use cohort_proto as pb;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
@@ -32,6 +32,12 @@ impl pb::agent_logs_server::AgentLogs for LogService {
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|e| Status::not_found(format!("no log for allocation {}: {e}", req.alloc_id)))?;
+        if req.tail_bytes > 0 {
+            let len = file.metadata().await.map_err(|e| Status::internal(e.to_string()))?.len();
+            file.seek(std::io::SeekFrom::Start(len.saturating_sub(req.tail_bytes)))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+        }
         let executors = self.executors.clone();
         let (tx, rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(async move {

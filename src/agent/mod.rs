@@ -9,10 +9,12 @@
 //! - `executors.rs`: the executor table, on disk too, and recovery;
 //! - `health.rs`: health checks beside each service instance;
 //! - `isolation.rs`: cgroup limits or an RSS watch;
-//! - `logs.rs`: the `AgentLogs` service over the executors' log files.
+//! - `logs.rs`: the `AgentLogs` service over the executors' log files;
+//! - `http.rs`: `/healthz` and `/metrics`, on the log service's address.
 
 mod executors;
 mod health;
+mod http;
 mod isolation;
 mod logs;
 
@@ -44,7 +46,7 @@ pub struct Settings {
     pub memory_bytes: u64,
     pub labels: BTreeMap<String, String>,
     pub data_dir: PathBuf,
-    /// Where the log service listens (port 0: any free port).
+    /// Where the log service, `/healthz` and `/metrics` listen (port 0: any free port).
     pub listen: SocketAddr,
     pub max_executors: u32,
     /// Host ports for service instances, first to last.
@@ -76,17 +78,19 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ]),
         table: Arc::default(),
         outbox,
+        stats: Arc::default(),
     };
     tracing::info!(node = %settings.name, isolation = executors.isolation.name(), logs = %logs_address, "agent starting");
     println!("agent {} joining {} (isolation: {})", settings.name, settings.join, executors.isolation.name());
     // Executors this agent ran before it restarted: the live are adopted, the ended reported.
     let mut ended = executors.recover();
     let logs = logs::LogService::new(settings.data_dir.clone(), executors.clone());
+    let routes = tonic::service::Routes::new(pb::agent_logs_server::AgentLogsServer::new(logs)).into_axum_router();
+    let app = http::with_http(routes, settings.clone(), executors.clone());
     tokio::spawn(async move {
-        let _ = tonic::transport::Server::builder()
-            .add_service(pb::agent_logs_server::AgentLogsServer::new(logs))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
-            .await;
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "the agent's log and metrics server stopped");
+        }
     });
     let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
     let session = Session { settings: settings.clone(), executors: executors.clone(), logs_address };

@@ -30,6 +30,7 @@ where
         agents,
         data_dir: dir.clone(),
         listen: format!("127.0.0.1:{port}"),
+        http: "127.0.0.1:0".into(),
         coordinator_args: Vec::new(),
         kafka: None,
     };

@@ -171,7 +171,8 @@ fn parquet_latencies(dir: &std::path::Path) -> Result<Vec<i64>> {
             continue;
         }
         let visible = entry.metadata()?.modified()?.duration_since(UNIX_EPOCH)?.as_micros() as i64;
-        let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(entry.path())?, 8192)?;
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReader::try_new(std::fs::File::open(entry.path())?, 8192)?;
         for batch in reader {
             let batch = batch?;
             let ts = batch.column_by_name("ts").context("a ts column")?;
@@ -201,7 +202,8 @@ fn measure(args: &Args) -> Result<()> {
         (None, None) => unreachable!("one of the two is set"),
     };
     let run = now_us();
-    let (topic, live, live_pipeline) = (format!("bench-{run}"), format!("bench-live-{run}"), format!("bench-live-p-{run}"));
+    let (topic, live, live_pipeline) =
+        (format!("bench-{run}"), format!("bench-live-{run}"), format!("bench-live-p-{run}"));
     if let Some(e) = &embedded {
         for t in [&topic, &live, &live_pipeline] {
             e.create_topic(t, args.partitions)?;

@@ -98,7 +98,10 @@ struct KillOutcome {
 impl Extras {
     fn print(&self) {
         if let Some(p50) = self.small_p50 {
-            println!("small-table query through the warm pool (nation, 25 rows): p50 {:.1} ms over {SMALL_RUNS} runs", p50.as_secs_f64() * 1e3);
+            println!(
+                "small-table query through the warm pool (nation, 25 rows): p50 {:.1} ms over {SMALL_RUNS} runs",
+                p50.as_secs_f64() * 1e3
+            );
         }
         if let Some(k) = &self.kill {
             println!(
@@ -136,7 +139,11 @@ async fn small_query_p50(address: &str) -> Result<Duration> {
 
 /// Runs q18, kills one pool executor (kill -9) a quarter of an undisturbed
 /// run's time in, and checks the answer and how soon the pool is whole.
-async fn kill_during_query(address: &str, tables: &std::path::Path, cluster_dir: &std::path::Path) -> Result<KillOutcome> {
+async fn kill_during_query(
+    address: &str,
+    tables: &std::path::Path,
+    cluster_dir: &std::path::Path,
+) -> Result<KillOutcome> {
     let statements = tpch::query(18)?;
     let local = SessionContext::new();
     for ddl in tpch::table_ddl(tables) {
@@ -276,8 +283,8 @@ fn same_answer(expected: &[RecordBatch], got: &[RecordBatch]) -> Result<(), Stri
     a.sort_by(|x, y| x.0.cmp(&y.0));
     b.sort_by(|x, y| x.0.cmp(&y.0));
     for (i, (x, y)) in a.iter().zip(&b).enumerate() {
-        let floats_close =
-            x.1.len() == y.1.len() && x.1.iter().zip(&y.1).all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(q.abs()).max(1.0));
+        let floats_close = x.1.len() == y.1.len()
+            && x.1.iter().zip(&y.1).all(|(p, q)| (p - q).abs() <= 1e-6 * p.abs().max(q.abs()).max(1.0));
         if x.0 != y.0 || !floats_close {
             return Err(format!("row {i} differs: expected {} {:?}, got {} {:?}", x.0, x.1, y.0, y.1));
         }

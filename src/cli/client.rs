@@ -55,41 +55,7 @@ fn ports_json(ports: &std::collections::HashMap<String, u32>) -> serde_json::Val
 }
 
 fn job_json(j: &pb::Job) -> serde_json::Value {
-    let mut v = json!({
-        "id": j.id,
-        "name": j.name,
-        "kind": j.kind,
-        "state": j.state,
-        "attempts": j.attempts,
-        "priority": j.priority,
-        "queue": j.queue,
-        "reason": j.reason,
-        "submitted_at_ms": j.submitted_at_ms,
-        "slots": j.slots.iter().map(|s| {
-            let mut slot = json!({ "index": s.index, "node": s.node, "state": s.state, "exit_code": s.exit_code });
-            if let Some(h) = s.healthy {
-                slot["healthy"] = json!(h);
-                slot["ports"] = ports_json(&s.ports);
-            }
-            slot
-        }).collect::<Vec<_>>(),
-        "history": j.history.iter().map(|a| json!({
-            "attempt": a.attempt,
-            "started_ms": a.started_ms,
-            "ended_ms": (a.ended_ms > 0).then_some(a.ended_ms),
-            "nodes": a.nodes,
-            "outcome": a.outcome,
-            "reason": a.reason,
-            "charged": a.charged,
-        })).collect::<Vec<_>>(),
-    });
-    if let Some(d) = &j.deployment {
-        v["deployment"] = json!({
-            "state": d.state, "instances": d.instances, "healthy_new": d.healthy_new,
-            "healthy_old": d.healthy_old, "started_ms": d.started_ms, "deadline_ms": d.deadline_ms, "reason": d.reason,
-        });
-    }
-    v
+    json!(crate::json::JobDoc::from(j))
 }
 
 pub async fn jobs(coordinator: &str, output: Output) -> Result<()> {
@@ -274,14 +240,7 @@ pub async fn logs(coordinator: &str, id: &str, slot: u32, follow: bool) -> Resul
 }
 
 fn node_json(n: &pb::Node) -> serde_json::Value {
-    let cap = n.capacity.unwrap_or_default();
-    let used = n.allocated.unwrap_or_default();
-    json!({
-        "id": n.id, "name": n.name, "state": n.state, "slots": n.slots, "isolation": n.isolation,
-        "cpu_millis": cap.cpu_millis, "memory_bytes": cap.memory_bytes,
-        "allocated_cpu_millis": used.cpu_millis, "allocated_memory_bytes": used.memory_bytes,
-        "labels": n.labels,
-    })
+    json!(crate::json::NodeDoc::from(n))
 }
 
 pub async fn nodes(coordinator: &str, output: Output) -> Result<()> {
@@ -389,9 +348,7 @@ pub async fn status(coordinator: &str, output: Output) -> Result<()> {
                 ),
                 (false, false) => println!("kafka: {}", s.kafka_bootstrap),
             }
-            if s.http.is_empty() {
-                println!("http: not served yet (web UI and /metrics arrive with the next control-plane step)");
-            }
+            println!("web UI: http://{}   (/metrics, /api/v1/, /healthz, /readyz)", s.http);
         }
     }
     Ok(())
@@ -425,7 +382,10 @@ fn pipeline_state(j: &pb::Job) -> &str {
 pub async fn pipeline_create(coordinator: &str, file: &PathBuf, output: Output) -> Result<()> {
     let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
     if !crate::spec::is_pipeline(&text) {
-        anyhow::bail!("{}: not a pipeline spec (it has no [source.kafka] table); jobs go to `cohort submit`", file.display());
+        anyhow::bail!(
+            "{}: not a pipeline spec (it has no [source.kafka] table); jobs go to `cohort submit`",
+            file.display()
+        );
     }
     submit(coordinator, file, output).await
 }
@@ -492,9 +452,8 @@ pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Resu
         let running = s.state == "running";
         progress.push(if running { member_progress(&channel, job_id, s.index).await } else { None });
     }
-    let figure = |i: usize, key: &str| {
-        progress[i].as_ref().and_then(|f| f.iter().find(|(k, _)| k == key).map(|(_, v)| *v))
-    };
+    let figure =
+        |i: usize, key: &str| progress[i].as_ref().and_then(|f| f.iter().find(|(k, _)| k == key).map(|(_, v)| *v));
     match output {
         Output::Json => {
             let partitions: Vec<serde_json::Value> = p
@@ -537,7 +496,8 @@ pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Resu
             if !j.reason.is_empty() {
                 println!("reason: {}", j.reason);
             }
-            let mut members = table(&["member", "node", "state", "in/s", "out/s", "records in", "bad", "dead-lettered"]);
+            let mut members =
+                table(&["member", "node", "state", "in/s", "out/s", "records in", "bad", "dead-lettered"]);
             for (i, s) in j.slots.iter().enumerate() {
                 let shown = |key: &str| figure(i, key).map_or("-".to_string(), |v| format!("{v:.0}"));
                 members.add_row(vec![

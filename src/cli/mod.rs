@@ -1,8 +1,10 @@
 //! The command line: the cluster processes (`up`, `coordinator`, `agent`,
-//! `executor`), the client commands (`client.rs`), and the simulator.
+//! `executor`), the client commands (`client.rs`; `sql.rs`, the SQL
+//! client; `top.rs`, the terminal view), and the simulator.
 
 mod client;
 pub(crate) mod sql;
+mod top;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -95,6 +97,9 @@ enum Command {
         data_dir: Option<PathBuf>,
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: String,
+        /// Where the web UI, the JSON API and /metrics are served.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        http: String,
         #[command(flatten)]
         pool: PoolArgs,
         /// Kafka brokers for pipelines (default: an embedded, in-memory broker).
@@ -105,6 +110,9 @@ enum Command {
     Coordinator {
         #[arg(long, default_value = "127.0.0.1:7070")]
         listen: SocketAddr,
+        /// Where the web UI, the JSON API, /metrics and health probes are served.
+        #[arg(long, default_value = "127.0.0.1:7080")]
+        http: SocketAddr,
         #[arg(long)]
         data_dir: Option<PathBuf>,
         /// Seconds without heartbeats after which an agent is lost.
@@ -197,6 +205,12 @@ enum Command {
     Drain { node: String },
     /// Where the cluster is.
     Status,
+    /// Nodes, running gangs and why the rest wait, refreshed every second (q quits).
+    Top {
+        /// Print one frame as text and exit.
+        #[arg(long)]
+        once: bool,
+    },
     /// Run SQL over Flight SQL: a REPL, or `-e SQL` / `-f FILE`.
     Sql(sql::Args),
     /// Replay a workload trace through the scheduler in virtual time, or generate one.
@@ -264,7 +278,7 @@ impl Command {
 
 async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result<()> {
     match command {
-        Command::Up { agents, data_dir, listen, pool, kafka_brokers } => {
+        Command::Up { agents, data_dir, listen, http, pool, kafka_brokers } => {
             // The embedded broker lives in this process, so it outlasts coordinator restarts.
             let (broker, bootstrap) = match kafka_brokers {
                 Some(brokers) => (None, brokers),
@@ -285,6 +299,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 agents,
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
                 listen,
+                http,
                 coordinator_args,
                 kafka: Some((bootstrap, embedded)),
             })
@@ -292,7 +307,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             drop(broker);
             result
         }
-        Command::Coordinator { listen, data_dir, heartbeat_timeout, pool, kafka_bootstrap, kafka_embedded } => {
+        Command::Coordinator { listen, http, data_dir, heartbeat_timeout, pool, kafka_bootstrap, kafka_embedded } => {
             let settings = coordinator::Settings {
                 sql: coordinator::sql::SqlSettings {
                     pool: coordinator::sql::PoolSettings {
@@ -305,6 +320,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                     },
                 },
                 listen,
+                http,
                 kafka_bootstrap,
                 kafka_embedded,
                 data_dir: data_dir.unwrap_or_else(|| up::default_data_dir().join("coordinator")),
@@ -365,12 +381,20 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Sql(args) => sql::run(coordinator, args, output).await,
         Command::Watch { id } => client::watch(coordinator, id.as_deref(), output).await,
         Command::Scale { id, instances } => client::scale(coordinator, &id, instances, output).await,
-        Command::Pipeline(PipelineCommand::Create { file }) => client::pipeline_create(coordinator, &file, output).await,
+        Command::Pipeline(PipelineCommand::Create { file }) => {
+            client::pipeline_create(coordinator, &file, output).await
+        }
         Command::Pipeline(PipelineCommand::List) => client::pipelines(coordinator, output).await,
         Command::Pipeline(PipelineCommand::Get { name }) => client::pipeline_get(coordinator, &name, output).await,
-        Command::Pipeline(PipelineCommand::Pause { name }) => client::job_action(coordinator, &name, client::JobAction::Pause, output).await,
-        Command::Pipeline(PipelineCommand::Resume { name }) => client::job_action(coordinator, &name, client::JobAction::Resume, output).await,
-        Command::Pipeline(PipelineCommand::Delete { name }) => client::job_action(coordinator, &name, client::JobAction::Cancel, output).await,
+        Command::Pipeline(PipelineCommand::Pause { name }) => {
+            client::job_action(coordinator, &name, client::JobAction::Pause, output).await
+        }
+        Command::Pipeline(PipelineCommand::Resume { name }) => {
+            client::job_action(coordinator, &name, client::JobAction::Resume, output).await
+        }
+        Command::Pipeline(PipelineCommand::Delete { name }) => {
+            client::job_action(coordinator, &name, client::JobAction::Cancel, output).await
+        }
         Command::Endpoints { id } => client::endpoints(coordinator, &id, output).await,
         Command::Nodes => client::nodes(coordinator, output).await,
         Command::Cordon { node } => client::node_action(coordinator, &node, client::NodeAction::Cordon, output).await,
@@ -379,6 +403,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         }
         Command::Drain { node } => client::node_action(coordinator, &node, client::NodeAction::Drain, output).await,
         Command::Status => client::status(coordinator, output).await,
+        Command::Top { once } => top::run(coordinator, once).await,
         Command::Bench(BenchCommand::ControlPlane(args)) => bench::control_plane::run(args).await,
         Command::Bench(BenchCommand::Services(args)) => bench::services::run(args).await,
         Command::Bench(BenchCommand::Tpch(args)) => bench::tpch::run(args).await,

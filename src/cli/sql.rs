@@ -55,7 +55,8 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn connect(coordinator: &str) -> Result<Session> {
-        let url = if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
+        let url =
+            if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
         // No overall timeout: a long query streams for as long as it runs.
         let channel = Endpoint::from_shared(url)?
             .connect_timeout(Duration::from_secs(5))
@@ -67,8 +68,8 @@ impl Session {
             .with_context(|| {
                 format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)")
             })?;
-        let inner = arrow_flight::flight_service_client::FlightServiceClient::new(channel)
-            .max_decoding_message_size(256 << 20);
+        let inner =
+            arrow_flight::flight_service_client::FlightServiceClient::new(channel).max_decoding_message_size(256 << 20);
         Ok(Session { client: FlightSqlServiceClient::new_from_inner(inner) })
     }
 

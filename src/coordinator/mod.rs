@@ -5,12 +5,19 @@
 //! - `core/`: jobs, agents, allocations and the scheduler engine, in domain
 //!   types; the only code that touches the engine or the store;
 //! - `store.rs`: durable state (SQLite by default);
-//! - `api/`: the front doors. `grpc.rs` serves the CLI and the agents;
+//! - `api/`: the front doors. `grpc.rs` serves the CLI and the agents,
+//!   `http.rs` the web UI, the JSON API and `/metrics`;
+//! - `metrics.rs`: the Prometheus exposition of the core's views and counts;
+//! - `pipelines.rs`, `logs.rs`: what front doors read beyond the core
+//!   (Kafka lag, agents' logs);
 //! - `sql/`: the SQL catalog, the warm pool and Flight SQL (served on the
 //!   same address as gRPC).
 
 pub mod api;
 pub mod core;
+pub mod logs;
+pub mod metrics;
+pub mod pipelines;
 pub mod sql;
 pub mod store;
 
@@ -29,6 +36,8 @@ use self::store::SqliteStore;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// Where the web UI, the JSON API, `/metrics` and health probes are served.
+    pub http: SocketAddr,
     pub data_dir: PathBuf,
     pub core: CoreSettings,
     pub sql: sql::SqlSettings,
@@ -81,12 +90,20 @@ pub fn spawn_core(mut core: Core) -> (CoreHandle, oneshot::Receiver<()>) {
 }
 
 /// Moves the core's time every 100 ms: heartbeats, grace periods, backoff.
-pub fn spawn_ticker(handle: CoreHandle) {
+/// Each tick's duration is observed as the scheduling pass latency.
+pub fn spawn_ticker(handle: CoreHandle, metrics: Arc<metrics::Metrics>) {
     tokio::spawn(async move {
         let mut every = tokio::time::interval(Duration::from_millis(100));
         loop {
             every.tick().await;
-            match handle.call(|core| core.tick()).await {
+            let pass = metrics.scheduling_pass.clone();
+            let timed = move |core: &mut Core| {
+                let started = std::time::Instant::now();
+                let ticked = core.tick();
+                pass.observe(started.elapsed().as_secs_f64());
+                ticked
+            };
+            match handle.call(timed).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => tracing::error!(error = %e, "coordinator tick failed"),
                 Err(_) => break,
@@ -104,6 +121,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let address = listener.local_addr()?;
+    let http_listener = api::http::bind(settings.http).await?;
+    let http_address = http_listener.local_addr()?;
     let store = SqliteStore::open(&settings.data_dir.join("state.db"))?;
     let streams = api::grpc::AgentStreams::default();
     let mut core = Core::open(
@@ -114,17 +133,24 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     )?;
     core.set_endpoints(self::core::model::ClusterStatus {
         coordinator: address.to_string(),
+        http: http_address.to_string(),
         kafka_bootstrap: settings.kafka_bootstrap.clone().unwrap_or_default(),
         kafka_embedded: settings.kafka_embedded,
         ..Default::default()
     });
     tracing::info!(%address, data_dir = %settings.data_dir.display(), "coordinator listening");
-    println!("coordinator listening on {address}");
+    println!("coordinator listening on {address}; web UI and /metrics on http://{http_address}");
     let (handle, stopped) = spawn_core(core);
-    spawn_ticker(handle.clone());
+    let metrics = Arc::new(metrics::Metrics::default());
+    spawn_ticker(handle.clone(), metrics.clone());
+    let http = api::http::HttpServer::new(handle.clone(), metrics);
+    let sql_slot = http.sql.clone();
+    let http_served = tokio::spawn(http.serve(http_listener));
     let sql = sql::SqlFront::start(handle.clone(), settings.sql.clone(), settings.data_dir.clone()).await?;
+    let _ = sql_slot.set(sql.clone());
     tokio::select! {
         served = api::grpc::serve(listener, handle, streams, sql) => served,
+        served = http_served => served.map_err(anyhow::Error::from).and_then(|r| r),
         _ = stopped => anyhow::bail!("the coordinator stopped after a state store failure (see the log above)"),
     }
 }

@@ -45,7 +45,8 @@ pub fn run(argv: &[String]) -> Result<i32> {
     let drives = mode == "sql" && env("COHORT_SLOT").as_deref() == Some("0");
     // The driver of a job takes a quarter of the slot; its worker the rest.
     let worker_memory = if drives { memory / 4 * 3 } else { memory };
-    let worker = WorkerSettings { listen: SocketAddr::new(ip, port), memory_bytes: worker_memory, spill_dir: dir.join("spill") };
+    let worker =
+        WorkerSettings { listen: SocketAddr::new(ip, port), memory_bytes: worker_memory, spill_dir: dir.join("spill") };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(2))
         .enable_all()

@@ -112,7 +112,11 @@ impl Driver {
         for target in targets {
             println!("committed {target}");
         }
-        println!("done: {} statement(s), {files} file(s) written, in {:.2} s", statements.len(), started.elapsed().as_secs_f64());
+        println!(
+            "done: {} statement(s), {files} file(s) written, in {:.2} s",
+            statements.len(),
+            started.elapsed().as_secs_f64()
+        );
         Ok(())
     }
 
@@ -176,7 +180,11 @@ impl Driver {
     }
 }
 
-async fn collect(engine: &SqlEngine, plan: datafusion::logical_expr::LogicalPlan, workers: &JobWorkers) -> Result<Vec<RecordBatch>> {
+async fn collect(
+    engine: &SqlEngine,
+    plan: datafusion::logical_expr::LogicalPlan,
+    workers: &JobWorkers,
+) -> Result<Vec<RecordBatch>> {
     let outcome = engine.run(plan, workers).await?;
     for retry in &outcome.retries {
         println!("retried: {retry}");
@@ -187,7 +195,11 @@ async fn collect(engine: &SqlEngine, plan: datafusion::logical_expr::LogicalPlan
 /// The first line of a statement, shortened, for progress lines.
 fn summary(sql: &str) -> String {
     let line = sql.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with("--")).unwrap_or("");
-    if line.chars().count() > 72 { format!("{}…", line.chars().take(72).collect::<String>()) } else { line.to_string() }
+    if line.chars().count() > 72 {
+        format!("{}…", line.chars().take(72).collect::<String>())
+    } else {
+        line.to_string()
+    }
 }
 
 fn flight_message(e: arrow_flight::error::FlightError) -> String {
@@ -227,7 +239,12 @@ impl WorkerSource for JobWorkers {
             let endpoints = client
                 .endpoints(pb::JobRef { job_id: self.job })
                 .await
-                .map_err(|s| cohort_batch::Error::Unavailable(format!("cannot ask the coordinator for executors: {}", s.message())))?
+                .map_err(|s| {
+                    cohort_batch::Error::Unavailable(format!(
+                        "cannot ask the coordinator for executors: {}",
+                        s.message()
+                    ))
+                })?
                 .into_inner()
                 .endpoints;
             let urls: Vec<Url> = endpoints

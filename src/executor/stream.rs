@@ -25,7 +25,8 @@ pub fn run(argv: &[String]) -> Result<i32> {
         bail!("a stream executor runs `pipeline`, not {argv:?}");
     }
     let text = std::env::var(PIPELINE_ENV).with_context(|| format!("{PIPELINE_ENV} is not set"))?;
-    let config: PipelineConfig = serde_json::from_str(&text).with_context(|| format!("{PIPELINE_ENV} is not a pipeline"))?;
+    let config: PipelineConfig =
+        serde_json::from_str(&text).with_context(|| format!("{PIPELINE_ENV} is not a pipeline"))?;
     let brokers = std::env::var("COHORT_KAFKA_BOOTSTRAP").unwrap_or_default();
     if config.brokers.is_none() && brokers.is_empty() {
         bail!("pipeline {}: no brokers in its spec and COHORT_KAFKA_BOOTSTRAP is not set", config.name);

@@ -23,8 +23,8 @@ use toml::Spanned;
 use crate::executor::ExecutorKind;
 
 pub use duration::parse_duration;
-pub use service::{HealthSpec, Probe, ServiceSpec};
 pub use pipeline::is_pipeline;
+pub use service::{HealthSpec, Probe, ServiceSpec};
 pub use sql::{FLIGHT_PORT, pool_spec};
 
 /// A job as submitted.
@@ -329,7 +329,11 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
         }
         "sql" => {
             if let Some(c) = &raw.command {
-                return Err(errors.at(Some(c.span()), "command", "a kind = \"sql\" job runs [sql] statements, not a command"));
+                return Err(errors.at(
+                    Some(c.span()),
+                    "command",
+                    "a kind = \"sql\" job runs [sql] statements, not a command",
+                ));
             }
             let Some(table) = raw.sql else {
                 return Err(errors.at(kind_span, "sql", "kind = \"sql\" needs a [sql] table with statements"));
@@ -365,10 +369,8 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
 /// A TOML or shape error, with the field it is about.
 fn toml_error(errors: &Errors, text: &str, e: &toml::de::Error) -> SpecError {
     let message = e.message().trim().to_string();
-    let key = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("unknown field") || message.contains("missing field"));
+    let key =
+        message.split('`').nth(1).filter(|_| message.contains("unknown field") || message.contains("missing field"));
     let field = match (key, e.span()) {
         (Some(key), Some(span)) => match table_at(text, span.start) {
             Some(table) => format!("{table}.{key}"),

@@ -162,13 +162,21 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
     if let Some(f) = &kafka.format
         && f.get_ref() != "json"
     {
-        return Err(errors.at(Some(f.span()), "source.kafka.format", format!("`{}`: only \"json\" is read so far", f.get_ref())));
+        return Err(errors.at(
+            Some(f.span()),
+            "source.kafka.format",
+            format!("`{}`: only \"json\" is read so far", f.get_ref()),
+        ));
     }
     let start_latest = match kafka.start.as_ref().map(|s| (s.get_ref().as_str(), s.span())) {
         None | Some(("earliest", _)) => false,
         Some(("latest", _)) => true,
         Some((other, span)) => {
-            return Err(errors.at(Some(span), "source.kafka.start", format!("`{other}`: expected \"earliest\" or \"latest\"")));
+            return Err(errors.at(
+                Some(span),
+                "source.kafka.start",
+                format!("`{other}`: expected \"earliest\" or \"latest\""),
+            ));
         }
     };
     if kafka.topic.get_ref().trim().is_empty() {
@@ -177,7 +185,11 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
     let on_error = match &raw.on_error {
         None => OnError::DeadLetter,
         Some(s) => OnError::parse(s.get_ref()).ok_or_else(|| {
-            errors.at(Some(s.span()), "on_error", format!("`{}`: expected \"dead-letter\", \"skip\" or \"fail\"", s.get_ref()))
+            errors.at(
+                Some(s.span()),
+                "on_error",
+                format!("`{}`: expected \"dead-letter\", \"skip\" or \"fail\"", s.get_ref()),
+            )
         })?,
     };
     let sink = sink(errors, &raw.sink)?;
@@ -236,27 +248,42 @@ fn sink(errors: &Errors, raw: &RawSink) -> Result<SinkConfig, SpecError> {
                 return Err(errors.at(
                     Some(p.path.span()),
                     "sink.parquet.path",
-                    format!("`{path}` is relative; members run in their own directories, so use an absolute path or s3://"),
+                    format!(
+                        "`{path}` is relative; members run in their own directories, so use an absolute path or s3://"
+                    ),
                 ));
             }
             let roll_bytes = match &p.roll_size {
                 None => DEFAULT_ROLL_BYTES,
-                Some(v) => quantity(v, parse_memory).map_err(|m| errors.at(Some(v.span()), "sink.parquet.roll_size", m))?,
+                Some(v) => {
+                    quantity(v, parse_memory).map_err(|m| errors.at(Some(v.span()), "sink.parquet.roll_size", m))?
+                }
             };
             let roll_every = match &p.roll_every {
                 None => DEFAULT_ROLL_EVERY,
-                Some(v) => parse_duration(v.get_ref()).map_err(|m| errors.at(Some(v.span()), "sink.parquet.roll_every", m))?,
+                Some(v) => {
+                    parse_duration(v.get_ref()).map_err(|m| errors.at(Some(v.span()), "sink.parquet.roll_every", m))?
+                }
             };
-            Ok(SinkConfig::Parquet { path, roll_bytes: roll_bytes.max(1) as usize, roll_ms: roll_every.as_millis().max(1) as u64 })
+            Ok(SinkConfig::Parquet {
+                path,
+                roll_bytes: roll_bytes.max(1) as usize,
+                roll_ms: roll_every.as_millis().max(1) as u64,
+            })
         }
         (None, Some(k)) => {
             let k = k.get_ref();
             if k.topic.get_ref().trim().is_empty() {
                 return Err(errors.at(Some(k.topic.span()), "sink.kafka.topic", "must name a topic"));
             }
-            Ok(SinkConfig::Kafka { brokers: k.brokers.clone().filter(|b| !b.trim().is_empty()), topic: k.topic.get_ref().clone() })
+            Ok(SinkConfig::Kafka {
+                brokers: k.brokers.clone().filter(|b| !b.trim().is_empty()),
+                topic: k.topic.get_ref().clone(),
+            })
         }
-        (Some(_), Some(k)) => Err(errors.at(Some(k.span()), "sink", "one sink per pipeline: [sink.parquet] or [sink.kafka], not both")),
+        (Some(_), Some(k)) => {
+            Err(errors.at(Some(k.span()), "sink", "one sink per pipeline: [sink.parquet] or [sink.kafka], not both"))
+        }
         (None, None) => Err(errors.at(None, "sink", "needs [sink.parquet] (path) or [sink.kafka] (topic)")),
     }
 }
@@ -267,7 +294,11 @@ fn batch(errors: &Errors, raw: Option<&RawBatch>) -> Result<(usize, Duration), S
         None => DEFAULT_MAX_RECORDS,
         Some(n) if (1..=1_000_000).contains(n.get_ref()) => *n.get_ref() as usize,
         Some(n) => {
-            return Err(errors.at(Some(n.span()), "batch.max_records", format!("must be between 1 and 1000000, got {}", n.get_ref())));
+            return Err(errors.at(
+                Some(n.span()),
+                "batch.max_records",
+                format!("must be between 1 and 1000000, got {}", n.get_ref()),
+            ));
         }
     };
     let latency = match &raw.max_latency {
@@ -292,7 +323,9 @@ fn gang(
         match v {
             None => Ok(default),
             Some(n) if (low as i64..=1000).contains(n.get_ref()) => Ok(*n.get_ref() as u32),
-            Some(n) => Err(errors.at(Some(n.span()), field, format!("must be between {low} and 1000, got {}", n.get_ref()))),
+            Some(n) => {
+                Err(errors.at(Some(n.span()), field, format!("must be between {low} and 1000, got {}", n.get_ref())))
+            }
         }
     };
     let min = bound(p.and_then(|p| p.min.as_ref()), "parallelism.min", 1, 1)?;
@@ -306,7 +339,8 @@ fn gang(
         Some(v) => quantity(v, parse_memory).map_err(|m| errors.at(Some(v.span()), "parallelism.memory", m))?,
     };
     let slot = Resources::new(cpu, memory).with_scalar(EXECUTORS, 1);
-    let mut spec = GangSpec::rigid(name.to_string(), min, slot, priority.unwrap_or("streaming"), queue.unwrap_or("default"));
+    let mut spec =
+        GangSpec::rigid(name.to_string(), min, slot, priority.unwrap_or("streaming"), queue.unwrap_or("default"));
     spec.max = max;
     spec.restart = Restart::Always;
     Ok(spec)

@@ -85,7 +85,11 @@ pub(super) fn pool_service(errors: &Errors, raw: Spanned<RawService>) -> Result<
     let span = raw.span();
     let mut service = super::service::parse(errors, raw)?;
     if service.ports != [FLIGHT_PORT] {
-        return Err(errors.at(Some(span), "service.ports", format!("a pool's instances serve one port: [\"{FLIGHT_PORT}\"]")));
+        return Err(errors.at(
+            Some(span),
+            "service.ports",
+            format!("a pool's instances serve one port: [\"{FLIGHT_PORT}\"]"),
+        ));
     }
     service.health.get_or_insert_with(serving_check);
     Ok(service)

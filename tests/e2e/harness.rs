@@ -80,6 +80,8 @@ impl Cluster {
                 "coordinator",
                 "--listen",
                 &self.address,
+                "--http",
+                "127.0.0.1:0",
                 "--heartbeat-timeout",
                 &self.heartbeat_timeout.to_string(),
                 // Control-plane tests count every core: the SQL pool starts only when a query needs it.
@@ -309,7 +311,7 @@ impl Up {
         let dir = tempfile::tempdir().expect("temp dir");
         let address = format!("127.0.0.1:{}", free_port());
         let up = Command::new(cohort())
-            .args(["up", "--listen", &address, "--agents", &agents.to_string()])
+            .args(["up", "--listen", &address, "--http", "127.0.0.1:0", "--agents", &agents.to_string()])
             .args(flags)
             .arg("--data-dir")
             .arg(dir.path())
@@ -370,4 +372,37 @@ impl Drop for Up {
 
 fn unsafe_term(child: &Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+}
+
+/// One HTTP/1.1 request without a client library: `(status, body)`.
+pub fn http(address: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).expect("send the request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read the response");
+    let text = String::from_utf8_lossy(&response).to_string();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { dechunk(rest) } else { rest.to_string() })
+}
+
+fn dechunk(mut rest: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+        if n == 0 {
+            break;
+        }
+        out.push_str(&tail[..n]);
+        rest = &tail[n + 2..];
+    }
+    out
 }

@@ -4,6 +4,7 @@
 mod harness;
 
 mod control_plane;
+mod http;
 mod pipelines;
 mod self_healing;
 mod services;

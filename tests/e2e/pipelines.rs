@@ -13,7 +13,7 @@ use rdkafka::Message;
 use rdkafka::message::Headers;
 use serde_json::Value;
 
-use crate::harness::{Up, kill9, pids_of};
+use crate::harness::{Up, http, kill9, pids_of};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -37,7 +37,9 @@ fn read_topic(brokers: &str, topic: &str, expect_at_least: usize) -> Vec<(String
         for m in source.poll_batch(10_000, Duration::from_millis(500)) {
             let payload = String::from_utf8_lossy(m.payload().unwrap_or_default()).to_string();
             let error = m.headers().and_then(|h| {
-                h.iter().find(|h| h.key == "cohort.error").and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
+                h.iter()
+                    .find(|h| h.key == "cohort.error")
+                    .and_then(|h| h.value.map(|v| String::from_utf8_lossy(v).to_string()))
             });
             out.push((payload, error));
         }
@@ -82,7 +84,8 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     // Bad specs: the field is named, nothing is created.
     let out = up.json(&["pipeline", "list"]);
     assert_eq!(out, Value::Array(vec![]), "no pipelines yet");
-    let missing = up.cli(&["pipeline", "create", &write(&up, "missing.toml", &spec("m", "no-such-topic", "/tmp/x/", 1))]);
+    let missing =
+        up.cli(&["pipeline", "create", &write(&up, "missing.toml", &spec("m", "no-such-topic", "/tmp/x/", 1))]);
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success() && err.contains("source.kafka.topic") && err.contains("no-such-topic"), "{err}");
 
@@ -107,10 +110,8 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     let parquet = spec("checkouts", "clicks", &format!("{}/", out_dir.display()), 2);
     let created = up.cli(&["pipeline", "create", &write(&up, "checkouts.toml", &parquet)]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
-    let to_kafka = spec("forward", "clicks", "", 1).replace(
-        "[sink.parquet]\npath = \"\"\nroll_every = \"1s\"",
-        "[sink.kafka]\ntopic = \"checkouts-out\"",
-    );
+    let to_kafka = spec("forward", "clicks", "", 1)
+        .replace("[sink.parquet]\npath = \"\"\nroll_every = \"1s\"", "[sink.kafka]\ntopic = \"checkouts-out\"");
     let created = up.cli(&["pipeline", "create", &write(&up, "forward.toml", &to_kafka)]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
 
@@ -136,6 +137,17 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     assert!(up.cli(&["pipeline", "resume", "checkouts"]).status.success());
     up.wait_until("the resumed pipeline catches up", WAIT, |u| lag(u, "checkouts") == Some(0));
 
+    // The HTTP side sees the same: lag per partition in the API and in /metrics.
+    let http_address = status["http"].as_str().expect("an HTTP address");
+    let (code, body) = http(http_address, "GET", "/api/v1/pipelines", None);
+    assert_eq!(code, 200, "{body}");
+    let listed: Value = serde_json::from_str(&body).unwrap();
+    let checkouts = listed.as_array().unwrap().iter().find(|p| p["name"] == "checkouts").expect("listed");
+    assert_eq!((checkouts["lag"].as_i64(), checkouts["state"].as_str()), (Some(0), Some("running")), "{checkouts}");
+    assert!(checkouts["partitions"].as_array().is_some_and(|p| !p.is_empty()), "{checkouts}");
+    let (_, metrics) = http(http_address, "GET", "/metrics", None);
+    assert!(metrics.contains("cohort_pipeline_lag_messages{pipeline=\"checkouts\",partition=\"0\"} 0"), "{metrics}");
+
     // Every even id (the filter) is in the Parquet files; nothing lost.
     let expected: BTreeSet<u64> = (0..9_000).filter(|i| i % 2 == 0).collect();
     let got = parquet_ids(&out_dir);
@@ -146,10 +158,8 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
 
     let expected: BTreeSet<u64> = (0..8_000).filter(|i| i % 2 == 0).collect();
     let forwarded = read_topic(&brokers, "checkouts-out", expected.len());
-    let ids: BTreeSet<u64> = forwarded
-        .iter()
-        .map(|(p, _)| serde_json::from_str::<Value>(p).unwrap()["user_id"].as_u64().unwrap())
-        .collect();
+    let ids: BTreeSet<u64> =
+        forwarded.iter().map(|(p, _)| serde_json::from_str::<Value>(p).unwrap()["user_id"].as_u64().unwrap()).collect();
     let ids: BTreeSet<u64> = ids.into_iter().filter(|i| *i < 8_000).collect();
     assert_eq!(ids, expected, "no record lost in Kafka");
 

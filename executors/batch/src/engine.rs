@@ -20,18 +20,18 @@ use std::time::Duration;
 use arrow::datatypes::SchemaRef;
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
-use datafusion::datasource::ViewTable;
-use datafusion::common::ParamValues;
 use datafusion::catalog::TableProvider;
+use datafusion::common::ParamValues;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::ViewTable;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
 use datafusion::datasource::{provider_as_source, source_as_provider};
-use datafusion::logical_expr::dml::{CopyTo, InsertOp};
-use datafusion::logical_expr::{DmlStatement, WriteOp};
 use datafusion::error::DataFusionError;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
+use datafusion::logical_expr::dml::{CopyTo, InsertOp};
+use datafusion::logical_expr::{DmlStatement, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResolver};
@@ -272,7 +272,8 @@ impl SqlEngine {
                 // The same table, over the staging directory: DataFusion writes
                 // it with the table's own format options and partitioning.
                 let options = table.options().clone();
-                let partition_columns: Vec<&str> = options.table_partition_cols.iter().map(|(c, _)| c.as_str()).collect();
+                let partition_columns: Vec<&str> =
+                    options.table_partition_cols.iter().map(|(c, _)| c.as_str()).collect();
                 let file_fields: Vec<_> = table
                     .schema()
                     .fields()
@@ -333,10 +334,7 @@ impl SqlEngine {
                 Err(e) => return Err(Error::DataFusion(e)),
             }
         }
-        Err(Error::WorkersLost {
-            attempts: self.settings.max_attempts,
-            last: retries.pop().unwrap_or_default(),
-        })
+        Err(Error::WorkersLost { attempts: self.settings.max_attempts, last: retries.pop().unwrap_or_default() })
     }
 
     /// DataFusion reads a table whose file or directory has gone as empty;

@@ -42,9 +42,9 @@ impl Staged {
         let parsed = ListingTableUrl::parse(target)?;
         let store = runtime.object_store(parsed.object_store())?;
         let trimmed = target.trim_end_matches('/');
-        let (parent, name) = trimmed.rsplit_once('/').ok_or_else(|| {
-            Error::Invalid(format!("cannot write to '{target}': it names no file or directory"))
-        })?;
+        let (parent, name) = trimmed
+            .rsplit_once('/')
+            .ok_or_else(|| Error::Invalid(format!("cannot write to '{target}': it names no file or directory")))?;
         let single_file = !parsed.is_collection() && name.rsplit_once('.').is_some_and(|(stem, _)| !stem.is_empty());
         let stale_prefix = format!(".{name}.cohort-{job}-");
         let staged_name = if single_file {
@@ -53,9 +53,11 @@ impl Staged {
         } else {
             format!("{stale_prefix}{attempt}")
         };
-        let staging_url = if single_file { format!("{parent}/{staged_name}") } else { format!("{parent}/{staged_name}/") };
+        let staging_url =
+            if single_file { format!("{parent}/{staged_name}") } else { format!("{parent}/{staged_name}/") };
         let staging = ListingTableUrl::parse(&staging_url)?.prefix().clone();
-        let local_dir = (parsed.scheme() == "file").then(|| std::path::PathBuf::from(format!("{parent}/{staged_name}")));
+        let local_dir =
+            (parsed.scheme() == "file").then(|| std::path::PathBuf::from(format!("{parent}/{staged_name}")));
         let staged = Staged {
             store,
             staging_url,
@@ -79,7 +81,8 @@ impl Staged {
                     let path = entry.path();
                     let removed =
                         if path.is_dir() { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
-                    removed.map_err(|source| Error::Io { context: format!("cannot remove {}", path.display()), source })?;
+                    removed
+                        .map_err(|source| Error::Io { context: format!("cannot remove {}", path.display()), source })?;
                 }
             }
             return Ok(());
@@ -118,9 +121,10 @@ impl Staged {
                 let relative: Vec<_> = from.prefix_match(&self.staging).into_iter().flatten().collect();
                 Path::from_iter(self.target.parts().chain(relative))
             };
-            self.store.rename(from, &to).await.map_err(|e| {
-                Error::Invalid(format!("cannot move {from} into {}: {e}", self.target_url))
-            })?;
+            self.store
+                .rename(from, &to)
+                .await
+                .map_err(|e| Error::Invalid(format!("cannot move {from} into {}: {e}", self.target_url)))?;
         }
         if let Some(dir) = &self.local_dir
             && dir.is_dir()

@@ -37,7 +37,9 @@ pub enum Statement {
     /// `COPY ... TO`: writes files outside the catalog.
     Copy,
     /// `INSERT INTO t ...`: adds files to a table.
-    Insert { table: String },
+    Insert {
+        table: String,
+    },
     /// Reads only: SELECT, SHOW, DESCRIBE, EXPLAIN, SET.
     Query,
 }
@@ -59,8 +61,7 @@ pub fn split_statements(script: &str) -> Result<Vec<String>> {
     let tokens = Tokenizer::new(&GenericDialect {}, script)
         .tokenize_with_location()
         .map_err(|e| Error::DataFusion(DataFusionError::SQL(Box::new(e.into()), None)))?;
-    let line_starts: Vec<usize> =
-        std::iter::once(0).chain(script.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    let line_starts: Vec<usize> = std::iter::once(0).chain(script.match_indices('\n').map(|(i, _)| i + 1)).collect();
     let offset = |line: u64, column: u64| -> usize {
         let start = line_starts.get(line.saturating_sub(1) as usize).copied().unwrap_or(script.len());
         script[start..].char_indices().nth(column.saturating_sub(1) as usize).map_or(script.len(), |(i, _)| start + i)
@@ -118,9 +119,7 @@ pub fn classify(sql: &str) -> Result<Statement> {
         DfStatement::Statement(s) => match *s {
             SqlStatement::CreateView(v) => {
                 if v.temporary || v.materialized {
-                    return Err(Error::Invalid(
-                        "only plain views are supported (no TEMPORARY or MATERIALIZED)".into(),
-                    ));
+                    return Err(Error::Invalid("only plain views are supported (no TEMPORARY or MATERIALIZED)".into()));
                 }
                 Statement::Catalog(CatalogChange::Create {
                     def: def(v.name.to_string()),

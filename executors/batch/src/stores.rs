@@ -37,7 +37,9 @@ impl ObjectStoreRegistry for Stores {
                     DataFusionError::Configuration(format!("`{url}` names no bucket (s3://BUCKET/path/)"))
                 })?;
                 let store = AmazonS3Builder::from_env().with_bucket_name(bucket).build().map_err(|e| {
-                    DataFusionError::Configuration(format!("cannot use bucket `{bucket}` (S3 settings come from AWS_* variables): {e}"))
+                    DataFusionError::Configuration(format!(
+                        "cannot use bucket `{bucket}` (S3 settings come from AWS_* variables): {e}"
+                    ))
                 })?;
                 let store: Arc<dyn ObjectStore> = Arc::new(store);
                 self.known.register_store(url, store.clone());

@@ -57,9 +57,8 @@ const QUERIES: [&str; 22] = [
 /// The statements of query `n` (1 to 22), in order. Query 15 is three
 /// (create a view, select, drop it); the others one.
 pub fn query(n: usize) -> Result<Vec<String>> {
-    let text = QUERIES
-        .get(n.wrapping_sub(1))
-        .ok_or_else(|| Error::Invalid(format!("TPC-H has queries 1 to 22, not {n}")))?;
+    let text =
+        QUERIES.get(n.wrapping_sub(1)).ok_or_else(|| Error::Invalid(format!("TPC-H has queries 1 to 22, not {n}")))?;
     crate::split_statements(text)
 }
 

@@ -46,11 +46,14 @@ pub async fn serve(settings: WorkerSettings, shutdown: impl Future<Output = ()>)
     std::fs::create_dir_all(&settings.spill_dir)?;
     // Workers talk to each other in shuffles: with the same timeouts.
     let channels = Channels::default();
-    let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
-        let channels = channels.clone();
-        async move { Ok::<SessionState, DataFusionError>(ctx.builder.with_distributed_channel_resolver(channels).build()) }
-    })
-    .with_runtime_env(runtime(settings.memory_bytes, settings.spill_dir.clone())?);
+    let worker =
+        Worker::from_session_builder(move |ctx: WorkerQueryContext| {
+            let channels = channels.clone();
+            async move {
+                Ok::<SessionState, DataFusionError>(ctx.builder.with_distributed_channel_resolver(channels).build())
+            }
+        })
+        .with_runtime_env(runtime(settings.memory_bytes, settings.spill_dir.clone())?);
     tracing::info!(listen = %settings.listen, memory = settings.memory_bytes, "batch worker serving");
     tonic::transport::Server::builder()
         .tcp_nodelay(true)

@@ -37,9 +37,16 @@ pub struct PipelineConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SinkConfig {
-    Parquet { path: String, roll_bytes: usize, roll_ms: u64 },
+    Parquet {
+        path: String,
+        roll_bytes: usize,
+        roll_ms: u64,
+    },
     /// None: the source's brokers.
-    Kafka { brokers: Option<String>, topic: String },
+    Kafka {
+        brokers: Option<String>,
+        topic: String,
+    },
 }
 
 /// What happens to a message that cannot be decoded.

@@ -70,7 +70,12 @@ impl Delivery {
     /// Makes the sink's rows safe if due (or `now`), then commits their
     /// offsets. A refused commit keeps them pending (the loop drops those
     /// of partitions it no longer holds: their next owner reads them again).
-    fn settle(&mut self, runtime: &Runtime, now: bool, commit: impl FnOnce(&Offsets) -> cohort_connectors::Result<()>) -> Result<()> {
+    fn settle(
+        &mut self,
+        runtime: &Runtime,
+        now: bool,
+        commit: impl FnOnce(&Offsets) -> cohort_connectors::Result<()>,
+    ) -> Result<()> {
         let safe = match &mut self.sink {
             Sink::Kafka(k) => {
                 k.deliver(DELIVERY_TIMEOUT)?;
@@ -108,10 +113,19 @@ impl Delivery {
 /// a fatal error. `brokers` is used where the config names none; `id`
 /// names the member to Kafka and in file names; `committed` counts the
 /// records whose offsets were committed (for whoever watches progress).
-pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, committed: &AtomicU64) -> Result<Counters> {
-    let runtime = Arc::new(tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| {
-        Error::Invalid { field: "runtime".into(), message: e.to_string() }
-    })?);
+pub fn run(
+    config: &PipelineConfig,
+    brokers: &str,
+    id: &str,
+    stop: &AtomicBool,
+    committed: &AtomicU64,
+) -> Result<Counters> {
+    let runtime = Arc::new(
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| Error::Invalid { field: "runtime".into(), message: e.to_string() })?,
+    );
     let brokers = config.brokers.as_deref().unwrap_or(brokers);
     let output_schema = runtime.block_on(config.output_schema())?;
     let used = runtime.block_on(config.used_columns())?;
@@ -122,7 +136,9 @@ pub fn run(config: &PipelineConfig, brokers: &str, id: &str, stop: &AtomicBool, 
             let roll = Roll { bytes: *roll_bytes, after: Duration::from_millis(*roll_ms) };
             Sink::Parquet(Box::new(ParquetSink::open(path, output_schema, id, roll)?))
         }
-        SinkConfig::Kafka { brokers: to, topic } => Sink::Kafka(KafkaSink::open(to.as_deref().unwrap_or(brokers), topic, id)?),
+        SinkConfig::Kafka { brokers: to, topic } => {
+            Sink::Kafka(KafkaSink::open(to.as_deref().unwrap_or(brokers), topic, id)?)
+        }
     };
     let dead_letters = match config.on_error {
         OnError::DeadLetter => Some(KafkaSink::open(brokers, &format!("{}.dlq", config.topic), id)?),

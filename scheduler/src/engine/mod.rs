@@ -85,6 +85,21 @@ pub struct GangView<'a> {
     pub failures: u32,
     /// Set while pending.
     pub reason: Option<String>,
+    /// Set while pending: the reason's kind, a stable label for metrics.
+    pub reason_kind: Option<&'static str>,
+}
+
+/// A read-only view of a queue: its shares of the cluster (0..1).
+#[derive(Clone, Debug)]
+pub struct QueueView<'a> {
+    pub name: &'a str,
+    pub guarantee: f64,
+    pub cap: f64,
+    pub allocated: Resources,
+    /// Its dominant share of the cluster now.
+    pub share: f64,
+    /// Its gangs waiting: in the pending order, or parked as unschedulable.
+    pub pending: usize,
 }
 
 /// A read-only view of a node.
@@ -733,6 +748,7 @@ impl Engine {
             attempts: g.attempts,
             failures: g.failures,
             reason: (g.phase == GangPhase::Pending).then(|| self.describe(g)),
+            reason_kind: (g.phase == GangPhase::Pending).then(|| g.blocker.kind()),
         })
     }
 
@@ -793,6 +809,26 @@ impl Engine {
     /// The priority rank of a class name (0 = most important).
     pub fn class_rank(&self, name: &str) -> Option<usize> {
         self.class_rank.get(name).copied()
+    }
+
+    /// Each queue's entitlement and use, in queue order.
+    pub fn queue_views(&self) -> Vec<QueueView<'_>> {
+        let mut parked = vec![0; self.queues.len()];
+        for g in self.parked.iter().filter_map(|(_, id)| self.gangs.get(id)) {
+            parked[g.queue] += 1;
+        }
+        self.queues
+            .iter()
+            .zip(parked)
+            .map(|(q, parked)| QueueView {
+                name: &q.name,
+                guarantee: q.guarantee,
+                cap: q.cap,
+                allocated: q.allocated,
+                share: q.allocated.dominant_share(&self.total),
+                pending: q.pending.len() + parked,
+            })
+            .collect()
     }
 
     /// Allocated share of each queue, in queue order, for reports.

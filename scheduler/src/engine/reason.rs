@@ -39,6 +39,23 @@ pub enum PendingReason {
     Behind(GangId),
 }
 
+impl PendingReason {
+    /// A stable snake_case name for the reason, without its details: what
+    /// dashboards group pending gangs by.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PendingReason::NotYetTried => "not_yet_tried",
+            PendingReason::Backoff { .. } => "backoff",
+            PendingReason::QueueCap => "queue_cap",
+            PendingReason::NoRoom { .. } => "no_room",
+            PendingReason::Unschedulable(_) => "unschedulable",
+            PendingReason::Reserved { .. } => "reserved",
+            PendingReason::AwaitingVictims { .. } => "awaiting_victims",
+            PendingReason::Behind(_) => "behind",
+        }
+    }
+}
+
 impl Engine {
     pub(crate) fn describe(&self, g: &Gang) -> String {
         let shape = format!("{}×({})", g.start_need(), g.spec.slot);

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
 use cohort_proto as pb;
-use cohort_scheduler::{NodeState, Resources};
+use cohort_scheduler::Resources;
 use tokio::sync::mpsc;
 use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -245,7 +245,8 @@ impl pb::jobs_server::Jobs for Api {
         let mut agent = pb::agent_logs_client::AgentLogsClient::connect(format!("http://{address}"))
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the agent holding the logs at {address}: {e}")))?;
-        let stream = agent.read(pb::ReadLogRequest { alloc_id: alloc, follow: req.follow }).await?.into_inner();
+        let request = pb::ReadLogRequest { alloc_id: alloc, follow: req.follow, tail_bytes: 0 };
+        let stream = agent.read(request).await?.into_inner();
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -277,46 +278,24 @@ impl pb::jobs_server::Jobs for Api {
 
     async fn pipeline(&self, req: Request<pb::JobRef>) -> Result<Response<pb::PipelineStatus>, Status> {
         let id = req.into_inner().job_id;
-        let (job, text, bootstrap) =
-            self.ask(move |core| Ok((core.job(id)?, core.spec_text(id)?, core.status().kafka_bootstrap))).await?;
-        let spec = crate::spec::parse_job("pipeline.toml", &text).map_err(|e| Status::internal(e.to_string()))?;
-        let crate::spec::JobKind::Pipeline { config, .. } = spec.kind else {
-            return Err(Status::invalid_argument(format!("job {id} is a {} job, not a pipeline", job.kind)));
-        };
-        let brokers = config.brokers.clone().unwrap_or(bootstrap);
-        let sink = match &config.sink {
-            cohort_stream::SinkConfig::Parquet { path, .. } => format!("parquet:{path}"),
-            cohort_stream::SinkConfig::Kafka { topic, .. } => format!("kafka:{topic}"),
-        };
-        let (b, topic, group) = (brokers.clone(), config.topic.clone(), config.group.clone());
-        let lag = tokio::task::spawn_blocking(move || {
-            cohort_connectors::kafka::group_lag(&b, &topic, &group, std::time::Duration::from_secs(3))
-        })
-        .await
-        .map_err(|e| Status::internal(e.to_string()))?;
-        let (partitions, lag_error) = match lag {
-            Ok(parts) => (
-                parts
-                    .into_iter()
-                    .map(|p| pb::PartitionLag {
-                        partition: p.partition,
-                        committed: p.committed.unwrap_or(-1),
-                        end: p.end,
-                        lag: p.lag,
-                    })
-                    .collect(),
-                String::new(),
-            ),
-            Err(e) => (Vec::new(), e.to_string()),
-        };
+        let p = crate::coordinator::pipelines::view(&self.core, id, false).await.map_err(status_of)?;
         Ok(Response::new(pb::PipelineStatus {
-            job: Some(job_to_pb(job)),
-            topic: config.topic.clone(),
-            group: config.group.clone(),
-            brokers,
-            sink,
-            partitions,
-            lag_error,
+            job: Some(job_to_pb(p.job)),
+            topic: p.topic,
+            group: p.group,
+            brokers: p.brokers,
+            sink: p.sink,
+            partitions: p
+                .partitions
+                .into_iter()
+                .map(|x| pb::PartitionLag {
+                    partition: x.partition,
+                    committed: x.committed.unwrap_or(-1),
+                    end: x.end,
+                    lag: x.lag,
+                })
+                .collect(),
+            lag_error: p.lag_error,
         }))
     }
 
@@ -510,20 +489,11 @@ fn job_to_pb(j: JobView) -> pb::Job {
     }
 }
 
-fn node_state_name(state: NodeState) -> &'static str {
-    match state {
-        NodeState::Ready => "ready",
-        NodeState::Cordoned => "cordoned",
-        NodeState::Draining => "draining",
-        NodeState::Lost => "lost",
-    }
-}
-
 fn node_to_pb(n: NodeView) -> pb::Node {
     pb::Node {
         id: n.id,
         name: n.name,
-        state: node_state_name(n.state).into(),
+        state: crate::json::node_state_name(n.state).into(),
         capacity: Some(resources_to_pb(n.capacity)),
         allocated: Some(resources_to_pb(n.allocated)),
         slots: n.slots,

@@ -2,6 +2,8 @@
 //! the core through a [`crate::coordinator::CoreHandle`] and the core's
 //! errors to its own status codes; none holds state of its own.
 //!
-//! - `grpc.rs`: the CLI's and the agents' gRPC services.
+//! - `grpc.rs`: the CLI's and the agents' gRPC services;
+//! - `http.rs`: health probes, `/metrics`, the JSON API and the web UI.
 
 pub mod grpc;
+pub mod http;

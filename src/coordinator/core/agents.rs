@@ -257,6 +257,7 @@ impl Core {
             labels: agent.record.labels.clone(),
             max_executors: agent.record.max_executors,
             address: agent.record.address.clone(),
+            agent_address: agent.record.logs_address.clone(),
         })
     }
 }

@@ -30,6 +30,7 @@ impl Core {
         let mut placed: BTreeMap<GangId, Vec<Placed>> = BTreeMap::new();
         for d in &decisions {
             if let Decision::Place { gang, slot, node, alloc, resources, elastic } = d {
+                self.stats.placements += 1;
                 placed.entry(*gang).or_default().push(Placed {
                     slot: *slot,
                     node: *node,
@@ -47,6 +48,9 @@ impl Core {
                 Decision::Place { .. } => {}
                 Decision::Stop { gang, slot, alloc, reason, deadline, .. } => {
                     let grace_ms = deadline.saturating_sub(self.engine.now());
+                    if matches!(reason, StopReason::Preempted { .. }) {
+                        self.stats.preemptions += 1;
+                    }
                     let why = match &reason {
                         StopReason::Preempted { by } => format!("preempted by {}", self.gang_name(by.0)),
                         StopReason::Shrunk { by } => format!("elastic slot taken back for {}", self.gang_name(by.0)),
@@ -82,6 +86,7 @@ impl Core {
                         r.reason = why.clone();
                     });
                     self.end_attempt(job, cause.as_str(), &why, cause.charged());
+                    self.stats.executor_restarts += 1;
                     let charge = if cause.charged() { "" } else { " (no attempt used)" };
                     self.announce(job, format!("requeued after attempt {attempts}{charge}: {reason}"));
                 }
@@ -199,6 +204,12 @@ impl Core {
         }
         let starts_attempt = slots.iter().any(|p| !p.elastic);
         let nodes: Vec<String> = slots.iter().map(|p| self.node_name(p.node)).collect();
+        if starts_attempt {
+            let record = &self.jobs[&id].record;
+            let waiting_since = record.history.last().and_then(|a| a.ended_ms).unwrap_or(record.submitted_at_ms);
+            self.stats.queue_wait.observe((now as i64 - waiting_since).max(0) as f64 / 1000.0);
+            self.stats.attempts_started += 1;
+        }
         self.update_job(id, |r| {
             r.state = JobState::Running;
             r.attempts = attempts;
@@ -223,6 +234,7 @@ impl Core {
     /// may already have started the next).
     pub(super) fn end_attempt(&mut self, job: u64, outcome: &str, reason: &str, charged: bool) {
         let now = self.now() as i64;
+        *self.stats.attempts_ended.entry(outcome.to_string()).or_default() += 1;
         self.update_job(job, |r| {
             if let Some(entry) = r.history.iter_mut().find(|e| e.ended_ms.is_none()) {
                 entry.ended_ms = Some(now);
@@ -244,6 +256,10 @@ impl Core {
         why: &str,
     ) {
         let now = self.now() as i64;
+        *self.stats.attempts_ended.entry(outcome.to_string()).or_default() += 1;
+        if outcome == "restarted" {
+            self.stats.executor_restarts += 1;
+        }
         self.update_job(job, |r| {
             r.history.push(AttemptRecord {
                 attempt: r.attempts.max(1),

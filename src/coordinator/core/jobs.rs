@@ -165,6 +165,8 @@ impl Core {
             priority: record.priority.clone(),
             queue: record.queue.clone(),
             reason,
+            pending_kind: live.as_ref().and_then(|g| g.reason_kind),
+            desired_slots: job.spec.gang.max,
             slots,
             submitted_at_ms: record.submitted_at_ms,
             history: record.history.clone(),

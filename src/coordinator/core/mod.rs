@@ -28,6 +28,7 @@ mod jobs;
 pub mod model;
 mod services;
 pub mod sink;
+pub mod stats;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -42,6 +43,7 @@ pub use error::CoordinatorError;
 use error::Result;
 use model::{AgentCommand, ClusterStatus, JobEvent, JobState};
 pub use sink::{AgentSink, RecordingSink};
+pub use stats::CoreStats;
 
 use crate::coordinator::store::{AllocRecord, DeploymentState, JobRecord, NodeRecord, StateStore, Write};
 use crate::spec::{JobSpec, parse_job};
@@ -125,6 +127,7 @@ pub struct Core {
     events: broadcast::Sender<JobEvent>,
     turn: Turn,
     failed: bool,
+    stats: CoreStats,
 }
 
 impl Core {
@@ -190,6 +193,7 @@ impl Core {
             events: broadcast::channel(4096).0,
             turn: Turn::default(),
             failed: false,
+            stats: CoreStats::default(),
         };
         core.turn(|core| {
             for a in snapshot.allocs {
@@ -250,6 +254,27 @@ impl Core {
         ClusterStatus { agents: self.agents.values().filter(|a| !a.lost).count() as u32, ..self.endpoints.clone() }
     }
 
+    /// What the core has done since the process started.
+    pub fn stats(&self) -> &CoreStats {
+        &self.stats
+    }
+
+    /// Each queue's entitlement and use now.
+    pub fn queues(&self) -> Vec<model::QueueUsage> {
+        self.engine
+            .queue_views()
+            .into_iter()
+            .map(|q| model::QueueUsage {
+                name: q.name.to_string(),
+                guarantee: q.guarantee,
+                cap: q.cap,
+                share: q.share,
+                allocated: q.allocated,
+                pending: q.pending as u32,
+            })
+            .collect()
+    }
+
     /// Job events from now on.
     pub fn subscribe(&self) -> broadcast::Receiver<JobEvent> {
         self.events.subscribe()
@@ -265,6 +290,11 @@ impl Core {
             core.schedule()?;
             core.roll_deployments()
         })
+    }
+
+    /// The core's time, in ms since the epoch.
+    pub fn now_ms(&self) -> i64 {
+        self.now() as i64
     }
 
     fn now(&self) -> u64 {

@@ -106,6 +106,10 @@ pub struct JobView {
     pub queue: String,
     /// Why it waits (pending) or why it failed.
     pub reason: String,
+    /// While pending: the reason's kind (`no_room`, `queue_cap`, ...).
+    pub pending_kind: Option<&'static str>,
+    /// Slots asked for: a service's instances, a gang's maximum.
+    pub desired_slots: u32,
     pub slots: Vec<SlotView>,
     pub submitted_at_ms: i64,
     /// One entry per run: when, where, how it ended and why.
@@ -163,6 +167,21 @@ pub struct NodeView {
     pub labels: BTreeMap<String, String>,
     pub max_executors: u32,
     pub address: String,
+    /// Where its agent serves logs, `/healthz` and `/metrics`.
+    pub agent_address: String,
+}
+
+/// A queue's entitlement and use, as shares of the cluster (0..1).
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueUsage {
+    pub name: String,
+    pub guarantee: f64,
+    pub cap: f64,
+    /// Its dominant share now.
+    pub share: f64,
+    pub allocated: Resources,
+    /// Gangs waiting in it.
+    pub pending: u32,
 }
 
 /// Where the cluster's front doors are.

@@ -469,7 +469,9 @@ fn the_sql_catalog_is_stored_and_comes_back_in_creation_order() {
     h.core.put_table(def("events", "CREATE EXTERNAL TABLE events STORED AS PARQUET LOCATION '/d/e/'")).unwrap();
     h.core.put_table(def("users", "CREATE EXTERNAL TABLE users STORED AS CSV LOCATION '/d/u/'")).unwrap();
     h.core.put_table(def("big", "CREATE VIEW big AS SELECT * FROM events")).unwrap();
-    h.core.put_table(def("EVENTS", "CREATE OR REPLACE EXTERNAL TABLE events STORED AS JSON LOCATION '/d/e2/'")).unwrap();
+    h.core
+        .put_table(def("EVENTS", "CREATE OR REPLACE EXTERNAL TABLE events STORED AS JSON LOCATION '/d/e2/'"))
+        .unwrap();
     assert!(h.core.drop_table("users").unwrap());
     assert!(!h.core.drop_table("users").unwrap(), "dropping twice finds nothing");
     let before = h.core.tables();

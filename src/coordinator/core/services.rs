@@ -252,7 +252,9 @@ impl Core {
                 )));
             }
             match core.job_state(id) {
-                Some(JobState::Paused) => return Err(CoordinatorError::Conflict(format!("job {id} is already paused"))),
+                Some(JobState::Paused) => {
+                    return Err(CoordinatorError::Conflict(format!("job {id} is already paused")));
+                }
                 Some(s) if s.is_final() => return Err(CoordinatorError::Conflict(format!("job {id} has ended ({s})"))),
                 _ => {}
             }

@@ -28,8 +28,8 @@ use arrow_flight::sql::{
     DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
-    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage,
-    SchemaAsIpc, Ticket,
+    Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
+    Ticket,
 };
 use bytes::Bytes;
 use cohort_batch::{Error as SqlError, Statement};
@@ -77,7 +77,8 @@ impl Handle {
     }
 
     fn decode(bytes: &[u8]) -> Result<Handle, Status> {
-        serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("not a Cohort statement handle: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| Status::invalid_argument(format!("not a Cohort statement handle: {e}")))
     }
 
     fn param_values(&self) -> Result<Option<ParamValues>, Status> {
@@ -114,7 +115,9 @@ fn params_from(batches: &[RecordBatch]) -> Result<ParamValues, Status> {
     Ok(if positional {
         ParamValues::from(values.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
     } else {
-        ParamValues::from(values.into_iter().map(|(k, v)| (k.trim_start_matches('$').to_string(), v)).collect::<Vec<_>>())
+        ParamValues::from(
+            values.into_iter().map(|(k, v)| (k.trim_start_matches('$').to_string(), v)).collect::<Vec<_>>(),
+        )
     })
 }
 
@@ -143,7 +146,11 @@ fn to_client(batch: RecordBatch, schema: &SchemaRef) -> Result<RecordBatch, Flig
         .columns()
         .iter()
         .zip(schema.fields())
-        .map(|(c, f)| if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) })
+        .map(
+            |(c, f)| {
+                if c.data_type() == f.data_type() { Ok(c.clone()) } else { arrow::compute::cast(c, f.data_type()) }
+            },
+        )
         .collect::<Result<Vec<_>, _>>()?;
     Ok(RecordBatch::try_new(schema.clone(), columns).or_else(|_| {
         // Only nullability differs from the plan: keep the batch's own.
@@ -374,11 +381,11 @@ impl FlightSqlService for FlightSql {
                 let plan = self.front.engine().plan(&handle.sql, None).await.map_err(st)?;
                 let mut params: Vec<(String, Option<DataType>)> =
                     plan.get_parameter_types().map_err(|e| st(e.into()))?.into_iter().collect();
-                params.sort_by_key(|(name, _)| (name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX), name.clone()));
-                let fields: Vec<Field> = params
-                    .into_iter()
-                    .map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Utf8), true))
-                    .collect();
+                params.sort_by_key(|(name, _)| {
+                    (name.trim_start_matches('$').parse::<usize>().unwrap_or(usize::MAX), name.clone())
+                });
+                let fields: Vec<Field> =
+                    params.into_iter().map(|(name, t)| Field::new(name, t.unwrap_or(DataType::Utf8), true)).collect();
                 (client_schema(plan.schema().as_arrow()).as_ref().clone(), Schema::new(fields))
             }
             _ => (Schema::empty(), Schema::empty()),
@@ -569,7 +576,9 @@ mod tests {
 
         let schema = Arc::new(Schema::new(vec![Field::new("$1", DataType::Int64, true)]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(arrow::array::Int64Array::from(vec![7]))]).unwrap();
-        let ParamValues::List(values) = params_from(std::slice::from_ref(&batch)).unwrap() else { panic!("positional") };
+        let ParamValues::List(values) = params_from(std::slice::from_ref(&batch)).unwrap() else {
+            panic!("positional")
+        };
         assert_eq!(values.len(), 1);
         let two = arrow::compute::concat_batches(&batch.schema(), &[batch.clone(), batch]).unwrap();
         assert!(params_from(&[two]).unwrap_err().message().contains("one row"));

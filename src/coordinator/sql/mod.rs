@@ -3,7 +3,8 @@
 //! protocol; this module is what a statement does.
 //!
 //! - `pool.rs`: the warm pool of batch executors and its sizing;
-//! - `flight.rs`: the Arrow Flight SQL service.
+//! - `flight.rs`: the Arrow Flight SQL service;
+//! - `queries.rs`: recent queries and their latency.
 //!
 //! A catalog change is validated by DataFusion (which reads the files'
 //! schema), then stored through the core; one change at a time, so the
@@ -12,6 +13,7 @@
 
 pub mod flight;
 pub mod pool;
+pub mod queries;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,12 +25,13 @@ use cohort_batch::{
     CatalogChange, EngineSettings, Error, QueryOutcome, Result, SqlEngine, Statement, TableDef, classify,
 };
 use datafusion::common::ParamValues;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 
 use crate::coordinator::CoreHandle;
 use crate::coordinator::core::CoordinatorError;
-pub use pool::PoolSettings;
 use pool::Pool;
+pub use pool::PoolSettings;
+use queries::QueryLog;
 
 /// How the coordinator runs SQL.
 #[derive(Clone, Debug, Default)]
@@ -51,6 +54,7 @@ pub struct SqlFront {
     /// One catalog change at a time.
     catalog_lock: tokio::sync::Mutex<()>,
     writes: AtomicU64,
+    queries: Arc<QueryLog>,
 }
 
 impl SqlFront {
@@ -68,6 +72,7 @@ impl SqlFront {
             pool,
             catalog_lock: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
+            queries: Arc::default(),
         }))
     }
 
@@ -75,28 +80,74 @@ impl SqlFront {
         &self.engine
     }
 
+    /// Recent queries and their latency.
+    pub fn queries(&self) -> &QueryLog {
+        &self.queries
+    }
+
     /// What `sql` is and, for a query, its result's schema.
+    /// A statement that cannot be planned is recorded as a failed query.
     pub async fn describe(&self, sql: &str, params: Option<ParamValues>) -> Result<Described> {
-        match classify(sql)? {
-            Statement::Query => {
-                let plan = self.engine.plan(sql, params).await?;
-                Ok(Described::Query(Arc::new(plan.schema().as_arrow().clone())))
+        let described = async {
+            match classify(sql)? {
+                Statement::Query => {
+                    let plan = self.engine.plan(sql, params).await?;
+                    Ok(Described::Query(Arc::new(plan.schema().as_arrow().clone())))
+                }
+                effect => Ok(Described::Effect(effect)),
             }
-            effect => Ok(Described::Effect(effect)),
         }
+        .await;
+        let described: Result<Described> = described;
+        if let Err(e) = &described {
+            queries::Running::start(&self.queries, sql).failed(e.to_string());
+        }
+        described
     }
 
     /// Runs a query on the warm pool (grown first if it scans much).
+    /// The query is recorded (duration, rows, how it ended) when its
+    /// stream ends or is dropped.
     pub async fn query(&self, sql: &str, params: Option<ParamValues>) -> Result<QueryOutcome> {
-        let plan = self.engine.plan(sql, params).await?;
-        let _in_use = self.pool.enter();
-        let bytes = self.engine.scan_bytes(&plan).await?;
-        self.pool.grow_for(bytes).await;
-        let outcome = self.engine.run(plan, self.pool.as_ref()).await?;
+        let mut running = queries::Running::start(&self.queries, sql);
+        let started = async {
+            let plan = self.engine.plan(sql, params).await?;
+            let _in_use = self.pool.enter();
+            let bytes = self.engine.scan_bytes(&plan).await?;
+            self.pool.grow_for(bytes).await;
+            self.engine.run(plan, self.pool.as_ref()).await
+        }
+        .await;
+        let outcome = match started {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                running.failed(e.to_string());
+                return Err(e);
+            }
+        };
         if !outcome.retries.is_empty() {
             tracing::warn!(retries = outcome.retries.len(), why = %outcome.retries.join("; "), "query retried");
         }
-        Ok(outcome)
+        let schema = outcome.schema.clone();
+        let mut stream = outcome.stream;
+        let recorded = futures::stream::poll_fn(move |cx| {
+            let next = stream.poll_next_unpin(cx);
+            match &next {
+                std::task::Poll::Ready(Some(Ok(batch))) => running.sent(batch.num_rows()),
+                std::task::Poll::Ready(Some(Err(e))) => running.failed(e.to_string()),
+                std::task::Poll::Ready(None) => running.finished(),
+                std::task::Poll::Pending => {}
+            }
+            next
+        });
+        Ok(QueryOutcome {
+            stream: Box::pin(datafusion::physical_plan::stream::RecordBatchStreamAdapter::new(
+                schema.clone(),
+                recorded,
+            )),
+            schema,
+            retries: outcome.retries,
+        })
     }
 
     /// Applies a statement that is not a query: a catalog change (no

@@ -20,8 +20,8 @@ use tokio::time::Instant;
 use url::Url;
 
 use crate::coordinator::CoreHandle;
-use cohort_scheduler::NodeState;
 use crate::spec::{FLIGHT_PORT, pool_spec};
+use cohort_scheduler::NodeState;
 
 /// How the pool is sized.
 #[derive(Clone, Debug)]

@@ -1,0 +1,144 @@
+//! The coordinator's recent queries (for the web UI) and their latency
+//! histogram (for `/metrics`). A query counts from planning until its last
+//! batch is sent, or until it fails or its client goes away.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::histogram::Histogram;
+use serde::Serialize;
+
+/// Queries kept for the UI; older ones go first.
+const KEPT: usize = 100;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct QueryRecord {
+    pub sql: String,
+    /// When it started, in ms since the epoch.
+    pub started_ms: i64,
+    pub duration_ms: f64,
+    pub rows: u64,
+    /// `ok`, `failed` or `abandoned` (its client stopped reading).
+    pub outcome: &'static str,
+    pub error: String,
+}
+
+#[derive(Debug)]
+pub struct QueryLog {
+    recent: Mutex<VecDeque<QueryRecord>>,
+    latency: Histogram,
+}
+
+impl Default for QueryLog {
+    fn default() -> Self {
+        QueryLog {
+            recent: Mutex::default(),
+            // 1 ms to about 2 minutes.
+            latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 18)),
+        }
+    }
+}
+
+impl QueryLog {
+    /// The newest first.
+    pub fn recent(&self) -> Vec<QueryRecord> {
+        self.recent.lock().expect("query log").iter().rev().cloned().collect()
+    }
+
+    pub fn latency(&self) -> &Histogram {
+        &self.latency
+    }
+
+    fn record(&self, r: QueryRecord) {
+        self.latency.observe(r.duration_ms / 1000.0);
+        let mut recent = self.recent.lock().expect("query log");
+        if recent.len() == KEPT {
+            recent.pop_front();
+        }
+        recent.push_back(r);
+    }
+}
+
+/// One query on its way: recorded once, when it is dropped.
+pub struct Running {
+    log: Arc<QueryLog>,
+    sql: String,
+    started: Instant,
+    started_ms: i64,
+    rows: u64,
+    error: Option<String>,
+    finished: bool,
+}
+
+impl Running {
+    pub fn start(log: &Arc<QueryLog>, sql: &str) -> Running {
+        let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64;
+        Running {
+            log: log.clone(),
+            sql: sql.to_string(),
+            started: Instant::now(),
+            started_ms,
+            rows: 0,
+            error: None,
+            finished: false,
+        }
+    }
+
+    /// A batch of `rows` went to the client.
+    pub fn sent(&mut self, rows: usize) {
+        self.rows += rows as u64;
+    }
+
+    pub fn failed(&mut self, error: String) {
+        self.error = Some(error);
+    }
+
+    /// The last batch went out.
+    pub fn finished(&mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let outcome = match (&self.error, self.finished) {
+            (Some(_), _) => "failed",
+            (None, true) => "ok",
+            (None, false) => "abandoned",
+        };
+        self.log.record(QueryRecord {
+            sql: std::mem::take(&mut self.sql),
+            started_ms: self.started_ms,
+            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            rows: self.rows,
+            outcome,
+            error: self.error.take().unwrap_or_default(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_query_is_recorded_once_with_how_it_ended() {
+        let log = Arc::new(QueryLog::default());
+        {
+            let mut q = Running::start(&log, "SELECT 1");
+            q.sent(1);
+            q.finished();
+        }
+        drop(Running::start(&log, "SELECT 2"));
+        {
+            let mut q = Running::start(&log, "SELEC");
+            q.failed("syntax".into());
+        }
+        let outcomes: Vec<_> = log.recent().iter().map(|r| (r.sql.clone(), r.outcome)).collect();
+        assert_eq!(
+            outcomes,
+            [("SELEC".to_string(), "failed"), ("SELECT 2".to_string(), "abandoned"), ("SELECT 1".to_string(), "ok")]
+        );
+    }
+}
