@@ -152,4 +152,35 @@ mod tests {
         assert_eq!(ids.values(), &[1, 4]);
         assert!(out.bad[2].1.to_lowercase().contains("three") || out.bad[2].1.contains("Int64"), "{}", out.bad[2].1);
     }
+
+    /// A message: JSON objects with the declared keys and values of any
+    /// type, or any bytes at all.
+    fn message() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let value = prop_oneof![
+            any::<i64>().prop_map(|v| v.to_string()),
+            any::<f64>().prop_map(|v| format!("{v:?}")),
+            Just("1e400".to_string()),
+            Just("null".to_string()),
+            Just("[1, 2]".to_string()),
+            Just("{\"x\": 1}".to_string()),
+            "[a-z\\\\\"]{0,5}".prop_map(|s| format!("\"{s}\"")),
+        ];
+        prop_oneof![
+            3 => (value.clone(), value).prop_map(|(id, url)| format!(r#"{{"id": {id}, "url": {url}}}"#).into_bytes()),
+            1 => proptest::collection::vec(any::<u8>(), 0..40),
+        ]
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 512, ..Default::default() })]
+
+        /// Whatever Kafka delivers, every message is a row or is named bad, and nothing panics.
+        #[test]
+        fn any_messages_are_rows_or_named_bad(messages in proptest::collection::vec(message(), 0..20)) {
+            let views: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+            let out = decoder().decode(&views).unwrap();
+            proptest::prop_assert_eq!(out.batch.num_rows() + out.bad.len(), messages.len());
+        }
+    }
 }

@@ -223,3 +223,90 @@ proptest! {
         prop_assert_eq!(engine.pending_count(), 0, "all jobs ran by t={}", now);
     }
 }
+
+/// A value for a field of a log line: numbers of every size and sign,
+/// floats, nonsense and nothing.
+fn field() -> impl Strategy<Value = String> {
+    // Mostly numbers, so that whole lines parse and reach the checks past parsing.
+    prop_oneof![
+        4 => any::<i64>().prop_map(|v| v.to_string()),
+        4 => any::<u64>().prop_map(|v| v.to_string()),
+        4 => any::<f64>().prop_map(|v| v.to_string()),
+        30 => (0u64..100_000).prop_map(|v| v.to_string()),
+        4 => Just("-1".to_string()),
+        1 => Just(String::new()),
+        1 => Just("1e400".to_string()),
+        1 => Just("NaN".to_string()),
+        1 => "[a-zA-Z:=#{}]{0,6}",
+    ]
+}
+
+/// Lines of `fields` values joined by `sep`.
+fn lines(fields: std::ops::Range<usize>, sep: &'static str) -> impl Strategy<Value = String> {
+    prop::collection::vec(prop::collection::vec(field(), fields), 0..12)
+        .prop_map(move |rows| rows.iter().map(|r| r.join(sep)).collect::<Vec<_>>().join("\n"))
+}
+
+/// An importer's answer to input nobody here wrote: a trace, or an error
+/// that names the file (and the line, where there is one).
+fn named(result: Result<trace::Trace, TraceError>, file: &str) -> Result<(), TestCaseError> {
+    if let Err(e) = result {
+        prop_assert!(e.to_string().starts_with(file), "{e}");
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes never panic an importer.
+    #[test]
+    fn importers_never_panic_on_arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
+        let text = String::from_utf8_lossy(&bytes);
+        named(trace::parse_swf("x.swf", &text, None), "x.swf")?;
+        let _ = trace::parse_swf_machines("m.txt", &text);
+        named(trace::parse_alibaba_batch("b.csv", &text, None), "b.csv")?;
+        let _ = trace::parse_openb_nodes("n.csv", &text);
+        named(trace::parse_alibaba_openb("p.csv", &text, Vec::new()), "p.csv")?;
+        named(trace::parse_jsonl("t.jsonl", &text), "t.jsonl")?;
+    }
+
+    /// Lines shaped like each format's, with any values, never panic an
+    /// importer: each answers with a trace or names the file and line.
+    #[test]
+    fn importers_never_panic_on_lines_of_the_right_shape(
+        swf in lines(15..20, " "),
+        machines in lines(5..7, "\t"),
+        batch in lines(6..10, ","),
+        nodes in lines(3..6, ","),
+        pods in lines(8..14, ","),
+    ) {
+        let machines = trace::parse_swf_machines("m.txt", &machines).ok();
+        named(trace::parse_swf("x.swf", &swf, machines), "x.swf")?;
+        named(trace::parse_alibaba_batch("b.csv", &batch, None), "b.csv")?;
+        let nodes = trace::parse_openb_nodes("n.csv", &nodes).unwrap_or_default();
+        named(trace::parse_alibaba_openb("p.csv", &pods, nodes), "p.csv")?;
+    }
+
+    /// JSONL lines with the right keys and any values never panic it.
+    #[test]
+    fn jsonl_never_panics_on_lines_with_the_right_keys(
+        values in prop::collection::vec((field(), field(), field(), field(), field()), 0..10)
+    ) {
+        let text: String = values
+            .iter()
+            .enumerate()
+            .map(|(i, (a, b, c, d, e))| {
+                if i % 3 == 0 {
+                    format!(r#"{{"node": {{"name": "n{i}", "cpu": "{a}", "memory": "{b}"}}}}"#)
+                } else {
+                    format!(
+                        r#"{{"job": {{"id": {i}, "submit": {a}, "runtime": {b}, "priority": "batch", "queue": "q", "min": {c}, "max": {d}, "cpu": "{e}", "memory": "1GiB"}}}}"#
+                    )
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        named(trace::parse_jsonl("t.jsonl", &text), "t.jsonl")?;
+    }
+}

@@ -31,8 +31,21 @@ fn status_error(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{}", s.message())
 }
 
+/// A spec file's text; one too large to be a spec is not read.
+fn read_spec(file: &PathBuf) -> Result<String> {
+    let size = std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?.len();
+    if size > crate::spec::MAX_SPEC_BYTES as u64 {
+        anyhow::bail!(
+            "{}: the spec is {size} bytes; at most {} are accepted",
+            file.display(),
+            crate::spec::MAX_SPEC_BYTES
+        );
+    }
+    std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))
+}
+
 pub async fn submit(coordinator: &str, file: &PathBuf, output: Output) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = read_spec(file)?;
     // Check locally first: the same parser as the coordinator, so errors come back at once.
     crate::spec::parse_job(&file.display().to_string(), &text)?;
     let mut jobs = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
@@ -380,7 +393,7 @@ fn pipeline_state(j: &pb::Job) -> &str {
 }
 
 pub async fn pipeline_create(coordinator: &str, file: &PathBuf, output: Output) -> Result<()> {
-    let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let text = read_spec(file)?;
     if !crate::spec::is_pipeline(&text) {
         anyhow::bail!(
             "{}: not a pipeline spec (it has no [source.kafka] table); jobs go to `cohort submit`",

@@ -142,6 +142,10 @@ impl JobKind {
     }
 }
 
+/// Specs larger than this are refused before they are parsed: a real one
+/// is a few hundred bytes, SQL jobs' statements included.
+pub const MAX_SPEC_BYTES: usize = 1 << 20;
+
 /// A spec that cannot be accepted, with where.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("{file}:{line}: {field}: {message}")]
@@ -213,6 +217,14 @@ struct RawCommand {
 
 /// Reads a job spec. `file` names it in errors.
 pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
+    if text.len() > MAX_SPEC_BYTES {
+        return Err(SpecError {
+            file: file.to_string(),
+            line: 1,
+            field: "(whole file)".into(),
+            message: format!("the spec is {} bytes; at most {MAX_SPEC_BYTES} are accepted", text.len()),
+        });
+    }
     let errors = Errors { file, text };
     if pipeline::is_pipeline(text) {
         return pipeline::parse(&errors, text);
@@ -406,6 +418,9 @@ fn table_at(text: &str, offset: usize) -> Option<String> {
         (!inner.starts_with('[')).then(|| inner.trim().to_string())
     })
 }
+
+#[cfg(test)]
+mod fuzz;
 
 #[cfg(test)]
 mod tests {

@@ -31,6 +31,9 @@ pub fn alibaba_2017_cluster() -> Vec<NodeSpec> {
         .collect()
 }
 
+/// A task with more instances than this is refused (one gang of that many slots).
+const MAX_TASK_INSTANCES: f64 = 1_000_000.0;
+
 /// Tenants the 2017 batch jobs are hashed into (the trace has none).
 const TENANTS: u64 = 8;
 
@@ -52,7 +55,7 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
             ));
         }
         let num = |k: usize, what: &str| -> Result<f64, TraceError> {
-            f[k].parse::<f64>().map_err(|_| {
+            f[k].parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
                 TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k]))
             })
         };
@@ -79,6 +82,13 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
         if duration < 0.0 {
             trace.skip("negative runtime");
             continue;
+        }
+        if instances > MAX_TASK_INSTANCES {
+            return Err(TraceError::line(
+                file,
+                line_no,
+                format!("the task has {instances} instances; at most {MAX_TASK_INSTANCES} are read"),
+            ));
         }
         let n = instances as u32;
         let slot = Resources::new((plan_cpu * 10.0).round() as u64, (plan_mem * node_memory as f64).round() as u64);
@@ -120,13 +130,15 @@ pub fn parse_openb_nodes(file: &str, text: &str) -> Result<Vec<NodeSpec>, TraceE
         let cpu: u64 = f[1].parse().map_err(|_| bad("cpu_milli is not a number"))?;
         let mem: u64 = f[2].parse().map_err(|_| bad("memory_mib is not a number"))?;
         let gpus: u64 = f[3].parse().map_err(|_| bad("gpu is not a number"))?;
+        let memory = mem.checked_mul(1 << 20).ok_or_else(|| bad("memory_mib is out of range"))?;
+        let gpu_milli = gpus.checked_mul(1000).ok_or_else(|| bad("gpu is out of range"))?;
         let mut labels = BTreeMap::new();
         if let Some(model) = f.get(4).filter(|m| !m.is_empty()) {
             labels.insert("gpu_model".to_string(), model.to_string());
         }
         nodes.push(NodeSpec {
             name: f[0].to_string(),
-            capacity: Resources::new(cpu, mem << 20).with_scalar(crate::resources::GPU, gpus * 1000),
+            capacity: Resources::new(cpu, memory).with_scalar(crate::resources::GPU, gpu_milli),
             labels,
         });
     }
@@ -149,7 +161,7 @@ pub fn parse_alibaba_openb(file: &str, text: &str, nodes: Vec<NodeSpec>) -> Resu
             ));
         }
         let num = |k: usize, what: &str| -> Result<f64, TraceError> {
-            f[k].parse::<f64>().map_err(|_| {
+            f[k].parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
                 TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k]))
             })
         };

@@ -65,10 +65,15 @@ pub fn parse_swf_machines(file: &str, text: &str) -> Result<Vec<NodeSpec>, Trace
         let count: u32 = f[2].parse().map_err(|_| bad("node count is not a number"))?;
         let cores: u64 = f[3].parse().map_err(|_| bad("cores per node is not a number"))?;
         let ram_kb: u64 = f[5].parse().map_err(|_| bad("memory is not a number of KB"))?;
+        let cpu = cores.checked_mul(1000).ok_or_else(|| bad("cores per node is out of range"))?;
+        let memory = ram_kb.checked_mul(1024).ok_or_else(|| bad("memory is out of range"))?;
+        if nodes.len() as u64 + count as u64 > MAX_TRACE_NODES {
+            return Err(bad(&format!("more than {MAX_TRACE_NODES} nodes in all")));
+        }
         for n in 0..count {
             nodes.push(NodeSpec {
                 name: format!("{name}{n}"),
-                capacity: Resources::new(cores * 1000, ram_kb * 1024),
+                capacity: Resources::new(cpu, memory),
                 labels: BTreeMap::from([("cluster".to_string(), name.to_string())]),
             });
         }
@@ -105,6 +110,12 @@ impl Header {
 
 /// Reads an SWF log. `nodes` is the cluster when a machines file describes
 /// it (from [`parse_swf_machines`]); without one, a plain log's header does.
+/// A job asking for more processors than this is refused (the largest
+/// public logs, such as ANL Intrepid's, stay well below).
+const MAX_JOB_PROCESSORS: i64 = 1_000_000;
+/// A machines file listing more nodes than this is refused.
+const MAX_TRACE_NODES: u64 = 1_000_000;
+
 pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result<Trace, TraceError> {
     let mut trace = Trace { format: "swf".into(), ..Trace::default() };
     let alea = text
@@ -125,7 +136,7 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
             return Err(TraceError::line(file, line_no, format!("expected at least 18 SWF fields, found {}", f.len())));
         }
         let num = |k: usize, what: &str| -> Result<i64, TraceError> {
-            f[k].parse::<f64>().map(|v| v as i64).map_err(|_| {
+            f[k].parse::<f64>().ok().filter(|v| v.is_finite()).map(|v| v as i64).ok_or_else(|| {
                 TraceError::line(file, line_no, format!("field {} ({what}) is `{}`, not a number", k + 1, f[k]))
             })
         };
@@ -146,6 +157,13 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
             trace.skip("no cpu request");
             continue;
         }
+        if procs > MAX_JOB_PROCESSORS {
+            return Err(TraceError::line(
+                file,
+                line_no,
+                format!("the job asks for {procs} processors; at most {MAX_JOB_PROCESSORS} are read"),
+            ));
+        }
         if walltime <= 0 {
             no_estimates += 1;
         }
@@ -158,10 +176,11 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
             queues.entry(queue_name.to_string()).or_insert_with(|| {
                 QUEUE_PRIORITY.iter().find(|(q, _)| *q == queue_name).map_or(OTHER_QUEUE_PRIORITY, |(_, p)| *p)
             });
-            (slots, Resources::new(cores * 1000, memory.max(0) as u64), queue_name.to_string(), constraints)
+            let cpu = cores.saturating_mul(1000);
+            (slots, Resources::new(cpu, memory.max(0) as u64), queue_name.to_string(), constraints)
         } else {
-            let slot = Resources::new(1000, memory.max(0) as u64 * 1024);
-            (procs.min(u32::MAX as i64) as u32, slot, "batch".to_string(), Constraints::default())
+            let slot = Resources::new(1000, (memory.max(0) as u64).saturating_mul(1024));
+            (procs as u32, slot, "batch".to_string(), Constraints::default())
         };
         let spec = GangSpec {
             name: format!("job-{id}"),
@@ -179,7 +198,7 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
         };
         trace.jobs.push(TraceJob {
             id: id.max(0) as u64,
-            submit: secs((submit - base).max(0) as f64),
+            submit: secs(submit.saturating_sub(base).max(0) as f64),
             runtime: secs(runtime as f64),
             spec,
         });
@@ -243,7 +262,7 @@ fn header_machine(file: &str, text: &str, trace: &mut Trace) -> Result<Vec<NodeS
     Ok((0..nodes)
         .map(|i| NodeSpec {
             name: format!("node{i}"),
-            capacity: Resources::new(cores * 1000, per_core * cores),
+            capacity: Resources::new(cores.saturating_mul(1000), per_core.saturating_mul(cores)),
             labels: BTreeMap::new(),
         })
         .collect())
@@ -277,7 +296,7 @@ fn node_request(spec: &str, procs: u64) -> (u32, u64, Constraints) {
         }
     }
     match ppn {
-        Some(p) if n > 0 && p > 0 && n as u64 * p == procs => (n, p, constraints),
+        Some(p) if n > 0 && p > 0 && (n as u64).checked_mul(p) == Some(procs) => (n, p, constraints),
         _ => (1, procs, constraints),
     }
 }

@@ -29,7 +29,7 @@ pub async fn serve(
     streams: AgentStreams,
     sql: Arc<SqlFront>,
 ) -> anyhow::Result<()> {
-    let api = Api { core, streams };
+    let api = Api { core, streams, open_streams: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_STREAMS)) };
     // Small answers (a query's ticket, its rows) must not wait for Nagle.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;
@@ -122,13 +122,27 @@ impl AgentSink for AgentStreams {
     }
 }
 
+/// Watch and log streams open at once, across clients; more are refused
+/// rather than holding memory for each.
+const MAX_OPEN_STREAMS: usize = 1000;
+
 #[derive(Clone)]
 struct Api {
     core: CoreHandle,
     streams: AgentStreams,
+    open_streams: Arc<tokio::sync::Semaphore>,
 }
 
 impl Api {
+    /// A place for one more long-lived stream, held until it is dropped.
+    fn stream_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, Status> {
+        self.open_streams.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "too many watch and log streams are open ({MAX_OPEN_STREAMS}); close some and retry"
+            ))
+        })
+    }
+
     /// Runs a core call whose answer may be refused.
     async fn ask<R: Send + 'static>(
         &self,
@@ -246,7 +260,11 @@ impl pb::jobs_server::Jobs for Api {
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the agent holding the logs at {address}: {e}")))?;
         let request = pb::ReadLogRequest { alloc_id: alloc, follow: req.follow, tail_bytes: 0 };
-        let stream = agent.read(request).await?.into_inner();
+        let permit = self.stream_permit()?;
+        let stream = agent.read(request).await?.into_inner().map(move |chunk| {
+            let _held = &permit;
+            chunk
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -325,11 +343,15 @@ impl pb::jobs_server::Jobs for Api {
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
         let job = req.into_inner().job_id;
+        let permit = self.stream_permit()?;
         let events = self.read(|core| core.subscribe()).await?;
-        let stream = tokio_stream::wrappers::BroadcastStream::new(events).filter_map(move |e| match e {
-            Ok(e) if job == 0 || e.job == job => Some(Ok(event_to_pb(e))),
-            Ok(_) => None,
-            Err(lagged) => Some(Err(Status::data_loss(format!("watcher fell behind: {lagged}")))),
+        let stream = tokio_stream::wrappers::BroadcastStream::new(events).filter_map(move |e| {
+            let _held = &permit;
+            match e {
+                Ok(e) if job == 0 || e.job == job => Some(Ok(event_to_pb(e))),
+                Ok(_) => None,
+                Err(lagged) => Some(Err(Status::data_loss(format!("watcher fell behind: {lagged}")))),
+            }
         });
         Ok(Response::new(Box::pin(stream)))
     }

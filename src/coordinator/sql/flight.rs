@@ -83,10 +83,17 @@ impl Handle {
 
     fn param_values(&self) -> Result<Option<ParamValues>, Status> {
         let Some(ipc) = &self.params else { return Ok(None) };
-        let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.as_slice()), None)
-            .map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
-        let batches: Vec<RecordBatch> =
-            reader.collect::<Result<_, _>>().map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
+        // arrow-ipc panics on some malformed streams (unchecked flatbuffer
+        // fields); a client's bytes must not take the front door down.
+        let read = std::panic::catch_unwind(|| {
+            let reader = arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(ipc.as_slice()), None)?;
+            reader.collect::<Result<Vec<RecordBatch>, _>>()
+        });
+        let batches = match read {
+            Ok(Ok(batches)) => batches,
+            Ok(Err(e)) => return Err(Status::invalid_argument(format!("bad parameters: {e}"))),
+            Err(_) => return Err(Status::invalid_argument("bad parameters: a malformed Arrow IPC stream")),
+        };
         params_from(&batches).map(Some)
     }
 }
@@ -582,6 +589,44 @@ mod tests {
         assert_eq!(values.len(), 1);
         let two = arrow::compute::concat_batches(&batch.schema(), &[batch.clone(), batch]).unwrap();
         assert!(params_from(&[two]).unwrap_err().message().contains("one row"));
+    }
+
+    /// A valid parameter stream, then prefixes and bit flips of it.
+    fn params_ipc() -> Vec<u8> {
+        let schema = Arc::new(Schema::new(vec![Field::new("$1", DataType::Utf8, true)]));
+        let batch =
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(arrow::array::StringArray::from(vec!["x"]))]).unwrap();
+        let mut out = Vec::new();
+        let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+        writer.write(&batch).unwrap();
+        writer.finish().unwrap();
+        drop(writer);
+        out
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 1024, ..Default::default() })]
+
+        /// Tickets and handles come from clients: any bytes get an error, never a panic.
+        #[test]
+        fn arbitrary_handles_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..300)) {
+            if let Ok(handle) = Handle::decode(&bytes) {
+                let _ = handle.param_values();
+            }
+        }
+
+        /// Damaged parameter streams get an error, never a panic.
+        #[test]
+        fn damaged_parameters_never_panic(cut in 0usize..400, flips in proptest::collection::vec((0usize..400, 0u8..8), 0..4)) {
+            let mut ipc = params_ipc();
+            ipc.truncate(cut.max(1).min(ipc.len()));
+            for (at, bit) in flips {
+                let len = ipc.len();
+                ipc[at % len] ^= 1 << bit;
+            }
+            let handle = Handle { sql: "SELECT $1".into(), params: Some(ipc), done: None };
+            let _ = Handle::decode(&handle.encode()).unwrap().param_values();
+        }
     }
 
     #[test]
