@@ -1,7 +1,10 @@
 """An outside client against `cohort up`: the Python ADBC Flight SQL driver
 and pyarrow, as a data team would use them.
 
-    python flight_sql_client.py HOST:PORT DATA_DIR
+    python flight_sql_client.py HOST:PORT DATA_DIR TOKEN
+
+It signs in as ADBC users do, with a username and password (the password
+is a Cohort token; the handshake answers with the bearer token to use).
 """
 
 import sys
@@ -20,8 +23,18 @@ def tables_named(objects, name):
     ]
 
 
-def main(address, data_dir):
-    with flight_sql.connect(f"grpc://{address}") as conn:
+def main(address, data_dir, token):
+    # Without credentials: refused, with the way to get a token.
+    try:
+        with flight_sql.connect(f"grpc://{address}") as conn:
+            conn.cursor().execute("SELECT 1")
+    except flight_sql.Error as e:
+        assert "no token" in str(e), e
+    else:
+        raise AssertionError("a query without a token was answered")
+
+    options = {"username": "ci", "password": token}
+    with flight_sql.connect(f"grpc://{address}", db_kwargs=options) as conn:
         cur = conn.cursor()
         cur.execute(
             "COPY (SELECT i AS id, i % 3 AS k FROM generate_series(1, 1000) t(i)) "
@@ -71,4 +84,4 @@ def main(address, data_dir):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

@@ -41,6 +41,8 @@ def render(url):
 def main(binary, address, data_dir, screenshot=None):
     status = json.loads(cohort(binary, address, "status", "--output", "json"))
     http, bootstrap = status["http"], status["kafka_bootstrap"]
+    with open(f"{data_dir}/cluster/coordinator/admin.token") as f:
+        token = f.read().strip()
 
     producer = Producer({"bootstrap.servers": bootstrap})
     for i in range(100):
@@ -98,13 +100,13 @@ memory = "256MiB"
         "pipelines": ["ui-pipeline", "ui-clicks", *nodes["ui-pipeline"]],
     }
     for tab, words in expected.items():
-        dom = render(f"http://{http}/#{tab}")
+        dom = render(f"http://{http}/?token={token}#{tab}")
         missing = [w for w in words if w not in dom]
         if missing:
             raise SystemExit(f"the {tab} tab lacks {missing}; rendered:\n{dom[-3000:]}")
     if screenshot:
         subprocess.run(BROWSER + ["--virtual-time-budget=10000", "--window-size=1280,900",
-                                  f"--screenshot={screenshot}", f"http://{http}/#overview"],
+                                  f"--screenshot={screenshot}", f"http://{http}/?token={token}#overview"],
                        check=True, capture_output=True, timeout=120)
     print(f"web UI: {len(expected)} tabs rendered by headless Chromium name the job, service, pipeline and their nodes")
     for name in ["ui-batch", "ui-web"]:

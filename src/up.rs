@@ -22,6 +22,8 @@ pub struct Settings {
     pub listen: String,
     /// The coordinator's HTTP address (web UI, /metrics).
     pub http: String,
+    /// Host ports for service instances, split among the agents.
+    pub ports: (u16, u16),
     /// More flags for `cohort coordinator` (the SQL pool's, the brokers).
     pub coordinator_args: Vec<String>,
     /// The Kafka bootstrap address pipelines use, and whether it is the
@@ -61,6 +63,8 @@ pub fn host_resources() -> (u64, u64) {
 pub struct Supervised {
     pub name: String,
     args: Vec<String>,
+    /// Secrets go in the environment, not on command lines others can read.
+    env: Vec<(String, String)>,
     child: Option<Child>,
     started: Instant,
     backoff: Duration,
@@ -73,6 +77,7 @@ impl Supervised {
         Supervised {
             name: name.to_string(),
             args,
+            env: Vec::new(),
             child: None,
             started: Instant::now(),
             backoff: RESTART_FIRST,
@@ -89,6 +94,7 @@ impl Supervised {
             .with_context(|| format!("cannot open {}", self.log.display()))?;
         let child = Command::new(std::env::current_exe()?)
             .args(&self.args)
+            .envs(self.env.iter().cloned())
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
             .spawn()
@@ -125,7 +131,11 @@ pub async fn run(s: Settings) -> Result<()> {
         None => {}
     }
     println!("  state               {}", s.data_dir.display());
-    println!("  try                 cohort submit job.toml && cohort jobs   (COHORT_COORDINATOR={})", s.listen);
+    println!(
+        "  client config       {}   (this cluster's address and an admin token, for the CLI)",
+        crate::cli::config::config_path().display()
+    );
+    println!("  try                 cohort submit job.toml && cohort jobs");
     println!("Press Ctrl-C to stop; every executor is stopped with it. A process that dies is restarted.");
     tokio::select! {
         _ = crate::agent::shutdown_signal() => {}
@@ -197,12 +207,17 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let coordinator_dir = s.data_dir.join("coordinator");
+    let admin = read_token(&coordinator_dir.join("admin.token"), deadline).await?;
+    let join = read_token(&coordinator_dir.join("join.token"), deadline).await?;
+    let config = crate::cli::config::ClientConfig { coordinator: Some(s.listen.clone()), token: Some(admin) };
+    crate::cli::config::save(&crate::cli::config::config_path(), &config)?;
     let (cpu, memory) = host_resources();
     for i in 0..s.agents {
         let name = format!("agent-{i}");
         // Agents sharing one host share its port range too.
-        let span = (crate::agent::DEFAULT_PORTS.1 - crate::agent::DEFAULT_PORTS.0) / s.agents as u16;
-        let first = crate::agent::DEFAULT_PORTS.0 + i as u16 * span;
+        let span = ((s.ports.1 - s.ports.0) / s.agents as u16).max(1);
+        let first = s.ports.0 + i as u16 * span;
         let args = vec![
             "agent".to_string(),
             "--join".into(),
@@ -219,10 +234,26 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
             s.data_dir.join(&name).display().to_string(),
         ];
         let mut agent = Supervised::new(&name, args, &s.data_dir);
+        agent.env.push(("COHORT_JOIN_TOKEN".into(), join.clone()));
         agent.start()?;
         children.push(agent);
     }
     Ok(children)
+}
+
+/// A token the coordinator writes to its data dir on start.
+async fn read_token(path: &Path, deadline: Instant) -> Result<String> {
+    loop {
+        if let Ok(text) = std::fs::read_to_string(path)
+            && !text.trim().is_empty()
+        {
+            return Ok(text.trim().to_string());
+        }
+        if Instant::now() > deadline {
+            bail!("the coordinator did not write {} within 10 s", path.display());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// Stops agents first (they stop their executors), then the coordinator.

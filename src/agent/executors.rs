@@ -152,6 +152,7 @@ impl Executors {
         cmd.arg("executor").arg("--kind").arg(kind.as_str()).arg("--alloc-dir").arg(&dir).arg("--").args(&l.argv);
         cmd.envs(&self.env)
             .envs(&l.env)
+            .env_remove("COHORT_JOIN_TOKEN")
             .env("COHORT_ALLOC_ID", l.alloc_id.to_string())
             .env("COHORT_CPU_MILLIS", limits.cpu_millis.to_string())
             .env("COHORT_MEMORY_BYTES", limits.memory_bytes.to_string());

@@ -1,4 +1,5 @@
-//! Serves executor logs from this agent's log files (`cohort logs`).
+//! Serves executor logs from this agent's log files (`cohort logs`), to the
+//! coordinator only: it presents the logs token it gave at registration.
 
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -14,11 +15,25 @@ use super::executors::Executors;
 pub struct LogService {
     data_dir: PathBuf,
     executors: Executors,
+    /// The coordinator's logs token; none before the first registration.
+    token: LogsToken,
 }
 
+/// Shared with the session that learns it at registration.
+pub(super) type LogsToken = std::sync::Arc<std::sync::RwLock<Option<String>>>;
+
 impl LogService {
-    pub(super) fn new(data_dir: PathBuf, executors: Executors) -> LogService {
-        LogService { data_dir, executors }
+    pub(super) fn new(data_dir: PathBuf, executors: Executors, token: LogsToken) -> LogService {
+        LogService { data_dir, executors, token }
+    }
+
+    fn check(&self, request: &Request<pb::ReadLogRequest>) -> Result<(), Status> {
+        let presented = request.metadata().get("authorization").and_then(|v| v.to_str().ok());
+        let expected = self.token.read().expect("logs token").clone();
+        match (presented.and_then(|p| p.strip_prefix("Bearer ")), expected) {
+            (Some(p), Some(e)) if p == e => Ok(()),
+            _ => Err(Status::unauthenticated("executor logs are read through the coordinator (`cohort logs`)")),
+        }
     }
 }
 
@@ -27,6 +42,7 @@ impl pb::agent_logs_server::AgentLogs for LogService {
     type ReadStream = Pin<Box<dyn Stream<Item = Result<pb::LogChunk, Status>> + Send>>;
 
     async fn read(&self, req: Request<pb::ReadLogRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        self.check(&req)?;
         let req = req.into_inner();
         let path = super::log_path(&self.data_dir, req.alloc_id);
         let mut file = tokio::fs::File::open(&path)

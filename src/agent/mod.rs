@@ -49,11 +49,20 @@ pub struct Settings {
     /// Where the log service, `/healthz` and `/metrics` listen (port 0: any free port).
     pub listen: SocketAddr,
     pub max_executors: u32,
+    /// The join token (an `agent` token) it registers with.
+    pub token: Option<String>,
     /// Host ports for service instances, first to last.
     pub ports: (u16, u16),
     /// Where clients reach the services this host runs.
     pub address: String,
 }
+
+/// The coordinator refused this agent's token: retrying cannot help.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "the coordinator refused this agent: {0} (start it with --token JOIN_TOKEN; the coordinator's data dir holds join.token)"
+)]
+struct Refused(String);
 
 fn message(body: pb::agent_message::Body) -> pb::AgentMessage {
     pb::AgentMessage { body: Some(body) }
@@ -63,6 +72,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(settings.data_dir.join("logs"))
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let isolation = Isolation::detect(&settings.name);
+    crate::cli::config::set_token(settings.token.clone());
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
@@ -84,7 +94,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     println!("agent {} joining {} (isolation: {})", settings.name, settings.join, executors.isolation.name());
     // Executors this agent ran before it restarted: the live are adopted, the ended reported.
     let mut ended = executors.recover();
-    let logs = logs::LogService::new(settings.data_dir.clone(), executors.clone());
+    let logs_token = logs::LogsToken::default();
+    let logs = logs::LogService::new(settings.data_dir.clone(), executors.clone(), logs_token.clone());
     let routes = tonic::service::Routes::new(pb::agent_logs_server::AgentLogsServer::new(logs)).into_axum_router();
     let app = http::with_http(routes, settings.clone(), executors.clone());
     tokio::spawn(async move {
@@ -93,12 +104,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     });
     let out_rx = Arc::new(tokio::sync::Mutex::new(out_rx));
-    let session = Session { settings: settings.clone(), executors: executors.clone(), logs_address };
+    let session = Session { settings: settings.clone(), executors: executors.clone(), logs_address, logs_token };
     let connect = async move {
         let mut backoff = Duration::from_millis(100);
         loop {
             match session.run(&mut ended, out_rx.clone()).await {
                 Ok(()) => backoff = Duration::from_millis(100),
+                Err(e) if e.is::<Refused>() => return e,
                 Err(e) => tracing::warn!(error = %format!("{e:#}"), "coordinator connection ended; retrying"),
             }
             tokio::time::sleep(backoff).await;
@@ -106,7 +118,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
     };
     tokio::select! {
-        _ = connect => {}
+        refused = connect => {
+            executors.stop_all(Duration::from_secs(5)).await;
+            return Err(refused);
+        }
         _ = shutdown_signal() => {
             tracing::info!("agent stopping: stopping its executors");
             executors.stop_all(Duration::from_secs(5)).await;
@@ -127,6 +142,7 @@ struct Session {
     settings: Settings,
     executors: Executors,
     logs_address: String,
+    logs_token: logs::LogsToken,
 }
 
 impl Session {
@@ -139,8 +155,9 @@ impl Session {
         out_rx: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<pb::AgentMessage>>>,
     ) -> anyhow::Result<()> {
         let s = &self.settings;
-        let mut client =
-            pb::cluster_client::ClusterClient::connect(format!("http://{}", s.join)).await.context("connect")?;
+        let channel =
+            tonic::transport::Channel::from_shared(format!("http://{}", s.join))?.connect().await.context("connect")?;
+        let mut client = pb::cluster_client::ClusterClient::new(crate::cli::config::with_token(channel));
         let registered = client
             .register(pb::RegisterRequest {
                 name: s.name.clone(),
@@ -156,9 +173,15 @@ impl Session {
                 ended: ended.clone(),
             })
             .await
-            .context("register")?
+            .map_err(|status| match status.code() {
+                tonic::Code::Unauthenticated | tonic::Code::PermissionDenied => {
+                    anyhow::Error::new(Refused(status.message().to_string()))
+                }
+                _ => anyhow::Error::new(status).context("register"),
+            })?
             .into_inner();
         ended.clear();
+        *self.logs_token.write().expect("logs token") = Some(registered.logs_token.clone());
         let (tx, rx) = mpsc::channel(1024);
         tx.send(message(pb::agent_message::Body::Hello(pb::Hello { node_id: registered.node_id }))).await?;
         let mut commands = client.attach(ReceiverStream::new(rx)).await.context("attach")?.into_inner();

@@ -118,10 +118,10 @@ async fn measure(args: &Args, address: &str) -> Result<()> {
     Ok(())
 }
 
-async fn rate<F, Fut>(concurrency: u32, per_task: u32, channel: &tonic::transport::Channel, call: F) -> Result<f64>
+async fn rate<F, Fut>(concurrency: u32, per_task: u32, channel: &crate::cli::config::Channel, call: F) -> Result<f64>
 where
-    F: Fn(pb::jobs_client::JobsClient<tonic::transport::Channel>) -> Fut + Clone + Send + 'static,
-    Fut: std::future::Future<Output = Result<pb::jobs_client::JobsClient<tonic::transport::Channel>, tonic::Status>>
+    F: Fn(pb::jobs_client::JobsClient<crate::cli::config::Channel>) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = Result<pb::jobs_client::JobsClient<crate::cli::config::Channel>, tonic::Status>>
         + Send,
 {
     let started = Instant::now();

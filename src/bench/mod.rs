@@ -31,10 +31,16 @@ where
         data_dir: dir.clone(),
         listen: format!("127.0.0.1:{port}"),
         http: "127.0.0.1:0".into(),
+        ports: crate::agent::DEFAULT_PORTS,
         coordinator_args: Vec::new(),
         kafka: None,
     };
+    // The bench's clients use the admin token `up` writes, not the user's config.
+    let config = dir.join("client.toml");
+    // SAFETY: set before any client thread reads the environment.
+    unsafe { std::env::set_var("COHORT_CONFIG", &config) };
     let children = crate::up::start(&settings).await?;
+    crate::cli::config::set_token(crate::cli::config::load(&config)?.token);
     let result = f(settings.listen.clone(), dir.clone()).await;
     crate::up::stop(children).await;
     let _ = std::fs::remove_dir_all(&dir);

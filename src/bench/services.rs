@@ -9,9 +9,9 @@
 
 use std::time::{Duration, Instant};
 
+use crate::cli::config::Channel;
 use anyhow::{Context, Result, bail};
 use cohort_proto as pb;
-use tonic::transport::Channel;
 
 use super::percentile;
 

@@ -3,12 +3,12 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use super::config::Channel;
 use anyhow::{Context, Result};
 use clap::ValueEnum;
 use cohort_proto as pb;
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 use serde_json::json;
-use tonic::transport::Channel;
 
 #[derive(Clone, Copy, ValueEnum, Default)]
 pub enum Output {
@@ -19,12 +19,14 @@ pub enum Output {
     Csv,
 }
 
+/// A channel to the coordinator whose calls carry this process's token.
 pub async fn channel(coordinator: &str) -> Result<Channel> {
     let url = if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
-    Channel::from_shared(url.clone())?
+    let channel = tonic::transport::Channel::from_shared(url.clone())?
         .connect()
         .await
-        .with_context(|| format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)"))
+        .with_context(|| format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)"))?;
+    Ok(super::config::with_token(channel))
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -536,6 +538,110 @@ pub async fn pipeline_get(coordinator: &str, name: &str, output: Output) -> Resu
             } else {
                 println!("lag unknown: {}", p.lag_error);
             }
+        }
+    }
+    Ok(())
+}
+
+fn token_row(t: &pb::TokenInfo) -> serde_json::Value {
+    json!({
+        "id": t.id, "role": t.role, "queues": t.queues, "created_ms": t.created_ms,
+        "expires_ms": (t.expires_ms > 0).then_some(t.expires_ms), "revoked": t.revoked, "description": t.description,
+    })
+}
+
+pub async fn token_create(
+    coordinator: &str,
+    role: &str,
+    queues: Vec<String>,
+    ttl: Option<std::time::Duration>,
+    description: String,
+    output: Output,
+) -> Result<()> {
+    let mut client = pb::tokens_client::TokensClient::new(channel(coordinator).await?);
+    let request = pb::CreateTokenRequest {
+        role: role.to_string(),
+        queues,
+        ttl_ms: ttl.map_or(0, |d| d.as_millis() as u64),
+        description,
+    };
+    let created = client.create(request).await.map_err(status_error)?.into_inner();
+    let info = created.info.unwrap_or_default();
+    match output {
+        Output::Json => {
+            let mut v = token_row(&info);
+            v["token"] = json!(created.token);
+            println!("{v}");
+        }
+        Output::Table | Output::Csv => {
+            println!("{}", created.token);
+            eprintln!("token {} ({}): shown once; only its hash is kept", info.id, info.role);
+        }
+    }
+    Ok(())
+}
+
+pub async fn tokens(coordinator: &str, output: Output) -> Result<()> {
+    let mut client = pb::tokens_client::TokensClient::new(channel(coordinator).await?);
+    let list = client.list(pb::ListTokensRequest {}).await.map_err(status_error)?.into_inner().tokens;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(token_row).collect::<Vec<_>>())?),
+        Output::Table | Output::Csv => {
+            let mut t = table(&["id", "role", "queues", "created", "expires", "state", "description"]);
+            for k in &list {
+                let state = if k.revoked { "revoked" } else { "active" };
+                let expires = if k.expires_ms > 0 { clock(k.expires_ms) } else { "never".into() };
+                t.add_row(vec![
+                    k.id.clone(),
+                    k.role.clone(),
+                    k.queues.join(","),
+                    clock(k.created_ms),
+                    expires,
+                    state.into(),
+                    k.description.clone(),
+                ]);
+            }
+            println!("{t}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn token_revoke(coordinator: &str, id: &str, output: Output) -> Result<()> {
+    let mut client = pb::tokens_client::TokensClient::new(channel(coordinator).await?);
+    let t = client.revoke(pb::TokenRef { id: id.to_string() }).await.map_err(status_error)?.into_inner();
+    match output {
+        Output::Json => println!("{}", token_row(&t)),
+        Output::Table | Output::Csv => println!("token {} revoked", t.id),
+    }
+    Ok(())
+}
+
+pub async fn whoami(coordinator: &str, output: Output) -> Result<()> {
+    let mut client = pb::tokens_client::TokensClient::new(channel(coordinator).await?);
+    let t = client.whoami(pb::WhoamiRequest {}).await.map_err(status_error)?.into_inner();
+    match output {
+        Output::Json => println!("{}", json!({ "id": t.id, "role": t.role, "queues": t.queues })),
+        Output::Table | Output::Csv if t.queues.is_empty() => println!("{} ({})", t.id, t.role),
+        Output::Table | Output::Csv => println!("{} ({}: {})", t.id, t.role, t.queues.join(", ")),
+    }
+    Ok(())
+}
+
+pub async fn audit(coordinator: &str, limit: u32, output: Output) -> Result<()> {
+    let mut client = pb::tokens_client::TokensClient::new(channel(coordinator).await?);
+    let log = client.audit(pb::AuditRequest { limit }).await.map_err(status_error)?.into_inner().entries;
+    match output {
+        Output::Json => {
+            let rows: Vec<_> = log.iter().map(|e| json!({ "at_ms": e.at_ms, "who": e.who, "what": e.what })).collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        Output::Table | Output::Csv => {
+            let mut t = table(&["when", "who", "what"]);
+            for e in &log {
+                t.add_row(vec![clock(e.at_ms), e.who.clone(), e.what.clone()]);
+            }
+            println!("{t}");
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! client; `top.rs`, the terminal view), and the simulator.
 
 mod client;
+pub mod config;
 pub(crate) mod sql;
 mod top;
 
@@ -26,9 +27,14 @@ use crate::{agent, bench, coordinator, executor, simulate, up};
     about = "A gang-aware scheduler for batch, streaming and in-memory stores on one cluster"
 )]
 struct Cli {
-    /// Coordinator address for client commands.
-    #[arg(long, global = true, env = "COHORT_COORDINATOR", default_value = "127.0.0.1:7070")]
-    coordinator: String,
+    /// Coordinator address for client commands (default: the client
+    /// config's, else 127.0.0.1:7070).
+    #[arg(long, global = true, env = "COHORT_COORDINATOR")]
+    coordinator: Option<String>,
+    /// Bearer token for client commands (default: the client config's);
+    /// for `agent`, its join token (or COHORT_JOIN_TOKEN).
+    #[arg(long, global = true, env = "COHORT_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// Table for people, JSON for scripts.
     #[arg(long, global = true, value_enum, default_value_t = Output::Table)]
     output: Output,
@@ -71,6 +77,30 @@ impl PoolArgs {
 }
 
 #[derive(Subcommand)]
+enum TokenCommand {
+    /// Issue a token; it is printed once, only its hash is kept.
+    Create {
+        /// admin (everything), submit (its queues' jobs) or agent (joins agents).
+        #[arg(long)]
+        role: String,
+        /// A queue a submit token may use (repeat for more).
+        #[arg(long = "queue")]
+        queues: Vec<String>,
+        /// Expire after this long (`30d`, `12h`); default: never.
+        #[arg(long, value_parser = crate::spec::parse_duration)]
+        ttl: Option<Duration>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Refuse a token from now on.
+    Revoke { id: String },
+    /// Who the current token is.
+    Whoami,
+}
+
+#[derive(Subcommand)]
 enum PipelineCommand {
     /// Create a pipeline from its spec (TOML), or update the one of that name.
     Create { file: PathBuf },
@@ -100,6 +130,9 @@ enum Command {
         /// Where the web UI, the JSON API and /metrics are served.
         #[arg(long, default_value = "127.0.0.1:7080")]
         http: String,
+        /// Host ports handed to service instances, FIRST-LAST, split among the agents.
+        #[arg(long, default_value = "31000-32000")]
+        ports: String,
         #[command(flatten)]
         pool: PoolArgs,
         /// Kafka brokers for pipelines (default: an embedded, in-memory broker).
@@ -193,6 +226,14 @@ enum Command {
     /// Streaming pipelines: Kafka → SQL transform → Parquet or Kafka.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
+    /// Bearer tokens for people, scripts and agents (admin only).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// The recent accepted changes: who, what, when (admin only).
+    Audit {
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// host:port of a service's healthy instances, for scripts and load balancers.
     Endpoints { id: String },
     /// List nodes.
@@ -247,23 +288,35 @@ pub fn main() -> i32 {
         // SAFETY: restoring the default disposition of a signal.
         unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     }
-    let result = match cli.command {
-        Command::Executor { kind, alloc_dir, argv } => match executor::run(kind, alloc_dir.as_deref(), &argv) {
-            Ok(code) => return code,
-            Err(e) => Err(e),
-        },
-        Command::Simulate(args) => simulate::run(args, cli.output),
-        command => tokio::runtime::Runtime::new()
-            .context("cannot start the runtime")
-            .and_then(|rt| rt.block_on(dispatch(command, &cli.coordinator, cli.output))),
+    let result = match client_settings(&cli) {
+        Ok(coordinator) => run(cli, &coordinator),
+        Err(e) => Err(e),
     };
     match result {
-        Ok(()) => 0,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
             1
         }
     }
+}
+
+/// The coordinator address clients use; sets the token their calls carry.
+fn client_settings(cli: &Cli) -> Result<String> {
+    let file = if cli.command.is_client() { config::load(&config::config_path())? } else { Default::default() };
+    config::set_token(cli.token.clone().or(file.token));
+    Ok(cli.coordinator.clone().or(file.coordinator).unwrap_or_else(|| config::DEFAULT_COORDINATOR.into()))
+}
+
+fn run(cli: Cli, coordinator: &str) -> Result<i32> {
+    let result = match cli.command {
+        Command::Executor { kind, alloc_dir, argv } => return executor::run(kind, alloc_dir.as_deref(), &argv),
+        Command::Simulate(args) => simulate::run(args, cli.output),
+        command => tokio::runtime::Runtime::new()
+            .context("cannot start the runtime")
+            .and_then(|rt| rt.block_on(dispatch(command, coordinator, cli.output))),
+    };
+    result.map(|()| 0)
 }
 
 impl Command {
@@ -278,7 +331,11 @@ impl Command {
 
 async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result<()> {
     match command {
-        Command::Up { agents, data_dir, listen, http, pool, kafka_brokers } => {
+        Command::Up { agents, data_dir, listen, http, ports, pool, kafka_brokers } => {
+            let ports = parse_port_range(&ports)?;
+            if ((ports.1 - ports.0) as u32) < agents {
+                anyhow::bail!("--ports: {} ports cannot be split among {agents} agents", ports.1 - ports.0 + 1);
+            }
             // The embedded broker lives in this process, so it outlasts coordinator restarts.
             let (broker, bootstrap) = match kafka_brokers {
                 Some(brokers) => (None, brokers),
@@ -300,6 +357,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 data_dir: data_dir.unwrap_or_else(up::default_data_dir),
                 listen,
                 http,
+                ports,
                 coordinator_args,
                 kafka: Some((bootstrap, embedded)),
             })
@@ -336,6 +394,8 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             }
         }
         Command::Agent { join, name, cpu, memory, labels, data_dir, listen, max_executors, ports, advertise } => {
+            // The join token: --token, or COHORT_JOIN_TOKEN (which `up` sets).
+            let join_token = config::token().or_else(|| std::env::var("COHORT_JOIN_TOKEN").ok());
             let (host_cpu, host_memory) = up::host_resources();
             let name = name.unwrap_or_else(|| {
                 std::fs::read_to_string("/etc/hostname")
@@ -368,6 +428,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 data_dir,
                 listen,
                 max_executors,
+                token: join_token,
                 ports,
                 address,
             };
@@ -403,6 +464,13 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         }
         Command::Drain { node } => client::node_action(coordinator, &node, client::NodeAction::Drain, output).await,
         Command::Status => client::status(coordinator, output).await,
+        Command::Token(TokenCommand::Create { role, queues, ttl, description }) => {
+            client::token_create(coordinator, &role, queues, ttl, description, output).await
+        }
+        Command::Token(TokenCommand::List) => client::tokens(coordinator, output).await,
+        Command::Token(TokenCommand::Revoke { id }) => client::token_revoke(coordinator, &id, output).await,
+        Command::Token(TokenCommand::Whoami) => client::whoami(coordinator, output).await,
+        Command::Audit { limit } => client::audit(coordinator, limit, output).await,
         Command::Top { once } => top::run(coordinator, once).await,
         Command::Bench(BenchCommand::ControlPlane(args)) => bench::control_plane::run(args).await,
         Command::Bench(BenchCommand::Services(args)) => bench::services::run(args).await,

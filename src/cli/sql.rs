@@ -70,7 +70,11 @@ impl Session {
             })?;
         let inner =
             arrow_flight::flight_service_client::FlightServiceClient::new(channel).max_decoding_message_size(256 << 20);
-        Ok(Session { client: FlightSqlServiceClient::new_from_inner(inner) })
+        let mut client = FlightSqlServiceClient::new_from_inner(inner);
+        if let Some(token) = super::config::token() {
+            client.set_token(token);
+        }
+        Ok(Session { client })
     }
 
     /// Runs one statement and prints its outcome.

@@ -8,18 +8,34 @@ use cohort_proto as pb;
 use super::CoreHandle;
 use super::core::CoordinatorError;
 
+/// A client of an agent's log service, presenting that agent's logs token.
+pub async fn agent_client(
+    address: &str,
+    token: &str,
+) -> Result<
+    pb::agent_logs_client::AgentLogsClient<
+        tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::cli::config::Bearer>,
+    >,
+    tonic::transport::Error,
+> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+        .expect("an agent address is a valid URI")
+        .connect()
+        .await?;
+    let bearer = crate::cli::config::Bearer::with(token);
+    Ok(pb::agent_logs_client::AgentLogsClient::with_interceptor(channel, bearer))
+}
+
 /// A whole log is read within this long, or the read fails.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The log of `job`'s slot `slot` as its agent has it now: its last
 /// `tail_bytes` bytes, or all of it when that is 0.
 pub async fn read(core: &CoreHandle, job: u64, slot: u32, tail_bytes: u64) -> Result<Vec<u8>, CoordinatorError> {
-    let (address, alloc) = core.call(move |c| c.log_source(job, slot)).await??;
+    let (address, alloc, token) = core.call(move |c| c.log_source(job, slot)).await??;
     let unreachable = |e: String| CoordinatorError::Unavailable(format!("cannot read the log at {address}: {e}"));
     let read = async {
-        let mut agent = pb::agent_logs_client::AgentLogsClient::connect(format!("http://{address}"))
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let mut agent = agent_client(&address, &token).await.map_err(|e| unreachable(e.to_string()))?;
         let request = pb::ReadLogRequest { alloc_id: alloc, follow: false, tail_bytes };
         let mut stream = agent.read(request).await.map_err(|e| unreachable(e.message().to_string()))?.into_inner();
         let mut text = Vec::new();

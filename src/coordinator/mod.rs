@@ -112,6 +112,64 @@ pub fn spawn_ticker(handle: CoreHandle, metrics: Arc<metrics::Metrics>) {
     });
 }
 
+/// Writes `content` to `path` readable by its owner only.
+fn write_private(path: &std::path::Path, content: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(content)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// The key job tokens are derived from: made on first start, kept in the data dir.
+fn cluster_secret(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
+    let path = data_dir.join("cluster.secret");
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(secret) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(secret);
+    }
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    write_private(&path, &secret)?;
+    Ok(secret)
+}
+
+/// Makes sure the data dir holds a working admin token (`admin.token`) and
+/// join token (`join.token`), issuing new ones where a file is missing or
+/// its token no longer works. Whoever can read the data dir owns the
+/// cluster anyway.
+fn bootstrap_tokens(core: &mut Core, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    use self::core::auth::{Principal, Role};
+    for (file, role) in [("admin.token", Role::Admin), ("join.token", Role::Agent)] {
+        let path = data_dir.join(file);
+        let current = std::fs::read_to_string(&path).unwrap_or_default();
+        let works = match core.authenticate(current.trim()) {
+            Ok(Principal::Admin { .. }) => role == Role::Admin,
+            Ok(Principal::Agent { .. }) => role == Role::Agent,
+            _ => false,
+        };
+        if works {
+            continue;
+        }
+        let (_, token) = api::auth::random_token()?;
+        let description = format!("issued at start, in {}", path.display());
+        core.create_token(&token, role, Vec::new(), None, description)?;
+        write_private(&path, format!("{token}\n").as_bytes())?;
+        tracing::info!(path = %path.display(), role = role.as_str(), "issued a token");
+    }
+    Ok(())
+}
+
 /// Runs the coordinator until the process ends, or fails when its state
 /// store does (its supervisor restarts it from the store).
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
@@ -125,12 +183,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let http_address = http_listener.local_addr()?;
     let store = SqliteStore::open(&settings.data_dir.join("state.db"))?;
     let streams = api::grpc::AgentStreams::default();
-    let mut core = Core::open(
-        Box::new(store),
-        Arc::new(SystemClock::default()),
-        Box::new(streams.clone()),
-        settings.core.clone(),
-    )?;
+    let core_settings = CoreSettings { token_secret: cluster_secret(&settings.data_dir)?, ..settings.core.clone() };
+    let mut core =
+        Core::open(Box::new(store), Arc::new(SystemClock::default()), Box::new(streams.clone()), core_settings)?;
+    bootstrap_tokens(&mut core, &settings.data_dir)?;
     core.set_endpoints(self::core::model::ClusterStatus {
         coordinator: address.to_string(),
         http: http_address.to_string(),

@@ -164,6 +164,9 @@ pub struct Snapshot {
     pub next_job: u64,
     /// The SQL catalog, in the order its entries were created.
     pub tables: Vec<TableDef>,
+    pub tokens: Vec<crate::coordinator::core::auth::TokenRecord>,
+    /// The newest audit entries, oldest first.
+    pub audit: Vec<crate::coordinator::core::auth::AuditEntry>,
 }
 
 /// One change to the stored state.
@@ -176,6 +179,9 @@ pub enum Write {
     NextJob(u64),
     /// The whole SQL catalog, replacing what was stored.
     Catalog(Vec<TableDef>),
+    Token(crate::coordinator::core::auth::TokenRecord),
+    /// Appended to the audit log.
+    Audit(crate::coordinator::core::auth::AuditEntry),
 }
 
 pub trait StateStore: Send {
@@ -198,7 +204,9 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS allocs (id INTEGER PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-             CREATE TABLE IF NOT EXISTS catalog (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);",
+             CREATE TABLE IF NOT EXISTS catalog (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);",
         )?;
         Ok(SqliteStore { conn })
     }
@@ -224,6 +232,11 @@ impl StateStore for SqliteStore {
             nodes: self.all("SELECT record FROM nodes ORDER BY name")?,
             next_job: next_job.unwrap_or(1) as u64,
             tables: self.all("SELECT record FROM catalog ORDER BY seq")?,
+            tokens: self.all("SELECT record FROM tokens ORDER BY id")?,
+            audit: self.all(&format!(
+                "SELECT record FROM (SELECT seq, record FROM audit ORDER BY seq DESC LIMIT {}) ORDER BY seq",
+                crate::coordinator::core::auth::AUDIT_KEPT
+            ))?,
         })
     }
 
@@ -250,6 +263,13 @@ impl StateStore for SqliteStore {
                 Write::NextJob(next) => tx.execute(
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('next_job', ?1)",
                     params![*next as i64],
+                )?,
+                Write::Audit(entry) => {
+                    tx.execute("INSERT INTO audit (record) VALUES (?1)", params![serde_json::to_string(entry)?])?
+                }
+                Write::Token(token) => tx.execute(
+                    "INSERT OR REPLACE INTO tokens (id, record) VALUES (?1, ?2)",
+                    params![token.id, serde_json::to_string(token)?],
                 )?,
                 Write::Catalog(tables) => {
                     tx.execute("DELETE FROM catalog", [])?;

@@ -21,6 +21,7 @@ use futures::TryStreamExt;
 use tonic::transport::{Channel, Endpoint};
 use url::Url;
 
+use crate::cli::config::{token, with_token};
 use crate::spec::FLIGHT_PORT;
 
 /// What the driver may use of its slot.
@@ -50,7 +51,11 @@ impl Driver {
             attempt: var("COHORT_ATTEMPT").ok().and_then(|a| a.parse().ok()).unwrap_or(1),
             gang_size: var("COHORT_GANG_SIZE").ok().and_then(|n| n.parse().ok()).unwrap_or(1),
             statements: var("COHORT_SQL")?,
-            coordinator: var("COHORT_COORDINATOR")?,
+            coordinator: {
+                // The job's own token (COHORT_TOKEN): it acts on the job's queue while the job lives.
+                crate::cli::config::set_token(std::env::var("COHORT_TOKEN").ok());
+                var("COHORT_COORDINATOR")?
+            },
             resources,
         })
     }
@@ -132,7 +137,11 @@ impl Driver {
         match classify(sql)? {
             Statement::Catalog(change) => {
                 // The coordinator keeps the catalog; the driver then takes its word for the entry.
-                FlightSqlServiceClient::new(channel.clone())
+                let mut flight = FlightSqlServiceClient::new(channel.clone());
+                if let Some(token) = token() {
+                    flight.set_token(token);
+                }
+                flight
                     .execute_update(sql.to_string(), None)
                     .await
                     .map_err(|e| anyhow::anyhow!("{}", flight_message(e)))?;
@@ -210,7 +219,7 @@ fn flight_message(e: arrow_flight::error::FlightError) -> String {
 }
 
 async fn catalog(channel: &Channel) -> Result<Vec<cohort_batch::TableDef>> {
-    let tables = pb::catalog_client::CatalogClient::new(channel.clone())
+    let tables = pb::catalog_client::CatalogClient::new(with_token(channel.clone()))
         .tables(pb::TablesRequest {})
         .await
         .map_err(|s| anyhow::anyhow!("cannot read the catalog: {}", s.message()))?
@@ -234,7 +243,7 @@ const WORKER_WAIT: Duration = Duration::from_secs(60);
 impl WorkerSource for JobWorkers {
     async fn workers(&self, attempt: u32) -> Result<Vec<Url>, cohort_batch::Error> {
         let deadline = tokio::time::Instant::now() + WORKER_WAIT;
-        let mut client = pb::jobs_client::JobsClient::new(self.channel.clone());
+        let mut client = pb::jobs_client::JobsClient::new(with_token(self.channel.clone()));
         loop {
             let endpoints = client
                 .endpoints(pb::JobRef { job_id: self.job })

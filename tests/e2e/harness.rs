@@ -11,11 +11,42 @@ pub fn cohort() -> &'static str {
     env!("CARGO_BIN_EXE_cohort")
 }
 
-/// Runs a client command against the cluster at `address`.
+/// The admin token of each cluster the tests started, by address.
+static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// The admin token of the cluster at `address`.
+pub fn token_for(address: &str) -> String {
+    let tokens = TOKENS.lock().unwrap();
+    tokens.iter().rev().find(|(a, _)| a == address).map(|(_, t)| t.clone()).unwrap_or_default()
+}
+
+/// Waits for a token file the coordinator writes on start.
+fn read_token(path: &std::path::Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(t) = std::fs::read_to_string(path)
+            && !t.trim().is_empty()
+        {
+            return t.trim().to_string();
+        }
+        assert!(Instant::now() < deadline, "the coordinator wrote no {}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a client command against the cluster at `address`, as its admin.
 pub fn cli_at(address: &str, args: &[&str]) -> Output {
+    cli_with_token(address, &token_for(address), args)
+}
+
+/// Runs a client command with this token (empty: none).
+pub fn cli_with_token(address: &str, token: &str, args: &[&str]) -> Output {
     Command::new(cohort())
         .args(args)
         .env("COHORT_COORDINATOR", address)
+        .env("COHORT_TOKEN", token)
+        // Never the user's own client config.
+        .env("COHORT_CONFIG", "/nonexistent/cohort-config.toml")
         .env("COHORT_LOG", "warn")
         .output()
         .expect("run the cli")
@@ -32,6 +63,15 @@ pub fn json_at(address: &str, args: &[&str]) -> Value {
     serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
 }
 
+/// Host port ranges for the agents of the clusters this process starts:
+/// each cluster its own block, below Linux's ephemeral ports (32768 and up)
+/// so that no outgoing connection holds one.
+fn port_block() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+    let block = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 110;
+    10_000 + block * 200
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind a free port").local_addr().unwrap().port()
 }
@@ -39,9 +79,16 @@ fn free_port() -> u16 {
 pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub address: String,
+    /// The admin token and the join token the coordinator issued.
+    pub token: String,
+    pub join_token: String,
     coordinator: Option<Child>,
     agents: Vec<(String, Child)>,
     heartbeat_timeout: f64,
+    /// The first of this cluster's 200 host ports.
+    ports: u16,
+    /// Each agent's 40 of them, by name, kept across restarts.
+    agent_ports: std::collections::BTreeMap<String, u16>,
 }
 
 impl Cluster {
@@ -54,9 +101,13 @@ impl Cluster {
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             address: format!("127.0.0.1:{}", free_port()),
+            token: String::new(),
+            join_token: String::new(),
             coordinator: None,
             agents: Vec::new(),
             heartbeat_timeout,
+            ports: port_block(),
+            agent_ports: Default::default(),
         };
         c.start_coordinator();
         for (name, cores) in agents {
@@ -99,11 +150,16 @@ impl Cluster {
         self.wait_until("the coordinator listens", Duration::from_secs(20), |_| {
             std::net::TcpStream::connect(&address).is_ok()
         });
+        let dir = self.dir.path().join("coordinator");
+        self.token = read_token(&dir.join("admin.token"));
+        self.join_token = read_token(&dir.join("join.token"));
+        TOKENS.lock().unwrap().push((self.address.clone(), self.token.clone()));
     }
 
     pub fn start_agent(&mut self, name: &str, cores: u32) {
-        // Agents sharing this host need port ranges of their own.
-        let first = 20_000 + 100 * (self.port_block(name));
+        // Agents sharing this host need port ranges of their own, stable across restarts.
+        let next = self.ports + 40 * (self.agent_ports.len() as u16 % 5);
+        let first = *self.agent_ports.entry(name.to_string()).or_insert(next);
         let child = Command::new(cohort())
             .args([
                 "agent",
@@ -116,21 +172,16 @@ impl Cluster {
                 "--memory",
                 "4GiB",
                 "--ports",
-                &format!("{first}-{}", first + 99),
+                &format!("{first}-{}", first + 39),
                 "--data-dir",
             ])
             .arg(self.dir.path().join(name))
+            .env("COHORT_JOIN_TOKEN", &self.join_token)
             .stdout(Stdio::null())
             .stderr(self.log(name))
             .spawn()
             .expect("start an agent");
         self.agents.push((name.to_string(), child));
-    }
-
-    /// A block of host ports per agent name, stable across restarts, apart between clusters.
-    fn port_block(&self, name: &str) -> u16 {
-        let base = self.address.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0) % 300;
-        base + name.bytes().map(|b| b as u16).sum::<u16>() % 97
     }
 
     /// Submits a spec file the test wrote; returns the job id.
@@ -298,6 +349,8 @@ pub fn kill9(pid: u32) {
 pub struct Up {
     pub dir: tempfile::TempDir,
     pub address: String,
+    /// The admin token `up` issued.
+    pub token: String,
     up: Child,
 }
 
@@ -312,14 +365,22 @@ impl Up {
         let address = format!("127.0.0.1:{}", free_port());
         let up = Command::new(cohort())
             .args(["up", "--listen", &address, "--http", "127.0.0.1:0", "--agents", &agents.to_string()])
+            .arg({
+                let first = port_block();
+                format!("--ports={first}-{}", first + 199)
+            })
             .args(flags)
             .arg("--data-dir")
             .arg(dir.path())
+            // `up` writes its client config here, not over the user's.
+            .env("COHORT_CONFIG", dir.path().join("client.toml"))
             .stdout(Stdio::null())
             .stderr(Stdio::from(std::fs::File::create(dir.path().join("up.log")).expect("log file")))
             .spawn()
             .expect("start cohort up");
-        let up = Up { dir, address, up };
+        let token = read_token(&dir.path().join("coordinator/admin.token"));
+        TOKENS.lock().unwrap().push((address.clone(), token.clone()));
+        let up = Up { dir, address, token, up };
         up.wait_until(&format!("{agents} agents register"), Duration::from_secs(30), |u| {
             u.json(&["nodes"])
                 .as_array()
@@ -374,14 +435,16 @@ fn unsafe_term(child: &Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
 }
 
-/// One HTTP/1.1 request without a client library: `(status, body)`.
-pub fn http(address: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+/// One HTTP/1.1 request without a client library, with a bearer token
+/// (empty: none): `(status, body)`.
+pub fn http(address: &str, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
     stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
     let body = body.unwrap_or("");
+    let auth = if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") };
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     );
     stream.write_all(request.as_bytes()).expect("send the request");

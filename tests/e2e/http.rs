@@ -18,8 +18,8 @@ fn http_address(c: &Cluster) -> String {
 }
 
 /// `name{labels}` → value, for every sample of a scrape.
-fn scrape(address: &str) -> BTreeMap<String, f64> {
-    let (code, text) = http(address, "GET", "/metrics", None);
+fn scrape(address: &str, token: &str) -> BTreeMap<String, f64> {
+    let (code, text) = http(address, token, "GET", "/metrics", None);
     assert_eq!(code, 200, "{text}");
     let lines = text.lines().map(|l| Ok(l.to_string()));
     let parsed = prometheus_parse::Scrape::parse(lines).expect("/metrics parses as Prometheus text");
@@ -48,10 +48,10 @@ fn value(metrics: &BTreeMap<String, f64>, key: &str) -> f64 {
 fn metrics_parse_as_prometheus_text_and_move_when_a_job_runs() {
     let c = Cluster::start(&[("a", 2), ("b", 2)]);
     let address = http_address(&c);
-    assert_eq!(http(&address, "GET", "/healthz", None).0, 200);
-    c.wait_until("the coordinator is ready", WAIT, |_| http(&address, "GET", "/readyz", None).0 == 200);
+    assert_eq!(http(&address, &c.token, "GET", "/healthz", None).0, 200);
+    c.wait_until("the coordinator is ready", WAIT, |_| http(&address, &c.token, "GET", "/readyz", None).0 == 200);
 
-    let before = scrape(&address);
+    let before = scrape(&address, &c.token);
     assert_eq!(value(&before, "cohort_nodes{state=ready}"), 2.0);
     assert_eq!(value(&before, "cohort_node_cpu_capacity_cores{node=a}"), 2.0);
     assert_eq!(value(&before, "cohort_placements_total"), 0.0);
@@ -59,14 +59,14 @@ fn metrics_parse_as_prometheus_text_and_move_when_a_job_runs() {
     // Two slots of two cores: one on each agent.
     let id = c.submit("metered", 2, "2", "batch", "sleep 1");
     c.wait_until("the job runs", WAIT, |c| c.state(id) == "running");
-    let running = scrape(&address);
+    let running = scrape(&address, &c.token);
     assert_eq!(value(&running, "cohort_gangs{priority=batch,state=running}"), 1.0);
     let allocated = value(&running, "cohort_node_cpu_allocated_cores{node=a}")
         + value(&running, "cohort_node_cpu_allocated_cores{node=b}");
     assert_eq!(allocated, 4.0, "both slots hold two cores");
 
     c.wait_until("the job succeeds", WAIT, |c| c.state(id) == "succeeded");
-    let after = scrape(&address);
+    let after = scrape(&address, &c.token);
     assert_eq!(value(&after, "cohort_placements_total"), 2.0);
     assert_eq!(value(&after, "cohort_job_attempts_started_total"), 1.0);
     assert_eq!(value(&after, "cohort_job_attempts_ended_total{outcome=succeeded}"), 1.0);
@@ -78,18 +78,20 @@ fn metrics_parse_as_prometheus_text_and_move_when_a_job_runs() {
     let wide = c.submit("too-wide", 5, "1", "batch", "true");
     c.wait_until("the reason is known", WAIT, |c| !c.job(wide)["reason"].as_str().unwrap_or("").is_empty());
     c.wait_until("it is counted as pending", WAIT, |_| {
-        scrape(&address).keys().any(|k| k.starts_with("cohort_pending_gangs{") && !k.contains("not_yet_tried"))
+        scrape(&address, &c.token)
+            .keys()
+            .any(|k| k.starts_with("cohort_pending_gangs{") && !k.contains("not_yet_tried"))
     });
 
     // Every agent serves its own /metrics, found through the discovery endpoint.
-    let (code, targets) = http(&address, "GET", "/api/v1/targets", None);
+    let (code, targets) = http(&address, &c.token, "GET", "/api/v1/targets", None);
     assert_eq!(code, 200);
     let targets: Value = serde_json::from_str(&targets).unwrap();
     let agents: Vec<&str> = targets.as_array().unwrap().iter().map(|g| g["targets"][0].as_str().unwrap()).collect();
     assert_eq!(agents.len(), 2, "{targets}");
     for agent in agents {
-        assert_eq!(http(agent, "GET", "/healthz", None).0, 200);
-        let m = scrape(agent);
+        assert_eq!(http(agent, "", "GET", "/healthz", None).0, 200);
+        let m = scrape(agent, "");
         assert!(value(&m, "cohort_agent_executors_started_total") >= 1.0, "each agent ran a slot: {m:?}");
         assert_eq!(value(&m, "cohort_agent_executors_ended_total{outcome=succeeded}"), 1.0);
     }
@@ -107,7 +109,7 @@ fn the_json_api_serves_what_the_cli_prints_and_the_ui_is_served() {
     });
 
     let get = |path: &str| {
-        let (code, body) = http(&address, "GET", path, None);
+        let (code, body) = http(&address, &c.token, "GET", path, None);
         assert_eq!(code, 200, "{path}: {body}");
         serde_json::from_str::<Value>(&body).unwrap_or_else(|e| panic!("{path}: {e}: {body}"))
     };
@@ -117,11 +119,11 @@ fn the_json_api_serves_what_the_cli_prints_and_the_ui_is_served() {
     assert_eq!(get(&format!("/api/v1/jobs/{id}")), c.json(&["job", &id.to_string()]));
     assert_eq!(get("/api/v1/jobs/listed"), c.json(&["job", "listed"]));
 
-    let (code, log) = http(&address, "GET", &format!("/api/v1/jobs/{id}/logs"), None);
+    let (code, log) = http(&address, &c.token, "GET", &format!("/api/v1/jobs/{id}/logs"), None);
     assert_eq!((code, log.trim()), (200, "hello from the log"));
-    let (code, tail) = http(&address, "GET", &format!("/api/v1/jobs/{id}/logs?tail=4"), None);
+    let (code, tail) = http(&address, &c.token, "GET", &format!("/api/v1/jobs/{id}/logs?tail=4"), None);
     assert_eq!((code, tail.as_str()), (200, "log\n"), "the last four bytes");
-    let (code, missing) = http(&address, "GET", "/api/v1/jobs/nope", None);
+    let (code, missing) = http(&address, &c.token, "GET", "/api/v1/jobs/nope", None);
     assert_eq!(code, 404, "{missing}");
     assert!(missing.contains("no job named `nope`"), "{missing}");
 
@@ -129,21 +131,21 @@ fn the_json_api_serves_what_the_cli_prints_and_the_ui_is_served() {
     assert!(queues.as_array().unwrap().iter().any(|q| q["pending"] == 1), "{queues}");
 
     // SQL from the UI's box: a query's rows, and a bad one's error.
-    let (code, answer) = http(&address, "POST", "/api/v1/sql", Some(r#"{"sql": "SELECT 1 + 1 AS two"}"#));
+    let (code, answer) = http(&address, &c.token, "POST", "/api/v1/sql", Some(r#"{"sql": "SELECT 1 + 1 AS two"}"#));
     assert_eq!(code, 200, "{answer}");
     let answer: Value = serde_json::from_str(&answer).unwrap();
     assert_eq!(answer["rows"], serde_json::json!([{ "two": 2 }]));
-    let (code, bad) = http(&address, "POST", "/api/v1/sql", Some(r#"{"sql": "SELECT * FROM nowhere"}"#));
+    let (code, bad) = http(&address, &c.token, "POST", "/api/v1/sql", Some(r#"{"sql": "SELECT * FROM nowhere"}"#));
     assert_eq!(code, 400);
     assert!(bad.contains("nowhere"), "{bad}");
     let recent = get("/api/v1/queries");
     assert_eq!(recent[0]["outcome"], "failed", "{recent}");
     assert_eq!(recent[1]["outcome"], "ok", "{recent}");
 
-    let (code, page) = http(&address, "GET", "/", None);
+    let (code, page) = http(&address, &c.token, "GET", "/", None);
     assert_eq!(code, 200);
     assert!(page.contains("<title>Cohort</title>") && page.contains("/ui/app.js"), "{page}");
-    let (code, script) = http(&address, "GET", "/ui/app.js", None);
+    let (code, script) = http(&address, &c.token, "GET", "/ui/app.js", None);
     assert!(code == 200 && script.contains("/api/v1/"), "the script is served");
 
     // The terminal view shows the same cluster.

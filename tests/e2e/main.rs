@@ -6,6 +6,7 @@ mod harness;
 mod control_plane;
 mod http;
 mod pipelines;
+mod security;
 mod self_healing;
 mod services;
 mod simulate;

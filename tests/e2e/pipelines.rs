@@ -139,13 +139,13 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
 
     // The HTTP side sees the same: lag per partition in the API and in /metrics.
     let http_address = status["http"].as_str().expect("an HTTP address");
-    let (code, body) = http(http_address, "GET", "/api/v1/pipelines", None);
+    let (code, body) = http(http_address, &up.token, "GET", "/api/v1/pipelines", None);
     assert_eq!(code, 200, "{body}");
     let listed: Value = serde_json::from_str(&body).unwrap();
     let checkouts = listed.as_array().unwrap().iter().find(|p| p["name"] == "checkouts").expect("listed");
     assert_eq!((checkouts["lag"].as_i64(), checkouts["state"].as_str()), (Some(0), Some("running")), "{checkouts}");
     assert!(checkouts["partitions"].as_array().is_some_and(|p| !p.is_empty()), "{checkouts}");
-    let (_, metrics) = http(http_address, "GET", "/metrics", None);
+    let (_, metrics) = http(http_address, &up.token, "GET", "/metrics", None);
     assert!(metrics.contains("cohort_pipeline_lag_messages{pipeline=\"checkouts\",partition=\"0\"} 0"), "{metrics}");
 
     // Every even id (the filter) is in the Parquet files; nothing lost.

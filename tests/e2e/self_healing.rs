@@ -21,8 +21,9 @@ fn cohort_up_restarts_a_killed_agent_and_coordinator_and_their_executors_run_on(
         u.json(&["job", "long"])["slots"].as_array().is_some_and(|s| s.iter().all(|s| s["state"] == "running"))
     };
     up.wait_until("both slots run", WAIT, running);
+    // A supervisor just forked shows its parent's command line until it execs: wait for two.
+    up.wait_until("two executors", WAIT, |_| pids_of(&[&marker, "executor"]).len() == 2);
     let executors = pids_of(&[&marker, "executor"]);
-    assert_eq!(executors.len(), 2, "two executors");
     // kill -9 an agent: `cohort up` starts it again, and it re-adopts its executors
     for process in ["agent-0", "agent-1"] {
         let pid = up.pid_of(process).expect("the agent runs");

@@ -65,6 +65,7 @@ fn tpch_through_flight_sql_equals_single_process_datafusion_query_by_query() {
     let out = std::process::Command::new(cohort())
         .args(["bench", "tpch", "--sf", "0.01", "--cluster", &up.address, "--data-dir"])
         .arg(&data)
+        .env("COHORT_TOKEN", &up.token)
         .env("COHORT_LOG", "warn")
         .output()
         .expect("run the benchmark");
@@ -228,6 +229,15 @@ fn the_catalog_survives_a_coordinator_restart() {
     assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM big_ids")[0]["n"], 10);
 }
 
+/// Cpu time a process has used, in clock ticks (`/proc/PID/stat`).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+    // After the command name: state is field 3, utime 14 and stime 15.
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
 #[test]
 fn a_query_whose_executor_is_killed_is_retried_and_answers_right() {
     let up = Up::start_with(2, &["--sql-pool-warm", "2"]);
@@ -241,12 +251,17 @@ fn a_query_whose_executor_is_killed_is_retried_and_answers_right() {
     assert_eq!(expected.len(), 10);
     let address = up.address.clone();
     let started = Instant::now();
-    let running = std::thread::spawn(move || sql_json(&address, query));
-    // Kill one serving pool executor (its worker process) while the query runs.
-    std::thread::sleep(Duration::from_millis(700));
-    let workers = pids_of(&["executor --kind batch --", "worker"]);
+    // The worker itself, not its supervisor (`--kind batch --alloc-dir DIR -- worker`).
+    let workers = pids_of(&["executor --kind batch -- worker"]);
     let mine: Vec<u32> = workers.into_iter().filter(|p| is_under(*p, up.dir.path())).collect();
     assert!(!mine.is_empty(), "no pool worker found");
+    let idle = cpu_ticks(mine[0]);
+    let running = std::thread::spawn(move || sql_json(&address, query));
+    // Kill one serving pool executor (its worker process) once it is busy with the query.
+    let deadline = Instant::now() + WAIT;
+    while cpu_ticks(mine[0]) < idle + 20 && Instant::now() < deadline && !running.is_finished() {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     kill9(mine[0]);
     let answer = running.join().expect("the query thread");
     assert_eq!(answer, expected, "the retried query answers as an undisturbed one");

@@ -15,6 +15,7 @@ use tokio_stream::{Stream, StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::coordinator::CoreHandle;
+use crate::coordinator::core::auth::{HOW_TO_GET_A_TOKEN, Principal, Role, TokenRecord};
 use crate::coordinator::core::model::{
     AgentCommand, AgentReport, ExitReport, JobEvent, JobView, NodeOp, NodeView, Registration, RunningExecutor,
 };
@@ -37,9 +38,11 @@ pub async fn serve(
         Ok::<_, std::io::Error>(conn)
     });
     tonic::transport::Server::builder()
+        .layer(super::auth::AuthLayer { core: api.core.clone() })
         .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
         .add_service(pb::jobs_server::JobsServer::new(api.clone()))
-        .add_service(pb::nodes_server::NodesServer::new(api))
+        .add_service(pb::nodes_server::NodesServer::new(api.clone()))
+        .add_service(pb::tokens_server::TokensServer::new(api))
         .add_service(pb::catalog_server::CatalogServer::new(CatalogApi { sql: sql.clone() }))
         .add_service(crate::coordinator::sql::flight::service(sql))
         .serve_with_incoming(incoming)
@@ -54,7 +57,11 @@ struct CatalogApi {
 
 #[tonic::async_trait]
 impl pb::catalog_server::Catalog for CatalogApi {
-    async fn tables(&self, _req: Request<pb::TablesRequest>) -> Result<Response<pb::TableList>, Status> {
+    async fn tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::TableList>, Status> {
+        let who = caller(&req)?;
+        if matches!(who, Principal::Agent { .. }) {
+            return Err(Status::permission_denied(format!("{who} is a join token: it only joins agents")));
+        }
         let tables = self.sql.tables().await.map_err(status_of)?;
         Ok(Response::new(pb::TableList {
             tables: tables.into_iter().map(|t| pb::TableDef { name: t.name, ddl: t.ddl }).collect(),
@@ -70,6 +77,8 @@ pub fn status_of(e: CoordinatorError) -> Status {
         CoordinatorError::NotFound(_) => Status::not_found(message),
         CoordinatorError::Conflict(_) => Status::failed_precondition(message),
         CoordinatorError::Store(_) | CoordinatorError::Unavailable(_) => Status::unavailable(message),
+        CoordinatorError::Unauthenticated(_) => Status::unauthenticated(message),
+        CoordinatorError::Forbidden(_) => Status::permission_denied(message),
         CoordinatorError::Internal(_) => Status::internal(message),
     }
 }
@@ -143,6 +152,12 @@ impl Api {
         })
     }
 
+    /// Records an accepted change: who, what, when.
+    async fn record(&self, who: &Principal, what: String) {
+        let who = who.describe();
+        let _ = self.core.call(move |core| core.audit(&who, &what)).await;
+    }
+
     /// Runs a core call whose answer may be refused.
     async fn ask<R: Send + 'static>(
         &self,
@@ -188,17 +203,29 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Api {
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
+        let who = caller(&req)?;
         let reg = registration_from_pb(req.into_inner());
-        let registered = self.ask(move |core| core.register(reg)).await?;
+        let name = reg.name.clone();
+        let check = who.clone();
+        let registered = self
+            .ask(move |core| {
+                core.check_agent(&check)?;
+                core.register(reg)
+            })
+            .await?;
+        self.record(&who, format!("register agent {name}")).await;
         Ok(Response::new(pb::RegisterResponse {
             node_id: registered.node,
             heartbeat_interval_ms: registered.heartbeat_interval_ms,
+            logs_token: registered.logs_token,
         }))
     }
 
     type AttachStream = BoxStream<pb::Command>;
 
     async fn attach(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
+        let who = caller(&req)?;
+        self.ask(move |core| core.check_agent(&who)).await?;
         let mut incoming = req.into_inner();
         let first = incoming.message().await?.ok_or_else(|| Status::invalid_argument("empty stream"))?;
         let Some(pb::agent_message::Body::Hello(hello)) = first.body else {
@@ -226,37 +253,55 @@ impl pb::cluster_server::Cluster for Api {
 #[tonic::async_trait]
 impl pb::jobs_server::Jobs for Api {
     async fn submit(&self, req: Request<pb::SubmitRequest>) -> Result<Response<pb::SubmitResponse>, Status> {
+        let who = caller(&req)?;
         let req = req.into_inner();
         let file = if req.file_name.is_empty() { "job.toml".to_string() } else { req.file_name };
+        let queue = crate::spec::parse_job(&file, &req.spec_toml)
+            .map(|spec| spec.gang.queue)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let check = (who.clone(), queue.clone());
+        self.ask(move |core| core.check_queue(&check.0, &check.1)).await?;
         if crate::spec::is_pipeline(&req.spec_toml) {
             self.check_topics(&file, &req.spec_toml).await?;
         }
         let id = self.ask(move |core| core.submit(&file, &req.spec_toml)).await?;
+        self.record(&who, format!("submit job {id} to queue {queue}")).await;
         Ok(Response::new(pb::SubmitResponse { job_id: id }))
     }
 
     async fn get(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().job_id;
-        Ok(Response::new(job_to_pb(self.ask(move |core| core.job(id)).await?)))
+        Ok(Response::new(job_to_pb(self.ask_job(who, id, move |core| core.job(id)).await?)))
     }
 
-    async fn list(&self, _: Request<pb::ListJobsRequest>) -> Result<Response<pb::JobList>, Status> {
-        let jobs = self.read(|core| core.jobs()).await?;
+    async fn list(&self, req: Request<pb::ListJobsRequest>) -> Result<Response<pb::JobList>, Status> {
+        let who = caller(&req)?;
+        let jobs = self
+            .ask(move |core| {
+                core.check_user(&who)?;
+                Ok(core.jobs().into_iter().filter(|j| who.may_use_queue(&j.queue)).collect::<Vec<_>>())
+            })
+            .await?;
         Ok(Response::new(pb::JobList { jobs: jobs.into_iter().map(job_to_pb).collect() }))
     }
 
     async fn cancel(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().job_id;
-        Ok(Response::new(job_to_pb(self.ask(move |core| core.cancel(id)).await?)))
+        let job = self.ask_job(who.clone(), id, move |core| core.cancel(id)).await?;
+        self.record(&who, format!("cancel job {id}")).await;
+        Ok(Response::new(job_to_pb(job)))
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;
 
     async fn logs(&self, req: Request<pb::LogsRequest>) -> Result<Response<Self::LogsStream>, Status> {
+        let who = caller(&req)?;
         let req = req.into_inner();
         let (job, slot) = (req.job_id, req.slot);
-        let (address, alloc) = self.ask(move |core| core.log_source(job, slot)).await?;
-        let mut agent = pb::agent_logs_client::AgentLogsClient::connect(format!("http://{address}"))
+        let (address, alloc, token) = self.ask_job(who, job, move |core| core.log_source(job, slot)).await?;
+        let mut agent = crate::coordinator::logs::agent_client(&address, &token)
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the agent holding the logs at {address}: {e}")))?;
         let request = pb::ReadLogRequest { alloc_id: alloc, follow: req.follow, tail_bytes: 0 };
@@ -268,8 +313,14 @@ impl pb::jobs_server::Jobs for Api {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    async fn status(&self, _: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
-        let s = self.read(|core| core.status()).await?;
+    async fn status(&self, req: Request<pb::StatusRequest>) -> Result<Response<pb::ClusterStatus>, Status> {
+        let who = caller(&req)?;
+        let s = self
+            .ask(move |core| {
+                core.check_user(&who)?;
+                Ok(core.status())
+            })
+            .await?;
         Ok(Response::new(pb::ClusterStatus {
             coordinator: s.coordinator,
             http: s.http,
@@ -280,22 +331,34 @@ impl pb::jobs_server::Jobs for Api {
     }
 
     async fn scale(&self, req: Request<pb::ScaleRequest>) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
         let req = req.into_inner();
-        Ok(Response::new(job_to_pb(self.ask(move |core| core.scale(req.job_id, req.instances)).await?)))
+        let (id, instances) = (req.job_id, req.instances);
+        let job = self.ask_job(who.clone(), id, move |core| core.scale(id, instances)).await?;
+        self.record(&who, format!("scale job {id} to {instances}")).await;
+        Ok(Response::new(job_to_pb(job)))
     }
 
     async fn pause(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().job_id;
-        Ok(Response::new(job_to_pb(self.ask(move |core| core.pause(id)).await?)))
+        let job = self.ask_job(who.clone(), id, move |core| core.pause(id)).await?;
+        self.record(&who, format!("pause job {id}")).await;
+        Ok(Response::new(job_to_pb(job)))
     }
 
     async fn resume(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().job_id;
-        Ok(Response::new(job_to_pb(self.ask(move |core| core.resume(id)).await?)))
+        let job = self.ask_job(who.clone(), id, move |core| core.resume(id)).await?;
+        self.record(&who, format!("resume job {id}")).await;
+        Ok(Response::new(job_to_pb(job)))
     }
 
     async fn pipeline(&self, req: Request<pb::JobRef>) -> Result<Response<pb::PipelineStatus>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().job_id;
+        self.ask_job(who, id, |_| Ok(())).await?;
         let p = crate::coordinator::pipelines::view(&self.core, id, false).await.map_err(status_of)?;
         Ok(Response::new(pb::PipelineStatus {
             job: Some(job_to_pb(p.job)),
@@ -318,8 +381,9 @@ impl pb::jobs_server::Jobs for Api {
     }
 
     async fn endpoints(&self, req: Request<pb::JobRef>) -> Result<Response<pb::EndpointList>, Status> {
+        let who = caller(&req)?;
         let id = req.into_inner().job_id;
-        let endpoints = self.ask(move |core| core.endpoints(id)).await?;
+        let endpoints = self.ask_job(who, id, move |core| core.endpoints(id)).await?;
         Ok(Response::new(pb::EndpointList {
             endpoints: endpoints
                 .into_iter()
@@ -335,20 +399,39 @@ impl pb::jobs_server::Jobs for Api {
     }
 
     async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::JobRef>, Status> {
+        let who = caller(&req)?;
         let name = req.into_inner().name;
-        Ok(Response::new(pb::JobRef { job_id: self.ask(move |core| core.resolve(&name)).await? }))
+        let job_id = self
+            .ask(move |core| {
+                let id = core.resolve(&name)?;
+                core.check_job(&who, id)?;
+                Ok(id)
+            })
+            .await?;
+        Ok(Response::new(pb::JobRef { job_id }))
     }
 
     type WatchStream = BoxStream<pb::JobEvent>;
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<Self::WatchStream>, Status> {
+        let who = caller(&req)?;
         let job = req.into_inner().job_id;
         let permit = self.stream_permit()?;
-        let events = self.read(|core| core.subscribe()).await?;
+        let check = who.clone();
+        let events = self
+            .ask(move |core| {
+                if job == 0 {
+                    core.check_user(&check)?
+                } else {
+                    core.check_job(&check, job)?
+                }
+                Ok(core.subscribe())
+            })
+            .await?;
         let stream = tokio_stream::wrappers::BroadcastStream::new(events).filter_map(move |e| {
             let _held = &permit;
             match e {
-                Ok(e) if job == 0 || e.job == job => Some(Ok(event_to_pb(e))),
+                Ok(e) if (job == 0 || e.job == job) && who.may_use_queue(&e.queue) => Some(Ok(event_to_pb(e))),
                 Ok(_) => None,
                 Err(lagged) => Some(Err(Status::data_loss(format!("watcher fell behind: {lagged}")))),
             }
@@ -359,7 +442,9 @@ impl pb::jobs_server::Jobs for Api {
 
 #[tonic::async_trait]
 impl pb::nodes_server::Nodes for Api {
-    async fn list(&self, _: Request<pb::ListNodesRequest>) -> Result<Response<pb::NodeList>, Status> {
+    async fn list(&self, req: Request<pb::ListNodesRequest>) -> Result<Response<pb::NodeList>, Status> {
+        let who = caller(&req)?;
+        self.ask(move |core| core.check_user(&who)).await?;
         let nodes = self.read(|core| core.nodes()).await?;
         Ok(Response::new(pb::NodeList { nodes: nodes.into_iter().map(node_to_pb).collect() }))
     }
@@ -379,8 +464,123 @@ impl pb::nodes_server::Nodes for Api {
 
 impl Api {
     async fn node_op(&self, req: Request<pb::NodeRef>, op: NodeOp) -> Result<Response<pb::Node>, Status> {
+        let who = caller(&req)?;
         let name = req.into_inner().name;
-        Ok(Response::new(node_to_pb(self.ask(move |core| core.node_op(&name, op)).await?)))
+        let (check, target) = (who.clone(), name.clone());
+        let node = self
+            .ask(move |core| {
+                core.check_admin(&check)?;
+                core.node_op(&target, op)
+            })
+            .await?;
+        self.record(&who, format!("{op:?} node {name}").to_lowercase()).await;
+        Ok(Response::new(node_to_pb(node)))
+    }
+
+    /// Runs `f` if `who` may use job `id`.
+    async fn ask_job<R: Send + 'static>(
+        &self,
+        who: Principal,
+        id: u64,
+        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<R, CoordinatorError> + Send + 'static,
+    ) -> Result<R, Status> {
+        self.ask(move |core| {
+            core.check_job(&who, id)?;
+            f(core)
+        })
+        .await
+    }
+}
+
+#[tonic::async_trait]
+impl pb::tokens_server::Tokens for Api {
+    async fn create(&self, req: Request<pb::CreateTokenRequest>) -> Result<Response<pb::CreatedToken>, Status> {
+        let who = caller(&req)?;
+        let req = req.into_inner();
+        let role = Role::parse(&req.role).map_err(status_of)?;
+        let (_, token) =
+            super::auth::random_token().map_err(|e| Status::internal(format!("cannot read /dev/urandom: {e}")))?;
+        let secret = token.clone();
+        let check = who.clone();
+        let ttl = (req.ttl_ms > 0).then_some(req.ttl_ms);
+        let record = self
+            .ask(move |core| {
+                core.check_admin(&check)?;
+                core.create_token(&secret, role, req.queues, ttl, req.description)
+            })
+            .await?;
+        self.record(&who, format!("create {} token {}", record.role.as_str(), record.id)).await;
+        Ok(Response::new(pb::CreatedToken { info: Some(token_to_pb(record)), token }))
+    }
+
+    async fn list(&self, req: Request<pb::ListTokensRequest>) -> Result<Response<pb::TokenList>, Status> {
+        let who = caller(&req)?;
+        let tokens = self
+            .ask(move |core| {
+                core.check_admin(&who)?;
+                Ok(core.tokens())
+            })
+            .await?;
+        Ok(Response::new(pb::TokenList { tokens: tokens.into_iter().map(token_to_pb).collect() }))
+    }
+
+    async fn revoke(&self, req: Request<pb::TokenRef>) -> Result<Response<pb::TokenInfo>, Status> {
+        let who = caller(&req)?;
+        let id = req.into_inner().id;
+        let check = who.clone();
+        let record = self
+            .ask(move |core| {
+                core.check_admin(&check)?;
+                core.revoke_token(&id)
+            })
+            .await?;
+        self.record(&who, format!("revoke token {}", record.id)).await;
+        Ok(Response::new(token_to_pb(record)))
+    }
+
+    async fn audit(&self, req: Request<pb::AuditRequest>) -> Result<Response<pb::AuditLog>, Status> {
+        let who = caller(&req)?;
+        let limit = match req.into_inner().limit {
+            0 => 100,
+            n => n as usize,
+        };
+        let entries = self
+            .ask(move |core| {
+                core.check_admin(&who)?;
+                Ok(core.audit_log(limit))
+            })
+            .await?;
+        Ok(Response::new(pb::AuditLog {
+            entries: entries.into_iter().map(|e| pb::AuditEntry { at_ms: e.at_ms, who: e.who, what: e.what }).collect(),
+        }))
+    }
+
+    async fn whoami(&self, req: Request<pb::WhoamiRequest>) -> Result<Response<pb::TokenInfo>, Status> {
+        let who = caller(&req)?;
+        let (role, queues) = match &who {
+            Principal::Admin { .. } => ("admin", vec![]),
+            Principal::Tenant { queues, .. } => ("submit", queues.iter().cloned().collect()),
+            Principal::Agent { .. } => ("agent", vec![]),
+        };
+        let id = who.describe().split(' ').take(2).collect::<Vec<_>>().join(" ");
+        Ok(Response::new(pb::TokenInfo { id, role: role.into(), queues, ..Default::default() }))
+    }
+}
+
+/// The principal the auth layer found for this call.
+fn caller<T>(req: &Request<T>) -> Result<Principal, Status> {
+    req.extensions().get::<Principal>().cloned().ok_or_else(|| Status::unauthenticated(HOW_TO_GET_A_TOKEN))
+}
+
+fn token_to_pb(t: TokenRecord) -> pb::TokenInfo {
+    pb::TokenInfo {
+        id: t.id,
+        role: t.role.as_str().into(),
+        queues: t.queues,
+        created_ms: t.created_ms,
+        expires_ms: t.expires_ms.unwrap_or(0),
+        revoked: t.revoked,
+        description: t.description,
     }
 }
 

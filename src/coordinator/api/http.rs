@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,6 +23,7 @@ use serde_json::{Value, json};
 
 use crate::coordinator::CoreHandle;
 use crate::coordinator::core::CoordinatorError;
+use crate::coordinator::core::auth::Principal;
 use crate::coordinator::core::model::{JobState, JobView};
 use crate::coordinator::metrics::{self, Metrics, Snapshot};
 use crate::coordinator::pipelines::{self, PipelineView};
@@ -87,12 +88,8 @@ pub struct HttpServer {
 impl HttpServer {
     pub fn new(core: CoreHandle, metrics: Arc<Metrics>) -> HttpServer {
         let state = Http { core, sql: Arc::default(), metrics, history: Arc::default() };
-        let router = Router::new()
-            .route("/", get(|| async { page("text/html; charset=utf-8", INDEX_HTML) }))
-            .route("/ui/app.js", get(|| async { page("text/javascript; charset=utf-8", APP_JS) }))
-            .route("/ui/style.css", get(|| async { page("text/css; charset=utf-8", STYLE_CSS) }))
-            .route("/healthz", get(|| async { "ok\n" }))
-            .route("/readyz", get(readyz))
+        // Everything but the probes and the UI's own files needs a token.
+        let guarded = Router::new()
             .route("/metrics", get(metrics_text))
             .route("/api/v1/status", get(status))
             .route("/api/v1/nodes", get(nodes))
@@ -106,6 +103,14 @@ impl HttpServer {
             .route("/api/v1/queries", get(queries))
             .route("/api/v1/sql", post(run_sql))
             .route("/api/v1/targets", get(targets))
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+        let router = Router::new()
+            .route("/", get(|| async { page("text/html; charset=utf-8", INDEX_HTML) }))
+            .route("/ui/app.js", get(|| async { page("text/javascript; charset=utf-8", APP_JS) }))
+            .route("/ui/style.css", get(|| async { page("text/css; charset=utf-8", STYLE_CSS) }))
+            .route("/healthz", get(|| async { "ok\n" }))
+            .route("/readyz", get(readyz))
+            .merge(guarded)
             .with_state(state.clone());
         HttpServer { sql: state.sql.clone(), router, state }
     }
@@ -132,6 +137,8 @@ impl From<CoordinatorError> for ApiError {
             CoordinatorError::NotFound(_) => StatusCode::NOT_FOUND,
             CoordinatorError::Conflict(_) => StatusCode::CONFLICT,
             CoordinatorError::Store(_) | CoordinatorError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            CoordinatorError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            CoordinatorError::Forbidden(_) => StatusCode::FORBIDDEN,
             CoordinatorError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -152,6 +159,22 @@ impl Http {
         f: impl FnOnce(&mut crate::coordinator::core::Core) -> R + Send + 'static,
     ) -> ApiResult<R> {
         Ok(self.core.call(f).await?)
+    }
+
+    async fn ask<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<R, CoordinatorError> + Send + 'static,
+    ) -> ApiResult<R> {
+        Ok(self.core.call(f).await??)
+    }
+
+    /// The jobs `who` may see.
+    async fn visible_jobs(&self, who: Principal) -> ApiResult<Vec<JobView>> {
+        self.ask(move |c| {
+            c.check_user(&who)?;
+            Ok(c.jobs().into_iter().filter(|j| who.may_use_queue(&j.queue)).collect())
+        })
+        .await
     }
 
     /// A job by id or name.
@@ -175,6 +198,22 @@ impl Http {
     }
 }
 
+/// Resolves the request's bearer token to a [`Principal`] for the handler.
+async fn authenticate(
+    State(http): State<Http>,
+    mut request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let token = crate::coordinator::api::auth::bearer(request.headers());
+    match crate::coordinator::api::auth::principal(&http.core, token).await {
+        Ok(who) => {
+            request.extensions_mut().insert(who);
+            next.run(request).await
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
 async fn readyz(State(http): State<Http>) -> Response {
     let failed = http.core.call(|c| c.failed()).await.unwrap_or(true);
     match (failed, http.sql.get().is_some()) {
@@ -185,8 +224,13 @@ async fn readyz(State(http): State<Http>) -> Response {
     }
 }
 
-async fn metrics_text(State(http): State<Http>) -> ApiResult<Response> {
-    let (nodes, jobs, queues, stats) = http.read(|c| (c.nodes(), c.jobs(), c.queues(), c.stats().clone())).await?;
+async fn metrics_text(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Response> {
+    let (nodes, jobs, queues, stats) = http
+        .ask(move |c| {
+            c.check_admin(&who)?;
+            Ok((c.nodes(), c.jobs(), c.queues(), c.stats().clone()))
+        })
+        .await?;
     let pipelines = http.pipelines(true).await;
     let snapshot = Snapshot { nodes, jobs, queues, stats, pipelines };
     let query_latency = http.sql.get().map(|s| s.queries().latency().clone());
@@ -195,8 +239,13 @@ async fn metrics_text(State(http): State<Http>) -> ApiResult<Response> {
     Ok(([(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)], text).into_response())
 }
 
-async fn status(State(http): State<Http>) -> ApiResult<Json<Value>> {
-    let s = http.read(|c| c.status()).await?;
+async fn status(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Value>> {
+    let s = http
+        .ask(move |c| {
+            c.check_user(&who)?;
+            Ok(c.status())
+        })
+        .await?;
     Ok(Json(json!({
         "coordinator": s.coordinator,
         "http": s.http,
@@ -206,17 +255,27 @@ async fn status(State(http): State<Http>) -> ApiResult<Json<Value>> {
     })))
 }
 
-async fn nodes(State(http): State<Http>) -> ApiResult<Json<Vec<NodeDoc>>> {
-    Ok(Json(http.read(|c| c.nodes()).await?.iter().map(NodeDoc::from).collect()))
+async fn nodes(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<NodeDoc>>> {
+    let nodes = http
+        .ask(move |c| {
+            c.check_user(&who)?;
+            Ok(c.nodes())
+        })
+        .await?;
+    Ok(Json(nodes.iter().map(NodeDoc::from).collect()))
 }
 
-async fn jobs(State(http): State<Http>) -> ApiResult<Json<Vec<JobDoc>>> {
-    Ok(Json(http.read(|c| c.jobs()).await?.iter().map(JobDoc::from).collect()))
+async fn jobs(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<JobDoc>>> {
+    Ok(Json(http.visible_jobs(who).await?.iter().map(JobDoc::from).collect()))
 }
 
-async fn job(State(http): State<Http>, Path(job): Path<String>) -> ApiResult<Json<JobDoc>> {
+async fn job(
+    State(http): State<Http>,
+    Extension(who): Extension<Principal>,
+    Path(job): Path<String>,
+) -> ApiResult<Json<JobDoc>> {
     let id = http.job_id(job).await?;
-    Ok(Json(JobDoc::from(&http.core.call(move |c| c.job(id)).await??)))
+    Ok(Json(JobDoc::from(&http.ask(move |c| c.check_job(&who, id).and_then(|()| c.job(id))).await?)))
 }
 
 #[derive(Deserialize)]
@@ -227,8 +286,14 @@ struct LogsQuery {
     tail: Option<u64>,
 }
 
-async fn logs(State(http): State<Http>, Path(job): Path<String>, Query(q): Query<LogsQuery>) -> ApiResult<Response> {
+async fn logs(
+    State(http): State<Http>,
+    Extension(who): Extension<Principal>,
+    Path(job): Path<String>,
+    Query(q): Query<LogsQuery>,
+) -> ApiResult<Response> {
     let id = http.job_id(job).await?;
+    http.ask(move |c| c.check_job(&who, id)).await?;
     let tail = q.tail.unwrap_or(64 * 1024).max(1);
     let text = crate::coordinator::logs::read(&http.core, id, q.slot, tail).await?;
     let body = String::from_utf8_lossy(&text).into_owned();
@@ -243,17 +308,18 @@ struct ServiceDoc {
     endpoints: Vec<Value>,
 }
 
-async fn services(State(http): State<Http>) -> ApiResult<Json<Vec<ServiceDoc>>> {
+async fn services(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<ServiceDoc>>> {
     let list = http
-        .read(|c| {
-            c.jobs()
+        .ask(move |c| {
+            c.check_user(&who)?;
+            Ok(c.jobs()
                 .into_iter()
-                .filter(|j| j.kind == "service")
+                .filter(|j| j.kind == "service" && who.may_use_queue(&j.queue))
                 .map(|j| {
                     let endpoints = c.endpoints(j.id).unwrap_or_default();
                     (j, endpoints)
                 })
-                .collect::<Vec<_>>()
+                .collect::<Vec<_>>())
         })
         .await?;
     Ok(Json(
@@ -270,8 +336,11 @@ async fn services(State(http): State<Http>) -> ApiResult<Json<Vec<ServiceDoc>>> 
     ))
 }
 
-async fn pipelines_list(State(http): State<Http>) -> ApiResult<Json<Vec<Value>>> {
-    let views = http.pipelines(true).await;
+async fn pipelines_list(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<Value>>> {
+    let check = who.clone();
+    http.ask(move |c| c.check_user(&check)).await?;
+    let views: Vec<PipelineView> =
+        http.pipelines(true).await.into_iter().filter(|p| who.may_use_queue(&p.job.queue)).collect();
     let history = http.history.lock().expect("history").lag.clone();
     Ok(Json(
         views
@@ -312,8 +381,13 @@ async fn pipelines_list(State(http): State<Http>) -> ApiResult<Json<Vec<Value>>>
     ))
 }
 
-async fn queues(State(http): State<Http>) -> ApiResult<Json<Vec<Value>>> {
-    let queues = http.read(|c| c.queues()).await?;
+async fn queues(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<Value>>> {
+    let queues = http
+        .ask(move |c| {
+            c.check_user(&who)?;
+            Ok(c.queues())
+        })
+        .await?;
     Ok(Json(
         queues
             .into_iter()
@@ -328,15 +402,21 @@ async fn queues(State(http): State<Http>) -> ApiResult<Json<Vec<Value>>> {
 }
 
 /// The samples of the last hour, and one of now.
-async fn utilization(State(http): State<Http>) -> ApiResult<Json<Vec<Sample>>> {
-    let now = http.read(|c| cluster_sample(&c.nodes(), &c.jobs(), c.now_ms())).await?;
+async fn utilization(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<Sample>>> {
+    let now = http
+        .ask(move |c| {
+            c.check_user(&who)?;
+            Ok(cluster_sample(&c.nodes(), &c.jobs(), c.now_ms()))
+        })
+        .await?;
     let mut samples: Vec<Sample> = http.history.lock().expect("history").cluster.iter().cloned().collect();
     samples.push(now);
     Ok(Json(samples))
 }
 
-async fn queries(State(http): State<Http>) -> Json<Value> {
-    Json(json!(http.sql.get().map(|s| s.queries().recent()).unwrap_or_default()))
+async fn queries(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Value>> {
+    http.ask(move |c| c.check_user(&who)).await?;
+    Ok(Json(json!(http.sql.get().map(|s| s.queries().recent()).unwrap_or_default())))
 }
 
 #[derive(Deserialize)]
@@ -346,7 +426,12 @@ struct SqlRequest {
 
 /// Runs one statement: a query's first rows as JSON objects, or what a
 /// change did.
-async fn run_sql(State(http): State<Http>, Json(req): Json<SqlRequest>) -> ApiResult<Json<Value>> {
+async fn run_sql(
+    State(http): State<Http>,
+    Extension(who): Extension<Principal>,
+    Json(req): Json<SqlRequest>,
+) -> ApiResult<Json<Value>> {
+    http.ask(move |c| c.check_user(&who)).await?;
     let front = http.sql.get().cloned().ok_or_else(|| {
         ApiError(StatusCode::SERVICE_UNAVAILABLE, "the SQL catalog is still loading; retry shortly".into())
     })?;
@@ -390,8 +475,13 @@ async fn run_sql(State(http): State<Http>, Json(req): Json<SqlRequest>) -> ApiRe
 }
 
 /// Prometheus HTTP service discovery: every agent's `/metrics`.
-async fn targets(State(http): State<Http>) -> ApiResult<Json<Value>> {
-    let nodes = http.read(|c| c.nodes()).await?;
+async fn targets(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Value>> {
+    let nodes = http
+        .ask(move |c| {
+            c.check_admin(&who)?;
+            Ok(c.nodes())
+        })
+        .await?;
     let groups: Vec<Value> = nodes
         .iter()
         .filter(|n| !n.agent_address.is_empty())

@@ -73,7 +73,11 @@ impl Core {
                 core.slot_ended(alloc, SlotOutcome::Lost, -1, detail)?;
             }
             core.schedule()?;
-            Ok(Registered { node: id, heartbeat_interval_ms: core.settings.heartbeat_interval.as_millis() as u64 })
+            Ok(Registered {
+                node: id,
+                heartbeat_interval_ms: core.settings.heartbeat_interval.as_millis() as u64,
+                logs_token: core.logs_token(&reg.name),
+            })
         })
     }
 

@@ -166,6 +166,7 @@ impl Core {
             env.insert("COHORT_GANG_SIZE".into(), slots.len().to_string());
             env.insert("COHORT_PEERS".into(), peers.join(","));
             env.insert("COHORT_ATTEMPT".into(), attempts.to_string());
+            env.insert("COHORT_TOKEN".into(), self.job_token(id));
             if !self.endpoints.kafka_bootstrap.is_empty() {
                 env.insert("COHORT_KAFKA_BOOTSTRAP".into(), self.endpoints.kafka_bootstrap.clone());
             }

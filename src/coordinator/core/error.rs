@@ -21,6 +21,12 @@ pub enum CoordinatorError {
     /// The coordinator is stopping or restarting; retry shortly.
     #[error("{0}")]
     Unavailable(String),
+    /// No token, or one that is unknown, revoked or expired.
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The token is valid but does not allow this.
+    #[error("{0}")]
+    Forbidden(String),
     /// A bug: state that should be impossible.
     #[error("internal error: {0}")]
     Internal(String),

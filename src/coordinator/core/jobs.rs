@@ -105,7 +105,9 @@ impl Core {
     }
 
     /// Where a slot's output is: the agent's log service and the allocation.
-    pub fn log_source(&self, job: u64, slot: u32) -> Result<(String, u64)> {
+    /// Where slot `slot`'s log is: the agent's address, the allocation, and
+    /// the token that agent asks for.
+    pub fn log_source(&self, job: u64, slot: u32) -> Result<(String, u64, String)> {
         let record = &self.jobs.get(&job).ok_or_else(|| CoordinatorError::NotFound(format!("no job {job}")))?.record;
         let s = record
             .slots
@@ -119,7 +121,7 @@ impl Core {
             .values()
             .find(|a| a.record.name == s.node)
             .ok_or_else(|| CoordinatorError::NotFound(format!("node {} is unknown", s.node)))?;
-        Ok((agent.record.logs_address.clone(), s.alloc_id))
+        Ok((agent.record.logs_address.clone(), s.alloc_id, self.logs_token(&s.node)))
     }
 
     /// The job's state: the engine's while its gang lives, the record's after.

@@ -20,6 +20,7 @@
 //!   DataFusion's business, in the Flight SQL front door and drivers).
 
 mod agents;
+pub mod auth;
 mod catalog;
 pub mod clock;
 mod decisions;
@@ -57,6 +58,8 @@ pub struct CoreSettings {
     pub heartbeat_interval: Duration,
     /// The scheduler's classes, queues and policy.
     pub engine: Config,
+    /// The key executors' job tokens are derived from (kept in the data dir).
+    pub token_secret: [u8; 32],
 }
 
 impl Default for CoreSettings {
@@ -65,6 +68,7 @@ impl Default for CoreSettings {
             heartbeat_timeout: Duration::from_secs(5),
             heartbeat_interval: Duration::from_secs(1),
             engine: Config::default(),
+            token_secret: [0; 32],
         }
     }
 }
@@ -103,6 +107,8 @@ struct Turn {
     nodes: BTreeSet<u32>,
     next_job: bool,
     catalog: bool,
+    tokens: BTreeSet<String>,
+    audit: Vec<auth::AuditEntry>,
     commands: Vec<(u32, AgentCommand)>,
     events: Vec<JobEvent>,
 }
@@ -123,6 +129,10 @@ pub struct Core {
     next_job: u64,
     /// The SQL catalog, in creation order.
     tables: Vec<TableDef>,
+    /// Issued tokens, by id.
+    tokens: BTreeMap<String, auth::TokenRecord>,
+    /// The newest audit entries.
+    audit: std::collections::VecDeque<auth::AuditEntry>,
     endpoints: ClusterStatus,
     events: broadcast::Sender<JobEvent>,
     turn: Turn,
@@ -189,6 +199,8 @@ impl Core {
             agents,
             next_job: snapshot.next_job,
             tables: snapshot.tables,
+            tokens: snapshot.tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
+            audit: snapshot.audit.into(),
             endpoints: ClusterStatus::default(),
             events: broadcast::channel(4096).0,
             turn: Turn::default(),
@@ -324,6 +336,8 @@ impl Core {
         if turn.catalog {
             writes.push(Write::Catalog(self.tables.clone()));
         }
+        writes.extend(turn.tokens.iter().map(|id| Write::Token(self.tokens[id].clone())));
+        writes.extend(turn.audit.into_iter().map(Write::Audit));
         if let Err(e) = self.store.commit(&writes) {
             tracing::error!(error = %e, writes = writes.len(), "state store failed; the coordinator stops");
             self.failed = true;
@@ -342,7 +356,8 @@ impl Core {
     fn announce(&mut self, job: u64, what: String) {
         let state = self.job_state(job).unwrap_or(JobState::Pending);
         let at_ms = self.now() as i64;
-        self.turn.events.push(JobEvent { job, at_ms, state, what });
+        let queue = self.job_queue(job).unwrap_or_default().to_string();
+        self.turn.events.push(JobEvent { job, queue, at_ms, state, what });
     }
 
     fn command(&mut self, node: u32, command: AgentCommand) {

@@ -199,6 +199,8 @@ pub struct ClusterStatus {
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobEvent {
     pub job: u64,
+    /// The job's queue: who may watch it.
+    pub queue: String,
     pub at_ms: i64,
     /// The job's state after the event.
     pub state: JobState,
@@ -245,10 +247,12 @@ pub struct Registration {
 }
 
 /// The coordinator's answer to a registration.
-#[derive(Clone, Copy, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Registered {
     pub node: u32,
     pub heartbeat_interval_ms: u64,
+    /// What the coordinator presents to read the agent's logs.
+    pub logs_token: String,
 }
 
 /// How an executor ended, as its agent saw it.

@@ -83,6 +83,7 @@ impl Handle {
 
     fn param_values(&self) -> Result<Option<ParamValues>, Status> {
         let Some(ipc) = &self.params else { return Ok(None) };
+        check_framing(ipc).map_err(|e| Status::invalid_argument(format!("bad parameters: {e}")))?;
         // arrow-ipc panics on some malformed streams (unchecked flatbuffer
         // fields); a client's bytes must not take the front door down.
         let read = std::panic::catch_unwind(|| {
@@ -96,6 +97,45 @@ impl Handle {
         };
         params_from(&batches).map(Some)
     }
+}
+
+/// Checks an Arrow IPC stream's framing before arrow-ipc reads it: every
+/// message's metadata is a valid flatbuffer and every body it announces
+/// is within the bytes received, uncompressed. arrow-ipc allocates a
+/// message's announced body length up front, so one flipped bit in a
+/// length would otherwise ask for petabytes and abort the process.
+fn check_framing(mut bytes: &[u8]) -> Result<(), String> {
+    let take = |bytes: &mut &[u8], n: usize| -> Result<Vec<u8>, String> {
+        if bytes.len() < n {
+            return Err("the stream ends inside a message".into());
+        }
+        let (head, rest) = bytes.split_at(n);
+        *bytes = rest;
+        Ok(head.to_vec())
+    };
+    while !bytes.is_empty() {
+        let mut word = i32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
+        if word == -1 {
+            word = i32::from_le_bytes(take(&mut bytes, 4)?.try_into().expect("4 bytes"));
+        }
+        if word == 0 {
+            return Ok(());
+        }
+        let meta_len = usize::try_from(word).map_err(|_| "a negative metadata length".to_string())?;
+        let meta = take(&mut bytes, meta_len)?;
+        let message = arrow::ipc::root_as_message(&meta).map_err(|e| format!("a malformed message: {e}"))?;
+        let compressed = message.header_as_record_batch().is_some_and(|b| b.compression().is_some())
+            || message.header_as_dictionary_batch().and_then(|d| d.data()).is_some_and(|b| b.compression().is_some());
+        if compressed {
+            return Err("compressed parameter streams are not accepted".into());
+        }
+        let body = usize::try_from(message.bodyLength()).map_err(|_| "a negative body length".to_string())?;
+        if body > bytes.len() {
+            return Err(format!("a message announces {body} body bytes, but {} remain", bytes.len()));
+        }
+        bytes = &bytes[body..];
+    }
+    Ok(())
 }
 
 /// One row of parameters, by position (`$1`, `$2`, ... or `?`) or name.
@@ -300,10 +340,22 @@ impl FlightSqlService for FlightSql {
 
     async fn do_handshake(
         &self,
-        _request: Request<Streaming<HandshakeRequest>>,
+        request: Request<Streaming<HandshakeRequest>>,
     ) -> Result<Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>>, Status> {
-        let answer = HandshakeResponse { protocol_version: 0, payload: Bytes::new() };
-        Ok(Response::new(Box::pin(futures::stream::iter([Ok(answer)]))))
+        // The auth layer checked the credentials (Basic, password = token);
+        // the client uses the token as its bearer from now on.
+        let token = request
+            .extensions()
+            .get::<crate::coordinator::api::auth::Presented>()
+            .map(|p| p.0.clone())
+            .ok_or_else(|| Status::unauthenticated(crate::coordinator::core::auth::HOW_TO_GET_A_TOKEN))?;
+        let bearer = tonic::metadata::MetadataValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| Status::invalid_argument("the token is not a valid header value"))?;
+        let answer = HandshakeResponse { protocol_version: 0, payload: Bytes::from(token.into_bytes()) };
+        let mut response: Response<Pin<Box<dyn Stream<Item = Result<HandshakeResponse, Status>> + Send>>> =
+            Response::new(Box::pin(futures::stream::iter([Ok(answer)])));
+        response.metadata_mut().insert("authorization", bearer);
+        Ok(response)
     }
 
     async fn get_flight_info_statement(

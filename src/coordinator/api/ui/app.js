@@ -27,11 +27,36 @@ const table = (head, rows) => rows.length
 const live = (slot) => ["starting", "running", "stopping"].includes(slot.state);
 const nodesOf = (job) => [...new Set(job.slots.filter(live).map((s) => s.node))];
 
-async function api(path, options) {
-  const r = await fetch(`/api/v1/${path}`, options);
+// The API takes a bearer token: from `?token=...` once (then kept in this
+// browser's storage and dropped from the address bar), or typed in below.
+const TOKEN_KEY = "cohort-token";
+(() => {
+  const url = new URL(location.href);
+  const given = url.searchParams.get("token");
+  if (given) {
+    localStorage.setItem(TOKEN_KEY, given);
+    url.searchParams.delete("token");
+    history.replaceState(null, "", url.pathname + url.search + url.hash);
+  }
+})();
+
+class Unauthorized extends Error {}
+
+async function api(path, options = {}) {
+  const token = localStorage.getItem(TOKEN_KEY);
+  const headers = { ...(options.headers || {}), ...(token ? { authorization: `Bearer ${token}` } : {}) };
+  const r = await fetch(`/api/v1/${path}`, { ...options, headers });
   const body = await r.json();
+  if (r.status === 401) throw new Unauthorized(body.error || r.statusText);
   if (!r.ok) throw new Error(body.error || r.statusText);
   return body;
+}
+
+function askForToken(why) {
+  view.innerHTML = `<section><h2>A token is needed</h2><p class="muted">${esc(why)}</p>
+    <p>Paste a token (<code>cohort token create --role submit --queue Q</code>, or the admin token
+    <code>cohort up</code> wrote to <code>~/.config/cohort/config.toml</code>):</p>
+    <input id="token-text" type="password" size="60" autocomplete="off"> <button id="token-save">Use it</button></section>`;
 }
 
 // A line chart of `series` ([{name, color, points: [[x, y]]}]) as inline SVG.
@@ -200,8 +225,8 @@ function current() {
 let drawing = false;
 async function draw() {
   if (drawing) return;
-  // Do not redraw under someone typing a query.
-  if (current() === "sql" && document.activeElement?.id === "sql-text") return;
+  // Do not redraw under someone typing a query or a token.
+  if (["sql-text", "token-text"].includes(document.activeElement?.id)) return;
   drawing = true;
   const name = current();
   document.querySelectorAll("#tabs a").forEach((a) => a.classList.toggle("active", a.hash === `#${name}`));
@@ -213,7 +238,8 @@ async function draw() {
     view.dataset.tab = name;
     document.getElementById("updated").textContent = `updated ${new Date().toLocaleTimeString()}`;
   } catch (e) {
-    view.innerHTML = `<section><p class="error">Cannot reach the coordinator: ${esc(e.message)}</p></section>`;
+    if (e instanceof Unauthorized) askForToken(e.message);
+    else view.innerHTML = `<section><p class="error">${esc(e.message)}</p></section>`;
   } finally {
     drawing = false;
   }
@@ -223,6 +249,11 @@ view.addEventListener("click", async (event) => {
   const row = event.target.closest("tr[data-job]");
   if (row) {
     selectedJob = Number(row.dataset.job);
+    draw();
+  }
+  if (event.target.id === "token-save") {
+    localStorage.setItem(TOKEN_KEY, document.getElementById("token-text").value.trim());
+    document.activeElement.blur();
     draw();
   }
   if (event.target.id === "sql-run") {

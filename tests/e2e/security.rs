@@ -1,0 +1,186 @@
+//! Who gets in: a client without a token is told how to get one; tenants
+//! see and touch only their queues' jobs, through the CLI (gRPC), Flight
+//! SQL and HTTP; revoked and expired tokens are refused at once; an agent
+//! needs a join token; every accepted change is in the audit log.
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::harness::{Cluster, cli_with_token, cohort, http};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// Issues a token as the cluster's admin; returns (id, token).
+fn issue(c: &Cluster, args: &[&str]) -> (String, String) {
+    let mut all = vec!["token", "create"];
+    all.extend(args);
+    all.extend(["--output", "json"]);
+    let out = c.cli(&all);
+    assert!(out.status.success(), "token create: {}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["id"].as_str().unwrap().to_string(), v["token"].as_str().unwrap().to_string())
+}
+
+fn spec(c: &Cluster, name: &str, queue: &str) -> String {
+    let text = format!(
+        "name = \"{name}\"\nqueue = \"{queue}\"\n[gang]\ncpu = \"100m\"\nmemory = \"32MiB\"\n[command]\nargv = [\"sh\", \"-c\", \"echo secret of {name}; sleep 600\"]\n"
+    );
+    c.write(&format!("{name}.toml"), &text).display().to_string()
+}
+
+fn submit_as(c: &Cluster, token: &str, name: &str, queue: &str) -> std::process::Output {
+    cli_with_token(&c.address, token, &["submit", &spec(c, name, queue), "--output", "json"])
+}
+
+fn id_of(out: &std::process::Output) -> u64 {
+    assert!(out.status.success(), "{}", stderr(out));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap()["id"].as_u64().unwrap()
+}
+
+fn http_address(c: &Cluster) -> String {
+    c.json(&["status"])["http"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_client_without_a_token_is_refused_and_told_how_to_get_one() {
+    let c = Cluster::start(&[("a", 2)]);
+    for args in [&["jobs"][..], &["sql", "-e", "SELECT 1"], &["nodes"]] {
+        let out = cli_with_token(&c.address, "", args);
+        assert!(!out.status.success(), "{args:?} succeeded without a token");
+        let err = stderr(&out);
+        assert!(err.contains("no token") && err.contains("cohort token create"), "{args:?}: {err}");
+    }
+    let out = cli_with_token(&c.address, "cohort_0000_forged", &["jobs"]);
+    assert!(stderr(&out).contains("not one this cluster issued"), "{}", stderr(&out));
+
+    let address = http_address(&c);
+    let (code, body) = http(&address, "", "GET", "/api/v1/jobs", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("no token"), "{body}");
+    assert_eq!(http(&address, "", "GET", "/metrics", None).0, 401);
+    assert_eq!(http(&address, "", "GET", "/healthz", None).0, 200, "probes need no token");
+    assert_eq!(http(&address, "", "GET", "/", None).0, 200, "the page itself asks for a token");
+}
+
+#[test]
+fn tenants_see_and_touch_only_their_queues_through_every_door() {
+    let c = Cluster::start(&[("a", 4)]);
+    let (_, a) = issue(&c, &["--role", "submit", "--queue", "team-a"]);
+    let (_, b) = issue(&c, &["--role", "submit", "--queue", "team-b", "--queue", "team-b2"]);
+
+    let mine = id_of(&submit_as(&c, &a, "a-job", "team-a"));
+    let theirs = id_of(&submit_as(&c, &b, "b-job", "team-b"));
+    let refused = submit_as(&c, &a, "sneaky", "team-b");
+    assert!(!refused.status.success());
+    assert!(stderr(&refused).contains("may not use queue `team-b`"), "{}", stderr(&refused));
+    c.wait_until("both run", WAIT, |c| c.state(mine) == "running" && c.state(theirs) == "running");
+
+    // gRPC through the CLI.
+    let listed = cli_with_token(&c.address, &a, &["jobs", "--output", "json"]);
+    let names: Vec<Value> = serde_json::from_slice::<Value>(&listed.stdout)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["name"].clone())
+        .collect();
+    assert_eq!(names, [Value::from("a-job")], "A sees only its own");
+    let theirs_text = theirs.to_string();
+    for args in [
+        &["job", &theirs_text][..],
+        &["cancel", &theirs_text],
+        &["logs", &theirs_text],
+        &["watch", &theirs_text],
+        &["job", "b-job"],
+        &["drain", "a"],
+        &["token", "list"],
+    ] {
+        let out = cli_with_token(&c.address, &a, args);
+        assert!(!out.status.success(), "A could {args:?}");
+        assert!(stderr(&out).contains("may not"), "{args:?}: {}", stderr(&out));
+    }
+    assert_eq!(c.state(theirs), "running", "B's job survived A's attempts");
+    let logs = cli_with_token(&c.address, &b, &["logs", &theirs_text]);
+    assert!(String::from_utf8_lossy(&logs.stdout).contains("secret of b-job"), "B reads its own logs");
+
+    // Flight SQL: tenants query; a join token does not.
+    let sql = cli_with_token(&c.address, &a, &["sql", "--output", "json", "-e", "SELECT 41 + 1 AS n"]);
+    assert!(sql.status.success(), "{}", stderr(&sql));
+    let agent_sql = cli_with_token(&c.address, &c.join_token, &["sql", "-e", "SELECT 1"]);
+    assert!(stderr(&agent_sql).contains("only joins agents"), "{}", stderr(&agent_sql));
+
+    // HTTP.
+    let address = http_address(&c);
+    let (code, body) = http(&address, &a, "GET", "/api/v1/jobs", None);
+    assert_eq!(code, 200);
+    let jobs: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(jobs.as_array().unwrap().len(), 1, "{jobs}");
+    assert_eq!(http(&address, &a, "GET", &format!("/api/v1/jobs/{theirs}"), None).0, 403);
+    assert_eq!(http(&address, &a, "GET", &format!("/api/v1/jobs/{theirs}/logs"), None).0, 403);
+    assert_eq!(http(&address, &a, "GET", "/metrics", None).0, 403, "metrics are for admins");
+    assert_eq!(http(&address, &c.token, "GET", "/metrics", None).0, 200);
+
+    // The audit log names who did what.
+    let audit = c.json(&["audit"]);
+    let entries = audit.as_array().unwrap();
+    let by = |what: &str| entries.iter().find(|e| e["what"].as_str().is_some_and(|w| w.contains(what))).cloned();
+    let submitted = by(&format!("submit job {mine} to queue team-a")).expect("the submit is audited");
+    assert!(submitted["who"].as_str().unwrap().contains("submit: team-a"), "{submitted}");
+    assert!(by("create submit token").is_some(), "{audit}");
+    assert!(by("cancel").is_none(), "refused requests change nothing and are not audited: {audit}");
+}
+
+#[test]
+fn revoked_and_expired_tokens_are_refused_at_once() {
+    let c = Cluster::start(&[("a", 2)]);
+    let (id, token) = issue(&c, &["--role", "submit", "--queue", "q"]);
+    let (_, short) = issue(&c, &["--role", "admin", "--ttl", "1s"]);
+    assert!(cli_with_token(&c.address, &token, &["jobs"]).status.success());
+    assert!(cli_with_token(&c.address, &short, &["nodes"]).status.success());
+    assert!(c.cli(&["token", "revoke", &id]).status.success());
+    let out = cli_with_token(&c.address, &token, &["jobs"]);
+    assert!(stderr(&out).contains(&format!("token {id} was revoked")), "{}", stderr(&out));
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let out = cli_with_token(&c.address, &short, &["nodes"]);
+        if !out.status.success() {
+            assert!(stderr(&out).contains("expired"), "{}", stderr(&out));
+            break;
+        }
+        assert!(Instant::now() < deadline, "the 1 s token still works");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let listed = c.json(&["token", "list"]);
+    let row = listed.as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).cloned().unwrap();
+    assert_eq!(row["revoked"], true);
+    assert!(!listed.to_string().contains(&token), "secrets are never listed");
+}
+
+#[test]
+fn an_agent_needs_a_join_token() {
+    let mut c = Cluster::start(&[("a", 2)]);
+    let (_, user) = issue(&c, &["--role", "submit", "--queue", "q"]);
+    for (name, token) in [("no-token", ""), ("user-token", user.as_str()), ("forged", "cohort_1234_nope")] {
+        let out = Command::new(cohort())
+            .args(["agent", "--join", &c.address, "--name", name, "--cpu", "1", "--data-dir"])
+            .arg(c.dir.path().join(name))
+            .env("COHORT_JOIN_TOKEN", token)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run an agent");
+        assert!(!out.status.success(), "{name}: the agent was let in");
+        assert!(stderr(&out).contains("refused this agent"), "{name}: {}", stderr(&out));
+    }
+    let nodes = c.json(&["nodes"]);
+    assert_eq!(nodes.as_array().unwrap().len(), 1, "no refused agent became a node: {nodes}");
+    c.start_agent("b", 1);
+    c.wait_until("the agent with the join token registers", WAIT, |c| {
+        c.json(&["nodes"]).as_array().unwrap().len() == 2
+    });
+}
