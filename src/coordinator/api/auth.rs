@@ -27,7 +27,9 @@ pub fn bearer(headers: &HeaderMap) -> Option<String> {
         return Some(rest.trim().to_string());
     }
     if scheme.eq_ignore_ascii_case("basic") {
-        let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+        // Go's Flight client (under ADBC) sends it unpadded.
+        let encoded = rest.trim().trim_end_matches('=');
+        let decoded = base64::engine::general_purpose::STANDARD_NO_PAD.decode(encoded).ok()?;
         let (_user, password) =
             String::from_utf8(decoded).ok()?.split_once(':').map(|(u, p)| (u.to_string(), p.to_string()))?;
         return Some(password);
@@ -114,5 +116,25 @@ where
                 Err(e) => Ok(super::grpc::status_of(e).into_http()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_and_basic_credentials_with_or_without_padding() {
+        let headers = |value: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(http::header::AUTHORIZATION, value.parse().unwrap());
+            h
+        };
+        assert_eq!(bearer(&headers("Bearer cohort_a_b")).as_deref(), Some("cohort_a_b"));
+        // "me:cohort_a_b", padded and not.
+        assert_eq!(bearer(&headers("Basic bWU6Y29ob3J0X2FfYg==")).as_deref(), Some("cohort_a_b"));
+        assert_eq!(bearer(&headers("Basic bWU6Y29ob3J0X2FfYg")).as_deref(), Some("cohort_a_b"));
+        assert_eq!(bearer(&headers("Digest x")), None);
+        assert_eq!(bearer(&HeaderMap::new()), None);
     }
 }
