@@ -45,6 +45,9 @@ struct LaunchRecord {
     memory_bytes: u64,
     ports: BTreeMap<String, u16>,
     health: Option<HealthSpec>,
+    /// The scratch directory of a slot run as another user, removed at its end.
+    #[serde(default)]
+    scratch: Option<PathBuf>,
 }
 
 #[derive(Clone)]
@@ -57,6 +60,9 @@ pub(super) struct Executors {
     pub table: Arc<Mutex<HashMap<u64, Executor>>>,
     pub outbox: mpsc::UnboundedSender<pb::AgentMessage>,
     pub stats: Arc<super::http::AgentStats>,
+    pub users: super::identity::SlotUsers,
+    /// This node's name.
+    pub name: String,
 }
 
 fn message(body: pb::agent_message::Body) -> pb::AgentMessage {
@@ -147,8 +153,26 @@ impl Executors {
             .into_iter()
             .filter_map(|p| std::fs::OpenOptions::new().write(true).open(p).ok())
             .collect();
+        // Command and service slots run as their user; Cohort's own executors as the agent.
+        let user = match kind {
+            ExecutorKind::Command | ExecutorKind::Service => {
+                self.users.for_slot(&l.run_as).map_err(|why| anyhow::anyhow!(why))?
+            }
+            _ => None,
+        };
+        let scratch = match &user {
+            Some(u) => Some(
+                super::identity::scratch_dir(u, &self.name, l.alloc_id)
+                    .context("cannot make the slot's scratch dir")?,
+            ),
+            None => None,
+        };
         let exe = std::env::current_exe().context("cannot find the cohort binary")?;
         let mut cmd = tokio::process::Command::new(exe);
+        if let (Some(u), Some(dir)) = (&user, &scratch) {
+            cmd.env(crate::executor::RUN_AS_ENV, format!("{}:{}:{}", u.uid, u.gid, u.name))
+                .env(crate::executor::WORKDIR_ENV, dir);
+        }
         cmd.arg("executor").arg("--kind").arg(kind.as_str()).arg("--alloc-dir").arg(&dir).arg("--").args(&l.argv);
         cmd.envs(&self.env)
             .envs(&l.env)
@@ -182,6 +206,7 @@ impl Executors {
             memory_bytes: limits.memory_bytes,
             ports: l.ports.iter().map(|(k, v)| (k.clone(), *v as u16)).collect(),
             health: l.health.as_ref().and_then(crate::wire::health_from_pb),
+            scratch,
         };
         write_atomically(&dir.join("launch.json"), &serde_json::to_vec(&record)?)?;
         self.adopt(&record);
@@ -226,7 +251,19 @@ impl Executors {
         report.reason = over.or(killed_for).unwrap_or(report.reason);
         tracing::info!(alloc, exit_code = report.exit_code, signal = %report.signal, stopped, "executor exited");
         self.send(pb::agent_message::Body::Exited(report));
-        let _ = std::fs::remove_dir_all(alloc_dir(&self.data_dir, alloc));
+        self.forget(alloc);
+    }
+
+    /// Removes an ended executor's allocation dir, and its scratch dir if it had one.
+    fn forget(&self, alloc: u64) {
+        let dir = alloc_dir(&self.data_dir, alloc);
+        let record = std::fs::read(dir.join("launch.json")).ok();
+        if let Some(scratch) =
+            record.and_then(|b| serde_json::from_slice::<LaunchRecord>(&b).ok()).and_then(|r| r.scratch)
+        {
+            super::identity::remove_scratch(&scratch);
+        }
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     /// The exit an executor's supervisor recorded, with the tail of its output.
@@ -283,7 +320,7 @@ impl Executors {
                     "an executor ended while the agent was down"
                 );
                 ended.push(report);
-                let _ = std::fs::remove_dir_all(&dir);
+                self.forget(r.alloc);
                 continue;
             }
             tracing::info!(alloc = r.alloc, pid = r.pid, "re-adopting a running executor");

@@ -9,12 +9,14 @@
 //! - `executors.rs`: the executor table, on disk too, and recovery;
 //! - `health.rs`: health checks beside each service instance;
 //! - `isolation.rs`: cgroup limits or an RSS watch;
+//! - `identity.rs`: who command and service slots run as;
 //! - `logs.rs`: the `AgentLogs` service over the executors' log files;
 //! - `http.rs`: `/healthz` and `/metrics`, on the log service's address.
 
 mod executors;
 mod health;
 mod http;
+pub mod identity;
 mod isolation;
 mod logs;
 
@@ -51,6 +53,10 @@ pub struct Settings {
     pub max_executors: u32,
     /// The join token (an `agent` token) it registers with.
     pub token: Option<String>,
+    /// Command and service slots run as this user unless their queue names one.
+    pub run_as: Option<String>,
+    /// Whether slots may run as root (never otherwise).
+    pub allow_root: bool,
     /// Host ports for service instances, first to last.
     pub ports: (u16, u16),
     /// Where clients reach the services this host runs.
@@ -72,6 +78,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(settings.data_dir.join("logs"))
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let isolation = Isolation::detect(&settings.name);
+    let users = identity::SlotUsers::new(settings.run_as.as_deref(), settings.allow_root)?;
     crate::cli::config::set_token(settings.token.clone());
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -89,6 +96,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         table: Arc::default(),
         outbox,
         stats: Arc::default(),
+        users,
+        name: settings.name.clone(),
     };
     tracing::info!(node = %settings.name, isolation = executors.isolation.name(), logs = %logs_address, "agent starting");
     println!("agent {} joining {} (isolation: {})", settings.name, settings.join, executors.isolation.name());
@@ -171,6 +180,7 @@ impl Session {
                 port_last: s.ports.1 as u32,
                 address: s.address.clone(),
                 ended: ended.clone(),
+                runs_as: self.executors.users.describe(),
             })
             .await
             .map_err(|status| match status.code() {

@@ -265,7 +265,8 @@ pub async fn nodes(coordinator: &str, output: Output) -> Result<()> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(node_json).collect::<Vec<_>>())?),
         Output::Table | Output::Csv => {
             use cohort_scheduler::resources::{format_bytes, format_cpu};
-            let mut t = table(&["node", "state", "cpu used/total", "memory used/total", "slots", "isolation"]);
+            let mut t =
+                table(&["node", "state", "cpu used/total", "memory used/total", "slots", "isolation", "runs as"]);
             for n in &list {
                 let cap = n.capacity.unwrap_or_default();
                 let used = n.allocated.unwrap_or_default();
@@ -276,6 +277,7 @@ pub async fn nodes(coordinator: &str, output: Output) -> Result<()> {
                     format!("{}/{}", format_bytes(used.memory_bytes), format_bytes(cap.memory_bytes)),
                     n.slots.to_string(),
                     n.isolation.clone(),
+                    n.runs_as.clone(),
                 ]);
             }
             println!("{t}");

@@ -159,6 +159,9 @@ enum Command {
         /// The brokers are `cohort up`'s embedded one (shown as such).
         #[arg(long, hide = true)]
         kafka_embedded: bool,
+        /// Run a queue's command and service slots as this user: QUEUE=USER (repeatable).
+        #[arg(long = "run-as", value_name = "QUEUE=USER")]
+        run_as: Vec<String>,
     },
     /// Run an agent on this host and join it to a coordinator.
     Agent {
@@ -191,6 +194,13 @@ enum Command {
         /// --listen address, or the host name when that is 0.0.0.0).
         #[arg(long)]
         advertise: Option<String>,
+        /// Command and service slots run as this user unless their queue
+        /// names one (default, for an agent run as root: nobody).
+        #[arg(long)]
+        run_as: Option<String>,
+        /// Let slots run as root (an agent run as root never does otherwise).
+        #[arg(long)]
+        allow_root: bool,
     },
     /// Internal: the process an agent starts for one slot.
     #[command(hide = true)]
@@ -365,7 +375,24 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             drop(broker);
             result
         }
-        Command::Coordinator { listen, http, data_dir, heartbeat_timeout, pool, kafka_bootstrap, kafka_embedded } => {
+        Command::Coordinator {
+            listen,
+            http,
+            data_dir,
+            heartbeat_timeout,
+            pool,
+            kafka_bootstrap,
+            kafka_embedded,
+            run_as,
+        } => {
+            let mut run_as_by_queue = BTreeMap::new();
+            for pair in &run_as {
+                let (queue, user) = pair
+                    .split_once('=')
+                    .filter(|(q, u)| !q.is_empty() && !u.is_empty())
+                    .with_context(|| format!("--run-as: `{pair}` is not QUEUE=USER"))?;
+                run_as_by_queue.insert(queue.to_string(), user.to_string());
+            }
             let settings = coordinator::Settings {
                 sql: coordinator::sql::SqlSettings {
                     pool: coordinator::sql::PoolSettings {
@@ -385,6 +412,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 core: CoreSettings {
                     heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),
                     heartbeat_interval: Duration::from_secs_f64((heartbeat_timeout / 5.0).clamp(0.05, 1.0)),
+                    run_as: run_as_by_queue,
                     ..CoreSettings::default()
                 },
             };
@@ -393,7 +421,20 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 _ = agent::shutdown_signal() => Ok(()),
             }
         }
-        Command::Agent { join, name, cpu, memory, labels, data_dir, listen, max_executors, ports, advertise } => {
+        Command::Agent {
+            join,
+            name,
+            cpu,
+            memory,
+            labels,
+            data_dir,
+            listen,
+            max_executors,
+            ports,
+            advertise,
+            run_as,
+            allow_root,
+        } => {
             // The join token: --token, or COHORT_JOIN_TOKEN (which `up` sets).
             let join_token = config::token().or_else(|| std::env::var("COHORT_JOIN_TOKEN").ok());
             let (host_cpu, host_memory) = up::host_resources();
@@ -429,6 +470,8 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 listen,
                 max_executors,
                 token: join_token,
+                run_as,
+                allow_root,
                 ports,
                 address,
             };

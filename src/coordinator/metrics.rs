@@ -294,6 +294,7 @@ mod tests {
             max_executors: 110,
             address: "a".into(),
             agent_address: "127.0.0.1:1".into(),
+            runs_as: "nobody (uid 65534)".into(),
         };
         let queue = QueueUsage {
             name: "default".into(),

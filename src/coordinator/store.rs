@@ -153,6 +153,9 @@ pub struct NodeRecord {
     /// Where clients reach the services it runs.
     #[serde(default)]
     pub address: String,
+    /// Who its command and service slots run as.
+    #[serde(default)]
+    pub runs_as: String,
 }
 
 /// Everything a restarted coordinator reloads.
@@ -318,6 +321,7 @@ mod tests {
             port_first: 0,
             port_last: 0,
             address: String::new(),
+            runs_as: String::new(),
         };
         assert!(store.commit(&[Write::Alloc(alloc(2)), Write::DeleteAlloc(1), Write::Node(node)]).is_err());
         let snapshot = store.load().unwrap();

@@ -46,7 +46,7 @@ pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Res
                 let err = std::process::Command::new(program).args(args).exec();
                 bail!("executor: cannot run `{program}`: {err}")
             };
-            supervise(dir, program, args, &[])
+            supervise(dir, program, args, &[], RunAs::from_env()?.as_ref())
         }
         ExecutorKind::Batch => match alloc_dir {
             Some(dir) => supervise_itself(dir, kind, argv),
@@ -66,7 +66,7 @@ fn supervise_itself(dir: &Path, kind: ExecutorKind, argv: &[String]) -> Result<i
     let exe = std::env::current_exe().context("executor: cannot find the cohort binary")?;
     let mut args = vec!["executor".to_string(), "--kind".into(), kind.as_str().into(), "--".into()];
     args.extend(argv.iter().cloned());
-    supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)])
+    supervise(dir, &exe.to_string_lossy(), &args, &[("COHORT_ALLOC_DIR", dir)], None)
 }
 
 /// A stop signal the supervisor received, and the workload to pass it to.
@@ -82,7 +82,31 @@ extern "C" fn on_stop(sig: i32) {
     }
 }
 
-fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)]) -> Result<i32> {
+/// The user a command or service workload runs as, from its agent:
+/// `uid:gid:name` in [`RUN_AS_ENV`], its scratch dir in [`WORKDIR_ENV`].
+pub const RUN_AS_ENV: &str = "COHORT_RUN_AS";
+pub const WORKDIR_ENV: &str = "COHORT_WORKDIR";
+
+struct RunAs {
+    uid: u32,
+    gid: u32,
+    name: String,
+    workdir: std::path::PathBuf,
+}
+
+impl RunAs {
+    fn from_env() -> Result<Option<RunAs>> {
+        let Ok(spec) = std::env::var(RUN_AS_ENV) else { return Ok(None) };
+        let mut parts = spec.splitn(3, ':');
+        let (Some(uid), Some(gid), Some(name)) = (parts.next(), parts.next(), parts.next()) else {
+            bail!("executor: {RUN_AS_ENV} is not uid:gid:name")
+        };
+        let workdir = std::env::var_os(WORKDIR_ENV).map(Into::into).context("executor: no workdir to run in")?;
+        Ok(Some(RunAs { uid: uid.parse()?, gid: gid.parse()?, name: name.to_string(), workdir }))
+    }
+}
+
+fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)], run_as: Option<&RunAs>) -> Result<i32> {
     // The supervisor stays to record the workload's end: a stop is passed on,
     // even one that arrives before the workload exists. (Caught signals are
     // reset by exec, so the workload gets the default dispositions.)
@@ -93,7 +117,17 @@ fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)]) 
         }
     }
     let mut cmd = std::process::Command::new(program);
-    cmd.args(args).envs(env.iter().copied());
+    cmd.args(args).envs(env.iter().copied()).env_remove(RUN_AS_ENV).env_remove(WORKDIR_ENV);
+    if let Some(user) = run_as {
+        // The supervisor keeps the agent's user, to record the exit in its dir;
+        // std drops supplementary groups with the switch.
+        cmd.uid(user.uid)
+            .gid(user.gid)
+            .current_dir(&user.workdir)
+            .env("HOME", &user.workdir)
+            .env("USER", &user.name)
+            .env("LOGNAME", &user.name);
+    }
     let mut child = cmd.spawn().with_context(|| format!("executor: cannot run `{program}`"))?;
     WORKLOAD.store(child.id() as i32, Ordering::SeqCst);
     let early = STOP.load(Ordering::SeqCst);

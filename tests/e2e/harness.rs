@@ -89,6 +89,9 @@ pub struct Cluster {
     ports: u16,
     /// Each agent's 40 of them, by name, kept across restarts.
     agent_ports: std::collections::BTreeMap<String, u16>,
+    /// More flags for the coordinator and for every agent.
+    coordinator_flags: Vec<String>,
+    agent_flags: Vec<String>,
 }
 
 impl Cluster {
@@ -98,6 +101,16 @@ impl Cluster {
     }
 
     pub fn start_with(agents: &[(&str, u32)], heartbeat_timeout: f64) -> Cluster {
+        Cluster::start_configured(agents, heartbeat_timeout, &[], &[])
+    }
+
+    /// With more flags for the coordinator and the agents.
+    pub fn start_configured(
+        agents: &[(&str, u32)],
+        heartbeat_timeout: f64,
+        coordinator_flags: &[&str],
+        agent_flags: &[&str],
+    ) -> Cluster {
         let mut c = Cluster {
             dir: tempfile::tempdir().expect("temp dir"),
             address: format!("127.0.0.1:{}", free_port()),
@@ -108,6 +121,8 @@ impl Cluster {
             heartbeat_timeout,
             ports: port_block(),
             agent_ports: Default::default(),
+            coordinator_flags: coordinator_flags.iter().map(|f| f.to_string()).collect(),
+            agent_flags: agent_flags.iter().map(|f| f.to_string()).collect(),
         };
         c.start_coordinator();
         for (name, cores) in agents {
@@ -141,6 +156,7 @@ impl Cluster {
                 "--data-dir",
             ])
             .arg(self.dir.path().join("coordinator"))
+            .args(&self.coordinator_flags)
             .stdout(Stdio::null())
             .stderr(self.log("coordinator"))
             .spawn()
@@ -176,6 +192,7 @@ impl Cluster {
                 "--data-dir",
             ])
             .arg(self.dir.path().join(name))
+            .args(&self.agent_flags)
             .env("COHORT_JOIN_TOKEN", &self.join_token)
             .stdout(Stdio::null())
             .stderr(self.log(name))

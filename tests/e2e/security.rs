@@ -1,7 +1,8 @@
 //! Who gets in: a client without a token is told how to get one; tenants
 //! see and touch only their queues' jobs, through the CLI (gRPC), Flight
 //! SQL and HTTP; revoked and expired tokens are refused at once; an agent
-//! needs a join token; every accepted change is in the audit log.
+//! needs a join token; every accepted change is in the audit log; slots
+//! never run as root unless the agent allows it.
 
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -183,4 +184,43 @@ fn an_agent_needs_a_join_token() {
     c.wait_until("the agent with the join token registers", WAIT, |c| {
         c.json(&["nodes"]).as_array().unwrap().len() == 2
     });
+}
+
+/// What `id -u` printed in job `id`'s log.
+fn uid_of(c: &Cluster, id: u64) -> String {
+    c.wait_until("the job ends", WAIT, |c| c.state(id) == "succeeded" || c.state(id) == "failed");
+    assert_eq!(c.state(id), "succeeded", "{}", c.job(id));
+    String::from_utf8_lossy(&c.cli(&["logs", &id.to_string()]).stdout).trim().to_string()
+}
+
+#[test]
+fn slots_never_run_as_root_unless_the_agent_allows_it() {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: the agent must run as root to switch users");
+        return;
+    }
+    let c = Cluster::start_configured(&[("a", 2)], 1.0, &["--run-as", "ops=daemon"], &[]);
+    let nodes = c.json(&["nodes"]);
+    assert!(nodes[0]["runs_as"].as_str().unwrap().starts_with("nobody"), "{nodes}");
+    let default = c.submit("who", 1, "100m", "batch", "id -u; pwd");
+    let log = uid_of(&c, default);
+    assert!(log.starts_with("65534\n"), "a slot runs as nobody by default: {log}");
+    assert!(log.contains("/cohort-slots/"), "in its own scratch dir: {log}");
+
+    // A queue's run_as names its user; root is refused without --allow-root.
+    let ops = c.write(
+        "ops.toml",
+        "name = \"ops\"\nqueue = \"ops\"\n[gang]\ncpu = \"100m\"\nmemory = \"32MiB\"\n[command]\nargv = [\"id\", \"-un\"]\n",
+    );
+    let id = serde_json::from_slice::<Value>(&c.cli(&["submit", ops.to_str().unwrap(), "--output", "json"]).stdout)
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(uid_of(&c, id), "daemon");
+
+    let lax = Cluster::start_configured(&[("r", 2)], 1.0, &[], &["--allow-root"]);
+    assert_eq!(lax.json(&["nodes"])[0]["runs_as"], "root (--allow-root)");
+    let id = lax.submit("root", 1, "100m", "batch", "id -u");
+    assert_eq!(uid_of(&lax, id), "0", "allowed, it runs as root");
 }

@@ -605,6 +605,7 @@ fn registration_from_pb(req: pb::RegisterRequest) -> Registration {
         max_executors: req.max_executors,
         ports,
         address: req.address,
+        runs_as: req.runs_as,
     }
 }
 
@@ -650,6 +651,7 @@ fn command_to_pb(command: AgentCommand) -> pb::Command {
             limits: Some(resources_to_pb(l.limits)),
             ports: ports_to_pb(&l.ports),
             health: l.health.as_ref().map(crate::wire::health_to_pb),
+            run_as: l.run_as,
         }),
         AgentCommand::Kill { alloc, grace_ms, reason } => {
             pb::command::Body::Kill(pb::Kill { alloc_id: alloc, grace_ms, reason })
@@ -723,6 +725,7 @@ fn node_to_pb(n: NodeView) -> pb::Node {
         labels: n.labels.into_iter().collect(),
         max_executors: n.max_executors,
         address: n.address,
+        runs_as: n.runs_as,
     }
 }
 

@@ -35,6 +35,7 @@ impl Core {
                 port_first,
                 port_last,
                 address: reg.address.clone(),
+                runs_as: reg.runs_as.clone(),
             };
             let spec = node_spec(&record);
             let event = match core.engine.node_view(NodeId(id)).map(|n| n.state) {
@@ -262,6 +263,7 @@ impl Core {
             max_executors: agent.record.max_executors,
             address: agent.record.address.clone(),
             agent_address: agent.record.logs_address.clone(),
+            runs_as: agent.record.runs_as.clone(),
         })
     }
 }

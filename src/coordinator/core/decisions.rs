@@ -143,6 +143,7 @@ impl Core {
         let spec = if job.gang() == gang { &job.spec } else { job.next.as_ref().unwrap_or(&job.spec) };
         let attempts = self.engine.gang(GangId(gang)).map_or(job.record.attempts, |g| g.attempts);
         let shape = spec.kind.launch_shape();
+        let run_as = self.settings.run_as.get(&spec.gang.queue).cloned().unwrap_or_default();
         let (kind, port_names) = (shape.executor, &shape.ports);
         let peers: Vec<String> = slots.iter().map(|p| format!("{}@{}", p.slot, self.node_name(p.node))).collect();
         let now = self.engine.now();
@@ -185,6 +186,7 @@ impl Core {
                 limits: p.limits,
                 ports: ports.clone(),
                 health: shape.health.clone(),
+                run_as: run_as.clone(),
             };
             tracing::info!(job = id, gang, slot = p.slot, node = %node, alloc = p.alloc.0, "launching slot");
             self.command(p.node.0, AgentCommand::Launch(Box::new(launch)));

@@ -60,6 +60,8 @@ pub struct CoreSettings {
     pub engine: Config,
     /// The key executors' job tokens are derived from (kept in the data dir).
     pub token_secret: [u8; 32],
+    /// The user each queue's command and service slots run as.
+    pub run_as: BTreeMap<String, String>,
 }
 
 impl Default for CoreSettings {
@@ -69,6 +71,7 @@ impl Default for CoreSettings {
             heartbeat_interval: Duration::from_secs(1),
             engine: Config::default(),
             token_secret: [0; 32],
+            run_as: BTreeMap::new(),
         }
     }
 }

@@ -169,6 +169,8 @@ pub struct NodeView {
     pub address: String,
     /// Where its agent serves logs, `/healthz` and `/metrics`.
     pub agent_address: String,
+    /// Who its command and service slots run as.
+    pub runs_as: String,
 }
 
 /// A queue's entitlement and use, as shares of the cluster (0..1).
@@ -244,6 +246,8 @@ pub struct Registration {
     pub ports: Option<(u16, u16)>,
     /// Where clients reach the services it runs.
     pub address: String,
+    /// Who its command and service slots run as.
+    pub runs_as: String,
 }
 
 /// The coordinator's answer to a registration.
@@ -305,6 +309,8 @@ pub struct Launch {
     /// Host ports given to the instance, by name.
     pub ports: BTreeMap<String, u16>,
     pub health: Option<HealthSpec>,
+    /// The queue's user for command and service slots (empty: the agent's default).
+    pub run_as: String,
 }
 
 /// What the coordinator tells an agent.

@@ -48,6 +48,7 @@ fn registration(name: &str, cores: u64) -> Registration {
         max_executors: 110,
         ports: Some((31000, 31099)),
         address: format!("{name}.example"),
+        runs_as: "nobody".into(),
     }
 }
 
