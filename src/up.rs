@@ -116,7 +116,10 @@ pub async fn run(s: Settings) -> Result<()> {
     println!("Cohort is up.");
     println!("  coordinator (gRPC)  {}", s.listen);
     println!("  SQL (Flight SQL)    grpc://{}   try: cohort sql", s.listen);
-    println!("  web UI              http://{}   (/metrics for Prometheus; try: cohort top)", s.http);
+    // As Jupyter does: the link signs the browser in (the token is in the client config anyway).
+    let token = crate::cli::config::load(&crate::cli::config::config_path())?.token.unwrap_or_default();
+    println!("  web UI              http://{}/?token={token}", s.http);
+    println!("                      (/metrics for Prometheus; try: cohort top)");
     println!(
         "  agents              {} sharing this host ({} cores, {} in all)",
         s.agents,

@@ -185,11 +185,14 @@ impl Http {
         }
     }
 
-    /// Live pipelines with their lag; with their members' progress when `progress`.
-    async fn pipelines(&self, progress: bool) -> Vec<PipelineView> {
+    /// The live pipelines `who` may see (all, for `None`) with their lag;
+    /// with their members' progress when `progress`.
+    async fn pipelines(&self, progress: bool, who: Option<Principal>) -> Vec<PipelineView> {
+        let visible = move |queue: &str| who.as_ref().is_none_or(|w| w.may_use_queue(queue));
         let ids: Vec<u64> = self
-            .read(|c| {
-                c.jobs().into_iter().filter(|j| j.kind == "pipeline" && !j.state.is_final()).map(|j| j.id).collect()
+            .read(move |c| {
+                let live = |j: &JobView| j.kind == "pipeline" && !j.state.is_final() && visible(&j.queue);
+                c.jobs().into_iter().filter(live).map(|j| j.id).collect()
             })
             .await
             .unwrap_or_default();
@@ -231,7 +234,7 @@ async fn metrics_text(State(http): State<Http>, Extension(who): Extension<Princi
             Ok((c.nodes(), c.jobs(), c.queues(), c.stats().clone()))
         })
         .await?;
-    let pipelines = http.pipelines(true).await;
+    let pipelines = http.pipelines(true, None).await;
     let snapshot = Snapshot { nodes, jobs, queues, stats, pipelines };
     let query_latency = http.sql.get().map(|s| s.queries().latency().clone());
     let text = metrics::render(&snapshot, &http.metrics, query_latency.as_ref())
@@ -339,8 +342,7 @@ async fn services(State(http): State<Http>, Extension(who): Extension<Principal>
 async fn pipelines_list(State(http): State<Http>, Extension(who): Extension<Principal>) -> ApiResult<Json<Vec<Value>>> {
     let check = who.clone();
     http.ask(move |c| c.check_user(&check)).await?;
-    let views: Vec<PipelineView> =
-        http.pipelines(true).await.into_iter().filter(|p| who.may_use_queue(&p.job.queue)).collect();
+    let views = http.pipelines(true, Some(who)).await;
     let history = http.history.lock().expect("history").lag.clone();
     Ok(Json(
         views
@@ -497,7 +499,7 @@ async fn sample(http: Http) {
         every.tick().await;
         let Ok(sample) = http.read(|c| cluster_sample(&c.nodes(), &c.jobs(), c.now_ms())).await else { return };
         let lags: Vec<(String, LagSample)> = http
-            .pipelines(false)
+            .pipelines(false, None)
             .await
             .into_iter()
             .filter(|p| p.lag_error.is_empty())
