@@ -510,6 +510,8 @@ async fn sample(http: Http) {
             .collect();
         let mut history = http.history.lock().expect("history");
         push_bounded(&mut history.cluster, sample);
+        // Deleted pipelines' history goes with them.
+        history.lag.retain(|name, _| lags.iter().any(|(live, _)| live == name));
         for (name, lag) in lags {
             push_bounded(history.lag.entry(name).or_default(), lag);
         }
