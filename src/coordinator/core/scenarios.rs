@@ -517,3 +517,41 @@ fn a_paused_service_stops_its_instances_stays_paused_across_a_restart_and_resume
     let command = h.submit("batch", 1, "100m", 1);
     assert!(matches!(h.core.pause(command), Err(CoordinatorError::InvalidInput(_))), "batch jobs cancel, not pause");
 }
+
+#[test]
+fn tokens_are_checked_by_queue_expire_on_the_clock_and_survive_a_restart() {
+    use super::auth::{Principal, Role, job_token, new_token};
+    let mut h = Harness::new();
+    let (_, admin) = new_token(&[1; 16]);
+    let (tenant_id, tenant) = new_token(&[2; 16]);
+    let (_, brief) = new_token(&[3; 16]);
+    h.core.create_token(&admin, Role::Admin, vec![], None, "admin".into()).unwrap();
+    h.core.create_token(&tenant, Role::Submit, vec!["team-a".into()], None, String::new()).unwrap();
+    h.core.create_token(&brief, Role::Admin, vec![], Some(60_000), String::new()).unwrap();
+    assert!(h.core.create_token(&new_token(&[4; 16]).1, Role::Submit, vec![], None, String::new()).is_err());
+
+    // Given a job in the default queue, the team-a token may not touch it.
+    h.register("a", 4);
+    let job = h.submit("theirs", 1, "1", 1);
+    let who = h.core.authenticate(&tenant).unwrap();
+    assert!(matches!(&who, Principal::Tenant { queues, .. } if queues.contains("team-a")));
+    let refused = h.core.check_job(&who, job).unwrap_err().to_string();
+    assert!(refused.contains("may not use job") && refused.contains("`default`"), "{refused}");
+    assert!(h.core.check_job(&h.core.authenticate(&admin).unwrap(), job).is_ok());
+
+    // Its executors' token works while the job lives, not after.
+    let executors = h.core.authenticate(&job_token(&[0; 32], job)).unwrap();
+    assert!(h.core.check_job(&executors, job).is_ok());
+    assert!(h.core.authenticate(&job_token(&[9; 32], job)).is_err(), "another secret's token is forged");
+    h.core.cancel(job).unwrap();
+    assert!(h.core.authenticate(&job_token(&[0; 32], job)).unwrap_err().to_string().contains("ended with the job"));
+
+    // A token expires on the core's clock; a revoked one is refused, across a restart too.
+    h.clock.advance(Duration::from_secs(61));
+    assert!(h.core.authenticate(&brief).unwrap_err().to_string().contains("expired"));
+    h.core.revoke_token(&tenant_id).unwrap();
+    h.restart(None);
+    assert!(h.core.authenticate(&tenant).unwrap_err().to_string().contains("revoked"));
+    assert!(h.core.authenticate(&admin).is_ok(), "tokens come back from the store");
+    assert!(h.core.authenticate("cohort_nope_nope").is_err());
+}
