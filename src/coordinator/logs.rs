@@ -16,12 +16,14 @@ pub async fn agent_client(
     pb::agent_logs_client::AgentLogsClient<
         tonic::service::interceptor::InterceptedService<tonic::transport::Channel, crate::cli::config::Bearer>,
     >,
-    tonic::transport::Error,
+    String,
 > {
+    // The address is what the agent registered: outside input.
     let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
-        .expect("an agent address is a valid URI")
+        .map_err(|e| format!("`{address}` is not an address: {e}"))?
         .connect()
-        .await?;
+        .await
+        .map_err(|e| e.to_string())?;
     let bearer = crate::cli::config::Bearer::with(token);
     Ok(pb::agent_logs_client::AgentLogsClient::with_interceptor(channel, bearer))
 }
