@@ -6,21 +6,14 @@ with pyarrow.
 """
 
 import json
-import subprocess
 import sys
 import time
 
 import pyarrow.dataset as ds
+from cli import cohort
 from confluent_kafka import Producer
 
 N = 1000
-
-
-def cohort(binary, address, *args):
-    out = subprocess.run([binary, "--coordinator", address, *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"cohort {' '.join(args)} failed: {out.stderr}")
-    return out.stdout
 
 
 def main(binary, address, data_dir):

@@ -10,16 +10,10 @@ import subprocess
 import sys
 import time
 
+from cli import cohort
 from confluent_kafka import Producer
 
 BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
-
-
-def cohort(binary, address, *args):
-    out = subprocess.run([binary, "--coordinator", address, *args], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"cohort {' '.join(args)} failed: {out.stderr}")
-    return out.stdout
 
 
 def spec(data_dir, name, text):

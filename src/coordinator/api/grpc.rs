@@ -19,7 +19,7 @@ use crate::coordinator::core::auth::{HOW_TO_GET_A_TOKEN, Principal, Role, TokenR
 use crate::coordinator::core::model::{
     AgentCommand, AgentReport, ExitReport, JobEvent, JobView, NodeOp, NodeView, Registration, RunningExecutor,
 };
-use crate::coordinator::core::{AgentSink, CoordinatorError};
+use crate::coordinator::core::{AgentSink, CoordinatorError, Core};
 use crate::coordinator::sql::SqlFront;
 
 /// Serves the gRPC API, and Flight SQL beside it, on `listener` until the
@@ -161,25 +161,21 @@ impl Api {
     /// Runs a core call whose answer may be refused.
     async fn ask<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<R, CoordinatorError> + Send + 'static,
+        f: impl FnOnce(&mut Core) -> Result<R, CoordinatorError> + Send + 'static,
     ) -> Result<R, Status> {
         self.core.call(f).await.map_err(status_of)?.map_err(status_of)
     }
 
     /// Runs a core call that cannot be refused.
-    async fn read<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut crate::coordinator::core::Core) -> R + Send + 'static,
-    ) -> Result<R, Status> {
+    async fn read<R: Send + 'static>(&self, f: impl FnOnce(&mut Core) -> R + Send + 'static) -> Result<R, Status> {
         self.core.call(f).await.map_err(status_of)
     }
 
     /// A pipeline's topics must exist before members wait on them forever.
     /// (A spec that does not parse is left for the core to refuse, with
     /// its line.)
-    async fn check_topics(&self, file: &str, text: &str) -> Result<(), Status> {
-        let Ok(spec) = crate::spec::parse_job(file, text) else { return Ok(()) };
-        let crate::spec::JobKind::Pipeline { config, .. } = spec.kind else { return Ok(()) };
+    async fn check_topics(&self, file: &str, spec: &crate::spec::JobSpec) -> Result<(), Status> {
+        let crate::spec::JobKind::Pipeline { config, .. } = &spec.kind else { return Ok(()) };
         let bootstrap = self.read(|core| core.status().kafka_bootstrap).await?;
         let brokers = config.brokers.clone().unwrap_or(bootstrap);
         if brokers.is_empty() {
@@ -256,15 +252,14 @@ impl pb::jobs_server::Jobs for Api {
         let who = caller(&req)?;
         let req = req.into_inner();
         let file = if req.file_name.is_empty() { "job.toml".to_string() } else { req.file_name };
-        let queue = crate::spec::parse_job(&file, &req.spec_toml)
-            .map(|spec| spec.gang.queue)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // Parsed once, here: the queue decides who may submit it.
+        let spec =
+            crate::spec::parse_job(&file, &req.spec_toml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let queue = spec.gang.queue.clone();
         let check = (who.clone(), queue.clone());
         self.ask(move |core| core.check_queue(&check.0, &check.1)).await?;
-        if crate::spec::is_pipeline(&req.spec_toml) {
-            self.check_topics(&file, &req.spec_toml).await?;
-        }
-        let id = self.ask(move |core| core.submit(&file, &req.spec_toml)).await?;
+        self.check_topics(&file, &spec).await?;
+        let id = self.ask(move |core| core.submit_parsed(&file, &req.spec_toml, spec)).await?;
         self.record(&who, format!("submit job {id} to queue {queue}")).await;
         Ok(Response::new(pb::SubmitResponse { job_id: id }))
     }
@@ -287,11 +282,7 @@ impl pb::jobs_server::Jobs for Api {
     }
 
     async fn cancel(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&req)?;
-        let id = req.into_inner().job_id;
-        let job = self.ask_job(who.clone(), id, move |core| core.cancel(id)).await?;
-        self.record(&who, format!("cancel job {id}")).await;
-        Ok(Response::new(job_to_pb(job)))
+        self.change_job(req, "cancel", Core::cancel).await
     }
 
     type LogsStream = BoxStream<pb::LogChunk>;
@@ -340,19 +331,11 @@ impl pb::jobs_server::Jobs for Api {
     }
 
     async fn pause(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&req)?;
-        let id = req.into_inner().job_id;
-        let job = self.ask_job(who.clone(), id, move |core| core.pause(id)).await?;
-        self.record(&who, format!("pause job {id}")).await;
-        Ok(Response::new(job_to_pb(job)))
+        self.change_job(req, "pause", Core::pause).await
     }
 
     async fn resume(&self, req: Request<pb::JobRef>) -> Result<Response<pb::Job>, Status> {
-        let who = caller(&req)?;
-        let id = req.into_inner().job_id;
-        let job = self.ask_job(who.clone(), id, move |core| core.resume(id)).await?;
-        self.record(&who, format!("resume job {id}")).await;
-        Ok(Response::new(job_to_pb(job)))
+        self.change_job(req, "resume", Core::resume).await
     }
 
     async fn pipeline(&self, req: Request<pb::JobRef>) -> Result<Response<pb::PipelineStatus>, Status> {
@@ -477,12 +460,27 @@ impl Api {
         Ok(Response::new(node_to_pb(node)))
     }
 
+    /// Applies `change` to the job the request names, if its caller may
+    /// use that job, and audits it as `verb`.
+    async fn change_job(
+        &self,
+        req: Request<pb::JobRef>,
+        verb: &'static str,
+        change: fn(&mut Core, u64) -> Result<JobView, CoordinatorError>,
+    ) -> Result<Response<pb::Job>, Status> {
+        let who = caller(&req)?;
+        let id = req.into_inner().job_id;
+        let job = self.ask_job(who.clone(), id, move |core| change(core, id)).await?;
+        self.record(&who, format!("{verb} job {id}")).await;
+        Ok(Response::new(job_to_pb(job)))
+    }
+
     /// Runs `f` if `who` may use job `id`.
     async fn ask_job<R: Send + 'static>(
         &self,
         who: Principal,
         id: u64,
-        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<R, CoordinatorError> + Send + 'static,
+        f: impl FnOnce(&mut Core) -> Result<R, CoordinatorError> + Send + 'static,
     ) -> Result<R, Status> {
         self.ask(move |core| {
             core.check_job(&who, id)?;

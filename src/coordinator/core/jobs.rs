@@ -15,46 +15,57 @@ impl Core {
     pub fn submit(&mut self, file: &str, text: &str) -> Result<u64> {
         self.turn(|core| {
             let spec = parse_job(file, text).map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
-            if spec.kind.service().is_some()
-                && let Some(id) = core.running_service(&spec.name)
-            {
-                core.start_deployment(id, file, text, spec)?;
-                return Ok(id);
-            }
-            let id = core.next_job;
-            core.engine
-                .apply(Event::GangSubmitted { gang: GangId(id), spec: spec.gang.clone() })
-                .map_err(|e| CoordinatorError::InvalidInput(format!("{file}: {e}")))?;
-            core.next_job += 1;
-            core.turn.next_job = true;
-            let record = JobRecord {
-                id,
-                file: file.to_string(),
-                spec_toml: text.to_string(),
-                name: spec.name.clone(),
-                kind: spec.kind.name().to_string(),
-                priority: spec.gang.priority.clone(),
-                queue: spec.gang.queue.clone(),
-                state: JobState::Pending,
-                attempts: 0,
-                reason: String::new(),
-                submitted_at_ms: core.now() as i64,
-                slots: vec![SlotRecord::default(); spec.gang.max as usize],
-                gang: id,
-                version: 1,
-                instances: None,
-                history: Vec::new(),
-                deployment: None,
-            };
-            tracing::info!(job = id, name = %spec.name, kind = spec.kind.name(), "job submitted");
-            let what = format!("submitted: {} ({} × {})", spec.name, spec.gang.min, spec.gang.slot);
-            core.jobs.insert(id, Job { record, spec, next: None });
-            core.gang_job.insert(id, id);
-            core.turn.jobs.insert(id);
-            core.announce(id, what);
-            core.schedule()?;
-            Ok(id)
+            core.accept(file, text, spec)
         })
+    }
+
+    /// [`Core::submit`] for a spec its front door already parsed from `text`
+    /// (off the core's task, to check who may submit it).
+    pub fn submit_parsed(&mut self, file: &str, text: &str, spec: crate::spec::JobSpec) -> Result<u64> {
+        self.turn(|core| core.accept(file, text, spec))
+    }
+
+    /// A parsed job, within the turn that submits it.
+    fn accept(&mut self, file: &str, text: &str, spec: crate::spec::JobSpec) -> Result<u64> {
+        if spec.kind.service().is_some()
+            && let Some(id) = self.running_service(&spec.name)
+        {
+            self.start_deployment(id, file, text, spec)?;
+            return Ok(id);
+        }
+        let id = self.next_job;
+        self.engine
+            .apply(Event::GangSubmitted { gang: GangId(id), spec: spec.gang.clone() })
+            .map_err(|e| CoordinatorError::InvalidInput(format!("{file}: {e}")))?;
+        self.next_job += 1;
+        self.turn.next_job = true;
+        let record = JobRecord {
+            id,
+            file: file.to_string(),
+            spec_toml: text.to_string(),
+            name: spec.name.clone(),
+            kind: spec.kind.name().to_string(),
+            priority: spec.gang.priority.clone(),
+            queue: spec.gang.queue.clone(),
+            state: JobState::Pending,
+            attempts: 0,
+            reason: String::new(),
+            submitted_at_ms: self.now() as i64,
+            slots: vec![SlotRecord::default(); spec.gang.max as usize],
+            gang: id,
+            version: 1,
+            instances: None,
+            history: Vec::new(),
+            deployment: None,
+        };
+        tracing::info!(job = id, name = %spec.name, kind = spec.kind.name(), "job submitted");
+        let what = format!("submitted: {} ({} × {})", spec.name, spec.gang.min, spec.gang.slot);
+        self.jobs.insert(id, Job { record, spec, next: None });
+        self.gang_job.insert(id, id);
+        self.turn.jobs.insert(id);
+        self.announce(id, what);
+        self.schedule()?;
+        Ok(id)
     }
 
     /// Stops a job's slots and ends it as cancelled.
