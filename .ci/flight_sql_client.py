@@ -4,7 +4,8 @@ and pyarrow, as a data team would use them.
     python flight_sql_client.py HOST:PORT DATA_DIR TOKEN
 
 It signs in as ADBC users do, with a username and password (the password
-is a Cohort token; the handshake answers with the bearer token to use).
+is a Cohort token; the handshake answers with the bearer token to use),
+over TLS checked against the cluster CA that `cohort up` made.
 """
 
 import sys
@@ -24,17 +25,29 @@ def tables_named(objects, name):
 
 
 def main(address, data_dir, token):
+    with open(f"{data_dir}/cluster/coordinator/ca.pem") as f:
+        tls = {"adbc.flight.sql.client_option.tls_root_certs": f.read()}
+
+    # Plaintext: refused.
+    try:
+        with flight_sql.connect(f"grpc://{address}", db_kwargs={"username": "ci", "password": token}) as conn:
+            conn.cursor().execute("SELECT 1")
+    except flight_sql.Error:
+        pass
+    else:
+        raise AssertionError("a plaintext connection was answered")
+
     # Without credentials: refused, with the way to get a token.
     try:
-        with flight_sql.connect(f"grpc://{address}") as conn:
+        with flight_sql.connect(f"grpc+tls://{address}", db_kwargs=tls) as conn:
             conn.cursor().execute("SELECT 1")
     except flight_sql.Error as e:
         assert "no token" in str(e), e
     else:
         raise AssertionError("a query without a token was answered")
 
-    options = {"username": "ci", "password": token}
-    with flight_sql.connect(f"grpc://{address}", db_kwargs=options) as conn:
+    options = {"username": "ci", "password": token, **tls}
+    with flight_sql.connect(f"grpc+tls://{address}", db_kwargs=options) as conn:
         cur = conn.cursor()
         cur.execute(
             "COPY (SELECT i AS id, i % 3 AS k FROM generate_series(1, 1000) t(i)) "

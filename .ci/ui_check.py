@@ -13,7 +13,10 @@ import time
 from cli import cohort
 from confluent_kafka import Producer
 
-BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars"]
+# The page is served over TLS under the cluster's own CA, which this
+# throwaway browser profile does not trust.
+BROWSER = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--ignore-certificate-errors"]
 
 
 def spec(data_dir, name, text):
@@ -94,13 +97,13 @@ memory = "256MiB"
         "pipelines": ["ui-pipeline", "ui-clicks", *nodes["ui-pipeline"]],
     }
     for tab, words in expected.items():
-        dom = render(f"http://{http}/?token={token}#{tab}")
+        dom = render(f"https://{http}/?token={token}#{tab}")
         missing = [w for w in words if w not in dom]
         if missing:
             raise SystemExit(f"the {tab} tab lacks {missing}; rendered:\n{dom[-3000:]}")
     if screenshot:
         subprocess.run(BROWSER + ["--virtual-time-budget=10000", "--window-size=1280,900",
-                                  f"--screenshot={screenshot}", f"http://{http}/?token={token}#overview"],
+                                  f"--screenshot={screenshot}", f"https://{http}/?token={token}#overview"],
                        check=True, capture_output=True, timeout=120)
     print(f"web UI: {len(expected)} tabs rendered by headless Chromium name the job, service, pipeline and their nodes")
     for name in ["ui-batch", "ui-web"]:

@@ -14,5 +14,6 @@ pub mod json;
 pub mod plot;
 pub mod simulate;
 pub mod spec;
+pub mod tls;
 pub mod up;
 pub mod wire;

@@ -115,11 +115,15 @@ pub async fn run(s: Settings) -> Result<()> {
     let (cpu, memory) = host_resources();
     println!("Cohort is up.");
     println!("  coordinator (gRPC)  {}", s.listen);
-    println!("  SQL (Flight SQL)    grpc://{}   try: cohort sql", s.listen);
+    println!("  SQL (Flight SQL)    grpc+tls://{}   try: cohort sql", s.listen);
     // As Jupyter does: the link signs the browser in (the token is in the client config anyway).
     let token = crate::cli::config::load(&crate::cli::config::config_path())?.token.unwrap_or_default();
-    println!("  web UI              http://{}/?token={token}", s.http);
+    println!("  web UI              https://{}/?token={token}", s.http);
     println!("                      (/metrics for Prometheus; try: cohort top)");
+    println!(
+        "  cluster CA          {}   (every connection is TLS under it; browsers warn until it is trusted)",
+        s.data_dir.join("coordinator").join("ca.pem").display()
+    );
     println!(
         "  agents              {} sharing this host ({} cores, {} in all)",
         s.agents,
@@ -135,7 +139,7 @@ pub async fn run(s: Settings) -> Result<()> {
     }
     println!("  state               {}", s.data_dir.display());
     println!(
-        "  client config       {}   (this cluster's address and an admin token, for the CLI)",
+        "  client config       {}   (this cluster's address, its CA and an admin token, for the CLI)",
         crate::cli::config::config_path().display()
     );
     println!("  try                 cohort submit job.toml && cohort jobs");
@@ -213,7 +217,11 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
     let coordinator_dir = s.data_dir.join("coordinator");
     let admin = read_token(&coordinator_dir.join("admin.token"), deadline).await?;
     let join = read_token(&coordinator_dir.join("join.token"), deadline).await?;
-    let config = crate::cli::config::ClientConfig { coordinator: Some(s.listen.clone()), token: Some(admin) };
+    // The CA is written before the tokens: it is there once they are.
+    let ca_path = coordinator_dir.join("ca.pem");
+    let ca = std::fs::read_to_string(&ca_path).with_context(|| format!("cannot read {}", ca_path.display()))?;
+    let config =
+        crate::cli::config::ClientConfig { coordinator: Some(s.listen.clone()), token: Some(admin), ca: Some(ca) };
     crate::cli::config::save(&crate::cli::config::config_path(), &config)?;
     let (cpu, memory) = host_resources();
     for i in 0..s.agents {

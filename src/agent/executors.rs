@@ -63,6 +63,8 @@ pub(super) struct Executors {
     pub users: super::identity::SlotUsers,
     /// This node's name.
     pub name: String,
+    /// The agent's credentials, which Cohort's own executors serve and call with.
+    pub tls_dir: PathBuf,
 }
 
 fn message(body: pb::agent_message::Body) -> pb::AgentMessage {
@@ -177,9 +179,13 @@ impl Executors {
         cmd.envs(&self.env)
             .envs(&l.env)
             .env_remove("COHORT_JOIN_TOKEN")
+            .env_remove(crate::tls::CREDENTIALS_ENV)
             .env("COHORT_ALLOC_ID", l.alloc_id.to_string())
             .env("COHORT_CPU_MILLIS", limits.cpu_millis.to_string())
             .env("COHORT_MEMORY_BYTES", limits.memory_bytes.to_string());
+        if user.is_none() {
+            cmd.env(crate::tls::CREDENTIALS_ENV, &self.tls_dir);
+        }
         cmd.stdin(std::process::Stdio::null()).stdout(out.try_clone()?).stderr(out);
         // Its own process group, so a stop reaches the workload's children too; and no
         // death signal from the agent: executors outlive an agent restart.

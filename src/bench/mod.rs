@@ -40,7 +40,9 @@ where
     // SAFETY: set before any client thread reads the environment.
     unsafe { std::env::set_var("COHORT_CONFIG", &config) };
     let children = crate::up::start(&settings).await?;
-    crate::cli::config::set_token(crate::cli::config::load(&config)?.token);
+    let client = crate::cli::config::load(&config)?;
+    crate::cli::config::set_token(client.token);
+    crate::cli::config::set_ca(client.ca)?;
     let result = f(settings.listen.clone(), dir.clone()).await;
     crate::up::stop(children).await;
     let _ = std::fs::remove_dir_all(&dir);

@@ -21,8 +21,7 @@ pub enum Output {
 
 /// A channel to the coordinator whose calls carry this process's token.
 pub async fn channel(coordinator: &str) -> Result<Channel> {
-    let url = if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
-    let channel = tonic::transport::Channel::from_shared(url.clone())?
+    let channel = super::config::endpoint(coordinator)?
         .connect()
         .await
         .with_context(|| format!("cannot reach the coordinator at {coordinator} (is `cohort up` running? set --coordinator or COHORT_COORDINATOR)"))?;
@@ -365,7 +364,7 @@ pub async fn status(coordinator: &str, output: Output) -> Result<()> {
                 ),
                 (false, false) => println!("kafka: {}", s.kafka_bootstrap),
             }
-            println!("web UI: http://{}   (/metrics, /api/v1/, /healthz, /readyz)", s.http);
+            println!("web UI: https://{}   (/metrics, /api/v1/, /healthz, /readyz)", s.http);
         }
     }
     Ok(())

@@ -3,7 +3,8 @@
 //! `--token`/`COHORT_TOKEN` first, then the client config file
 //! (`$COHORT_CONFIG`, else `$XDG_CONFIG_HOME/cohort/config.toml`, else
 //! `~/.config/cohort/config.toml`) that `cohort up` writes, readable only
-//! by its owner.
+//! by its owner. The coordinator is checked against the cluster CA:
+//! `COHORT_CA` (a PEM file, or PEM text) first, then the config's `ca`.
 
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
@@ -23,6 +24,9 @@ pub struct ClientConfig {
     pub coordinator: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The cluster CA's certificate, PEM.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 pub fn config_path() -> PathBuf {
@@ -53,7 +57,7 @@ pub fn save(path: &Path, config: &ClientConfig) -> Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let text = format!(
-        "# Written by `cohort up`: where the cluster is, and an admin token. Keep it private.\n{}",
+        "# Written by `cohort up`: where the cluster is, its CA, and an admin token. Keep it private.\n{}",
         toml::to_string(config)?
     );
     let mut f = std::fs::OpenOptions::new()
@@ -70,6 +74,31 @@ pub fn save(path: &Path, config: &ClientConfig) -> Result<()> {
 }
 
 static TOKEN: RwLock<Option<String>> = RwLock::new(None);
+static CA: RwLock<Option<String>> = RwLock::new(None);
+
+/// The CA this process checks the coordinator against: `COHORT_CA` (a
+/// file, or the PEM text itself) over `configured`.
+pub fn set_ca(configured: Option<String>) -> Result<()> {
+    let ca = match std::env::var("COHORT_CA").ok().filter(|v| !v.trim().is_empty()) {
+        Some(pem) if pem.trim_start().starts_with("-----BEGIN") => Some(pem),
+        Some(path) => Some(std::fs::read_to_string(&path).with_context(|| format!("COHORT_CA: cannot read {path}"))?),
+        None => configured,
+    };
+    *CA.write().expect("CA lock") = ca;
+    Ok(())
+}
+
+/// What a client is told when it has no CA to check the coordinator with.
+const HOW_TO_GET_THE_CA: &str = "no cluster CA to check the coordinator with: `cohort up` writes it to the client \
+     config; a standalone coordinator keeps it in its data directory as ca.pem (set COHORT_CA to that file)";
+
+/// An endpoint for the coordinator at `address`: TLS, checked against the CA.
+pub fn endpoint(address: &str) -> Result<tonic::transport::Endpoint> {
+    let ca = CA.read().expect("CA lock").clone().context(HOW_TO_GET_THE_CA)?;
+    Ok(tonic::transport::Endpoint::from_shared(crate::tls::https(address))
+        .with_context(|| format!("`{address}` is not an address"))?
+        .tls_config(crate::tls::coordinator_client(&ca))?)
+}
 
 /// The token every client call of this process carries.
 pub fn set_token(token: Option<String>) {
@@ -119,7 +148,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("cohort/config.toml");
         assert_eq!(load(&path).unwrap(), ClientConfig::default(), "no file: no config");
-        let config = ClientConfig { coordinator: Some("127.0.0.1:7070".into()), token: Some("cohort_ab_cd".into()) };
+        let config = ClientConfig {
+            coordinator: Some("127.0.0.1:7070".into()),
+            token: Some("cohort_ab_cd".into()),
+            ca: Some("-----BEGIN CERTIFICATE-----\n...".into()),
+        };
         save(&path, &config).unwrap();
         assert_eq!(load(&path).unwrap(), config);
         use std::os::unix::fs::PermissionsExt;

@@ -32,7 +32,8 @@ struct Cli {
     #[arg(long, global = true, env = "COHORT_COORDINATOR")]
     coordinator: Option<String>,
     /// Bearer token for client commands (default: the client config's);
-    /// for `agent`, its join token (or COHORT_JOIN_TOKEN).
+    /// for `agent`, its join token with the CA's fingerprint, as the
+    /// coordinator's join.token holds it (or COHORT_JOIN_TOKEN).
     #[arg(long, global = true, env = "COHORT_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Table for people, JSON for scripts.
@@ -159,11 +160,17 @@ enum Command {
         /// The brokers are `cohort up`'s embedded one (shown as such).
         #[arg(long, hide = true)]
         kafka_embedded: bool,
+        /// A name or address its TLS certificate carries besides localhost,
+        /// this host's name and its listen address (repeatable): the one
+        /// clients use to reach it from elsewhere.
+        #[arg(long = "tls-name", value_name = "NAME")]
+        tls_names: Vec<String>,
         /// Run a queue's command and service slots as this user: QUEUE=USER (repeatable).
         #[arg(long = "run-as", value_name = "QUEUE=USER")]
         run_as: Vec<String>,
     },
-    /// Run an agent on this host and join it to a coordinator.
+    /// Run an agent on this host and join it to a coordinator (its join
+    /// token buys it a certificate, kept in its data dir).
     Agent {
         #[arg(long)]
         join: String,
@@ -315,6 +322,7 @@ pub fn main() -> i32 {
 fn client_settings(cli: &Cli) -> Result<String> {
     let file = if cli.command.is_client() { config::load(&config::config_path())? } else { Default::default() };
     config::set_token(cli.token.clone().or(file.token));
+    config::set_ca(file.ca)?;
     Ok(cli.coordinator.clone().or(file.coordinator).unwrap_or_else(|| config::DEFAULT_COORDINATOR.into()))
 }
 
@@ -384,6 +392,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             kafka_bootstrap,
             kafka_embedded,
             run_as,
+            tls_names,
         } => {
             let mut run_as_by_queue = BTreeMap::new();
             for pair in &run_as {
@@ -408,6 +417,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 http,
                 kafka_bootstrap,
                 kafka_embedded,
+                tls_names,
                 data_dir: data_dir.unwrap_or_else(|| up::default_data_dir().join("coordinator")),
                 core: CoreSettings {
                     heartbeat_timeout: Duration::from_secs_f64(heartbeat_timeout),

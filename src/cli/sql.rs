@@ -11,7 +11,7 @@ use arrow::record_batch::RecordBatch;
 use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use futures::TryStreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::client::Output;
 
@@ -55,10 +55,8 @@ pub(crate) struct Session {
 
 impl Session {
     pub(crate) async fn connect(coordinator: &str) -> Result<Session> {
-        let url =
-            if coordinator.starts_with("http") { coordinator.to_string() } else { format!("http://{coordinator}") };
         // No overall timeout: a long query streams for as long as it runs.
-        let channel = Endpoint::from_shared(url)?
+        let channel = super::config::endpoint(coordinator)?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
             .http2_keep_alive_interval(Duration::from_secs(30))

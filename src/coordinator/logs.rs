@@ -8,8 +8,10 @@ use cohort_proto as pb;
 use super::CoreHandle;
 use super::core::CoordinatorError;
 
-/// A client of an agent's log service, presenting that agent's logs token.
+/// A client of an agent's log service, presenting that agent's logs token
+/// over TLS as the coordinator (`core.agents_tls`).
 pub async fn agent_client(
+    core: &CoreHandle,
     address: &str,
     token: &str,
 ) -> Result<
@@ -19,8 +21,10 @@ pub async fn agent_client(
     String,
 > {
     // The address is what the agent registered: outside input.
-    let channel = tonic::transport::Channel::from_shared(format!("http://{address}"))
+    let channel = tonic::transport::Channel::from_shared(crate::tls::https(address))
         .map_err(|e| format!("`{address}` is not an address: {e}"))?
+        .tls_config(core.agents_tls.clone())
+        .map_err(|e| e.to_string())?
         .connect()
         .await
         .map_err(|e| e.to_string())?;
@@ -37,7 +41,7 @@ pub async fn read(core: &CoreHandle, job: u64, slot: u32, tail_bytes: u64) -> Re
     let (address, alloc, token) = core.call(move |c| c.log_source(job, slot)).await??;
     let unreachable = |e: String| CoordinatorError::Unavailable(format!("cannot read the log at {address}: {e}"));
     let read = async {
-        let mut agent = agent_client(&address, &token).await.map_err(|e| unreachable(e.to_string()))?;
+        let mut agent = agent_client(core, &address, &token).await.map_err(|e| unreachable(e.to_string()))?;
         let request = pb::ReadLogRequest { alloc_id: alloc, follow: false, tail_bytes };
         let mut stream = agent.read(request).await.map_err(|e| unreachable(e.message().to_string()))?.into_inner();
         let mut text = Vec::new();

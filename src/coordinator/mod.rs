@@ -45,6 +45,9 @@ pub struct Settings {
     pub kafka_bootstrap: Option<String>,
     /// They are `cohort up`'s embedded broker.
     pub kafka_embedded: bool,
+    /// Names and addresses its certificate carries besides localhost, its
+    /// host name and its listen address (as kubeadm's `--apiserver-cert-extra-sans`).
+    pub tls_names: Vec<String>,
 }
 
 type Call = Box<dyn FnOnce(&mut Core) + Send>;
@@ -54,6 +57,8 @@ type Call = Box<dyn FnOnce(&mut Core) + Send>;
 #[derive(Clone)]
 pub struct CoreHandle {
     tx: mpsc::Sender<Call>,
+    /// How front doors call agents (their log services): TLS, as the coordinator.
+    pub agents_tls: tonic::transport::ClientTlsConfig,
 }
 
 impl CoreHandle {
@@ -74,7 +79,10 @@ impl CoreHandle {
 
 /// Starts the task that owns `core`. It ends when every handle is dropped
 /// or when a state store failure stops the core; `stopped` then fires.
-pub fn spawn_core(mut core: Core) -> (CoreHandle, oneshot::Receiver<()>) {
+pub fn spawn_core(
+    mut core: Core,
+    agents_tls: tonic::transport::ClientTlsConfig,
+) -> (CoreHandle, oneshot::Receiver<()>) {
     let (tx, mut rx) = mpsc::channel::<Call>(1024);
     let (done, stopped) = oneshot::channel();
     tokio::spawn(async move {
@@ -86,7 +94,7 @@ pub fn spawn_core(mut core: Core) -> (CoreHandle, oneshot::Receiver<()>) {
         }
         let _ = done.send(());
     });
-    (CoreHandle { tx }, stopped)
+    (CoreHandle { tx, agents_tls }, stopped)
 }
 
 /// Moves the core's time every 100 ms: heartbeats, grace periods, backoff.
@@ -113,7 +121,7 @@ pub fn spawn_ticker(handle: CoreHandle, metrics: Arc<metrics::Metrics>) {
 }
 
 /// Writes `content` to `path` readable by its owner only.
-fn write_private(path: &std::path::Path, content: &[u8]) -> anyhow::Result<()> {
+pub fn write_private(path: &std::path::Path, content: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let tmp = path.with_extension("tmp");
@@ -145,17 +153,18 @@ fn cluster_secret(data_dir: &std::path::Path) -> anyhow::Result<[u8; 32]> {
 }
 
 /// Makes sure the data dir holds a working admin token (`admin.token`) and
-/// join token (`join.token`), issuing new ones where a file is missing or
-/// its token no longer works. Whoever can read the data dir owns the
-/// cluster anyway.
-fn bootstrap_tokens(core: &mut Core, data_dir: &std::path::Path) -> anyhow::Result<()> {
+/// join token (`join.token`, with the CA's fingerprint), issuing new ones
+/// where a file is missing or its token no longer works. Whoever can read
+/// the data dir owns the cluster anyway.
+fn bootstrap_tokens(core: &mut Core, data_dir: &std::path::Path, ca_fingerprint: &str) -> anyhow::Result<()> {
     use self::core::auth::{Principal, Role};
     for (file, role) in [("admin.token", Role::Admin), ("join.token", Role::Agent)] {
         let path = data_dir.join(file);
         let current = std::fs::read_to_string(&path).unwrap_or_default();
-        let works = match core.authenticate(current.trim()) {
+        let (token, pin) = crate::tls::split_join_token(&current);
+        let works = match core.authenticate(token) {
             Ok(Principal::Admin { .. }) => role == Role::Admin,
-            Ok(Principal::Agent { .. }) => role == Role::Agent,
+            Ok(Principal::Agent { .. }) => role == Role::Agent && pin == Some(ca_fingerprint),
             _ => false,
         };
         if works {
@@ -164,10 +173,25 @@ fn bootstrap_tokens(core: &mut Core, data_dir: &std::path::Path) -> anyhow::Resu
         let (_, token) = api::auth::random_token()?;
         let description = format!("issued at start, in {}", path.display());
         core.create_token(&token, role, Vec::new(), None, description)?;
-        write_private(&path, format!("{token}\n").as_bytes())?;
+        let text = if role == Role::Agent { crate::tls::join_token(&token, ca_fingerprint) } else { token };
+        write_private(&path, format!("{text}\n").as_bytes())?;
         tracing::info!(path = %path.display(), role = role.as_str(), "issued a token");
     }
     Ok(())
+}
+
+/// What the coordinator's certificate names besides [`crate::tls::COORDINATOR_NAME`]:
+/// localhost, this host, the addresses it listens on, and `extra`.
+fn certificate_names(listen: &[SocketAddr], extra: &[String]) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        names.push(host.trim().to_string());
+    }
+    names.extend(listen.iter().filter(|a| !a.ip().is_unspecified()).map(|a| a.ip().to_string()));
+    names.extend(extra.iter().cloned());
+    names.sort();
+    names.dedup();
+    names
 }
 
 /// Runs the coordinator until the process ends, or fails when its state
@@ -186,7 +210,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let core_settings = CoreSettings { token_secret: cluster_secret(&settings.data_dir)?, ..settings.core.clone() };
     let mut core =
         Core::open(Box::new(store), Arc::new(SystemClock::default()), Box::new(streams.clone()), core_settings)?;
-    bootstrap_tokens(&mut core, &settings.data_dir)?;
+    let ca = Arc::new(crate::tls::ClusterCa::load_or_create(&settings.data_dir)?);
+    let (chain_pem, key_pem) =
+        ca.coordinator_certificate(&certificate_names(&[address, http_address], &settings.tls_names))?;
+    let credentials = crate::tls::Credentials { ca_pem: ca.pem().to_string(), chain_pem, key_pem };
+    bootstrap_tokens(&mut core, &settings.data_dir, &ca.fingerprint())?;
     core.set_endpoints(self::core::model::ClusterStatus {
         coordinator: address.to_string(),
         http: http_address.to_string(),
@@ -195,17 +223,22 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         ..Default::default()
     });
     tracing::info!(%address, data_dir = %settings.data_dir.display(), "coordinator listening");
-    println!("coordinator listening on {address}; web UI and /metrics on http://{http_address}");
-    let (handle, stopped) = spawn_core(core);
+    println!(
+        "coordinator listening on {address} (TLS; CA {}); web UI and /metrics on https://{http_address}",
+        settings.data_dir.join("ca.pem").display()
+    );
+    let (handle, stopped) = spawn_core(core, credentials.client(crate::tls::AGENT_NAME));
     let metrics = Arc::new(metrics::Metrics::default());
     spawn_ticker(handle.clone(), metrics.clone());
     let http = api::http::HttpServer::new(handle.clone(), metrics);
     let sql_slot = http.sql.clone();
-    let http_served = tokio::spawn(http.serve(http_listener));
-    let sql = sql::SqlFront::start(handle.clone(), settings.sql.clone(), settings.data_dir.clone()).await?;
+    let http_served =
+        tokio::spawn(http.serve(crate::tls::TlsListener::new(http_listener, credentials.rustls_server()?)?));
+    let worker_tls = credentials.client(crate::tls::AGENT_NAME);
+    let sql = sql::SqlFront::start(handle.clone(), settings.sql.clone(), settings.data_dir.clone(), worker_tls).await?;
     let _ = sql_slot.set(sql.clone());
     tokio::select! {
-        served = api::grpc::serve(listener, handle, streams, sql) => served,
+        served = api::grpc::serve(listener, credentials.server(), ca, handle, streams, sql) => served,
         served = http_served => served.map_err(anyhow::Error::from).and_then(|r| r),
         _ = stopped => anyhow::bail!("the coordinator stopped after a state store failure (see the log above)"),
     }

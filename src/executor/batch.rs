@@ -45,8 +45,13 @@ pub fn run(argv: &[String]) -> Result<i32> {
     let drives = mode == "sql" && env("COHORT_SLOT").as_deref() == Some("0");
     // The driver of a job takes a quarter of the slot; its worker the rest.
     let worker_memory = if drives { memory / 4 * 3 } else { memory };
-    let worker =
-        WorkerSettings { listen: SocketAddr::new(ip, port), memory_bytes: worker_memory, spill_dir: dir.join("spill") };
+    let tls = crate::tls::executor_credentials()?.map(|c| (c.server_mutual(), c.client(crate::tls::AGENT_NAME)));
+    let worker = WorkerSettings {
+        listen: SocketAddr::new(ip, port),
+        memory_bytes: worker_memory,
+        spill_dir: dir.join("spill"),
+        tls,
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(cores.max(2))
         .enable_all()

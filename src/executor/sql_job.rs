@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use cohort_batch::{CatalogChange, EngineSettings, SqlEngine, Staged, Statement, WorkerSource, classify};
 use cohort_proto as pb;
 use futures::TryStreamExt;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use url::Url;
 
 use crate::cli::config::{token, with_token};
@@ -73,7 +73,7 @@ impl Driver {
 
     async fn drive(&self) -> Result<()> {
         let started = Instant::now();
-        let channel = Endpoint::from_shared(format!("http://{}", self.coordinator))?
+        let channel = crate::cli::config::endpoint(&self.coordinator)?
             .connect_timeout(Duration::from_secs(5))
             .connect()
             .await
@@ -82,6 +82,7 @@ impl Driver {
             target_partitions: self.resources.cores,
             memory_bytes: self.resources.memory_bytes,
             spill_dir: Some(self.resources.spill_dir.clone()),
+            worker_tls: crate::tls::executor_credentials()?.map(|c| c.client(crate::tls::AGENT_NAME)),
             ..Default::default()
         })?;
         let tables = catalog(&channel).await?;

@@ -11,13 +11,23 @@ pub fn cohort() -> &'static str {
     env!("CARGO_BIN_EXE_cohort")
 }
 
-/// The admin token of each cluster the tests started, by address.
-static TOKENS: std::sync::Mutex<Vec<(String, String)>> = std::sync::Mutex::new(Vec::new());
+/// Each cluster the tests started: its address, admin token and CA file.
+static CLUSTERS: std::sync::Mutex<Vec<(String, String, PathBuf)>> = std::sync::Mutex::new(Vec::new());
 
 /// The admin token of the cluster at `address`.
 pub fn token_for(address: &str) -> String {
-    let tokens = TOKENS.lock().unwrap();
-    tokens.iter().rev().find(|(a, _)| a == address).map(|(_, t)| t.clone()).unwrap_or_default()
+    let clusters = CLUSTERS.lock().unwrap();
+    clusters.iter().rev().find(|(a, _, _)| a == address).map(|(_, t, _)| t.clone()).unwrap_or_default()
+}
+
+/// The CA file of the cluster at `address` (its coordinator writes it first).
+pub fn ca_for(address: &str) -> PathBuf {
+    let clusters = CLUSTERS.lock().unwrap();
+    clusters.iter().rev().find(|(a, _, _)| a == address).map(|(_, _, ca)| ca.clone()).unwrap_or_default()
+}
+
+fn remember(address: &str, token: &str, coordinator_dir: &std::path::Path) {
+    CLUSTERS.lock().unwrap().push((address.to_string(), token.to_string(), coordinator_dir.join("ca.pem")));
 }
 
 /// Waits for a token file the coordinator writes on start.
@@ -45,6 +55,7 @@ pub fn cli_with_token(address: &str, token: &str, args: &[&str]) -> Output {
         .args(args)
         .env("COHORT_COORDINATOR", address)
         .env("COHORT_TOKEN", token)
+        .env("COHORT_CA", ca_for(address))
         // Never the user's own client config.
         .env("COHORT_CONFIG", "/nonexistent/cohort-config.toml")
         .env("COHORT_LOG", "warn")
@@ -169,7 +180,7 @@ impl Cluster {
         let dir = self.dir.path().join("coordinator");
         self.token = read_token(&dir.join("admin.token"));
         self.join_token = read_token(&dir.join("join.token"));
-        TOKENS.lock().unwrap().push((self.address.clone(), self.token.clone()));
+        remember(&self.address, &self.token, &dir);
     }
 
     pub fn start_agent(&mut self, name: &str, cores: u32) {
@@ -396,7 +407,7 @@ impl Up {
             .spawn()
             .expect("start cohort up");
         let token = read_token(&dir.path().join("coordinator/admin.token"));
-        TOKENS.lock().unwrap().push((address.clone(), token.clone()));
+        remember(&address, &token, &dir.path().join("coordinator"));
         let up = Up { dir, address, token, up };
         up.wait_until(&format!("{agents} agents register"), Duration::from_secs(30), |u| {
             u.json(&["nodes"])
@@ -456,8 +467,9 @@ fn unsafe_term(child: &Child) {
 /// (empty: none): `(status, body)`.
 pub fn http(address: &str, token: &str, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
-    stream.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let tcp = std::net::TcpStream::connect(address).unwrap_or_else(|e| panic!("connect to {address}: {e}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).expect("read timeout");
+    let mut stream = rustls::StreamOwned::new(tls_client(), tcp);
     let body = body.unwrap_or("");
     let auth = if token.is_empty() { String::new() } else { format!("Authorization: Bearer {token}\r\n") };
     let request = format!(
@@ -466,12 +478,86 @@ pub fn http(address: &str, token: &str, method: &str, path: &str, body: Option<&
     );
     stream.write_all(request.as_bytes()).expect("send the request");
     let mut response = Vec::new();
-    stream.read_to_end(&mut response).expect("read the response");
+    match stream.read_to_end(&mut response) {
+        // A peer that closes without TLS's close_notify has still said all it had.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !response.is_empty() => {}
+        other => {
+            other.expect("read the response");
+        }
+    }
     let text = String::from_utf8_lossy(&response).to_string();
     let (head, rest) = text.split_once("\r\n\r\n").unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).expect("a status code");
     let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
     (status, if chunked { dechunk(rest) } else { rest.to_string() })
+}
+
+/// A TLS client that trusts the CAs of the clusters the tests started and
+/// checks the peer is a coordinator or an agent of one, as Cohort's own
+/// clients do.
+fn tls_client() -> rustls::ClientConnection {
+    use rustls::pki_types::{CertificateDer, pem::PemObject};
+    let mut roots = rustls::RootCertStore::empty();
+    for (_, _, ca) in CLUSTERS.lock().unwrap().iter() {
+        if let Ok(cert) = CertificateDer::from_pem_file(ca) {
+            roots.add(cert).expect("a CA certificate");
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.into(), provider.clone())
+        .build()
+        .expect("a verifier");
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(ClusterPeer(verifier)))
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(cohort::tls::COORDINATOR_NAME).expect("a name");
+    rustls::ClientConnection::new(std::sync::Arc::new(config), name).expect("a TLS client")
+}
+
+/// The CA's check, for the coordinator's name or an agent's.
+#[derive(Debug)]
+struct ClusterPeer(std::sync::Arc<rustls::client::WebPkiServerVerifier>);
+
+impl rustls::client::danger::ServerCertVerifier for ClusterPeer {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let agent = rustls::pki_types::ServerName::try_from(cohort::tls::AGENT_NAME).expect("a name");
+        let coordinator = rustls::pki_types::ServerName::try_from(cohort::tls::COORDINATOR_NAME).expect("a name");
+        self.0
+            .verify_server_cert(end_entity, intermediates, &agent, ocsp, now)
+            .or_else(|_| self.0.verify_server_cert(end_entity, intermediates, &coordinator, ocsp, now))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
 }
 
 fn dechunk(mut rest: &str) -> String {

@@ -1,7 +1,8 @@
 //! Who gets in: a client without a token is told how to get one; tenants
 //! see and touch only their queues' jobs, through the CLI (gRPC), Flight
 //! SQL and HTTP; revoked and expired tokens are refused at once; an agent
-//! needs a join token; every accepted change is in the audit log; slots
+//! needs a join token and checks the coordinator's CA against it; no port
+//! answers plaintext; every accepted change is in the audit log; slots
 //! never run as root unless the agent allows it.
 
 use std::process::{Command, Stdio};
@@ -164,10 +165,20 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
 }
 
 #[test]
-fn an_agent_needs_a_join_token() {
+fn an_agent_needs_a_join_token_and_the_coordinator_it_names() {
     let mut c = Cluster::start(&[("a", 2)]);
     let (_, user) = issue(&c, &["--role", "submit", "--queue", "q"]);
-    for (name, token) in [("no-token", ""), ("user-token", user.as_str()), ("forged", "cohort_1234_nope")] {
+    let (token, pin) = c.join_token.rsplit_once('.').expect("a join token carries the CA's fingerprint");
+    let user_pinned = format!("{user}.{pin}");
+    let forged = format!("cohort_1234abcd_00000000000000000000000000000000.{pin}");
+    let other_cluster = format!("{token}.{}", "0".repeat(64));
+    for (name, token, why) in [
+        ("no-token", "", "no join token"),
+        ("unpinned", token, "carries no CA fingerprint"),
+        ("user-token", user_pinned.as_str(), "needs a join token"),
+        ("forged", forged.as_str(), "not one this cluster issued"),
+        ("other-cluster", other_cluster.as_str(), "does not have the CA"),
+    ] {
         let out = Command::new(cohort())
             .args(["agent", "--join", &c.address, "--name", name, "--cpu", "1", "--data-dir"])
             .arg(c.dir.path().join(name))
@@ -176,7 +187,9 @@ fn an_agent_needs_a_join_token() {
             .output()
             .expect("run an agent");
         assert!(!out.status.success(), "{name}: the agent was let in");
-        assert!(stderr(&out).contains("refused this agent"), "{name}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(err.contains("cannot join") && err.contains(why), "{name}: {err}");
+        assert!(!c.dir.path().join(name).join("tls/cert.pem").exists(), "{name} got a certificate");
     }
     let nodes = c.json(&["nodes"]);
     assert_eq!(nodes.as_array().unwrap().len(), 1, "no refused agent became a node: {nodes}");
@@ -184,6 +197,40 @@ fn an_agent_needs_a_join_token() {
     c.wait_until("the agent with the join token registers", WAIT, |c| {
         c.json(&["nodes"]).as_array().unwrap().len() == 2
     });
+    // It joined with a key of its own, which only it may read.
+    use std::os::unix::fs::PermissionsExt;
+    let key = c.dir.path().join("b/tls/key.pem");
+    assert_eq!(std::fs::metadata(&key).expect("the agent's key").permissions().mode() & 0o777, 0o600);
+    let audit = c.cli(&["audit"]);
+    assert!(String::from_utf8_lossy(&audit.stdout).contains("join agent b"), "joins are audited");
+}
+
+#[test]
+fn plaintext_is_refused_on_every_port() {
+    use std::io::{Read, Write};
+    let c = Cluster::start(&[("a", 2)]);
+    let http_port = http_address(&c);
+    let (_, targets) = http(&http_port, &c.token, "GET", "/api/v1/targets", None);
+    let agent = serde_json::from_str::<Value>(&targets).unwrap()[0]["targets"][0].as_str().unwrap().to_string();
+    // What a plaintext gRPC client (an HTTP/2 preface) and a plaintext HTTP client send first.
+    for hello in ["PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", "GET /healthz HTTP/1.1\r\nHost: cohort\r\n\r\n"] {
+        for address in [&c.address, &http_port, &agent] {
+            let mut conn = std::net::TcpStream::connect(address).expect("connect");
+            conn.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            conn.write_all(hello.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let _ = conn.read_to_end(&mut answer);
+            // Nothing, or a TLS alert record (content type 21): never an answer in the clear.
+            assert!(
+                answer.is_empty() || answer[0] == 21,
+                "{address} answered plaintext {hello:?} with {:?}",
+                String::from_utf8_lossy(&answer)
+            );
+        }
+    }
+    // Over TLS the same ports answer.
+    assert_eq!(http(&http_port, "", "GET", "/healthz", None).0, 200);
+    assert_eq!(http(&agent, "", "GET", "/healthz", None).0, 200);
 }
 
 /// What `id -u` printed in job `id`'s log.

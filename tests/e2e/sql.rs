@@ -66,6 +66,8 @@ fn tpch_through_flight_sql_equals_single_process_datafusion_query_by_query() {
         .args(["bench", "tpch", "--sf", "0.01", "--cluster", &up.address, "--data-dir"])
         .arg(&data)
         .env("COHORT_TOKEN", &up.token)
+        .env("COHORT_CA", crate::harness::ca_for(&up.address))
+        .env("COHORT_CONFIG", "/nonexistent/cohort-config.toml")
         .env("COHORT_LOG", "warn")
         .output()
         .expect("run the benchmark");

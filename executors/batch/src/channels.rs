@@ -3,7 +3,8 @@
 //! seconds, not minutes) and HTTP/2 keepalive (a host that vanishes
 //! mid-stream is noticed). No overall request timeout: it would cut long
 //! streams short. Channels are made lazily and kept per URL; `forget` drops
-//! the one of a worker that went away.
+//! the one of a worker that went away. In a cluster they are TLS, with the
+//! caller's certificate (workers serve only peers of their cluster).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -20,9 +21,16 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Default)]
 pub struct Channels {
     cache: Arc<Mutex<HashMap<Url, grpc::BoxCloneSyncChannel>>>,
+    /// TLS for every worker (the URLs' scheme is then taken as `https`).
+    tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Channels {
+    /// Channels that speak TLS as `tls` says; plaintext when it is none.
+    pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> Channels {
+        Channels { cache: Arc::default(), tls }
+    }
+
     /// Forgets the connection to a worker (it died, or was replaced).
     pub fn forget(&self, url: &Url) {
         self.cache.lock().expect("channel cache").remove(url);
@@ -33,14 +41,23 @@ impl Channels {
         if let Some(c) = cache.get(url) {
             return Ok(c.clone());
         }
-        let endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
-            .map_err(|e| DataFusionError::Configuration(format!("invalid worker URL `{url}`: {e}")))?
+        let invalid =
+            |e: &dyn std::fmt::Display| DataFusionError::Configuration(format!("invalid worker URL `{url}`: {e}"));
+        let mut target = url.clone();
+        if self.tls.is_some() {
+            target.set_scheme("https").map_err(|()| invalid(&"no https form"))?;
+        }
+        let mut endpoint = tonic::transport::Endpoint::from_shared(target.to_string())
+            .map_err(|e| invalid(&e))?
             .connect_timeout(CONNECT_TIMEOUT)
             .tcp_nodelay(true)
             .tcp_keepalive(Some(Duration::from_secs(30)))
             .http2_keep_alive_interval(Duration::from_secs(5))
             .keep_alive_timeout(Duration::from_secs(10))
             .keep_alive_while_idle(true);
+        if let Some(tls) = &self.tls {
+            endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(&e))?;
+        }
         let channel = grpc::BoxCloneSyncChannel::new(endpoint.connect_lazy());
         cache.insert(url.clone(), channel.clone());
         Ok(channel)

@@ -63,6 +63,9 @@ pub struct EngineSettings {
     /// or a fast network, LZ4 costs more CPU than it saves (TPC-H SF1 on 2
     /// cores: 5% slower with it).
     pub shuffle_compression: Option<datafusion_distributed::CompressionType>,
+    /// How workers are called in a cluster (TLS, with the driver's
+    /// certificate); plaintext when none (one process, benchmarks).
+    pub worker_tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 impl Default for EngineSettings {
@@ -75,6 +78,7 @@ impl Default for EngineSettings {
             spill_dir: None,
             scan_bytes_per_partition: 4 << 20,
             shuffle_compression: None,
+            worker_tls: None,
         }
     }
 }
@@ -136,7 +140,7 @@ impl SqlEngine {
         let config = SessionConfig::new()
             .with_target_partitions(settings.target_partitions.max(1))
             .with_information_schema(true);
-        let channels = Channels::default();
+        let channels = Channels::new(settings.worker_tls.clone());
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config.clone())

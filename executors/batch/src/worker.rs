@@ -26,6 +26,9 @@ pub struct WorkerSettings {
     pub memory_bytes: usize,
     /// Where spill files go (the allocation's directory).
     pub spill_dir: PathBuf,
+    /// In a cluster: how it serves (TLS, peers' certificates required) and
+    /// how it calls other workers in shuffles.
+    pub tls: Option<(tonic::transport::ServerTlsConfig, tonic::transport::ClientTlsConfig)>,
 }
 
 /// A runtime whose memory pool is `memory_bytes`, shared fairly among the
@@ -45,7 +48,8 @@ pub fn runtime(memory_bytes: usize, spill_dir: PathBuf) -> Result<Arc<RuntimeEnv
 pub async fn serve(settings: WorkerSettings, shutdown: impl Future<Output = ()>) -> Result<(), crate::Error> {
     std::fs::create_dir_all(&settings.spill_dir)?;
     // Workers talk to each other in shuffles: with the same timeouts.
-    let channels = Channels::default();
+    let (server_tls, client_tls) = settings.tls.clone().unzip();
+    let channels = Channels::new(client_tls);
     let worker =
         Worker::from_session_builder(move |ctx: WorkerQueryContext| {
             let channels = channels.clone();
@@ -55,7 +59,11 @@ pub async fn serve(settings: WorkerSettings, shutdown: impl Future<Output = ()>)
         })
         .with_runtime_env(runtime(settings.memory_bytes, settings.spill_dir.clone())?);
     tracing::info!(listen = %settings.listen, memory = settings.memory_bytes, "batch worker serving");
-    tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = server_tls {
+        server = server.tls_config(tls)?;
+    }
+    server
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
         .add_service(worker.into_worker_server())

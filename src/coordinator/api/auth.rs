@@ -6,7 +6,8 @@
 //! Tokens travel as `authorization: Bearer TOKEN`, or as HTTP Basic
 //! credentials whose password is the token (Flight SQL clients such as
 //! ADBC send `username`/`password` to `Handshake`, which answers with the
-//! bearer token to use from then on).
+//! bearer token to use from then on). A joined agent presents no token:
+//! its TLS client certificate names it ([`Principal::Node`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -99,9 +100,15 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let core = self.core.clone();
         Box::pin(async move {
-            let token = bearer(request.headers());
+            // A join token may come with its CA fingerprint: the token is what precedes it.
+            let token = bearer(request.headers()).map(|t| crate::tls::split_join_token(&t).0.to_string());
             let agents_only = request.uri().path().starts_with(CLUSTER_SERVICE);
-            match principal(&core, token.clone()).await {
+            let node = (token.is_none() && agents_only).then(|| certified_node(&request)).flatten();
+            let who = match node {
+                Some(name) => Ok(Principal::Node { name }),
+                None => principal(&core, token.clone()).await,
+            };
+            match who {
                 Ok(who @ Principal::Agent { .. }) if !agents_only => {
                     let e = CoordinatorError::Forbidden(format!("{who} is a join token: it only joins agents"));
                     Ok(super::grpc::status_of(e).into_http())
@@ -117,6 +124,14 @@ where
             }
         })
     }
+}
+
+/// The node named by the client certificate the caller presented (which
+/// TLS has checked against the cluster CA), if it presented an agent's.
+fn certified_node<B>(request: &http::Request<B>) -> Option<String> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = request.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?.peer_certs()?;
+    crate::tls::node_of(certs.first()?)
 }
 
 #[cfg(test)]

@@ -26,11 +26,13 @@ use crate::coordinator::sql::SqlFront;
 /// process ends.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: tonic::transport::ServerTlsConfig,
+    ca: Arc<crate::tls::ClusterCa>,
     core: CoreHandle,
     streams: AgentStreams,
     sql: Arc<SqlFront>,
 ) -> anyhow::Result<()> {
-    let api = Api { core, streams, open_streams: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_STREAMS)) };
+    let api = Api { core, ca, streams, open_streams: Arc::new(tokio::sync::Semaphore::new(MAX_OPEN_STREAMS)) };
     // Small answers (a query's ticket, its rows) must not wait for Nagle.
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener).map(|conn| {
         let conn = conn?;
@@ -38,6 +40,7 @@ pub async fn serve(
         Ok::<_, std::io::Error>(conn)
     });
     tonic::transport::Server::builder()
+        .tls_config(tls)?
         .layer(super::auth::AuthLayer { core: api.core.clone() })
         .add_service(pb::cluster_server::ClusterServer::new(api.clone()))
         .add_service(pb::jobs_server::JobsServer::new(api.clone()))
@@ -59,7 +62,7 @@ struct CatalogApi {
 impl pb::catalog_server::Catalog for CatalogApi {
     async fn tables(&self, req: Request<pb::TablesRequest>) -> Result<Response<pb::TableList>, Status> {
         let who = caller(&req)?;
-        if matches!(who, Principal::Agent { .. }) {
+        if matches!(who, Principal::Agent { .. } | Principal::Node { .. }) {
             return Err(Status::permission_denied(format!("{who} is a join token: it only joins agents")));
         }
         let tables = self.sql.tables().await.map_err(status_of)?;
@@ -138,6 +141,8 @@ const MAX_OPEN_STREAMS: usize = 1000;
 #[derive(Clone)]
 struct Api {
     core: CoreHandle,
+    /// Signs the certificates of agents that join.
+    ca: Arc<crate::tls::ClusterCa>,
     streams: AgentStreams,
     open_streams: Arc<tokio::sync::Semaphore>,
 }
@@ -198,6 +203,23 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::cluster_server::Cluster for Api {
+    async fn join(&self, req: Request<pb::JoinRequest>) -> Result<Response<pb::JoinResponse>, Status> {
+        let who = caller(&req)?;
+        let req = req.into_inner();
+        let check = who.clone();
+        self.ask(move |core| core.check_join(&check)).await?;
+        if req.name.trim().is_empty() || req.name.len() > 253 {
+            return Err(Status::invalid_argument("an agent's name must be 1 to 253 characters"));
+        }
+        let host = req.address.split(':').next().unwrap_or_default();
+        let certificate_pem = self
+            .ca
+            .sign_agent(&req.name, host, &req.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("csr_pem: {e:#}")))?;
+        self.record(&who, format!("join agent {} (certificate issued)", req.name)).await;
+        Ok(Response::new(pb::JoinResponse { certificate_pem }))
+    }
+
     async fn register(&self, req: Request<pb::RegisterRequest>) -> Result<Response<pb::RegisterResponse>, Status> {
         let who = caller(&req)?;
         let reg = registration_from_pb(req.into_inner());
@@ -205,7 +227,7 @@ impl pb::cluster_server::Cluster for Api {
         let check = who.clone();
         let registered = self
             .ask(move |core| {
-                core.check_agent(&check)?;
+                core.check_agent(&check, &reg.name)?;
                 core.register(reg)
             })
             .await?;
@@ -221,13 +243,13 @@ impl pb::cluster_server::Cluster for Api {
 
     async fn attach(&self, req: Request<Streaming<pb::AgentMessage>>) -> Result<Response<Self::AttachStream>, Status> {
         let who = caller(&req)?;
-        self.ask(move |core| core.check_agent(&who)).await?;
         let mut incoming = req.into_inner();
         let first = incoming.message().await?.ok_or_else(|| Status::invalid_argument("empty stream"))?;
         let Some(pb::agent_message::Body::Hello(hello)) = first.body else {
             return Err(Status::invalid_argument("the first message must be Hello"));
         };
         let node = hello.node_id;
+        self.ask(move |core| core.check_node(&who, node)).await?;
         let (commands, rx) = mpsc::channel(1024);
         self.streams.attach(node, commands);
         self.read(move |core| core.attached(node)).await?;
@@ -292,7 +314,7 @@ impl pb::jobs_server::Jobs for Api {
         let req = req.into_inner();
         let (job, slot) = (req.job_id, req.slot);
         let (address, alloc, token) = self.ask_job(who, job, move |core| core.log_source(job, slot)).await?;
-        let mut agent = crate::coordinator::logs::agent_client(&address, &token)
+        let mut agent = crate::coordinator::logs::agent_client(&self.core, &address, &token)
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the agent holding the logs at {address}: {e}")))?;
         let request = pb::ReadLogRequest { alloc_id: alloc, follow: req.follow, tail_bytes: 0 };
@@ -508,6 +530,8 @@ impl pb::tokens_server::Tokens for Api {
             })
             .await?;
         self.record(&who, format!("create {} token {}", record.role.as_str(), record.id)).await;
+        // Agents pin the CA by the fingerprint their join token carries.
+        let token = if role == Role::Agent { crate::tls::join_token(&token, &self.ca.fingerprint()) } else { token };
         Ok(Response::new(pb::CreatedToken { info: Some(token_to_pb(record)), token }))
     }
 
@@ -558,7 +582,7 @@ impl pb::tokens_server::Tokens for Api {
         let (role, queues) = match &who {
             Principal::Admin { .. } => ("admin", vec![]),
             Principal::Tenant { queues, .. } => ("submit", queues.iter().cloned().collect()),
-            Principal::Agent { .. } => ("agent", vec![]),
+            Principal::Agent { .. } | Principal::Node { .. } => ("agent", vec![]),
         };
         let id = who.describe().split(' ').take(2).collect::<Vec<_>>().join(" ");
         Ok(Response::new(pb::TokenInfo { id, role: role.into(), queues, ..Default::default() }))

@@ -116,7 +116,7 @@ impl HttpServer {
     }
 
     /// Serves until the process ends; samples the cluster meanwhile.
-    pub async fn serve(self, listener: tokio::net::TcpListener) -> anyhow::Result<()> {
+    pub async fn serve(self, listener: crate::tls::TlsListener) -> anyhow::Result<()> {
         tokio::spawn(sample(self.state.clone()));
         axum::serve(listener, self.router).await?;
         Ok(())
@@ -487,7 +487,7 @@ async fn targets(State(http): State<Http>, Extension(who): Extension<Principal>)
     let groups: Vec<Value> = nodes
         .iter()
         .filter(|n| !n.agent_address.is_empty())
-        .map(|n| json!({ "targets": [n.agent_address], "labels": { "job": "cohort-agent", "node": n.name } }))
+        .map(|n| json!({ "targets": [n.agent_address], "labels": { "job": "cohort-agent", "node": n.name, "__scheme__": "https" } }))
         .collect();
     Ok(Json(json!(groups)))
 }

@@ -9,6 +9,9 @@
 //!   pipelines of its queues only;
 //! - `agent`: join the cluster as an agent (a join token), nothing else.
 //!
+//! A joined agent is known by its certificate ([`Principal::Node`]), not by
+//! a token: it may register and attach as the node its certificate names.
+//!
 //! Every executor gets a token of its own job (`COHORT_TOKEN`), derived
 //! from the cluster's secret: it acts as `submit` on the job's queue while
 //! the job lives, and is refused once the job has ended.
@@ -80,6 +83,10 @@ pub enum Principal {
     Agent {
         token: String,
     },
+    /// An agent, by the certificate the cluster CA gave it when it joined.
+    Node {
+        name: String,
+    },
 }
 
 impl Principal {
@@ -91,6 +98,7 @@ impl Principal {
                 format!("{token} (submit: {})", queues.iter().cloned().collect::<Vec<_>>().join(", "))
             }
             Principal::Agent { token } => format!("{token} (agent)"),
+            Principal::Node { name } => format!("agent {name} (certificate)"),
         }
     }
 
@@ -98,7 +106,7 @@ impl Principal {
         match self {
             Principal::Admin { .. } => true,
             Principal::Tenant { queues, .. } => queues.contains(queue),
-            Principal::Agent { .. } => false,
+            Principal::Agent { .. } | Principal::Node { .. } => false,
         }
     }
 
@@ -282,16 +290,44 @@ impl Core {
             Principal::Agent { .. } => {
                 Err(CoordinatorError::Forbidden(format!("{who} is a join token: it only joins agents")))
             }
+            Principal::Node { .. } => Err(CoordinatorError::Forbidden(format!("{who} may only act as that agent"))),
             _ => Ok(()),
         }
     }
 
-    /// Agents joining (or an admin).
-    pub fn check_agent(&self, who: &Principal) -> Result<()> {
+    /// Asking for an agent's certificate: a join token (or an admin).
+    pub fn check_join(&self, who: &Principal) -> Result<()> {
         match who {
             Principal::Agent { .. } | Principal::Admin { .. } => Ok(()),
             _ => Err(CoordinatorError::Forbidden(format!("{who} may not join agents: it needs a join token"))),
         }
+    }
+
+    /// Registering node `name`: the agent whose certificate names it (or an admin).
+    pub fn check_agent(&self, who: &Principal, name: &str) -> Result<()> {
+        match who {
+            Principal::Node { name: certified } if certified == name => Ok(()),
+            Principal::Admin { .. } => Ok(()),
+            Principal::Node { .. } => {
+                Err(CoordinatorError::Forbidden(format!("{who} may not register as node `{name}`")))
+            }
+            Principal::Agent { .. } => Err(CoordinatorError::Forbidden(format!(
+                "{who} is a join token: agents join with it (`Cluster.Join`), then register with the certificate they get"
+            ))),
+            Principal::Tenant { .. } => {
+                Err(CoordinatorError::Forbidden(format!("{who} may not register agents: it needs a join token")))
+            }
+        }
+    }
+
+    /// Attaching as node `node`: the agent registered under that name.
+    pub fn check_node(&self, who: &Principal, node: u32) -> Result<()> {
+        let name = self
+            .agents
+            .get(&node)
+            .map(|a| a.record.name.clone())
+            .ok_or_else(|| CoordinatorError::NotFound(format!("node {node} is not registered")))?;
+        self.check_agent(who, &name)
     }
 
     /// Whether `who` may read and change job `job` (by its queue).

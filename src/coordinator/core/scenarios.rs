@@ -555,3 +555,28 @@ fn tokens_are_checked_by_queue_expire_on_the_clock_and_survive_a_restart() {
     assert!(h.core.authenticate(&admin).is_ok(), "tokens come back from the store");
     assert!(h.core.authenticate("cohort_nope_nope").is_err());
 }
+
+#[test]
+fn a_join_token_buys_a_certificate_and_a_certificate_acts_only_as_its_node() {
+    use super::auth::{Principal, Role, new_token};
+    let mut h = Harness::new();
+    let (_, join) = new_token(&[5; 16]);
+    h.core.create_token(&join, Role::Agent, vec![], None, String::new()).unwrap();
+    let joining = h.core.authenticate(&join).unwrap();
+    // Given a join token: it may ask for a certificate, not register with itself.
+    assert!(h.core.check_join(&joining).is_ok());
+    let refused = h.core.check_agent(&joining, "a").unwrap_err().to_string();
+    assert!(refused.contains("register with the certificate"), "{refused}");
+    // When node `a` registers with its certificate
+    let node = h.register("a", 4);
+    let certified = Principal::Node { name: "a".into() };
+    // Then it may attach as `a`, and not register or attach as another node
+    assert!(h.core.check_agent(&certified, "a").is_ok());
+    assert!(h.core.check_node(&certified, node).is_ok());
+    let b = h.register("b", 4);
+    assert!(h.core.check_agent(&certified, "b").unwrap_err().to_string().contains("may not register as node `b`"));
+    assert!(h.core.check_node(&certified, b).is_err());
+    // And a certificate is no user: it may not ask for another certificate, or touch jobs.
+    assert!(h.core.check_join(&certified).is_err());
+    assert!(h.core.check_user(&certified).is_err());
+}

@@ -59,8 +59,19 @@ pub struct SqlFront {
 
 impl SqlFront {
     /// Recreates the stored catalog and finds (or starts) the warm pool.
-    pub async fn start(core: CoreHandle, settings: SqlSettings, data_dir: PathBuf) -> anyhow::Result<Arc<SqlFront>> {
-        let engine = SqlEngine::new(EngineSettings { spill_dir: Some(data_dir.join("spill")), ..Default::default() })?;
+    /// Starts the SQL front: the catalog restored, the warm pool, workers
+    /// called over `worker_tls`.
+    pub async fn start(
+        core: CoreHandle,
+        settings: SqlSettings,
+        data_dir: PathBuf,
+        worker_tls: tonic::transport::ClientTlsConfig,
+    ) -> anyhow::Result<Arc<SqlFront>> {
+        let engine = SqlEngine::new(EngineSettings {
+            spill_dir: Some(data_dir.join("spill")),
+            worker_tls: Some(worker_tls),
+            ..Default::default()
+        })?;
         let tables = core.call(|c| c.tables()).await?;
         for (name, e) in engine.restore(&tables).await {
             eprintln!("warning: table `{name}` could not be restored: {e}");
