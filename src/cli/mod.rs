@@ -62,6 +62,10 @@ struct PoolArgs {
     /// Seconds without queries before the pool shrinks back.
     #[arg(long = "sql-pool-idle", default_value_t = 60.0)]
     idle: f64,
+    /// Memory of each store executor (one per node, started by the first
+    /// CACHE TABLE); about three quarters of it holds cached rows.
+    #[arg(long = "sql-store-memory", default_value = "1GiB")]
+    store_memory: String,
 }
 
 impl PoolArgs {
@@ -73,6 +77,7 @@ impl PoolArgs {
             format!("--sql-pool-cpu={}", self.cpu),
             format!("--sql-pool-memory={}", self.memory),
             format!("--sql-pool-idle={}", self.idle),
+            format!("--sql-store-memory={}", self.store_memory),
         ]
     }
 }
@@ -271,6 +276,9 @@ enum Command {
     },
     /// Run SQL over Flight SQL: a REPL, or `-e SQL` / `-f FILE`.
     Sql(sql::Args),
+    /// Cached tables: where their partitions are held, their size, hits
+    /// and last use (`SELECT * FROM cohort.cache`).
+    Cache,
     /// Replay a workload trace through the scheduler in virtual time, or generate one.
     Simulate(simulate::Args),
     /// Measure a local cluster: gang start latency and submissions per second.
@@ -412,6 +420,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                         idle: Duration::from_secs_f64(pool.idle.max(0.0)),
                         ..Default::default()
                     },
+                    stores: coordinator::sql::stores::StoreSettings { memory: pool.store_memory, ..Default::default() },
                 },
                 listen,
                 http,
@@ -493,6 +502,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Cancel { id } => client::job_action(coordinator, &id, client::JobAction::Cancel, output).await,
         Command::Logs { id, slot, follow } => client::logs(coordinator, &id, slot, follow).await,
         Command::Sql(args) => sql::run(coordinator, args, output).await,
+        Command::Cache => sql::run(coordinator, sql::Args::execute(sql::CACHE_LISTING), output).await,
         Command::Watch { id } => client::watch(coordinator, id.as_deref(), output).await,
         Command::Scale { id, instances } => client::scale(coordinator, &id, instances, output).await,
         Command::Pipeline(PipelineCommand::Create { file }) => {

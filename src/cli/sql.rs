@@ -25,6 +25,16 @@ pub struct Args {
     file: Option<PathBuf>,
 }
 
+impl Args {
+    pub fn execute(sql: &str) -> Args {
+        Args { execute: Some(sql.to_string()), file: None }
+    }
+}
+
+/// What `cohort cache` shows.
+pub const CACHE_LISTING: &str = "SELECT table_name, partitions, stores, rows, bytes, hits, cached_at, last_used \
+     FROM cohort.cache ORDER BY table_name";
+
 pub async fn run(coordinator: &str, args: Args, output: Output) -> Result<()> {
     let script = match (&args.execute, &args.file) {
         (Some(sql), _) => Some(sql.clone()),

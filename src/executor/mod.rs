@@ -12,11 +12,12 @@
 //! `command` and `service` run an argv; `batch` runs a datafusion-distributed
 //! worker (and a SQL job's driver) in a child of the supervisor
 //! (`batch.rs`, `sql_job.rs`); `stream` runs a pipeline member
-//! (`stream.rs`); `store` arrives with the caching issue.
+//! (`stream.rs`); `store` holds cached tables in memory (`store.rs`).
 
 mod batch;
 mod kind;
 mod sql_job;
+mod store;
 mod stream;
 
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -56,7 +57,10 @@ pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Res
             Some(dir) => supervise_itself(dir, kind, argv),
             None => stream::run(argv),
         },
-        other => bail!("executor kind `{other}` is not supported by this build yet"),
+        ExecutorKind::Store => match alloc_dir {
+            Some(dir) => supervise_itself(dir, kind, argv),
+            None => store::run(argv),
+        },
     }
 }
 

@@ -159,6 +159,7 @@ impl Driver {
                     CatalogChange::Drop { .. } => format!("table `{name}` dropped"),
                 })
             }
+            Statement::Cache { .. } | Statement::Uncache { .. } => anyhow::bail!(crate::spec::CACHING_IN_JOBS),
             Statement::Copy | Statement::Insert { .. } => {
                 let (plan, write) = engine.stage_write(sql, tag, self.attempt).await?;
                 let target = write.target_url.clone();

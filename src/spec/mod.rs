@@ -4,7 +4,8 @@
 //! - `mod.rs`: the fields every job has, `kind = "command"`;
 //! - `service.rs`: `kind = "service"` (`[service]`, `[service.health]`);
 //! - `sql.rs`: `kind = "sql"` (`[sql] statements`) and the coordinator's
-//!   own `kind = "pool"` of batch executors kept warm for SQL clients;
+//!   own `kind = "pool"` of batch executors kept warm for SQL clients and
+//!   `kind = "store"` of store executors holding cached tables;
 //! - `duration.rs`: `500ms`, `2s`, `5m`, `1h`.
 
 mod duration;
@@ -25,7 +26,7 @@ use crate::executor::ExecutorKind;
 pub use duration::parse_duration;
 pub use pipeline::is_pipeline;
 pub use service::{HealthSpec, Probe, ServiceSpec};
-pub use sql::{FLIGHT_PORT, pool_spec};
+pub use sql::{CACHING_IN_JOBS, FLIGHT_PORT, pool_spec, store_spec};
 
 /// A job as submitted.
 #[derive(Clone, Debug, PartialEq)]
@@ -47,6 +48,9 @@ pub enum JobKind {
     /// Batch executors kept warm for SQL clients: a service whose
     /// instances are datafusion-distributed workers.
     Pool { service: ServiceSpec },
+    /// Store executors holding cached tables in memory: a service whose
+    /// instances serve partitions over Arrow Flight.
+    Store { service: ServiceSpec },
     /// A streaming pipeline: a service whose instances are members of one
     /// Kafka consumer group.
     Pipeline { config: Box<cohort_stream::PipelineConfig>, service: ServiceSpec },
@@ -71,6 +75,7 @@ impl JobKind {
             JobKind::Service { .. } => "service",
             JobKind::Sql { .. } => "sql",
             JobKind::Pool { .. } => "pool",
+            JobKind::Store { .. } => "store",
             JobKind::Pipeline { .. } => "pipeline",
         }
     }
@@ -79,9 +84,10 @@ impl JobKind {
     /// restarted, updated in place).
     pub fn service(&self) -> Option<&ServiceSpec> {
         match self {
-            JobKind::Service { service, .. } | JobKind::Pool { service } | JobKind::Pipeline { service, .. } => {
-                Some(service)
-            }
+            JobKind::Service { service, .. }
+            | JobKind::Pool { service }
+            | JobKind::Store { service }
+            | JobKind::Pipeline { service, .. } => Some(service),
             JobKind::Command { .. } | JobKind::Sql { .. } => None,
         }
     }
@@ -89,9 +95,10 @@ impl JobKind {
     /// The names of the host ports each slot gets.
     pub fn ports(&self) -> Vec<String> {
         match self {
-            JobKind::Service { service, .. } | JobKind::Pool { service } | JobKind::Pipeline { service, .. } => {
-                service.ports.clone()
-            }
+            JobKind::Service { service, .. }
+            | JobKind::Pool { service }
+            | JobKind::Store { service }
+            | JobKind::Pipeline { service, .. } => service.ports.clone(),
             JobKind::Sql { .. } => vec![FLIGHT_PORT.to_string()],
             JobKind::Command { .. } => Vec::new(),
         }
@@ -124,6 +131,13 @@ impl JobKind {
             JobKind::Pool { service } => LaunchShape {
                 executor: ExecutorKind::Batch,
                 argv: vec!["worker".into()],
+                env: BTreeMap::new(),
+                ports,
+                health: service.health.clone(),
+            },
+            JobKind::Store { service } => LaunchShape {
+                executor: ExecutorKind::Store,
+                argv: vec!["serve".into()],
                 env: BTreeMap::new(),
                 ports,
                 health: service.health.clone(),
@@ -285,8 +299,7 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     }
     // Every slot is one executor process on its host.
     let slot = Resources::new(cpu, memory).with_scalar(EXECUTORS, 1);
-    if kind_name != "service"
-        && kind_name != "pool"
+    if !matches!(kind_name, "service" | "pool" | "store")
         && let Some(s) = &raw.service
     {
         return Err(errors.at(Some(s.span()), "service", "a [service] table needs kind = \"service\""));
@@ -355,9 +368,10 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
             spec.slot = spec.slot.with_scalar(PORTS, 1);
             JobKind::Sql { statements }
         }
-        "pool" => {
+        "pool" | "store" => {
             let Some(raw_service) = raw.service else {
-                return Err(errors.at(kind_span, "service", "kind = \"pool\" needs a [service] table"));
+                let message = format!("kind = \"{kind_name}\" needs a [service] table");
+                return Err(errors.at(kind_span, "service", message));
             };
             let service = sql::pool_service(&errors, raw_service)?;
             spec.min = 1;
@@ -365,7 +379,7 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
             spec.restart = Restart::Always;
             spec.slot = spec.slot.with_scalar(PORTS, service.ports.len() as u64);
             spec.constraints.one_slot_per_node = service.unique_nodes;
-            JobKind::Pool { service }
+            if kind_name == "pool" { JobKind::Pool { service } } else { JobKind::Store { service } }
         }
         other => {
             return Err(errors.at(

@@ -53,20 +53,26 @@ pub(super) fn parse(errors: &Errors, raw: Spanned<RawSql>) -> Result<String, Spe
         let at = text[searched..].find(statement.as_str()).map_or(searched, |o| searched + o);
         searched = at + statement.len();
         let line = first_line + text[..at].matches('\n').count();
-        match classify(statement) {
-            Ok(Statement::Catalog(_) | Statement::Copy | Statement::Insert { .. } | Statement::Query) => {}
-            Err(e) => {
-                return Err(SpecError {
-                    file: errors.file.to_string(),
-                    line,
-                    field: field.to_string(),
-                    message: format!("statement {}: {e}", i + 1),
-                });
-            }
+        let refused = match classify(statement) {
+            Ok(Statement::Catalog(_) | Statement::Copy | Statement::Insert { .. } | Statement::Query) => None,
+            Ok(Statement::Cache { .. } | Statement::Uncache { .. }) => Some(CACHING_IN_JOBS.to_string()),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = refused {
+            return Err(SpecError {
+                file: errors.file.to_string(),
+                line,
+                field: field.to_string(),
+                message: format!("statement {}: {why}", i + 1),
+            });
         }
     }
     Ok(text)
 }
+
+/// Why a job may not cache: the stores' catalog is the coordinator's.
+pub const CACHING_IN_JOBS: &str =
+    "CACHE TABLE and UNCACHE TABLE run through the SQL front door (`cohort sql`, Flight SQL clients), not in jobs";
 
 /// A batch executor is serving once its worker port accepts.
 pub(super) fn serving_check() -> HealthSpec {
@@ -80,7 +86,7 @@ pub(super) fn serving_check() -> HealthSpec {
     }
 }
 
-/// A pool's `[service]`: its instances serve the `flight` port.
+/// A pool's or a store's `[service]`: its instances serve the `flight` port.
 pub(super) fn pool_service(errors: &Errors, raw: Spanned<RawService>) -> Result<ServiceSpec, SpecError> {
     let span = raw.span();
     let mut service = super::service::parse(errors, raw)?;
@@ -88,7 +94,7 @@ pub(super) fn pool_service(errors: &Errors, raw: Spanned<RawService>) -> Result<
         return Err(errors.at(
             Some(span),
             "service.ports",
-            format!("a pool's instances serve one port: [\"{FLIGHT_PORT}\"]"),
+            format!("a pool's or a store's instances serve one port: [\"{FLIGHT_PORT}\"]"),
         ));
     }
     service.health.get_or_insert_with(serving_check);
@@ -99,6 +105,16 @@ pub(super) fn pool_service(errors: &Errors, raw: Spanned<RawService>) -> Result<
 pub fn pool_spec(name: &str, instances: u32, cpu: &str, memory: &str) -> String {
     format!(
         "name = \"{name}\"\nkind = \"pool\"\npriority = \"interactive\"\n\n[gang]\ncpu = \"{cpu}\"\nmemory = \"{memory}\"\n\n\
+         [service]\ninstances = {instances}\nports = [\"{FLIGHT_PORT}\"]\nunique_nodes = true\n"
+    )
+}
+
+/// The spec of the stores that hold cached tables: one per node, at
+/// `service` priority (preempted only by `system` work), each holding
+/// about three quarters of `memory` in batches.
+pub fn store_spec(name: &str, instances: u32, cpu: &str, memory: &str) -> String {
+    format!(
+        "name = \"{name}\"\nkind = \"store\"\npriority = \"service\"\n\n[gang]\ncpu = \"{cpu}\"\nmemory = \"{memory}\"\n\n\
          [service]\ninstances = {instances}\nports = [\"{FLIGHT_PORT}\"]\nunique_nodes = true\n"
     )
 }
@@ -156,5 +172,11 @@ COPY (SELECT user_id, count(*) AS n FROM events GROUP BY user_id)
         assert!(matches!(job.kind, JobKind::Pool { .. }));
         assert_eq!((job.gang.max, job.gang.priority.as_str()), (2, "interactive"));
         assert_eq!(job.kind.launch_shape().argv, vec!["worker"]);
+        let job = parse_job("stores", &store_spec("sql-store", 3, "250m", "1GiB")).unwrap();
+        assert!(matches!(job.kind, JobKind::Store { .. }));
+        assert_eq!((job.gang.max, job.gang.priority.as_str()), (3, "service"));
+        assert!(job.gang.constraints.one_slot_per_node);
+        let shape = job.kind.launch_shape();
+        assert_eq!((shape.executor, shape.argv), (crate::executor::ExecutorKind::Store, vec!["serve".to_string()]));
     }
 }

@@ -1,6 +1,6 @@
 //! SQL end to end: Flight SQL against single-process DataFusion, `kind =
 //! "sql"` jobs and their outputs, errors clients see, a worker killed
-//! mid-query, and the catalog across a coordinator restart.
+//! mid-query, the catalog across a coordinator restart, and cached tables.
 
 use std::path::Path;
 use std::process::Output;
@@ -279,4 +279,59 @@ fn is_under(pid: u32, dir: &Path) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/environ"))
         .map(|env| env.contains(&dir.display().to_string()))
         .unwrap_or(false)
+}
+
+#[test]
+fn a_cached_table_is_served_from_the_stores_memory_until_it_is_uncached() {
+    let c = Cluster::start(&[("a", 2), ("b", 2)]);
+    let data = c.dir.path().join("events");
+    make_table(&c.address, "events", &data, 20_000);
+    let query = "SELECT k, count(*) AS n, sum(id) AS s, max(pad) AS p FROM events GROUP BY k ORDER BY k";
+    let from_files = sql_json(&c.address, query);
+    assert_eq!(from_files.len(), 10);
+
+    // Given the table cached
+    let out = cli_at(&c.address, &["sql", "-e", "CACHE TABLE events;"]);
+    assert!(out.status.success(), "CACHE TABLE failed: {}", stderr(&out));
+    assert!(stdout(&out).contains("20000"), "it says how many rows it cached: {}", stdout(&out));
+    // Then the stores are a job at service priority, one per node
+    let stores = c.json(&["job", "sql-store"]);
+    assert_eq!(stores["priority"], "service", "{stores}");
+    let nodes: std::collections::BTreeSet<String> =
+        stores["slots"].as_array().unwrap().iter().map(|s| s["node"].as_str().unwrap().to_string()).collect();
+    assert_eq!(nodes.len(), 2, "one store per node: {stores}");
+
+    // When its files are moved away, queries still answer the same: they open no file
+    let moved = c.dir.path().join("events-moved");
+    std::fs::rename(&data, &moved).unwrap();
+    assert_eq!(sql_json(&c.address, query), from_files);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM events WHERE k = 3")[0]["n"], 2000);
+
+    // And a table can be cached from a query, then listed with the rest
+    sql_ok(&c.address, "CACHE TABLE hot AS SELECT id, pad FROM events WHERE k = 3");
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n, min(id) AS m FROM hot")[0]["m"], 3);
+    let listed = cli_at(&c.address, &["cache", "--output", "json"]);
+    assert!(listed.status.success(), "{}", stderr(&listed));
+    let listed: Vec<Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let events = listed.iter().find(|t| t["table_name"] == "events").expect("events is listed");
+    assert_eq!(events["rows"], 20_000);
+    assert!(events["hits"].as_u64().unwrap() >= 2, "queries count as hits: {events}");
+    assert!(events["bytes"].as_u64().unwrap() > 0);
+    assert_eq!(events["stores"].as_str().unwrap().split(", ").count(), 2, "spread over both stores: {events}");
+    assert!(listed.iter().any(|t| t["table_name"] == "hot"));
+
+    // Uncached, the table reads its files again: gone, it says so; back, the same answers
+    sql_ok(&c.address, "UNCACHE TABLE events");
+    let out = cli_at(&c.address, &["sql", "-e", query]);
+    assert!(!out.status.success() && stderr(&out).contains("not found"), "{}", stderr(&out));
+    std::fs::rename(&moved, &data).unwrap();
+    assert_eq!(sql_json(&c.address, query), from_files);
+    let out = cli_at(&c.address, &["sql", "-e", "UNCACHE TABLE events"]);
+    assert!(stderr(&out).contains("is not cached"), "{}", stderr(&out));
+    sql_ok(&c.address, "UNCACHE TABLE IF EXISTS events");
+    // A table cached AS SELECT lives in memory only: dropping it uncaches it.
+    sql_ok(&c.address, "DROP TABLE hot");
+    let out = cli_at(&c.address, &["sql", "-e", "SELECT * FROM hot"]);
+    assert!(!out.status.success(), "hot is gone");
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM cohort.cache")[0]["n"], 0);
 }

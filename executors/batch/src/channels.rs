@@ -21,6 +21,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Clone, Default)]
 pub struct Channels {
     cache: Arc<Mutex<HashMap<Url, grpc::BoxCloneSyncChannel>>>,
+    /// Plain Flight channels, to stores.
+    stores: Arc<Mutex<HashMap<String, tonic::transport::Channel>>>,
     /// TLS for every worker (the URLs' scheme is then taken as `https`).
     tls: Option<tonic::transport::ClientTlsConfig>,
 }
@@ -28,12 +30,13 @@ pub struct Channels {
 impl Channels {
     /// Channels that speak TLS as `tls` says; plaintext when it is none.
     pub fn new(tls: Option<tonic::transport::ClientTlsConfig>) -> Channels {
-        Channels { cache: Arc::default(), tls }
+        Channels { cache: Arc::default(), stores: Arc::default(), tls }
     }
 
     /// Forgets the connection to a worker (it died, or was replaced).
     pub fn forget(&self, url: &Url) {
         self.cache.lock().expect("channel cache").remove(url);
+        self.stores.lock().expect("channel cache").remove(url.as_str());
     }
 
     fn channel(&self, url: &Url) -> Result<grpc::BoxCloneSyncChannel, DataFusionError> {
@@ -41,6 +44,25 @@ impl Channels {
         if let Some(c) = cache.get(url) {
             return Ok(c.clone());
         }
+        let channel = grpc::BoxCloneSyncChannel::new(self.endpoint(url)?.connect_lazy());
+        cache.insert(url.clone(), channel.clone());
+        Ok(channel)
+    }
+
+    /// A channel to the store at `url`, with the same timeouts and TLS.
+    pub fn flight(&self, url: &str) -> Result<tonic::transport::Channel, DataFusionError> {
+        let mut stores = self.stores.lock().expect("channel cache");
+        if let Some(c) = stores.get(url) {
+            return Ok(c.clone());
+        }
+        let parsed =
+            Url::parse(url).map_err(|e| DataFusionError::Configuration(format!("invalid store URL `{url}`: {e}")))?;
+        let channel = self.endpoint(&parsed)?.connect_lazy();
+        stores.insert(url.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    fn endpoint(&self, url: &Url) -> Result<tonic::transport::Endpoint, DataFusionError> {
         let invalid =
             |e: &dyn std::fmt::Display| DataFusionError::Configuration(format!("invalid worker URL `{url}`: {e}"));
         let mut target = url.clone();
@@ -58,9 +80,7 @@ impl Channels {
         if let Some(tls) = &self.tls {
             endpoint = endpoint.tls_config(tls.clone()).map_err(|e| invalid(&e))?;
         }
-        let channel = grpc::BoxCloneSyncChannel::new(endpoint.connect_lazy());
-        cache.insert(url.clone(), channel.clone());
-        Ok(channel)
+        Ok(endpoint)
     }
 }
 

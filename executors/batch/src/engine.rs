@@ -117,6 +117,9 @@ pub struct SqlEngine {
     local: SessionContext,
     channels: Channels,
     settings: EngineSettings,
+    /// Cached tables, by name.
+    cache: crate::caching::Registry,
+    cache_versions: std::sync::atomic::AtomicU64,
     /// Bytes under each scanned location, listed at most every few seconds.
     sizes: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
 }
@@ -129,6 +132,8 @@ const SIZE_TTL: Duration = Duration::from_secs(10);
 pub struct Footprint {
     /// Locations of the file-backed tables it scans (views looked through).
     pub locations: Vec<ListingTableUrl>,
+    /// The cached tables it reads.
+    pub cached: Vec<String>,
 }
 
 impl SqlEngine {
@@ -137,15 +142,18 @@ impl SqlEngine {
         std::fs::create_dir_all(&spill)
             .map_err(|source| Error::Io { context: format!("cannot create {}", spill.display()), source })?;
         let runtime = crate::runtime(settings.memory_bytes, spill)?;
+        let channels = Channels::new(settings.worker_tls.clone());
+        // Scans of cached tables read their stores through these channels.
         let config = SessionConfig::new()
             .with_target_partitions(settings.target_partitions.max(1))
-            .with_information_schema(true);
-        let channels = Channels::new(settings.worker_tls.clone());
+            .with_information_schema(true)
+            .with_extension(Arc::new(channels.clone()));
         let state = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config.clone())
             .with_runtime_env(runtime.clone())
             .with_distributed_channel_resolver(channels.clone())
+            .with_distributed_user_codec(crate::cached::CacheCodec)
             .with_distributed_planner()
             .with_distributed_file_scan_config_bytes_per_partition(settings.scan_bytes_per_partition.max(1))?
             .with_distributed_compression(settings.shuffle_compression)?
@@ -156,13 +164,40 @@ impl SqlEngine {
             .with_runtime_env(runtime)
             .with_catalog_list(state.catalog_list().clone())
             .build();
+        let ctx = SessionContext::new_with_state(state);
+        let cache = crate::caching::Registry::default();
+        crate::caching::register_system_tables(&ctx, &cache)?;
         Ok(SqlEngine {
-            ctx: SessionContext::new_with_state(state),
+            ctx,
             local: SessionContext::new_with_state(local),
             channels,
             settings,
+            cache,
+            cache_versions: std::sync::atomic::AtomicU64::new(0),
             sizes: Default::default(),
         })
+    }
+
+    pub(crate) fn settings(&self) -> &EngineSettings {
+        &self.settings
+    }
+
+    pub(crate) fn channels(&self) -> &Channels {
+        &self.channels
+    }
+
+    pub(crate) fn cache_registry(&self) -> &crate::caching::Registry {
+        &self.cache
+    }
+
+    /// A version no other caching by this engine has used: the start
+    /// time in ms, counted up, so a restarted driver does not reuse one.
+    pub(crate) fn next_cache_version(&self) -> u64 {
+        use std::sync::atomic::Ordering;
+        let now =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let _ = self.cache_versions.compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed);
+        self.cache_versions.fetch_add(1, Ordering::Relaxed)
     }
 
     /// The shared catalog, for listings.
@@ -307,7 +342,8 @@ impl SqlEngine {
 
     /// Runs a planned query on the workers `source` gives, retrying on
     /// others when one is lost before the output is released. A query that
-    /// reads no files runs here, without workers.
+    /// reads no files runs here, without workers (reading cached tables
+    /// from their stores).
     pub async fn run(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
         let locations = footprint(&plan)?.locations;
         self.check_locations(&locations).await?;
@@ -407,6 +443,8 @@ fn visit_scans(plan: &LogicalPlan, found: &mut Footprint) -> Result<()> {
         {
             if let Some(listing) = provider.downcast_ref::<ListingTable>() {
                 found.locations.extend(listing.table_paths().iter().cloned());
+            } else if let Some(cached) = provider.downcast_ref::<crate::cached::CachedTable>() {
+                found.cached.push(cached.0.name.clone());
             } else if let Some(view) = provider.downcast_ref::<ViewTable>() {
                 visit_scans(view.logical_plan(), found).map_err(|e| DataFusionError::External(Box::new(e)))?;
             }

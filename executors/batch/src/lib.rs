@@ -12,15 +12,23 @@
 //! - `output.rs`: outputs staged beside their target and moved in at commit,
 //!   so a failed or preempted job leaves nothing half-written in sight;
 //! - `stores.rs`: local files, and S3 buckets configured from the environment;
+//! - `store.rs`: store executors, holding cached tables' partitions in
+//!   memory and serving them over Arrow Flight;
+//! - `cached.rs`: the catalog's side of a cached table: its provider, the
+//!   scan that reads it from the stores, and the codec that ships that
+//!   scan to workers;
 //! - `tpch.rs`: TPC-H data (tpchgen) and the 22 queries, for benchmarks.
 //!
 //! It knows nothing of the coordinator: where the workers are and where
 //! table definitions are kept is told to it ([`WorkerSource`], [`TableDef`]).
 
+pub mod cached;
+mod caching;
 mod channels;
 mod engine;
 mod output;
 mod statements;
+pub mod store;
 mod stores;
 pub mod tpch;
 mod worker;

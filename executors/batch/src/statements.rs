@@ -40,6 +40,17 @@ pub enum Statement {
     Insert {
         table: String,
     },
+    /// `CACHE TABLE t` (t's rows into the stores' memory), or `CACHE
+    /// TABLE t AS SELECT ...` (a new table held only there).
+    Cache {
+        table: String,
+        query: Option<String>,
+    },
+    /// `UNCACHE TABLE [IF EXISTS] t`.
+    Uncache {
+        table: String,
+        if_exists: bool,
+    },
     /// Reads only: SELECT, SHOW, DESCRIBE, EXPLAIN, SET.
     Query,
 }
@@ -89,7 +100,8 @@ fn is_blank(sql: &str) -> bool {
 /// only in one process's memory (CREATE TABLE, CREATE SCHEMA, ...) are
 /// refused, since the catalog could not keep them.
 pub fn classify(sql: &str) -> Result<Statement> {
-    let mut statements = parse(sql)?;
+    // sqlparser reads whatever follows `CACHE TABLE t` as its query, a `;` too.
+    let mut statements = parse(sql.trim().trim_end_matches(';'))?;
     if statements.len() != 1 {
         return Err(Error::Invalid(format!(
             "expected one statement, got {}; send statements one at a time",
@@ -145,6 +157,15 @@ pub fn classify(sql: &str) -> Result<Statement> {
                      and declare them with CREATE EXTERNAL TABLE"
                         .into(),
                 ));
+            }
+            SqlStatement::Cache { table_flag, table_name, options, query, .. } => {
+                if table_flag.is_some() || !options.is_empty() {
+                    return Err(Error::Invalid("CACHE TABLE takes no flags or OPTIONS here".into()));
+                }
+                Statement::Cache { table: table_name.to_string(), query: query.map(|q| q.to_string()) }
+            }
+            SqlStatement::UNCache { table_name, if_exists } => {
+                Statement::Uncache { table: table_name.to_string(), if_exists }
             }
             SqlStatement::CreateSchema { .. }
             | SqlStatement::CreateDatabase { .. }
@@ -223,6 +244,16 @@ mod tests {
         assert_eq!(classify("SELECT * FROM t").unwrap(), Statement::Query);
         assert_eq!(classify("SHOW TABLES").unwrap(), Statement::Query);
         assert!(matches!(classify("CREATE VIEW v AS SELECT 1").unwrap(), Statement::Catalog(_)));
+        assert_eq!(classify("CACHE TABLE t;").unwrap(), Statement::Cache { table: "t".into(), query: None });
+        assert_eq!(
+            classify("cache table hot as select k from t where k > 1").unwrap(),
+            Statement::Cache { table: "hot".into(), query: Some("SELECT k FROM t WHERE k > 1".into()) }
+        );
+        assert_eq!(
+            classify("UNCACHE TABLE IF EXISTS t").unwrap(),
+            Statement::Uncache { table: "t".into(), if_exists: true }
+        );
+        assert!(classify("CACHE LAZY TABLE t").is_err());
     }
 
     #[test]

@@ -50,14 +50,20 @@ pub async fn serve(settings: WorkerSettings, shutdown: impl Future<Output = ()>)
     // Workers talk to each other in shuffles: with the same timeouts.
     let (server_tls, client_tls) = settings.tls.clone().unzip();
     let channels = Channels::new(client_tls);
-    let worker =
-        Worker::from_session_builder(move |ctx: WorkerQueryContext| {
-            let channels = channels.clone();
-            async move {
-                Ok::<SessionState, DataFusionError>(ctx.builder.with_distributed_channel_resolver(channels).build())
-            }
-        })
-        .with_runtime_env(runtime(settings.memory_bytes, settings.spill_dir.clone())?);
+    let worker = Worker::from_session_builder(move |ctx: WorkerQueryContext| {
+        let channels = channels.clone();
+        async move {
+            // Cached tables' scans arrive encoded, and read from stores through the same channels.
+            let mut state = ctx
+                .builder
+                .with_distributed_channel_resolver(channels.clone())
+                .with_distributed_user_codec(crate::cached::CacheCodec)
+                .build();
+            state.config_mut().set_extension(Arc::new(channels));
+            Ok::<SessionState, DataFusionError>(state)
+        }
+    })
+    .with_runtime_env(runtime(settings.memory_bytes, settings.spill_dir.clone())?);
     tracing::info!(listen = %settings.listen, memory = settings.memory_bytes, "batch worker serving");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = server_tls {

@@ -3,6 +3,7 @@
 //! protocol; this module is what a statement does.
 //!
 //! - `pool.rs`: the warm pool of batch executors and its sizing;
+//! - `stores.rs`: the store executors that hold cached tables;
 //! - `flight.rs`: the Arrow Flight SQL service;
 //! - `queries.rs`: recent queries and their latency.
 //!
@@ -14,6 +15,7 @@
 pub mod flight;
 pub mod pool;
 pub mod queries;
+pub mod stores;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use queries::QueryLog;
 #[derive(Clone, Debug, Default)]
 pub struct SqlSettings {
     pub pool: PoolSettings,
+    pub stores: stores::StoreSettings,
 }
 
 /// What a statement is, before it runs.
@@ -51,7 +54,8 @@ pub struct SqlFront {
     engine: SqlEngine,
     core: CoreHandle,
     pool: Arc<Pool>,
-    /// One catalog change at a time.
+    stores: Arc<stores::Stores>,
+    /// One catalog change at a time (caching included).
     catalog_lock: tokio::sync::Mutex<()>,
     writes: AtomicU64,
     queries: Arc<QueryLog>,
@@ -77,10 +81,12 @@ impl SqlFront {
             eprintln!("warning: table `{name}` could not be restored: {e}");
         }
         let pool = Pool::start(core.clone(), settings.pool).await?;
+        let stores = stores::Stores::start(core.clone(), settings.stores).await?;
         Ok(Arc::new(SqlFront {
             engine,
             core,
             pool,
+            stores,
             catalog_lock: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
             queries: Arc::default(),
@@ -162,13 +168,28 @@ impl SqlFront {
     }
 
     /// Applies a statement that is not a query: a catalog change (no
-    /// count) or a write (the rows written).
+    /// count), a write (the rows written) or a caching (the rows cached).
     pub async fn execute(&self, sql: &str, statement: Statement) -> Result<Option<u64>> {
         match statement {
             Statement::Catalog(change) => self.change_catalog(sql, change).await.map(|()| None),
             Statement::Copy | Statement::Insert { .. } => self.write(sql).await.map(Some),
+            Statement::Cache { table, query } => self.cache(&table, query.as_deref()).await.map(Some),
+            Statement::Uncache { table, if_exists } => {
+                let _one_at_a_time = self.catalog_lock.lock().await;
+                self.engine.uncache_table(&table, if_exists).await.map(|_| None)
+            }
             Statement::Query => Err(Error::Invalid("a query returns rows; run it as a query".into())),
         }
+    }
+
+    /// `CACHE TABLE`: computed on the warm pool, held by the stores.
+    async fn cache(&self, table: &str, query: Option<&str>) -> Result<u64> {
+        let _one_at_a_time = self.catalog_lock.lock().await;
+        let stores = self.stores.urls().await?;
+        tracing::debug!(table, stores = stores.len(), "caching: stores serving");
+        let _in_use = self.pool.enter();
+        let entry = self.engine.cache_table(table, query, self.pool.as_ref(), &stores).await?;
+        Ok(entry.rows())
     }
 
     async fn write(&self, sql: &str) -> Result<u64> {
@@ -197,6 +218,9 @@ impl SqlFront {
         let _one_at_a_time = self.catalog_lock.lock().await;
         match change {
             CatalogChange::Create { def, or_replace, if_not_exists } => {
+                if or_replace {
+                    self.engine.uncache_table(&def.name, true).await?;
+                }
                 if !or_replace && self.engine.context().table_exist(def.name.as_str())? {
                     let stored = self.core.call(|c| c.tables()).await.map_err(unavailable)?;
                     let same = stored.iter().any(|t| cohort_batch::same_definition(&t.ddl, &def.ddl));
@@ -216,6 +240,12 @@ impl SqlFront {
                 }
             }
             CatalogChange::Drop { name, .. } => {
+                // A table cached AS SELECT lives in the stores only: uncaching drops it.
+                if let Some(cached) = self.engine.uncache_table(&name, true).await?
+                    && cached.source.is_none()
+                {
+                    return Ok(());
+                }
                 self.engine.apply_ddl(sql).await?;
                 self.store(move |c| c.drop_table(&name).map(|_| ())).await?;
             }

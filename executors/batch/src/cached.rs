@@ -1,0 +1,287 @@
+//! Cached tables: a table whose rows are held by store executors
+//! ([`crate::store`]) rather than read from files. [`CachedTable`] is the
+//! catalog's provider; its scan is a [`CachedScanExec`], one output
+//! partition per stored partition, each read over Arrow Flight from the
+//! store that holds it, with only the columns the query needs. Plans
+//! that also read files run on workers, so the scan travels to them
+//! through [`CacheCodec`] (registered on both sides, in the same place).
+//!
+//! A scan never returns part of a table: a store that is gone, or a
+//! partition it no longer holds, fails the query with an error saying
+//! which, and `UNCACHE TABLE` makes the table read its source again.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+use arrow::datatypes::{Schema, SchemaRef};
+use async_trait::async_trait;
+use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::TableType;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::logical_expr::Expr;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::{StreamExt, TryFutureExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::Channels;
+use crate::store::{self, PartId};
+
+/// Where one partition of a cached table is held.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Placement {
+    /// The store's Flight URL.
+    pub store: String,
+    pub part: PartId,
+    pub rows: u64,
+    pub bytes: u64,
+}
+
+/// A cached table: where its partitions are, and how it is used.
+#[derive(Debug)]
+pub struct CacheEntry {
+    pub name: String,
+    pub schema: SchemaRef,
+    pub parts: Vec<Placement>,
+    /// When it was cached, ms since the epoch.
+    pub cached_ms: i64,
+    hits: AtomicU64,
+    last_used_ms: AtomicI64,
+    /// The table it caches, which serves again once it is uncached; none
+    /// for `CACHE TABLE t AS SELECT ...`.
+    pub source: Option<Arc<dyn TableProvider>>,
+}
+
+impl CacheEntry {
+    pub fn new(
+        name: String,
+        schema: SchemaRef,
+        parts: Vec<Placement>,
+        source: Option<Arc<dyn TableProvider>>,
+    ) -> CacheEntry {
+        let now = now_ms();
+        CacheEntry {
+            name,
+            schema,
+            parts,
+            cached_ms: now,
+            hits: AtomicU64::new(0),
+            last_used_ms: AtomicI64::new(now),
+            source,
+        }
+    }
+
+    /// Queries that read it.
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    pub fn rows(&self) -> u64 {
+        self.parts.iter().map(|p| p.rows).sum()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().map(|p| p.bytes).sum()
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The catalog's provider for a cached table.
+#[derive(Debug)]
+pub struct CachedTable(pub Arc<CacheEntry>);
+
+#[async_trait]
+impl TableProvider for CachedTable {
+    fn schema(&self) -> SchemaRef {
+        self.0.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::Base
+    }
+
+    async fn scan(
+        &self,
+        _state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        _filters: &[Expr],
+        _limit: Option<usize>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.0.hits.fetch_add(1, Ordering::Relaxed);
+        self.0.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        let schema = match projection {
+            Some(columns) => Arc::new(self.0.schema.project(columns)?),
+            None => self.0.schema.clone(),
+        };
+        Ok(Arc::new(CachedScanExec::new(self.0.name.clone(), schema, projection.cloned(), self.0.parts.clone())))
+    }
+}
+
+/// Reads a cached table's partitions from their stores.
+#[derive(Debug)]
+pub struct CachedScanExec {
+    table: String,
+    /// Already projected.
+    schema: SchemaRef,
+    projection: Option<Vec<usize>>,
+    parts: Vec<Placement>,
+    properties: Arc<PlanProperties>,
+}
+
+impl CachedScanExec {
+    pub fn new(table: String, schema: SchemaRef, projection: Option<Vec<usize>>, parts: Vec<Placement>) -> Self {
+        let properties = Arc::new(PlanProperties::new(
+            EquivalenceProperties::new(schema.clone()),
+            Partitioning::UnknownPartitioning(parts.len().max(1)),
+            EmissionType::Incremental,
+            Boundedness::Bounded,
+        ));
+        CachedScanExec { table, schema, projection, parts, properties }
+    }
+}
+
+impl DisplayAs for CachedScanExec {
+    fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "CachedScanExec: table={}, partitions={}", self.table, self.parts.len())
+    }
+}
+
+impl ExecutionPlan for CachedScanExec {
+    fn name(&self) -> &str {
+        "CachedScanExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        Ok(self)
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        let schema = self.schema.clone();
+        let Some(placement) = self.parts.get(partition).cloned() else {
+            // An empty table has one partition, with nothing in it.
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
+        };
+        let channels = context.session_config().get_extension::<Channels>().ok_or_else(|| {
+            DataFusionError::Internal("this session cannot reach stores (no channels in its config)".into())
+        })?;
+        let channel = channels.flight(&placement.store)?;
+        let (table, projection, number) = (self.table.clone(), self.projection.clone(), placement.part.partition);
+        let explain = move |e: DataFusionError| {
+            DataFusionError::Execution(format!(
+                "cannot read partition {number} of cached table `{table}`: {e} (UNCACHE TABLE {table} reads its source again)"
+            ))
+        };
+        let explain_too = explain.clone();
+        let read = async move {
+            store::get(channel, &placement.store, &placement.part, projection).await.map(|s| s.map_err(explain_too))
+        };
+        let stream = futures::stream::once(read.map_err(explain)).try_flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))
+    }
+}
+
+/// Ships [`CachedScanExec`] to workers: its schema as Arrow IPC, the rest as JSON.
+#[derive(Debug, Default)]
+pub struct CacheCodec;
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    table: String,
+    projection: Option<Vec<usize>>,
+    parts: Vec<Placement>,
+}
+
+impl PhysicalExtensionCodec for CacheCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        _inputs: &[Arc<dyn ExecutionPlan>],
+        _ctx: &TaskContext,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let bad = |what: &str| DataFusionError::Internal(format!("a cached scan that does not decode: {what}"));
+        let (length, rest) = buf.split_at_checked(4).ok_or_else(|| bad("too short"))?;
+        let length = u32::from_le_bytes(length.try_into().expect("four bytes")) as usize;
+        let (schema, wire) = rest.split_at_checked(length).ok_or_else(|| bad("its schema is cut short"))?;
+        let schema = Schema::try_from(arrow_flight::IpcMessage(bytes::Bytes::copy_from_slice(schema)))?;
+        let wire: Wire = serde_json::from_slice(wire).map_err(|e| bad(&e.to_string()))?;
+        Ok(Arc::new(CachedScanExec::new(wire.table, Arc::new(schema), wire.projection, wire.parts)))
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        _proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        // Other codecs are tried after this one: refuse what is not ours.
+        let Some(scan) = node.downcast_ref::<CachedScanExec>() else {
+            return Err(DataFusionError::Internal(format!("{} is not a cached scan", node.name())));
+        };
+        let options = arrow::ipc::writer::IpcWriteOptions::default();
+        let schema: arrow_flight::IpcMessage = arrow_flight::SchemaAsIpc::new(&scan.schema, &options).try_into()?;
+        buf.extend_from_slice(&(schema.0.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&schema.0);
+        let wire = Wire { table: scan.table.clone(), projection: scan.projection.clone(), parts: scan.parts.clone() };
+        serde_json::to_writer(buf, &wire).map_err(|e| DataFusionError::Internal(e.to_string()))?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::datatypes::{DataType, Field};
+    use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
+
+    #[test]
+    fn a_cached_scan_travels_whole_and_other_nodes_are_left_to_other_codecs() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Utf8, true)]));
+        let parts = vec![Placement {
+            store: "https://10.0.0.7:31001".into(),
+            part: PartId { table: "t".into(), version: 7, partition: 3 },
+            rows: 10,
+            bytes: 640,
+        }];
+        let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), parts.clone()));
+        let mut buf = Vec::new();
+        CacheCodec.try_encode(scan, &mut buf, &DefaultPhysicalProtoConverter {}).unwrap();
+        let ctx = TaskContext::default();
+        let decoded = CacheCodec.try_decode(&buf, &[], &ctx, &DefaultPhysicalProtoConverter {}).unwrap();
+        let decoded = decoded.downcast_ref::<CachedScanExec>().unwrap();
+        assert_eq!((decoded.table.as_str(), &decoded.schema, &decoded.projection), ("t", &schema, &Some(vec![2])));
+        assert_eq!(decoded.parts, parts);
+        assert!(CacheCodec.try_decode(&buf[..3], &[], &ctx, &DefaultPhysicalProtoConverter {}).is_err());
+
+        let other = Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));
+        assert!(CacheCodec.try_encode(other, &mut Vec::new(), &DefaultPhysicalProtoConverter {}).is_err());
+    }
+}

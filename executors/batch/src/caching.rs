@@ -1,0 +1,257 @@
+//! `CACHE TABLE` and `UNCACHE TABLE` on the driver: a table's rows are
+//! computed once (on the workers, like any query), cut into partitions,
+//! put into the stores, and the catalog's entry for the table is swapped
+//! for a [`CachedTable`]; uncaching swaps the source back. The system
+//! table `cohort.cache` lists what is cached, where, and how it is used.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use arrow::array::{ArrayRef, StringArray, TimestampMillisecondArray, UInt32Array, UInt64Array};
+use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use arrow::record_batch::RecordBatch;
+use async_trait::async_trait;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
+use datafusion::datasource::MemTable;
+use datafusion::datasource::TableType;
+use datafusion::error::DataFusionError;
+use datafusion::logical_expr::Expr;
+use datafusion::physical_plan::ExecutionPlan;
+use futures::TryStreamExt;
+use url::Url;
+
+use crate::cached::{CacheEntry, CachedTable, Placement};
+use crate::store::{self, PartId};
+use crate::{Error, Result, SqlEngine, WorkerSource};
+
+/// Cached tables by name.
+pub(crate) type Registry = Arc<Mutex<BTreeMap<String, Arc<CacheEntry>>>>;
+
+/// Where the system table lives: `cohort.cache`.
+const SYSTEM_SCHEMA: &str = "cohort";
+
+/// Adds the `cohort` schema with its `cache` table to the context's default catalog.
+pub(crate) fn register_system_tables(ctx: &datafusion::prelude::SessionContext, registry: &Registry) -> Result<()> {
+    let catalog_name = ctx.state().config().options().catalog.default_catalog.clone();
+    let catalog =
+        ctx.catalog(&catalog_name).ok_or_else(|| Error::Invalid(format!("no default catalog `{catalog_name}`")))?;
+    let schema = Arc::new(MemorySchemaProvider::new());
+    schema.register_table("cache".into(), Arc::new(CacheListing(registry.clone())))?;
+    catalog.register_schema(SYSTEM_SCHEMA, schema)?;
+    Ok(())
+}
+
+impl SqlEngine {
+    /// Caches `name`: its rows (or, with `query`, that query's rows as a
+    /// new table called `name`) computed on `workers` and spread over
+    /// `stores`. Caching a cached table again refreshes it from its source.
+    pub async fn cache_table(
+        &self,
+        name: &str,
+        query: Option<&str>,
+        workers: &dyn WorkerSource,
+        stores: &[Url],
+    ) -> Result<Arc<CacheEntry>> {
+        if stores.is_empty() {
+            return Err(Error::Unavailable("no store executor is serving".into()));
+        }
+        let ctx = self.context();
+        let exists = ctx.table_exist(name)?;
+        let source = match query {
+            Some(_) if exists => {
+                return Err(Error::Invalid(format!(
+                    "table `{name}` exists: CACHE TABLE {name} caches it; CACHE TABLE ... AS SELECT makes a new one"
+                )));
+            }
+            Some(_) => None,
+            None if !exists => {
+                return Err(Error::DataFusion(DataFusionError::Plan(format!("table `{name}` not found"))));
+            }
+            None => {
+                // Read the source, not an older copy of itself.
+                self.uncache_table(name, true).await?;
+                Some(ctx.table_provider(name).await?)
+            }
+        };
+        let sql = query.map_or_else(|| format!("SELECT * FROM {name}"), str::to_string);
+        let plan = self.plan(&sql, None).await?;
+        let outcome = self.run(plan, workers).await?;
+        let schema = outcome.schema.clone();
+        let batches: Vec<RecordBatch> = outcome.stream.try_collect().await?;
+        tracing::debug!(table = name, batches = batches.len(), "caching: rows computed");
+        let partitions = split_rows(&batches, stores.len() * self.settings().target_partitions.max(1));
+        let version = self.next_cache_version();
+        let mut placements = Vec::with_capacity(partitions.len());
+        let mut puts = Vec::with_capacity(partitions.len());
+        for (i, batches) in partitions.into_iter().enumerate() {
+            let store_url = stores[i % stores.len()].to_string();
+            let part = PartId { table: name.to_string(), version, partition: i as u32 };
+            placements.push(Placement {
+                store: store_url.clone(),
+                part: part.clone(),
+                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+                bytes: batches.iter().map(store::rows_bytes).sum(),
+            });
+            let channel = self.channels().flight(&store_url)?;
+            let schema = schema.clone();
+            puts.push(async move { store::put(channel, &store_url, &part, schema, batches).await });
+        }
+        let put = futures::future::try_join_all(puts).await;
+        tracing::debug!(table = name, partitions = placements.len(), "caching: partitions put");
+        if let Err(e) = put {
+            self.drop_from_stores(name, placements.iter().map(|p| p.store.clone())).await;
+            return Err(Error::Unavailable(format!("cannot cache `{name}`: {e}")));
+        }
+        let entry = Arc::new(CacheEntry::new(name.to_string(), schema, placements, source));
+        ctx.deregister_table(name)?;
+        ctx.register_table(name, Arc::new(CachedTable(entry.clone())))?;
+        self.cache_registry().lock().expect("cache registry").insert(name.to_string(), entry.clone());
+        tracing::info!(table = name, rows = entry.rows(), bytes = entry.bytes(), "cached");
+        Ok(entry)
+    }
+
+    /// Uncaches `name`: its source serves again (a table cached `AS
+    /// SELECT` is gone) and the stores forget it. What was cached, if anything.
+    pub async fn uncache_table(&self, name: &str, if_exists: bool) -> Result<Option<Arc<CacheEntry>>> {
+        let Some(entry) = self.cache_registry().lock().expect("cache registry").remove(name) else {
+            return if if_exists { Ok(None) } else { Err(Error::Invalid(format!("table `{name}` is not cached"))) };
+        };
+        let ctx = self.context();
+        ctx.deregister_table(name)?;
+        if let Some(source) = &entry.source {
+            ctx.register_table(name, source.clone())?;
+        }
+        self.drop_from_stores(name, entry.parts.iter().map(|p| p.store.clone())).await;
+        Ok(Some(entry))
+    }
+
+    /// The cached tables, by name.
+    pub fn cached(&self) -> Vec<Arc<CacheEntry>> {
+        self.cache_registry().lock().expect("cache registry").values().cloned().collect()
+    }
+
+    async fn drop_from_stores(&self, name: &str, stores: impl Iterator<Item = String>) {
+        let mut stores: Vec<String> = stores.collect();
+        stores.sort();
+        stores.dedup();
+        for url in stores {
+            let dropped = match self.channels().flight(&url) {
+                Ok(channel) => store::drop_table(channel, &url, name).await,
+                Err(e) => Err(e),
+            };
+            // A store that is gone holds nothing anyway.
+            if let Err(e) = dropped {
+                tracing::warn!(table = name, store = %url, error = %e, "cannot tell a store to forget a table");
+            }
+        }
+    }
+}
+
+/// `batches` cut into `n` parts of about as many rows each (slices, no copies).
+fn split_rows(batches: &[RecordBatch], n: usize) -> Vec<Vec<RecordBatch>> {
+    let n = n.max(1);
+    let total: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let per_part = total.div_ceil(n).max(1);
+    let mut parts = vec![Vec::new(); n];
+    let (mut part, mut in_part) = (0, 0);
+    for batch in batches {
+        let mut offset = 0;
+        while offset < batch.num_rows() {
+            let take = (per_part - in_part).min(batch.num_rows() - offset);
+            parts[part].push(batch.slice(offset, take));
+            offset += take;
+            in_part += take;
+            if in_part == per_part && part + 1 < n {
+                part += 1;
+                in_part = 0;
+            }
+        }
+    }
+    parts
+}
+
+/// `cohort.cache`: one row per cached table.
+#[derive(Debug)]
+struct CacheListing(Registry);
+
+fn listing_schema() -> SchemaRef {
+    let at = || DataType::Timestamp(TimeUnit::Millisecond, None);
+    Arc::new(Schema::new(vec![
+        Field::new("table_name", DataType::Utf8, false),
+        Field::new("partitions", DataType::UInt32, false),
+        Field::new("stores", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("bytes", DataType::UInt64, false),
+        Field::new("hits", DataType::UInt64, false),
+        Field::new("cached_at", at(), false),
+        Field::new("last_used", at(), false),
+    ]))
+}
+
+#[async_trait]
+impl TableProvider for CacheListing {
+    fn schema(&self) -> SchemaRef {
+        listing_schema()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let entries: Vec<Arc<CacheEntry>> = self.0.lock().expect("cache registry").values().cloned().collect();
+        let hosts = |e: &CacheEntry| {
+            let mut hosts: Vec<String> = e
+                .parts
+                .iter()
+                .map(|p| Url::parse(&p.store).ok().and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port()?))))
+                .map(|h| h.unwrap_or_default())
+                .collect();
+            hosts.sort();
+            hosts.dedup();
+            hosts.join(", ")
+        };
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.name.clone()))),
+            Arc::new(UInt32Array::from_iter_values(entries.iter().map(|e| e.parts.len() as u32))),
+            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| hosts(e)))),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.rows()))),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.bytes()))),
+            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.hits()))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(entries.iter().map(|e| e.cached_ms))),
+            Arc::new(TimestampMillisecondArray::from_iter_values(entries.iter().map(|e| e.last_used_ms()))),
+        ];
+        let batch = RecordBatch::try_new(listing_schema(), columns)?;
+        MemTable::try_new(listing_schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::Int64Array;
+
+    #[test]
+    fn rows_are_cut_into_even_parts_without_losing_any() {
+        let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
+        let batch = |from: i64, n: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(from..from + n))]).unwrap()
+        };
+        let parts = split_rows(&[batch(0, 7), batch(7, 3), batch(10, 0)], 4);
+        let sizes: Vec<usize> = parts.iter().map(|p| p.iter().map(RecordBatch::num_rows).sum()).collect();
+        assert_eq!(sizes, [3, 3, 3, 1]);
+        let values: Vec<i64> = parts
+            .iter()
+            .flatten()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+            .collect();
+        assert_eq!(values, (0..10).collect::<Vec<_>>(), "every row once, in order");
+        assert_eq!(split_rows(&[], 3).len(), 3, "an empty table still has its parts");
+    }
+}

@@ -1,0 +1,328 @@
+//! A store executor: partitions of cached tables held in memory as Arrow
+//! record batches, served over Arrow Flight. The coordinator puts a
+//! partition with `DoPut` (its descriptor names it), readers take it with
+//! `DoGet` (a ticket naming it and the columns wanted), and `DoAction`
+//! `drop` forgets a table. A store never holds more than its budget (its
+//! slot's memory, which the scheduler accounted for): a put beyond it is
+//! refused, not half-kept.
+//!
+//! The client side ([`put`], [`get`], [`drop_table`]) is what the driver
+//! and the scan of a cached table ([`crate::cached`]) call.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use arrow::datatypes::SchemaRef;
+use arrow::record_batch::RecordBatch;
+use arrow_flight::decode::FlightRecordBatchStream;
+use arrow_flight::encode::FlightDataEncoderBuilder;
+use arrow_flight::error::FlightError;
+use arrow_flight::flight_service_server::{FlightService, FlightServiceServer};
+use arrow_flight::{
+    Action, ActionType, Criteria, Empty, FlightClient, FlightData, FlightDescriptor, FlightInfo, HandshakeRequest,
+    HandshakeResponse, PollInfo, PutResult, SchemaResult, Ticket,
+};
+use datafusion::error::DataFusionError;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use tonic::{Request, Response, Status, Streaming};
+
+/// One partition of one version of a cached table.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PartId {
+    pub table: String,
+    /// Each CACHE TABLE makes a new version, so a reader never mixes two.
+    pub version: u64,
+    pub partition: u32,
+}
+
+#[derive(Serialize, Deserialize)]
+struct GetTicket {
+    part: PartId,
+    projection: Option<Vec<usize>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct DropBody {
+    table: String,
+}
+
+/// What a store may use.
+#[derive(Clone, Debug)]
+pub struct StoreSettings {
+    pub listen: SocketAddr,
+    /// Bytes of batches it holds at most.
+    pub budget_bytes: usize,
+    /// In a cluster: TLS, peers' certificates required.
+    pub tls: Option<tonic::transport::ServerTlsConfig>,
+}
+
+struct Held {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    bytes: usize,
+}
+
+#[derive(Clone)]
+struct Store {
+    parts: Arc<Mutex<HashMap<PartId, Arc<Held>>>>,
+    budget: usize,
+}
+
+/// Serves a store until `shutdown` resolves.
+pub async fn serve_store(settings: StoreSettings, shutdown: impl Future<Output = ()>) -> crate::Result<()> {
+    let store = Store { parts: Arc::default(), budget: settings.budget_bytes };
+    tracing::info!(listen = %settings.listen, budget = settings.budget_bytes, "store serving");
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = settings.tls {
+        server = server.tls_config(tls)?;
+    }
+    server
+        .tcp_nodelay(true)
+        .add_service(FlightServiceServer::new(store).max_decoding_message_size(256 << 20))
+        .serve_with_shutdown(settings.listen, shutdown)
+        .await?;
+    Ok(())
+}
+
+type Reply<T> = BoxStream<'static, Result<T, Status>>;
+
+fn json<T: for<'a> Deserialize<'a>>(what: &str, bytes: &[u8]) -> Result<T, Status> {
+    serde_json::from_slice(bytes).map_err(|e| Status::invalid_argument(format!("not a {what}: {e}")))
+}
+
+fn unsupported<T>(what: &str) -> Result<T, Status> {
+    Err(Status::unimplemented(format!("a store does not serve {what}")))
+}
+
+#[tonic::async_trait]
+impl FlightService for Store {
+    type HandshakeStream = Reply<HandshakeResponse>;
+    type ListFlightsStream = Reply<FlightInfo>;
+    type DoGetStream = Reply<FlightData>;
+    type DoPutStream = Reply<PutResult>;
+    type DoActionStream = Reply<arrow_flight::Result>;
+    type ListActionsStream = Reply<ActionType>;
+    type DoExchangeStream = Reply<FlightData>;
+
+    async fn handshake(
+        &self,
+        _: Request<Streaming<HandshakeRequest>>,
+    ) -> Result<Response<Self::HandshakeStream>, Status> {
+        unsupported("Handshake")
+    }
+
+    async fn list_flights(&self, _: Request<Criteria>) -> Result<Response<Self::ListFlightsStream>, Status> {
+        unsupported("ListFlights")
+    }
+
+    async fn get_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<FlightInfo>, Status> {
+        unsupported("GetFlightInfo")
+    }
+
+    async fn poll_flight_info(&self, _: Request<FlightDescriptor>) -> Result<Response<PollInfo>, Status> {
+        unsupported("PollFlightInfo")
+    }
+
+    async fn get_schema(&self, _: Request<FlightDescriptor>) -> Result<Response<SchemaResult>, Status> {
+        unsupported("GetSchema")
+    }
+
+    async fn do_get(&self, request: Request<Ticket>) -> Result<Response<Self::DoGetStream>, Status> {
+        let ticket: GetTicket = json("store ticket", &request.into_inner().ticket)?;
+        let held = self.parts.lock().expect("store parts").get(&ticket.part).cloned().ok_or_else(|| {
+            Status::not_found(format!(
+                "partition {} of `{}` (version {}) is not held here",
+                ticket.part.partition, ticket.part.table, ticket.part.version
+            ))
+        })?;
+        let (schema, batches) = match &ticket.projection {
+            Some(columns) => {
+                let schema =
+                    Arc::new(held.schema.project(columns).map_err(|e| Status::invalid_argument(e.to_string()))?);
+                let batches = held
+                    .batches
+                    .iter()
+                    .map(|b| b.project(columns))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?;
+                (schema, batches)
+            }
+            None => (held.schema.clone(), held.batches.clone()),
+        };
+        let stream = FlightDataEncoderBuilder::new()
+            .with_schema(schema)
+            .build(futures::stream::iter(batches.into_iter().map(Ok)))
+            .map_err(Status::from);
+        Ok(Response::new(stream.boxed()))
+    }
+
+    async fn do_put(&self, request: Request<Streaming<FlightData>>) -> Result<Response<Self::DoPutStream>, Status> {
+        let mut input = request.into_inner();
+        let first = input.message().await?.ok_or_else(|| Status::invalid_argument("an empty put"))?;
+        let descriptor =
+            first.flight_descriptor.clone().ok_or_else(|| Status::invalid_argument("a put names its partition"))?;
+        let part: PartId = json("partition id", &descriptor.cmd)?;
+        let data = futures::stream::once(async { Ok::<_, Status>(first) }).chain(input).map_err(FlightError::from);
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches = Vec::new();
+        while let Some(batch) = decoded.try_next().await.map_err(Status::from)? {
+            batches.push(batch);
+        }
+        let schema = decoded
+            .schema()
+            .cloned()
+            .ok_or_else(|| Status::invalid_argument("a put carries the partition's schema"))?;
+        let bytes = batches.iter().map(|b| rows_bytes(b) as usize).sum();
+        let mut parts = self.parts.lock().expect("store parts");
+        let used: usize = parts.iter().filter(|(id, _)| **id != part).map(|(_, h)| h.bytes).sum();
+        if used + bytes > self.budget {
+            return Err(Status::resource_exhausted(format!(
+                "this store holds {used} bytes of its {}; partition {} of `{}` needs {bytes} more",
+                self.budget, part.partition, part.table
+            )));
+        }
+        tracing::debug!(table = %part.table, partition = part.partition, bytes, "holding a partition");
+        parts.insert(part, Arc::new(Held { schema, batches, bytes }));
+        Ok(Response::new(futures::stream::once(async { Ok(PutResult::default()) }).boxed()))
+    }
+
+    async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
+        let action = request.into_inner();
+        match action.r#type.as_str() {
+            "drop" => {
+                let body: DropBody = json("drop request", &action.body)?;
+                self.parts.lock().expect("store parts").retain(|id, _| id.table != body.table);
+                Ok(Response::new(futures::stream::empty().boxed()))
+            }
+            other => Err(Status::invalid_argument(format!("unknown store action `{other}` (known: drop)"))),
+        }
+    }
+
+    async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
+        let drop = ActionType { r#type: "drop".into(), description: "forget every partition of a table".into() };
+        Ok(Response::new(futures::stream::once(async { Ok(drop) }).boxed()))
+    }
+
+    async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
+        unsupported("DoExchange")
+    }
+}
+
+/// The bytes of the rows a batch holds, not of the buffers it slices
+/// (decoded batches share one buffer per message).
+pub fn rows_bytes(batch: &RecordBatch) -> u64 {
+    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64).sum()
+}
+
+fn flight_error(store: &str, e: FlightError) -> DataFusionError {
+    DataFusionError::Execution(format!("store at {store}: {e}"))
+}
+
+/// Puts one partition into the store at `store`.
+pub async fn put(
+    channel: tonic::transport::Channel,
+    store: &str,
+    part: &PartId,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+) -> Result<(), DataFusionError> {
+    let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(part).expect("a part id serializes"));
+    let data = FlightDataEncoderBuilder::new()
+        .with_schema(schema)
+        .with_flight_descriptor(Some(descriptor))
+        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+    let mut client = FlightClient::new(channel);
+    let results = client.do_put(data).await.map_err(|e| flight_error(store, e))?;
+    results.try_collect::<Vec<_>>().await.map_err(|e| flight_error(store, e))?;
+    Ok(())
+}
+
+/// The batches of one partition, with only `projection`'s columns.
+pub async fn get(
+    channel: tonic::transport::Channel,
+    store: &str,
+    part: &PartId,
+    projection: Option<Vec<usize>>,
+) -> Result<BoxStream<'static, Result<RecordBatch, DataFusionError>>, DataFusionError> {
+    let ticket = serde_json::to_vec(&GetTicket { part: part.clone(), projection }).expect("a ticket serializes");
+    let mut client = FlightClient::new(channel);
+    let store = store.to_string();
+    let stream = client.do_get(Ticket::new(ticket)).await.map_err(|e| flight_error(&store, e))?;
+    Ok(stream.map_err(move |e| flight_error(&store, e)).boxed())
+}
+
+/// Makes the store at `store` forget every partition of `table`.
+pub async fn drop_table(channel: tonic::transport::Channel, store: &str, table: &str) -> Result<(), DataFusionError> {
+    let body = serde_json::to_vec(&DropBody { table: table.to_string() }).expect("a drop request serializes");
+    let mut client = FlightClient::new(channel);
+    let results = client.do_action(Action::new("drop", body)).await.map_err(|e| flight_error(store, e))?;
+    results.try_collect::<Vec<_>>().await.map_err(|e| flight_error(store, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    fn batch(from: i64, n: i64) -> RecordBatch {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let ids = Int64Array::from_iter_values(from..from + n);
+        let names = StringArray::from_iter_values((from..from + n).map(|i| format!("row {i}")));
+        RecordBatch::try_new(schema, vec![Arc::new(ids), Arc::new(names)]).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_store_keeps_partitions_serves_their_columns_and_refuses_what_it_cannot_hold() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let listen: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let one = batch(0, 1000);
+        // Room for two partitions, not three.
+        let budget = rows_bytes(&one) as usize * 5 / 2;
+        tokio::spawn(serve_store(
+            StoreSettings { listen, budget_bytes: budget, tls: None },
+            std::future::pending::<()>(),
+        ));
+        let url = format!("http://{listen}");
+        let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect_lazy();
+        let part = |p| PartId { table: "t".into(), version: 1, partition: p };
+        // The server takes a moment to listen.
+        let mut tries = 0;
+        while let Err(e) = put(channel.clone(), &url, &part(0), one.schema(), vec![one.clone()]).await {
+            tries += 1;
+            assert!(tries < 100, "the store never served: {e}");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        put(channel.clone(), &url, &part(1), one.schema(), vec![batch(1000, 1000)]).await.unwrap();
+
+        let read: Vec<RecordBatch> =
+            get(channel.clone(), &url, &part(1), Some(vec![1])).await.unwrap().try_collect().await.unwrap();
+        assert_eq!(read.iter().map(RecordBatch::num_rows).sum::<usize>(), 1000);
+        assert_eq!(read[0].schema().fields().len(), 1, "only the asked column travels");
+        assert_eq!(read[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().value(0), "row 1000");
+
+        let refused = put(channel.clone(), &url, &part(2), one.schema(), vec![batch(2000, 1000)]).await.unwrap_err();
+        assert!(refused.to_string().contains("needs"), "{refused}");
+        let missing = match get(channel.clone(), &url, &part(2), None).await {
+            Ok(s) => s.try_collect::<Vec<_>>().await.unwrap_err(),
+            Err(e) => e,
+        };
+        assert!(missing.to_string().contains("not held here"), "{missing}");
+
+        drop_table(channel.clone(), &url, "t").await.unwrap();
+        assert!(match get(channel.clone(), &url, &part(0), None).await {
+            Ok(s) => s.try_collect::<Vec<_>>().await.is_err(),
+            Err(_) => true,
+        });
+        // Room again once dropped.
+        put(channel, &url, &part(2), one.schema(), vec![batch(2000, 1000)]).await.unwrap();
+    }
+}
