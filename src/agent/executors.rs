@@ -260,9 +260,11 @@ impl Executors {
         self.forget(alloc);
     }
 
-    /// Removes an ended executor's allocation dir, and its scratch dir if it had one.
+    /// Removes an ended executor's allocation dir, its scratch dir if it
+    /// had one, and a store's shared memory (even after kill -9).
     fn forget(&self, alloc: u64) {
         let dir = alloc_dir(&self.data_dir, alloc);
+        let _ = std::fs::remove_dir_all(cohort_batch::shm::store_dir(&dir));
         let record = std::fs::read(dir.join("launch.json")).ok();
         if let Some(scratch) =
             record.and_then(|b| serde_json::from_slice::<LaunchRecord>(&b).ok()).and_then(|r| r.scratch)

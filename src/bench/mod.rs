@@ -24,6 +24,15 @@ where
     F: FnOnce(String, std::path::PathBuf) -> Fut,
     Fut: Future<Output = Result<T>>,
 {
+    with_local_cluster_args(agents, Vec::new(), f).await
+}
+
+/// As [`with_local_cluster`], with more `cohort coordinator` flags.
+pub async fn with_local_cluster_args<T, F, Fut>(agents: u32, coordinator_args: Vec<String>, f: F) -> Result<T>
+where
+    F: FnOnce(String, std::path::PathBuf) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let dir = std::env::temp_dir().join(format!("cohort-bench-{}", std::process::id()));
     let settings = crate::up::Settings {
@@ -32,7 +41,7 @@ where
         listen: format!("127.0.0.1:{port}"),
         http: "127.0.0.1:0".into(),
         ports: crate::agent::DEFAULT_PORTS,
-        coordinator_args: Vec::new(),
+        coordinator_args,
         kafka: None,
     };
     // The bench's clients use the admin token `up` writes, not the user's config.

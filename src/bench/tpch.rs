@@ -6,6 +6,9 @@
 //!
 //! Without `--cluster` it starts a local cluster (2 agents), as `cohort up`
 //! would; with it, it uses that cluster, whose hosts must see `--data-dir`.
+//! With `--cache` every table is then cached (`CACHE TABLE`) and the
+//! queries run a third time, from the stores' memory; their answers must
+//! equal DataFusion's too.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -40,6 +43,12 @@ pub struct Args {
     cluster: Option<String>,
     #[arg(long, default_value_t = 2)]
     agents: u32,
+    /// Cache every table, then run the queries again from memory.
+    #[arg(long)]
+    cache: bool,
+    /// Memory of each store of the local cluster (`--cache`).
+    #[arg(long, default_value = "8GiB")]
+    store_memory: String,
 }
 
 struct QueryResult {
@@ -48,6 +57,8 @@ struct QueryResult {
     cohort: Duration,
     rows: usize,
     equal: Result<(), String>,
+    /// From cached tables (`--cache`).
+    cached: Option<(Duration, Result<(), String>)>,
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -63,13 +74,14 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let (results, extras) = match &args.cluster {
         Some(address) => {
-            let results = compare(address, &dir, &queries, args.runs).await?;
+            let results = compare(address, &dir, &queries, args.runs, args.cache).await?;
             (results, Extras { small_p50: Some(small_query_p50(address).await?), kill: None })
         }
         None => {
             let (dir, queries) = (&dir, &queries);
-            super::with_local_cluster(args.agents, |address, cluster_dir| async move {
-                let results = compare(&address, dir, queries, args.runs).await?;
+            let stores = vec![format!("--sql-store-memory={}", args.store_memory)];
+            super::with_local_cluster_args(args.agents, stores, |address, cluster_dir| async move {
+                let results = compare(&address, dir, queries, args.runs, args.cache).await?;
                 let small_p50 = Some(small_query_p50(&address).await?);
                 let kill = Some(kill_during_query(&address, dir, &cluster_dir).await?);
                 Ok((results, Extras { small_p50, kill }))
@@ -217,7 +229,13 @@ async fn generate(dir: &std::path::Path, sf: f64) -> Result<()> {
     Ok(())
 }
 
-async fn compare(address: &str, dir: &std::path::Path, queries: &[usize], runs: u32) -> Result<Vec<QueryResult>> {
+async fn compare(
+    address: &str,
+    dir: &std::path::Path,
+    queries: &[usize],
+    runs: u32,
+    cache: bool,
+) -> Result<Vec<QueryResult>> {
     let mut session = Session::connect(address).await?;
     let local = SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
     for ddl in tpch::table_ddl(dir) {
@@ -228,6 +246,7 @@ async fn compare(address: &str, dir: &std::path::Path, queries: &[usize], runs: 
     let bar = ProgressBar::new(queries.len() as u64)
         .with_style(ProgressStyle::with_template("running {bar:30} {pos}/{len} {msg}").expect("a valid template"));
     let mut results = Vec::new();
+    let mut answers = Vec::new();
     for &q in queries {
         bar.set_message(format!("q{q}"));
         let statements = tpch::query(q)?;
@@ -243,10 +262,33 @@ async fn compare(address: &str, dir: &std::path::Path, queries: &[usize], runs: 
         }
         let equal = same_answer(&local_rows, &cohort_rows);
         let rows = local_rows.iter().map(RecordBatch::num_rows).sum();
-        results.push(QueryResult { query: q, local: local_best, cohort: cohort_best, rows, equal });
+        results.push(QueryResult { query: q, local: local_best, cohort: cohort_best, rows, equal, cached: None });
+        answers.push(local_rows);
         bar.inc(1);
     }
     bar.finish_and_clear();
+    if cache {
+        let at = Instant::now();
+        for table in tpch::TABLES {
+            session.query(&format!("CACHE TABLE {table}")).await.with_context(|| format!("CACHE TABLE {table}"))?;
+        }
+        println!("every table cached in {:.2} s", at.elapsed().as_secs_f64());
+        for (result, expected) in results.iter_mut().zip(&answers) {
+            let statements = tpch::query(result.query)?;
+            let (mut best, mut got) = (Duration::MAX, Vec::new());
+            for _ in 0..runs.max(1) {
+                let at = Instant::now();
+                got = run_cohort(&mut session, &statements)
+                    .await
+                    .with_context(|| format!("q{} on cached tables", result.query))?;
+                best = best.min(at.elapsed());
+            }
+            result.cached = Some((best, same_answer(expected, &got)));
+        }
+        for table in tpch::TABLES {
+            session.query(&format!("UNCACHE TABLE {table}")).await?;
+        }
+    }
     Ok(results)
 }
 
@@ -326,23 +368,51 @@ fn rows_of(batches: &[RecordBatch]) -> Result<Vec<(String, Vec<f64>)>, String> {
 fn report(sf: f64, results: &[QueryResult]) -> Result<()> {
     let mut table = comfy_table::Table::new();
     table.load_preset(comfy_table::presets::UTF8_FULL_CONDENSED);
-    table.set_header(["query", "DataFusion (ms)", "Cohort (ms)", "ratio", "rows", "answer"]);
+    let cached = results.iter().all(|r| r.cached.is_some());
+    let mut header = vec!["query", "DataFusion (ms)", "Cohort (ms)", "ratio", "rows", "answer"];
+    if cached {
+        header.extend(["cached (ms)", "Parquet ÷ cached", "cached answer"]);
+    }
+    table.set_header(header);
+    let answer = |equal: &Result<(), String>| match equal {
+        Ok(()) => "equal".to_string(),
+        Err(e) => format!("DIFFERENT: {e}"),
+    };
     for r in results {
-        table.add_row([
+        let mut row = vec![
             format!("q{}", r.query),
             format!("{:.0}", r.local.as_secs_f64() * 1e3),
             format!("{:.0}", r.cohort.as_secs_f64() * 1e3),
             format!("{:.2}", r.cohort.as_secs_f64() / r.local.as_secs_f64()),
             r.rows.to_string(),
-            match &r.equal {
-                Ok(()) => "equal".to_string(),
-                Err(e) => format!("DIFFERENT: {e}"),
-            },
-        ]);
+            answer(&r.equal),
+        ];
+        if let Some((time, equal)) = &r.cached {
+            row.extend([
+                format!("{:.0}", time.as_secs_f64() * 1e3),
+                format!("{:.2}", r.cohort.as_secs_f64() / time.as_secs_f64()),
+                answer(equal),
+            ]);
+        }
+        table.add_row(row);
     }
     println!("{table}");
     let local: Duration = results.iter().map(|r| r.local).sum();
     let cohort: Duration = results.iter().map(|r| r.cohort).sum();
+    if cached {
+        let time: Duration = results.iter().filter_map(|r| r.cached.as_ref().map(|c| c.0)).sum();
+        let equal = results.iter().filter(|r| r.cached.as_ref().is_some_and(|c| c.1.is_ok())).count();
+        println!(
+            "cached: {:.2} s, {:.2}x faster than Cohort on Parquet, {:.2} of single-process DataFusion; {equal} of {} cached answers equal",
+            time.as_secs_f64(),
+            cohort.as_secs_f64() / time.as_secs_f64(),
+            time.as_secs_f64() / local.as_secs_f64(),
+            results.len()
+        );
+        if equal != results.len() {
+            bail!("{} cached answer(s) differ", results.len() - equal);
+        }
+    }
     let equal = results.iter().filter(|r| r.equal.is_ok()).count();
     println!(
         "TPC-H SF{sf} (derived), {} queries: DataFusion {:.2} s, Cohort over Flight SQL {:.2} s, ratio {:.2}; {equal} of {} answers equal",

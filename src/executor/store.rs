@@ -1,8 +1,9 @@
 //! A store executor (`cohort executor --kind store -- serve`): holds
 //! cached tables' partitions in memory and serves them over Arrow Flight
-//! on its `flight` port, with its agent's certificate. It keeps at most
-//! three quarters of its slot's memory in batches; the rest is the
-//! process and Flight's buffers.
+//! on its `flight` port, with its agent's certificate, and as files in
+//! shared memory for readers on its host. It keeps at most three quarters
+//! of its slot's memory in batches; the rest is the process and Flight's
+//! buffers.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -22,7 +23,10 @@ pub fn run(argv: &[String]) -> Result<i32> {
     let ip = env("COHORT_HOST").and_then(|h| h.parse::<IpAddr>().ok()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let memory: usize = env("COHORT_MEMORY_BYTES").and_then(|m| m.parse().ok()).unwrap_or(1 << 30);
     let tls = crate::tls::executor_credentials()?.map(|c| c.server_mutual());
-    let settings = StoreSettings { listen: SocketAddr::new(ip, port), budget_bytes: memory / 4 * 3, tls };
+    // Partitions go to shared memory for readers on this host; the agent
+    // removes the directory when this store ends, however it ends.
+    let shm_dir = env("COHORT_ALLOC_DIR").map(|dir| cohort_batch::shm::store_dir(std::path::Path::new(&dir)));
+    let settings = StoreSettings { listen: SocketAddr::new(ip, port), budget_bytes: memory / 4 * 3, tls, shm_dir };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

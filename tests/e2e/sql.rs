@@ -59,11 +59,11 @@ fn visible_entries(dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn tpch_through_flight_sql_equals_single_process_datafusion_query_by_query() {
+fn tpch_through_flight_sql_and_from_cached_tables_equals_single_process_datafusion() {
     let up = Up::start(2);
     let data = up.dir.path().join("tpch");
     let out = std::process::Command::new(cohort())
-        .args(["bench", "tpch", "--sf", "0.01", "--cluster", &up.address, "--data-dir"])
+        .args(["bench", "tpch", "--sf", "0.01", "--cache", "--cluster", &up.address, "--data-dir"])
         .arg(&data)
         .env("COHORT_TOKEN", &up.token)
         .env("COHORT_CA", crate::harness::ca_for(&up.address))
@@ -74,6 +74,7 @@ fn tpch_through_flight_sql_equals_single_process_datafusion_query_by_query() {
     let text = stdout(&out);
     assert!(out.status.success(), "bench tpch failed:\n{text}\n{}", stderr(&out));
     assert!(text.contains("22 of 22 answers equal"), "{text}");
+    assert!(text.contains("22 of 22 cached answers equal"), "cached answers equal uncached ones: {text}");
     for q in 1..=22 {
         assert!(text.contains(&format!("q{q} ")), "q{q} missing:\n{text}");
     }

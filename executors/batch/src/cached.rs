@@ -41,6 +41,8 @@ pub struct Placement {
     pub part: PartId,
     pub rows: u64,
     pub bytes: u64,
+    /// Its file in the store's shared memory: readers on that host map it.
+    pub shm: Option<String>,
 }
 
 /// A cached table: where its partitions are, and how it is used.
@@ -189,6 +191,15 @@ impl ExecutionPlan for CachedScanExec {
             // An empty table has one partition, with nothing in it.
             return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
         };
+        // On the store's host the partition is mapped from shared memory, not sent.
+        if let Some(path) = &placement.shm
+            && let Some((_, batches)) = crate::shm::read(std::path::Path::new(path), self.projection.as_deref())?
+        {
+            return Ok(Box::pin(RecordBatchStreamAdapter::new(
+                schema,
+                futures::stream::iter(batches.into_iter().map(Ok)),
+            )));
+        }
         let channels = context.session_config().get_extension::<Channels>().ok_or_else(|| {
             DataFusionError::Internal("this session cannot reach stores (no channels in its config)".into())
         })?;
@@ -270,6 +281,7 @@ mod tests {
             part: PartId { table: "t".into(), version: 7, partition: 3 },
             rows: 10,
             bytes: 640,
+            shm: Some("/dev/shm/cohort-store-7/t-7-3.arrow".into()),
         }];
         let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), parts.clone()));
         let mut buf = Vec::new();

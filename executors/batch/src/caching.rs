@@ -91,6 +91,7 @@ impl SqlEngine {
                 part: part.clone(),
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 bytes: batches.iter().map(store::rows_bytes).sum(),
+                shm: None,
             });
             let channel = self.channels().flight(&store_url)?;
             let schema = schema.clone();
@@ -98,9 +99,16 @@ impl SqlEngine {
         }
         let put = futures::future::try_join_all(puts).await;
         tracing::debug!(table = name, partitions = placements.len(), "caching: partitions put");
-        if let Err(e) = put {
-            self.drop_from_stores(name, placements.iter().map(|p| p.store.clone())).await;
-            return Err(Error::Unavailable(format!("cannot cache `{name}`: {e}")));
+        match put {
+            Ok(paths) => {
+                for (placement, path) in placements.iter_mut().zip(paths) {
+                    placement.shm = path;
+                }
+            }
+            Err(e) => {
+                self.drop_from_stores(name, placements.iter().map(|p| p.store.clone())).await;
+                return Err(Error::Unavailable(format!("cannot cache `{name}`: {e}")));
+            }
         }
         let entry = Arc::new(CacheEntry::new(name.to_string(), schema, placements, source));
         ctx.deregister_table(name)?;

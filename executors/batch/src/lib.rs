@@ -14,6 +14,8 @@
 //! - `stores.rs`: local files, and S3 buckets configured from the environment;
 //! - `store.rs`: store executors, holding cached tables' partitions in
 //!   memory and serving them over Arrow Flight;
+//! - `shm.rs`: those partitions as Arrow IPC files in shared memory, which
+//!   readers on the store's host map without copying;
 //! - `cached.rs`: the catalog's side of a cached table: its provider, the
 //!   scan that reads it from the stores, and the codec that ships that
 //!   scan to workers;
@@ -27,6 +29,7 @@ mod caching;
 mod channels;
 mod engine;
 mod output;
+pub mod shm;
 mod statements;
 pub mod store;
 mod stores;

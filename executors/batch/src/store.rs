@@ -58,23 +58,41 @@ pub struct StoreSettings {
     pub budget_bytes: usize,
     /// In a cluster: TLS, peers' certificates required.
     pub tls: Option<tonic::transport::ServerTlsConfig>,
+    /// Where partitions are kept as files in shared memory, for readers on
+    /// this host ([`crate::shm`]); none: in this process's memory only.
+    pub shm_dir: Option<std::path::PathBuf>,
 }
 
 struct Held {
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
     bytes: usize,
+    /// Its file in shared memory, if it has one.
+    path: Option<std::path::PathBuf>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Readers that mapped it keep their mapping.
+        if let Some(path) = &self.path {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 #[derive(Clone)]
 struct Store {
     parts: Arc<Mutex<HashMap<PartId, Arc<Held>>>>,
     budget: usize,
+    shm_dir: Option<std::path::PathBuf>,
 }
 
 /// Serves a store until `shutdown` resolves.
 pub async fn serve_store(settings: StoreSettings, shutdown: impl Future<Output = ()>) -> crate::Result<()> {
-    let store = Store { parts: Arc::default(), budget: settings.budget_bytes };
+    if let Some(dir) = &settings.shm_dir {
+        crate::shm::create_dir(dir)?;
+    }
+    let store = Store { parts: Arc::default(), budget: settings.budget_bytes, shm_dir: settings.shm_dir.clone() };
     tracing::info!(listen = %settings.listen, budget = settings.budget_bytes, "store serving");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = settings.tls {
@@ -85,6 +103,9 @@ pub async fn serve_store(settings: StoreSettings, shutdown: impl Future<Output =
         .add_service(FlightServiceServer::new(store).max_decoding_message_size(256 << 20))
         .serve_with_shutdown(settings.listen, shutdown)
         .await?;
+    if let Some(dir) = &settings.shm_dir {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     Ok(())
 }
 
@@ -185,9 +206,24 @@ impl FlightService for Store {
                 self.budget, part.partition, part.table
             )));
         }
+        // In shared memory, the rows are held once: as the file, mapped.
+        // (Under the lock, so concurrent puts cannot both pass the budget.)
+        let (batches, path) = match &self.shm_dir {
+            Some(dir) => {
+                let path =
+                    crate::shm::write(dir, &part, &schema, &batches).map_err(|e| Status::internal(e.to_string()))?;
+                let (_, mapped) = crate::shm::read(&path, None)
+                    .map_err(|e| Status::internal(e.to_string()))?
+                    .ok_or_else(|| Status::internal(format!("{} vanished", path.display())))?;
+                (mapped, Some(path))
+            }
+            None => (batches, None),
+        };
         tracing::debug!(table = %part.table, partition = part.partition, bytes, "holding a partition");
-        parts.insert(part, Arc::new(Held { schema, batches, bytes }));
-        Ok(Response::new(futures::stream::once(async { Ok(PutResult::default()) }).boxed()))
+        let reply =
+            PutResult { app_metadata: path.as_ref().map(|p| p.display().to_string()).unwrap_or_default().into() };
+        parts.insert(part, Arc::new(Held { schema, batches, bytes, path }));
+        Ok(Response::new(futures::stream::once(async { Ok(reply) }).boxed()))
     }
 
     async fn do_action(&self, request: Request<Action>) -> Result<Response<Self::DoActionStream>, Status> {
@@ -222,14 +258,15 @@ fn flight_error(store: &str, e: FlightError) -> DataFusionError {
     DataFusionError::Execution(format!("store at {store}: {e}"))
 }
 
-/// Puts one partition into the store at `store`.
+/// Puts one partition into the store at `store`; the path of its file in
+/// the store's shared memory, if it keeps one.
 pub async fn put(
     channel: tonic::transport::Channel,
     store: &str,
     part: &PartId,
     schema: SchemaRef,
     batches: Vec<RecordBatch>,
-) -> Result<(), DataFusionError> {
+) -> Result<Option<String>, DataFusionError> {
     let descriptor = FlightDescriptor::new_cmd(serde_json::to_vec(part).expect("a part id serializes"));
     let data = FlightDataEncoderBuilder::new()
         .with_schema(schema)
@@ -237,8 +274,9 @@ pub async fn put(
         .build(futures::stream::iter(batches.into_iter().map(Ok)));
     let mut client = FlightClient::new(channel);
     let results = client.do_put(data).await.map_err(|e| flight_error(store, e))?;
-    results.try_collect::<Vec<_>>().await.map_err(|e| flight_error(store, e))?;
-    Ok(())
+    let results = results.try_collect::<Vec<_>>().await.map_err(|e| flight_error(store, e))?;
+    let path = results.first().map(|r| String::from_utf8_lossy(&r.app_metadata).to_string());
+    Ok(path.filter(|p| !p.is_empty()))
 }
 
 /// The batches of one partition, with only `projection`'s columns.
@@ -287,10 +325,10 @@ mod tests {
         let one = batch(0, 1000);
         // Room for two partitions, not three.
         let budget = rows_bytes(&one) as usize * 5 / 2;
-        tokio::spawn(serve_store(
-            StoreSettings { listen, budget_bytes: budget, tls: None },
-            std::future::pending::<()>(),
-        ));
+        let shm = tempfile::tempdir().unwrap();
+        let shm_dir = Some(shm.path().join("store"));
+        let settings = StoreSettings { listen, budget_bytes: budget, tls: None, shm_dir };
+        tokio::spawn(serve_store(settings, std::future::pending::<()>()));
         let url = format!("http://{listen}");
         let channel = tonic::transport::Endpoint::from_shared(url.clone()).unwrap().connect_lazy();
         let part = |p| PartId { table: "t".into(), version: 1, partition: p };
@@ -301,7 +339,10 @@ mod tests {
             assert!(tries < 100, "the store never served: {e}");
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
-        put(channel.clone(), &url, &part(1), one.schema(), vec![batch(1000, 1000)]).await.unwrap();
+        let file = put(channel.clone(), &url, &part(1), one.schema(), vec![batch(1000, 1000)]).await.unwrap();
+        let file = std::path::PathBuf::from(file.expect("a file in shared memory"));
+        let (_, mapped) = crate::shm::read(&file, Some(&[0])).unwrap().expect("readable on this host");
+        assert_eq!(mapped[0].num_rows(), 1000);
 
         let read: Vec<RecordBatch> =
             get(channel.clone(), &url, &part(1), Some(vec![1])).await.unwrap().try_collect().await.unwrap();
@@ -318,6 +359,7 @@ mod tests {
         assert!(missing.to_string().contains("not held here"), "{missing}");
 
         drop_table(channel.clone(), &url, "t").await.unwrap();
+        assert!(!file.exists(), "a dropped partition's file is gone");
         assert!(match get(channel.clone(), &url, &part(0), None).await {
             Ok(s) => s.try_collect::<Vec<_>>().await.is_err(),
             Err(_) => true,

@@ -1,0 +1,194 @@
+//! Partitions in shared memory, for readers on a store's own host. A store
+//! writes each partition it holds as an Arrow IPC file in its directory
+//! under `/dev/shm` (tmpfs: memory, charged to the store's own cgroup),
+//! and holds the batches decoded from a mapping of that file, so the rows
+//! are in memory once. A reader on the same host maps the file and decodes
+//! it without copying (arrow's `FileDecoder` over the mapping); a reader
+//! elsewhere, or one that cannot open the file, reads over Flight.
+//!
+//! A published file is never written again (it is written beside and
+//! renamed in), only unlinked, which leaves existing mappings valid. The
+//! directory is the store's alone (mode 0700); the agent removes it when
+//! the store ends, however it ended.
+
+use std::ffi::c_void;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::Arc;
+
+use arrow::buffer::Buffer;
+use arrow::datatypes::SchemaRef;
+use arrow::ipc::convert::fb_to_schema;
+use arrow::ipc::reader::{FileDecoder, read_footer_length};
+use arrow::ipc::root_as_footer;
+use arrow::ipc::writer::FileWriter;
+use arrow::record_batch::RecordBatch;
+use datafusion::error::{DataFusionError, Result};
+
+use crate::store::PartId;
+
+/// The shared-memory directory of the store whose allocation directory is
+/// `alloc_dir`. Named from that path, since allocation ids repeat across
+/// clusters sharing a host (the agent computes the same name to clean up).
+pub fn store_dir(alloc_dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    alloc_dir.hash(&mut hasher);
+    PathBuf::from("/dev/shm").join(format!("cohort-store-{:016x}", hasher.finish()))
+}
+
+/// Makes the store's directory, private to its user.
+pub fn create_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+fn file_name(part: &PartId) -> String {
+    // Table names are SQL identifiers, possibly quoted: keep the file name plain.
+    let table: String = part.table.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    format!("{table}-{}-{}.arrow", part.version, part.partition)
+}
+
+fn io(context: String) -> impl FnOnce(std::io::Error) -> DataFusionError {
+    move |e| DataFusionError::Execution(format!("{context}: {e}"))
+}
+
+/// Writes `batches` as `part`'s file in `dir`; its path.
+pub fn write(dir: &Path, part: &PartId, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<PathBuf> {
+    let path = dir.join(file_name(part));
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io(format!("cannot write {}", tmp.display())))?;
+    let mut writer = FileWriter::try_new(std::io::BufWriter::new(file), schema)?;
+    for batch in batches {
+        writer.write(batch)?;
+    }
+    writer.finish()?;
+    drop(writer);
+    std::fs::rename(&tmp, &path).map_err(io(format!("cannot publish {}", path.display())))?;
+    Ok(path)
+}
+
+/// A read-only mapping of a whole file.
+struct Mapping {
+    at: NonNull<c_void>,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never remapped; any thread may read it.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl AsRef<[u8]> for Mapping {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `at` maps `len` readable bytes for as long as `self` lives.
+        unsafe { std::slice::from_raw_parts(self.at.as_ptr().cast::<u8>(), self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `map` mapped, once.
+        unsafe { libc::munmap(self.at.as_ptr(), self.len) };
+    }
+}
+
+fn map(file: &File) -> std::io::Result<Mapping> {
+    let len = file.metadata()?.len() as usize;
+    if len == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "an empty file"));
+    }
+    // SAFETY: a shared read-only mapping of a file that is never written again once published.
+    let at = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ, libc::MAP_SHARED, file.as_raw_fd(), 0) };
+    if at == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(Mapping { at: NonNull::new(at).expect("mmap returned a mapping"), len })
+}
+
+/// The batches of the file at `path` (only `projection`'s columns), decoded
+/// over a mapping of it without copying; none when it cannot be opened
+/// (another host's, or another user's).
+pub fn read(path: &Path, projection: Option<&[usize]>) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
+    let Ok(file) = File::open(path) else { return Ok(None) };
+    let mapping = map(&file).map_err(io(format!("cannot map {}", path.display())))?;
+    let buffer = Buffer::from(bytes::Bytes::from_owner(mapping));
+    let bad = |what: &str| DataFusionError::Execution(format!("{}: not an Arrow IPC file ({what})", path.display()));
+    let trailer = buffer.len().checked_sub(10).ok_or_else(|| bad("too short"))?;
+    let footer_len = read_footer_length(buffer[trailer..].try_into().expect("ten bytes"))?;
+    let footer_start = trailer.checked_sub(footer_len).ok_or_else(|| bad("its footer is cut short"))?;
+    let footer = root_as_footer(&buffer[footer_start..trailer]).map_err(|e| bad(&e.to_string()))?;
+    let schema = Arc::new(fb_to_schema(footer.schema().ok_or_else(|| bad("no schema"))?));
+    let mut decoder = FileDecoder::new(schema.clone(), footer.version());
+    let schema = match projection {
+        Some(columns) => {
+            decoder = decoder.with_projection(columns.to_vec());
+            Arc::new(schema.project(columns)?)
+        }
+        None => schema,
+    };
+    let block_data = |offset: i64, meta: i32, body: i64| {
+        let (offset, length) = (offset as usize, meta as usize + body as usize);
+        if offset.checked_add(length).is_none_or(|end| end > footer_start) {
+            return Err(bad("a block lies outside the file"));
+        }
+        Ok(buffer.slice_with_length(offset, length))
+    };
+    for block in footer.dictionaries().iter().flatten() {
+        let data = block_data(block.offset(), block.metaDataLength(), block.bodyLength())?;
+        decoder.read_dictionary(block, &data)?;
+    }
+    let mut batches = Vec::new();
+    for block in footer.recordBatches().iter().flatten() {
+        let data = block_data(block.offset(), block.metaDataLength(), block.bodyLength())?;
+        if let Some(batch) = decoder.read_record_batch(block, &data)? {
+            batches.push(batch);
+        }
+    }
+    Ok(Some((schema, batches)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow::array::{Int64Array, StringArray};
+    use arrow::datatypes::{DataType, Field, Schema};
+
+    #[test]
+    fn a_partition_written_to_shared_memory_reads_back_projected_and_a_missing_one_is_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(Int64Array::from_iter_values(0..1000)),
+                Arc::new(StringArray::from_iter_values((0..1000).map(|i| format!("row {i}")))),
+            ],
+        )
+        .unwrap();
+        let part = PartId { table: "\"Odd Name\"".into(), version: 3, partition: 1 };
+        let path = write(dir.path(), &part, &schema, &[batch.clone(), batch.slice(10, 5)]).unwrap();
+        assert!(path.file_name().unwrap().to_str().unwrap().starts_with("_Odd_Name_-3-1"));
+
+        let (read_schema, batches) = read(&path, None).unwrap().unwrap();
+        assert_eq!(read_schema, schema);
+        assert_eq!(batches, vec![batch.clone(), batch.slice(10, 5)]);
+        let (projected, batches) = read(&path, Some(&[1])).unwrap().unwrap();
+        assert_eq!(projected.fields().len(), 1);
+        assert_eq!(batches[0].column(0).as_any().downcast_ref::<StringArray>().unwrap().value(7), "row 7");
+
+        assert!(read(&dir.path().join("nope.arrow"), None).unwrap().is_none());
+        std::fs::write(dir.path().join("bad.arrow"), b"not arrow at all").unwrap();
+        assert!(read(&dir.path().join("bad.arrow"), None).is_err());
+    }
+}
