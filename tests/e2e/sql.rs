@@ -336,3 +336,27 @@ fn a_cached_table_is_served_from_the_stores_memory_until_it_is_uncached() {
     assert!(!out.status.success(), "hot is gone");
     assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM cohort.cache")[0]["n"], 0);
 }
+
+#[test]
+fn a_cached_table_that_loses_a_store_is_cached_again_and_answers_whole() {
+    let c = Cluster::start(&[("a", 2), ("b", 2)]);
+    let data = c.dir.path().join("events");
+    make_table(&c.address, "events", &data, 20_000);
+    let query = "SELECT k, count(*) AS n, sum(id) AS s FROM events GROUP BY k ORDER BY k";
+    let expected = sql_json(&c.address, query);
+    sql_ok(&c.address, "CACHE TABLE events");
+    sql_ok(&c.address, "CACHE TABLE hot AS SELECT id FROM events WHERE k = 3");
+    // Given one store killed (-9): the store itself, not its supervisor
+    let stores: Vec<u32> =
+        pids_of(&["executor --kind store -- serve"]).into_iter().filter(|p| is_under(*p, c.dir.path())).collect();
+    assert_eq!(stores.len(), 2, "a store per node");
+    kill9(stores[0]);
+    // Then the next queries answer whole and right: what was lost is cached again
+    assert_eq!(sql_json(&c.address, query), expected);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM hot")[0]["n"], 2000);
+    let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap_or_default();
+    assert!(log.contains("caching it again"), "coordinator log:\n{log}");
+    // And both are cached still
+    let listed = sql_json(&c.address, "SELECT table_name FROM cohort.cache ORDER BY table_name");
+    assert_eq!(listed.len(), 2, "{listed:?}");
+}

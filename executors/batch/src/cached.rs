@@ -58,6 +58,8 @@ pub struct CacheEntry {
     /// The table it caches, which serves again once it is uncached; none
     /// for `CACHE TABLE t AS SELECT ...`.
     pub source: Option<Arc<dyn TableProvider>>,
+    /// The query of `CACHE TABLE t AS SELECT ...`, which rebuilds it.
+    pub definition: Option<String>,
 }
 
 impl CacheEntry {
@@ -66,6 +68,7 @@ impl CacheEntry {
         schema: SchemaRef,
         parts: Vec<Placement>,
         source: Option<Arc<dyn TableProvider>>,
+        definition: Option<String>,
     ) -> CacheEntry {
         let now = now_ms();
         CacheEntry {
@@ -76,6 +79,7 @@ impl CacheEntry {
             hits: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(now),
             source,
+            definition,
         }
     }
 

@@ -27,6 +27,9 @@ use crate::{Error, Result, SqlEngine, WorkerSource};
 /// Cached tables by name.
 pub(crate) type Registry = Arc<Mutex<BTreeMap<String, Arc<CacheEntry>>>>;
 
+/// About how big a cached partition grows before the table is cut finer.
+const PARTITION_BYTES: u64 = 64 << 20;
+
 /// Where the system table lives: `cohort.cache`.
 const SYSTEM_SCHEMA: &str = "cohort";
 
@@ -79,7 +82,12 @@ impl SqlEngine {
         let schema = outcome.schema.clone();
         let batches: Vec<RecordBatch> = outcome.stream.try_collect().await?;
         tracing::debug!(table = name, batches = batches.len(), "caching: rows computed");
-        let partitions = split_rows(&batches, stores.len() * self.settings().target_partitions.max(1));
+        // At least a partition per store and core, and none much over
+        // PARTITION_BYTES: small puts, and scans with parallelism to spare.
+        let total: u64 = batches.iter().map(store::rows_bytes).sum();
+        let count =
+            (stores.len() * self.settings().target_partitions.max(1)).max(total.div_ceil(PARTITION_BYTES) as usize);
+        let partitions = split_rows(&batches, count);
         let version = self.next_cache_version();
         let mut placements = Vec::with_capacity(partitions.len());
         let mut puts = Vec::with_capacity(partitions.len());
@@ -110,7 +118,7 @@ impl SqlEngine {
                 return Err(Error::Unavailable(format!("cannot cache `{name}`: {e}")));
             }
         }
-        let entry = Arc::new(CacheEntry::new(name.to_string(), schema, placements, source));
+        let entry = Arc::new(CacheEntry::new(name.to_string(), schema, placements, source, query.map(str::to_string)));
         ctx.deregister_table(name)?;
         ctx.register_table(name, Arc::new(CachedTable(entry.clone())))?;
         self.cache_registry().lock().expect("cache registry").insert(name.to_string(), entry.clone());
@@ -131,6 +139,33 @@ impl SqlEngine {
         }
         self.drop_from_stores(name, entry.parts.iter().map(|p| p.store.clone())).await;
         Ok(Some(entry))
+    }
+
+    /// Whether every partition of cached table `name` is still held where
+    /// it was put: a store that died, or was preempted, took its own with it.
+    pub async fn cache_intact(&self, name: &str) -> bool {
+        let Some(entry) = self.cache_registry().lock().expect("cache registry").get(name).cloned() else {
+            return true;
+        };
+        let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
+        for p in &entry.parts {
+            *expected.entry(p.store.as_str()).or_default() += 1;
+        }
+        for (url, count) in expected {
+            let Ok(channel) = self.channels().flight(url) else { return false };
+            let version = entry.parts.first().map_or(0, |p| p.part.version);
+            match store::holds(channel, url, name, version).await {
+                Ok(held) if held == count => {}
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// How cached table `name` is made again: from its source (none), or
+    /// from its `AS SELECT` query; none at all if it is not cached.
+    pub fn cached_definition(&self, name: &str) -> Option<Option<String>> {
+        self.cache_registry().lock().expect("cache registry").get(name).map(|e| e.definition.clone())
     }
 
     /// The cached tables, by name.

@@ -50,6 +50,12 @@ struct DropBody {
     table: String,
 }
 
+#[derive(Serialize, Deserialize)]
+struct HoldsBody {
+    table: String,
+    version: u64,
+}
+
 /// What a store may use.
 #[derive(Clone, Debug)]
 pub struct StoreSettings {
@@ -83,6 +89,8 @@ impl Drop for Held {
 #[derive(Clone)]
 struct Store {
     parts: Arc<Mutex<HashMap<PartId, Arc<Held>>>>,
+    /// Bytes of puts being written.
+    reserved: Arc<Mutex<usize>>,
     budget: usize,
     shm_dir: Option<std::path::PathBuf>,
 }
@@ -92,7 +100,12 @@ pub async fn serve_store(settings: StoreSettings, shutdown: impl Future<Output =
     if let Some(dir) = &settings.shm_dir {
         crate::shm::create_dir(dir)?;
     }
-    let store = Store { parts: Arc::default(), budget: settings.budget_bytes, shm_dir: settings.shm_dir.clone() };
+    let store = Store {
+        parts: Arc::default(),
+        reserved: Arc::default(),
+        budget: settings.budget_bytes,
+        shm_dir: settings.shm_dir.clone(),
+    };
     tracing::info!(listen = %settings.listen, budget = settings.budget_bytes, "store serving");
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = settings.tls {
@@ -198,31 +211,55 @@ impl FlightService for Store {
             .cloned()
             .ok_or_else(|| Status::invalid_argument("a put carries the partition's schema"))?;
         let bytes = batches.iter().map(|b| rows_bytes(b) as usize).sum();
-        let mut parts = self.parts.lock().expect("store parts");
-        let used: usize = parts.iter().filter(|(id, _)| **id != part).map(|(_, h)| h.bytes).sum();
-        if used + bytes > self.budget {
-            return Err(Status::resource_exhausted(format!(
-                "this store holds {used} bytes of its {}; partition {} of `{}` needs {bytes} more",
-                self.budget, part.partition, part.table
-            )));
+        // Room is reserved first, so concurrent puts cannot both pass the budget.
+        {
+            let parts = self.parts.lock().expect("store parts");
+            let held: usize = parts.iter().filter(|(id, _)| **id != part).map(|(_, h)| h.bytes).sum();
+            let mut reserved = self.reserved.lock().expect("store reservations");
+            let used = held + *reserved;
+            if used + bytes > self.budget {
+                return Err(Status::resource_exhausted(format!(
+                    "this store holds {used} bytes of its {}; partition {} of `{}` needs {bytes} more",
+                    self.budget, part.partition, part.table
+                )));
+            }
+            *reserved += bytes;
         }
-        // In shared memory, the rows are held once: as the file, mapped.
-        // (Under the lock, so concurrent puts cannot both pass the budget.)
-        let (batches, path) = match &self.shm_dir {
+        let release = |store: &Store| *store.reserved.lock().expect("store reservations") -= bytes;
+        // In shared memory, the rows are held once: as the file, mapped. The
+        // copy runs off the async threads, which keep answering meanwhile.
+        let (batches, path) = match self.shm_dir.clone() {
             Some(dir) => {
-                let path =
-                    crate::shm::write(dir, &part, &schema, &batches).map_err(|e| Status::internal(e.to_string()))?;
-                let (_, mapped) = crate::shm::read(&path, None)
-                    .map_err(|e| Status::internal(e.to_string()))?
-                    .ok_or_else(|| Status::internal(format!("{} vanished", path.display())))?;
-                (mapped, Some(path))
+                let (id, schema) = (part.clone(), schema.clone());
+                let kept = tokio::task::spawn_blocking(move || {
+                    let path = crate::shm::write(&dir, &id, &schema, &batches)?;
+                    let mapped = crate::shm::read(&path, None)?.map(|(_, b)| b);
+                    Ok::<_, DataFusionError>((mapped, path))
+                })
+                .await;
+                match kept {
+                    Ok(Ok((Some(mapped), path))) => (mapped, Some(path)),
+                    Ok(Ok((None, path))) => {
+                        release(self);
+                        return Err(Status::internal(format!("{} vanished", path.display())));
+                    }
+                    Ok(Err(e)) => {
+                        release(self);
+                        return Err(Status::internal(e.to_string()));
+                    }
+                    Err(e) => {
+                        release(self);
+                        return Err(Status::internal(e.to_string()));
+                    }
+                }
             }
             None => (batches, None),
         };
         tracing::debug!(table = %part.table, partition = part.partition, bytes, "holding a partition");
         let reply =
             PutResult { app_metadata: path.as_ref().map(|p| p.display().to_string()).unwrap_or_default().into() };
-        parts.insert(part, Arc::new(Held { schema, batches, bytes, path }));
+        self.parts.lock().expect("store parts").insert(part, Arc::new(Held { schema, batches, bytes, path }));
+        release(self);
         Ok(Response::new(futures::stream::once(async { Ok(reply) }).boxed()))
     }
 
@@ -234,13 +271,31 @@ impl FlightService for Store {
                 self.parts.lock().expect("store parts").retain(|id, _| id.table != body.table);
                 Ok(Response::new(futures::stream::empty().boxed()))
             }
-            other => Err(Status::invalid_argument(format!("unknown store action `{other}` (known: drop)"))),
+            "holds" => {
+                let body: HoldsBody = json("holds request", &action.body)?;
+                let held = self
+                    .parts
+                    .lock()
+                    .expect("store parts")
+                    .keys()
+                    .filter(|id| id.table == body.table && id.version == body.version)
+                    .count();
+                let reply = arrow_flight::Result { body: held.to_string().into() };
+                Ok(Response::new(futures::stream::once(async { Ok(reply) }).boxed()))
+            }
+            other => Err(Status::invalid_argument(format!("unknown store action `{other}` (known: drop, holds)"))),
         }
     }
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
-        let drop = ActionType { r#type: "drop".into(), description: "forget every partition of a table".into() };
-        Ok(Response::new(futures::stream::once(async { Ok(drop) }).boxed()))
+        let actions = [
+            ActionType { r#type: "drop".into(), description: "forget every partition of a table".into() },
+            ActionType {
+                r#type: "holds".into(),
+                description: "how many partitions of a table's version it holds".into(),
+            },
+        ];
+        Ok(Response::new(futures::stream::iter(actions.map(Ok)).boxed()))
     }
 
     async fn do_exchange(&self, _: Request<Streaming<FlightData>>) -> Result<Response<Self::DoExchangeStream>, Status> {
@@ -302,6 +357,22 @@ pub async fn drop_table(channel: tonic::transport::Channel, store: &str, table: 
     Ok(())
 }
 
+/// How many partitions of `table`'s `version` the store at `store` holds.
+pub async fn holds(
+    channel: tonic::transport::Channel,
+    store: &str,
+    table: &str,
+    version: u64,
+) -> Result<usize, DataFusionError> {
+    let body =
+        serde_json::to_vec(&HoldsBody { table: table.to_string(), version }).expect("a holds request serializes");
+    let mut client = FlightClient::new(channel);
+    let results = client.do_action(Action::new("holds", body)).await.map_err(|e| flight_error(store, e))?;
+    let results: Vec<bytes::Bytes> = results.try_collect().await.map_err(|e| flight_error(store, e))?;
+    let count = results.first().and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| t.parse().ok());
+    count.ok_or_else(|| DataFusionError::Execution(format!("store at {store}: a `holds` answer that is not a count")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,6 +429,8 @@ mod tests {
         };
         assert!(missing.to_string().contains("not held here"), "{missing}");
 
+        assert_eq!(holds(channel.clone(), &url, "t", 1).await.unwrap(), 2);
+        assert_eq!(holds(channel.clone(), &url, "t", 2).await.unwrap(), 0, "another version is not held");
         drop_table(channel.clone(), &url, "t").await.unwrap();
         assert!(!file.exists(), "a dropped partition's file is gone");
         assert!(match get(channel.clone(), &url, &part(0), None).await {

@@ -42,6 +42,9 @@ pub struct SqlSettings {
     pub stores: stores::StoreSettings,
 }
 
+/// Tries at caching a table again after it lost a store.
+const REBUILD_ATTEMPTS: u32 = 3;
+
 /// What a statement is, before it runs.
 pub enum Described {
     /// Rows, with this schema.
@@ -128,7 +131,11 @@ impl SqlFront {
     pub async fn query(&self, sql: &str, params: Option<ParamValues>) -> Result<QueryOutcome> {
         let mut running = queries::Running::start(&self.queries, sql);
         let started = async {
-            let plan = self.engine.plan(sql, params).await?;
+            let mut plan = self.engine.plan(sql, params.clone()).await?;
+            if self.rebuild_lost_caches(&plan).await? {
+                // The plan named the lost copies: plan again over the new ones.
+                plan = self.engine.plan(sql, params).await?;
+            }
             let _in_use = self.pool.enter();
             let bytes = self.engine.scan_bytes(&plan).await?;
             self.pool.grow_for(bytes).await;
@@ -180,6 +187,49 @@ impl SqlFront {
             }
             Statement::Query => Err(Error::Invalid("a query returns rows; run it as a query".into())),
         }
+    }
+
+    /// Caches the query reads that lost partitions with a store (killed,
+    /// preempted, its node gone) again, from their sources, before the
+    /// query runs, so that it answers whole. Whether any was rebuilt.
+    async fn rebuild_lost_caches(&self, plan: &datafusion::logical_expr::LogicalPlan) -> Result<bool> {
+        let mut rebuilt = false;
+        for name in cohort_batch::footprint(plan)?.cached {
+            if self.engine.cache_intact(&name).await {
+                continue;
+            }
+            let _one_at_a_time = self.catalog_lock.lock().await;
+            // Another query may have rebuilt it meanwhile.
+            if self.engine.cache_intact(&name).await {
+                rebuilt = true;
+                continue;
+            }
+            tracing::warn!(table = %name, "a cached table lost partitions with a store; caching it again from its source");
+            let Some(definition) = self.engine.cached_definition(&name) else { continue };
+            // Uncached, the table is its source again (or gone, if it was a query's).
+            self.engine.uncache_table(&name, true).await?;
+            let _in_use = self.pool.enter();
+            let mut attempt = 1;
+            loop {
+                // The lost store may still be listed for a moment: a failed put is tried again.
+                let stores = self.stores.urls().await?;
+                match self.engine.cache_table(&name, definition.as_deref(), self.pool.as_ref(), &stores).await {
+                    Ok(_) => break,
+                    Err(e) if attempt < REBUILD_ATTEMPTS => {
+                        tracing::warn!(table = %name, attempt, error = %e, "caching again failed; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    }
+                    Err(e) => {
+                        return Err(Error::Unavailable(format!(
+                            "cached table `{name}` lost partitions with a store and cannot be cached again: {e}"
+                        )));
+                    }
+                }
+            }
+            rebuilt = true;
+        }
+        Ok(rebuilt)
     }
 
     /// `CACHE TABLE`: computed on the warm pool, held by the stores.
