@@ -66,6 +66,15 @@ struct PoolArgs {
     /// CACHE TABLE); about three quarters of it holds cached rows.
     #[arg(long = "sql-store-memory", default_value = "1GiB")]
     store_memory: String,
+    /// Bytes all cached tables hold together (default: what the stores
+    /// can hold); the least recently used tables are evicted beyond it
+    /// and read from their source again.
+    #[arg(long = "sql-cache-memory", value_parser = parse_memory_flag)]
+    cache_memory: Option<u64>,
+}
+
+fn parse_memory_flag(text: &str) -> Result<u64, String> {
+    cohort_scheduler::resources::parse_memory(text).map_err(|e| format!("{e} (a size such as 512MiB or 4GiB)"))
 }
 
 impl PoolArgs {
@@ -79,6 +88,9 @@ impl PoolArgs {
             format!("--sql-pool-idle={}", self.idle),
             format!("--sql-store-memory={}", self.store_memory),
         ]
+        .into_iter()
+        .chain(self.cache_memory.map(|bytes| format!("--sql-cache-memory={bytes}")))
+        .collect()
     }
 }
 
@@ -420,7 +432,11 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                         idle: Duration::from_secs_f64(pool.idle.max(0.0)),
                         ..Default::default()
                     },
-                    stores: coordinator::sql::stores::StoreSettings { memory: pool.store_memory, ..Default::default() },
+                    stores: coordinator::sql::stores::StoreSettings {
+                        memory: pool.store_memory,
+                        cache_memory: pool.cache_memory,
+                        ..Default::default()
+                    },
                 },
                 listen,
                 http,

@@ -32,7 +32,7 @@ impl Args {
 }
 
 /// What `cohort cache` shows.
-pub const CACHE_LISTING: &str = "SELECT table_name, partitions, stores, rows, bytes, hits, cached_at, last_used \
+pub const CACHE_LISTING: &str = "SELECT table_name, state, partitions, stores, rows, bytes, hits, cached_at, last_used \
      FROM cohort.cache ORDER BY table_name";
 
 pub async fn run(coordinator: &str, args: Args, output: Output) -> Result<()> {

@@ -360,3 +360,64 @@ fn a_cached_table_that_loses_a_store_is_cached_again_and_answers_whole() {
     let listed = sql_json(&c.address, "SELECT table_name FROM cohort.cache ORDER BY table_name");
     assert_eq!(listed.len(), 2, "{listed:?}");
 }
+
+#[test]
+fn a_cache_over_its_memory_evicts_the_least_recently_used_tables_and_answers_stay_right() {
+    // Given a cache that holds one 40,000-row table (2-3 MiB in memory) but not two
+    let c = Cluster::start_configured(&[("a", 2), ("b", 2)], 1.0, &["--sql-cache-memory=3MiB"], &[]);
+    make_table(&c.address, "events", &c.dir.path().join("events"), 40_000);
+    make_table(&c.address, "other", &c.dir.path().join("other"), 40_000);
+    make_table(&c.address, "huge", &c.dir.path().join("huge"), 200_000);
+    let query =
+        |t: &str| format!("SELECT k, count(*) AS n, sum(id) AS s, max(pad) AS p FROM {t} GROUP BY k ORDER BY k");
+    let events = sql_json(&c.address, &query("events"));
+    let other = sql_json(&c.address, &query("other"));
+    sql_ok(&c.address, "CACHE TABLE hot AS SELECT id, pad FROM events WHERE k = 3");
+    sql_ok(&c.address, "CACHE TABLE events");
+    assert_eq!(sql_json(&c.address, &query("events")), events);
+
+    // When a third table is cached
+    sql_ok(&c.address, "CACHE TABLE other");
+
+    // Then the least recently used were evicted to make room, and what is held fits
+    let listed = sql_json(&c.address, "SELECT table_name, state, bytes FROM cohort.cache ORDER BY table_name");
+    let state = |t: &str| listed.iter().find(|r| r["table_name"] == t).map(|r| r["state"].clone());
+    assert_eq!(state("other"), Some("cached".into()), "{listed:?}");
+    assert_eq!(state("events"), Some("evicted".into()), "{listed:?}");
+    assert_eq!(state("hot"), Some("evicted".into()), "the least recent goes first: {listed:?}");
+    let held: u64 = listed.iter().filter(|r| r["state"] == "cached").map(|r| r["bytes"].as_u64().unwrap()).sum();
+    assert!(held <= 3 << 20, "{held} bytes held over a 3 MiB cache: {listed:?}");
+    let log = std::fs::read_to_string(c.dir.path().join("coordinator.log")).unwrap_or_default();
+    assert!(log.contains("evicted a cached table"), "coordinator log:\n{log}");
+
+    // And every table answers right: evicted ones from their source, a query's from its query
+    assert_eq!(sql_json(&c.address, &query("events")), events);
+    assert_eq!(sql_json(&c.address, &query("other")), other);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n, min(id) AS m FROM hot")[0]["m"], 3);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM hot")[0]["n"], 4000);
+
+    // And a table evicted is cached again on request, evicting in turn
+    sql_ok(&c.address, "CACHE TABLE hot");
+    sql_ok(&c.address, "CACHE TABLE events");
+    let listed = sql_json(&c.address, "SELECT table_name, state FROM cohort.cache ORDER BY table_name");
+    assert_eq!(
+        listed.iter().map(|r| r["state"].as_str().unwrap()).collect::<Vec<_>>(),
+        ["cached", "cached", "evicted"],
+        "events and hot held, other evicted: {listed:?}"
+    );
+    assert_eq!(sql_json(&c.address, &query("events")), events);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM hot")[0]["n"], 4000);
+
+    // And a table bigger than the whole cache is refused whole, naming the limit
+    let out = cli_at(&c.address, &["sql", "-e", "CACHE TABLE huge"]);
+    assert!(!out.status.success(), "huge does not fit");
+    assert!(stderr(&out).contains("--sql-cache-memory"), "{}", stderr(&out));
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM huge")[0]["n"], 200_000);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM cohort.cache WHERE table_name = 'huge'")[0]["n"], 0);
+
+    // And an evicted AS SELECT table is dropped like any
+    sql_ok(&c.address, "DROP TABLE other");
+    sql_ok(&c.address, "DROP TABLE hot");
+    let out = cli_at(&c.address, &["sql", "-e", "SELECT * FROM hot"]);
+    assert!(!out.status.success(), "hot is gone");
+}

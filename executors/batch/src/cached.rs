@@ -55,6 +55,8 @@ pub struct CacheEntry {
     pub cached_ms: i64,
     hits: AtomicU64,
     last_used_ms: AtomicI64,
+    /// When it was evicted to make room, ms since the epoch; 0 while held.
+    evicted_ms: AtomicI64,
     /// The table it caches, which serves again once it is uncached; none
     /// for `CACHE TABLE t AS SELECT ...`.
     pub source: Option<Arc<dyn TableProvider>>,
@@ -78,6 +80,7 @@ impl CacheEntry {
             cached_ms: now,
             hits: AtomicU64::new(0),
             last_used_ms: AtomicI64::new(now),
+            evicted_ms: AtomicI64::new(0),
             source,
             definition,
         }
@@ -90,6 +93,20 @@ impl CacheEntry {
 
     pub fn last_used_ms(&self) -> i64 {
         self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    /// Whether it was evicted: its source (or its query) serves it meanwhile.
+    pub fn is_evicted(&self) -> bool {
+        self.evicted_ms.load(Ordering::Relaxed) != 0
+    }
+
+    pub(crate) fn mark_evicted(&self) {
+        self.evicted_ms.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Bytes it holds in the stores now.
+    pub fn held_bytes(&self) -> u64 {
+        if self.is_evicted() { 0 } else { self.bytes() }
     }
 
     pub fn rows(&self) -> u64 {

@@ -12,10 +12,12 @@ use arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{MemorySchemaProvider, SchemaProvider, Session, TableProvider};
+use datafusion::common::Column;
 use datafusion::datasource::MemTable;
 use datafusion::datasource::TableType;
 use datafusion::error::DataFusionError;
-use datafusion::logical_expr::Expr;
+use datafusion::execution::SessionState;
+use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
 use futures::TryStreamExt;
 use url::Url;
@@ -47,20 +49,31 @@ pub(crate) fn register_system_tables(ctx: &datafusion::prelude::SessionContext, 
 impl SqlEngine {
     /// Caches `name`: its rows (or, with `query`, that query's rows as a
     /// new table called `name`) computed on `workers` and spread over
-    /// `stores`. Caching a cached table again refreshes it from its source.
+    /// `stores`. Caching a cached table again refreshes it from its source
+    /// (or its query). Cached tables hold at most `budget` bytes together:
+    /// the least recently used are evicted to make room.
     pub async fn cache_table(
         &self,
         name: &str,
         query: Option<&str>,
         workers: &dyn WorkerSource,
         stores: &[Url],
+        budget: u64,
     ) -> Result<Arc<CacheEntry>> {
         if stores.is_empty() {
             return Err(Error::Unavailable("no store executor is serving".into()));
         }
         let ctx = self.context();
+        // A table cached AS SELECT is made again from its query.
+        let query = match (query, self.cached_definition(name)) {
+            (None, Some(Some(definition))) => {
+                self.uncache_table(name, true).await?;
+                Some(definition)
+            }
+            (query, _) => query.map(str::to_string),
+        };
         let exists = ctx.table_exist(name)?;
-        let source = match query {
+        let source = match &query {
             Some(_) if exists => {
                 return Err(Error::Invalid(format!(
                     "table `{name}` exists: CACHE TABLE {name} caches it; CACHE TABLE ... AS SELECT makes a new one"
@@ -76,22 +89,59 @@ impl SqlEngine {
                 Some(ctx.table_provider(name).await?)
             }
         };
-        let sql = query.map_or_else(|| format!("SELECT * FROM {name}"), str::to_string);
+        let sql = query.clone().unwrap_or_else(|| format!("SELECT * FROM {name}"));
         let plan = self.plan(&sql, None).await?;
         let outcome = self.run(plan, workers).await?;
         let schema = outcome.schema.clone();
         let batches: Vec<RecordBatch> = outcome.stream.try_collect().await?;
         tracing::debug!(table = name, batches = batches.len(), "caching: rows computed");
+        let total: u64 = batches.iter().map(store::rows_bytes).sum();
+        if total > budget {
+            return Err(Error::Invalid(format!(
+                "`{name}` is {} in memory, more than the cache may hold ({}; see --sql-cache-memory)",
+                format_bytes(total),
+                format_bytes(budget)
+            )));
+        }
+        self.evict_for(name, total, budget).await;
         // At least a partition per store and core, and none much over
         // PARTITION_BYTES: small puts, and scans with parallelism to spare.
-        let total: u64 = batches.iter().map(store::rows_bytes).sum();
         let count =
             (stores.len() * self.settings().target_partitions.max(1)).max(total.div_ceil(PARTITION_BYTES) as usize);
         let partitions = split_rows(&batches, count);
         let version = self.next_cache_version();
+        let placements = loop {
+            match self.put_parts(name, version, &schema, &partitions, stores).await {
+                Ok(placements) => break placements,
+                // One store is fuller than the budget says (its partitions
+                // are not all the same size): room is made there too.
+                Err(DataFusionError::ResourcesExhausted(why)) if self.evict_least_recent(name).await => {
+                    tracing::debug!(table = name, why, "caching: a store is full, evicted to make room");
+                }
+                Err(e) => return Err(Error::Unavailable(format!("cannot cache `{name}`: {e}"))),
+            }
+        };
+        let entry = Arc::new(CacheEntry::new(name.to_string(), schema, placements, source, query));
+        ctx.deregister_table(name)?;
+        ctx.register_table(name, Arc::new(CachedTable(entry.clone())))?;
+        self.cache_registry().lock().expect("cache registry").insert(name.to_string(), entry.clone());
+        tracing::info!(table = name, rows = entry.rows(), bytes = entry.bytes(), "cached");
+        Ok(entry)
+    }
+
+    /// Puts `partitions` into `stores`, round robin; where each went. A
+    /// failed put leaves none of them held.
+    async fn put_parts(
+        &self,
+        name: &str,
+        version: u64,
+        schema: &SchemaRef,
+        partitions: &[Vec<RecordBatch>],
+        stores: &[Url],
+    ) -> std::result::Result<Vec<Placement>, DataFusionError> {
         let mut placements = Vec::with_capacity(partitions.len());
         let mut puts = Vec::with_capacity(partitions.len());
-        for (i, batches) in partitions.into_iter().enumerate() {
+        for (i, batches) in partitions.iter().enumerate() {
             let store_url = stores[i % stores.len()].to_string();
             let part = PartId { table: name.to_string(), version, partition: i as u32 };
             placements.push(Placement {
@@ -102,28 +152,76 @@ impl SqlEngine {
                 shm: None,
             });
             let channel = self.channels().flight(&store_url)?;
-            let schema = schema.clone();
+            let (schema, batches) = (schema.clone(), batches.clone());
             puts.push(async move { store::put(channel, &store_url, &part, schema, batches).await });
         }
-        let put = futures::future::try_join_all(puts).await;
-        tracing::debug!(table = name, partitions = placements.len(), "caching: partitions put");
-        match put {
+        match futures::future::try_join_all(puts).await {
             Ok(paths) => {
                 for (placement, path) in placements.iter_mut().zip(paths) {
                     placement.shm = path;
                 }
+                tracing::debug!(table = name, partitions = placements.len(), "caching: partitions put");
+                Ok(placements)
             }
             Err(e) => {
                 self.drop_from_stores(name, placements.iter().map(|p| p.store.clone())).await;
-                return Err(Error::Unavailable(format!("cannot cache `{name}`: {e}")));
+                Err(e)
             }
         }
-        let entry = Arc::new(CacheEntry::new(name.to_string(), schema, placements, source, query.map(str::to_string)));
-        ctx.deregister_table(name)?;
-        ctx.register_table(name, Arc::new(CachedTable(entry.clone())))?;
-        self.cache_registry().lock().expect("cache registry").insert(name.to_string(), entry.clone());
-        tracing::info!(table = name, rows = entry.rows(), bytes = entry.bytes(), "cached");
-        Ok(entry)
+    }
+
+    /// Evicts the least recently used cached tables (not `name`) until
+    /// `bytes` more fit in `budget`.
+    async fn evict_for(&self, name: &str, bytes: u64, budget: u64) {
+        loop {
+            let held: u64 = self
+                .cache_registry()
+                .lock()
+                .expect("cache registry")
+                .values()
+                .filter(|e| e.name != name)
+                .map(|e| e.held_bytes())
+                .sum();
+            if held + bytes <= budget || !self.evict_least_recent(name).await {
+                return;
+            }
+        }
+    }
+
+    /// Evicts the least recently used cached table other than `name`; its
+    /// source (or its query) serves it from now on. Whether there was one.
+    async fn evict_least_recent(&self, name: &str) -> bool {
+        let victim = self
+            .cache_registry()
+            .lock()
+            .expect("cache registry")
+            .values()
+            .filter(|e| e.name != name && !e.is_evicted())
+            .min_by_key(|e| e.last_used_ms())
+            .cloned();
+        let Some(victim) = victim else { return false };
+        if let Err(e) = self.serve_from_source(&victim).await {
+            tracing::warn!(table = %victim.name, error = %e, "cannot evict a cached table");
+            return false;
+        }
+        victim.mark_evicted();
+        self.drop_from_stores(&victim.name, victim.parts.iter().map(|p| p.store.clone())).await;
+        tracing::info!(table = %victim.name, bytes = victim.bytes(), for_table = name, "evicted a cached table to make room");
+        true
+    }
+
+    /// Points the catalog at what cached table `entry` was made from: its
+    /// source, or a view of its query.
+    async fn serve_from_source(&self, entry: &CacheEntry) -> Result<()> {
+        let ctx = self.context();
+        let provider = match (&entry.source, &entry.definition) {
+            (Some(source), _) => source.clone(),
+            (None, Some(query)) => Arc::new(QueryTable { sql: query.clone(), schema: entry.schema.clone() }),
+            (None, None) => return Err(Error::Invalid(format!("`{}` has neither source nor query", entry.name))),
+        };
+        ctx.deregister_table(entry.name.as_str())?;
+        ctx.register_table(entry.name.as_str(), provider)?;
+        Ok(())
     }
 
     /// Uncaches `name`: its source serves again (a table cached `AS
@@ -147,6 +245,9 @@ impl SqlEngine {
         let Some(entry) = self.cache_registry().lock().expect("cache registry").get(name).cloned() else {
             return true;
         };
+        if entry.is_evicted() {
+            return true;
+        }
         let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
         for p in &entry.parts {
             *expected.entry(p.store.as_str()).or_default() += 1;
@@ -190,6 +291,10 @@ impl SqlEngine {
     }
 }
 
+fn format_bytes(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}
+
 /// `batches` cut into `n` parts of about as many rows each (slices, no copies).
 fn split_rows(batches: &[RecordBatch], n: usize) -> Vec<Vec<RecordBatch>> {
     let n = n.max(1);
@@ -213,6 +318,62 @@ fn split_rows(batches: &[RecordBatch], n: usize) -> Vec<Vec<RecordBatch>> {
     parts
 }
 
+/// A table cached `AS SELECT` while evicted: its query, planned at each
+/// scan, so that it reads what its tables are then (cached or not), not
+/// what they were when it was evicted, as a view's bound plan would.
+#[derive(Debug)]
+struct QueryTable {
+    sql: String,
+    schema: SchemaRef,
+}
+
+#[async_trait]
+impl TableProvider for QueryTable {
+    fn schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    fn table_type(&self) -> TableType {
+        TableType::View
+    }
+
+    async fn scan(
+        &self,
+        state: &dyn Session,
+        projection: Option<&Vec<usize>>,
+        filters: &[Expr],
+        limit: Option<usize>,
+    ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
+        let state = state
+            .as_any()
+            .downcast_ref::<SessionState>()
+            .ok_or_else(|| DataFusionError::Internal("an evicted table is read from a full session only".into()))?;
+        let plan = state.create_logical_plan(&self.sql).await?;
+        let shape = |fields: &arrow::datatypes::Fields| -> Vec<(String, DataType)> {
+            fields.iter().map(|f| (f.name().clone(), f.data_type().clone())).collect()
+        };
+        if shape(plan.schema().as_arrow().fields()) != shape(self.schema.fields()) {
+            return Err(DataFusionError::Plan(format!(
+                "the query this table was cached from now returns other columns: {}",
+                self.sql
+            )));
+        }
+        let mut plan = LogicalPlanBuilder::from(plan);
+        if let Some(filter) = filters.iter().cloned().reduce(Expr::and) {
+            plan = plan.filter(filter)?;
+        }
+        if let Some(projection) = projection {
+            let columns: Vec<Expr> =
+                projection.iter().map(|i| Expr::Column(Column::from(plan.schema().qualified_field(*i)))).collect();
+            plan = plan.project(columns)?;
+        }
+        if let Some(limit) = limit {
+            plan = plan.limit(0, Some(limit))?;
+        }
+        state.create_physical_plan(&plan.build()?).await
+    }
+}
+
 /// `cohort.cache`: one row per cached table.
 #[derive(Debug)]
 struct CacheListing(Registry);
@@ -221,6 +382,7 @@ fn listing_schema() -> SchemaRef {
     let at = || DataType::Timestamp(TimeUnit::Millisecond, None);
     Arc::new(Schema::new(vec![
         Field::new("table_name", DataType::Utf8, false),
+        Field::new("state", DataType::Utf8, false),
         Field::new("partitions", DataType::UInt32, false),
         Field::new("stores", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),
@@ -250,6 +412,9 @@ impl TableProvider for CacheListing {
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
         let entries: Vec<Arc<CacheEntry>> = self.0.lock().expect("cache registry").values().cloned().collect();
         let hosts = |e: &CacheEntry| {
+            if e.is_evicted() {
+                return String::new();
+            }
             let mut hosts: Vec<String> = e
                 .parts
                 .iter()
@@ -262,7 +427,12 @@ impl TableProvider for CacheListing {
         };
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.name.clone()))),
-            Arc::new(UInt32Array::from_iter_values(entries.iter().map(|e| e.parts.len() as u32))),
+            Arc::new(StringArray::from_iter_values(
+                entries.iter().map(|e| if e.is_evicted() { "evicted" } else { "cached" }),
+            )),
+            Arc::new(UInt32Array::from_iter_values(
+                entries.iter().map(|e| if e.is_evicted() { 0 } else { e.parts.len() as u32 }),
+            )),
             Arc::new(StringArray::from_iter_values(entries.iter().map(|e| hosts(e)))),
             Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.rows()))),
             Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.bytes()))),

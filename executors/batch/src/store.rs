@@ -306,11 +306,35 @@ impl FlightService for Store {
 /// The bytes of the rows a batch holds, not of the buffers it slices
 /// (decoded batches share one buffer per message).
 pub fn rows_bytes(batch: &RecordBatch) -> u64 {
-    batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(0) as u64).sum()
+    use arrow::array::{Array, AsArray};
+    use arrow::datatypes::DataType;
+    // A view array's slice size counts its views, not the strings they
+    // point to; those out of line are counted here.
+    let out_of_line =
+        |lengths: &mut dyn Iterator<Item = u32>| -> u64 { lengths.filter(|len| *len > 12).map(u64::from).sum() };
+    batch
+        .columns()
+        .iter()
+        .map(|c| {
+            let slice = c.to_data().get_slice_memory_size().unwrap_or(0) as u64;
+            slice
+                + match c.data_type() {
+                    DataType::Utf8View => out_of_line(&mut c.as_string_view().views().iter().map(|v| *v as u32)),
+                    DataType::BinaryView => out_of_line(&mut c.as_binary_view().views().iter().map(|v| *v as u32)),
+                    _ => 0,
+                }
+        })
+        .sum()
 }
 
 fn flight_error(store: &str, e: FlightError) -> DataFusionError {
-    DataFusionError::Execution(format!("store at {store}: {e}"))
+    match &e {
+        // A full store is told apart: the driver makes room and tries again.
+        FlightError::Tonic(status) if status.code() == tonic::Code::ResourceExhausted => {
+            DataFusionError::ResourcesExhausted(format!("store at {store}: {}", status.message()))
+        }
+        _ => DataFusionError::Execution(format!("store at {store}: {e}")),
+    }
 }
 
 /// Puts one partition into the store at `store`; the path of its file in
@@ -439,5 +463,14 @@ mod tests {
         });
         // Room again once dropped.
         put(channel, &url, &part(2), one.schema(), vec![batch(2000, 1000)]).await.unwrap();
+    }
+
+    #[test]
+    fn the_bytes_of_view_strings_count_what_they_point_to() {
+        use arrow::array::StringViewArray;
+        let long = "x".repeat(100);
+        let strings = StringViewArray::from_iter_values(["short", long.as_str(), long.as_str()]);
+        let batch = RecordBatch::try_from_iter([("s", Arc::new(strings) as arrow::array::ArrayRef)]).unwrap();
+        assert_eq!(rows_bytes(&batch), 3 * 16 + 200, "three views and two strings out of line");
     }
 }

@@ -213,7 +213,8 @@ impl SqlFront {
             loop {
                 // The lost store may still be listed for a moment: a failed put is tried again.
                 let stores = self.stores.urls().await?;
-                match self.engine.cache_table(&name, definition.as_deref(), self.pool.as_ref(), &stores).await {
+                let budget = self.stores.cache_budget(stores.len());
+                match self.engine.cache_table(&name, definition.as_deref(), self.pool.as_ref(), &stores, budget).await {
                     Ok(_) => break,
                     Err(e) if attempt < REBUILD_ATTEMPTS => {
                         tracing::warn!(table = %name, attempt, error = %e, "caching again failed; retrying");
@@ -238,7 +239,8 @@ impl SqlFront {
         let stores = self.stores.urls().await?;
         tracing::debug!(table, stores = stores.len(), "caching: stores serving");
         let _in_use = self.pool.enter();
-        let entry = self.engine.cache_table(table, query, self.pool.as_ref(), &stores).await?;
+        let budget = self.stores.cache_budget(stores.len());
+        let entry = self.engine.cache_table(table, query, self.pool.as_ref(), &stores, budget).await?;
         Ok(entry.rows())
     }
 

@@ -26,6 +26,9 @@ pub struct StoreSettings {
     /// Per instance.
     pub cpu: String,
     pub memory: String,
+    /// Bytes all cached tables hold together; none: what the stores can
+    /// hold (three quarters of each one's memory).
+    pub cache_memory: Option<u64>,
     /// How long a CACHE TABLE waits for the stores to serve.
     pub wait: Duration,
 }
@@ -36,6 +39,7 @@ impl Default for StoreSettings {
             name: "sql-store".into(),
             cpu: "250m".into(),
             memory: "1GiB".into(),
+            cache_memory: None,
             wait: Duration::from_secs(30),
         }
     }
@@ -103,6 +107,15 @@ impl Stores {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Bytes the cached tables may hold together, with `serving` stores.
+    pub fn cache_budget(&self, serving: usize) -> u64 {
+        self.settings.cache_memory.unwrap_or_else(|| {
+            // The store keeps the same share of its slot (src/executor/store.rs).
+            let each = cohort_scheduler::resources::parse_memory(&self.settings.memory).unwrap_or(0) / 4 * 3;
+            each * serving as u64
+        })
     }
 
     /// The stores' job and its instances, submitted now if there is none.
