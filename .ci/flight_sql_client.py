@@ -91,6 +91,21 @@ def main(address, data_dir, token):
         else:
             raise AssertionError("a missing table was not an error")
 
+        # Bulk ingest (adbc_ingest) makes and grows a live in-memory table
+        # that SQL reads at once; a table over files takes no ingest.
+        rows = pa.table({"id": pa.array(range(100), pa.int64()), "name": [f"n{i}" for i in range(100)]})
+        assert cur.adbc_ingest("ci_live", rows, mode="create") == 100
+        assert cur.adbc_ingest("ci_live", rows.slice(0, 10), mode="append") == 10
+        cur.execute("SELECT count(*) AS n, count(DISTINCT id) AS d FROM ci_live")
+        assert cur.fetchone() == (110, 100)
+        try:
+            cur.adbc_ingest("ci_events", rows, mode="append")
+        except flight_sql.Error as e:
+            assert "not a live table" in str(e), e
+        else:
+            raise AssertionError("an ingest into a table over files was accepted")
+        cur.execute("DROP TABLE ci_live")
+
         info = conn.adbc_get_info()
         assert info["vendor_name"] == "Cohort", info
     print(f"ADBC Flight SQL client against {address}: ok (pyarrow {pa.__version__})")

@@ -146,7 +146,7 @@ fn pipeline(brokers: &str, topic: &str, n: u64, out: &std::path::Path) -> Result
     let started = Instant::now();
     let member = {
         let (brokers, stop, committed) = (brokers.to_string(), stop.clone(), committed.clone());
-        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", &stop, &committed))
+        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", &stop, &committed, None))
     };
     let deadline = started + Duration::from_secs(600);
     while committed.load(Ordering::SeqCst) < n {

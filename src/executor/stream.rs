@@ -3,7 +3,8 @@
 //! Everything comes from the environment the agent sets: COHORT_PIPELINE
 //! (the pipeline, as JSON), COHORT_KAFKA_BOOTSTRAP (the cluster's brokers,
 //! used when the pipeline names none), COHORT_JOB_ID, COHORT_SLOT and
-//! COHORT_ALLOC_ID (which name the member to Kafka and in file names).
+//! COHORT_ALLOC_ID (which name the member to Kafka and in file names),
+//! and, for a `[sink.store]` table, COHORT_COORDINATOR and COHORT_TOKEN.
 //! SIGTERM (preemption, pause, delete) makes the member commit what it has
 //! and exit 0.
 
@@ -39,7 +40,17 @@ pub fn run(argv: &[String]) -> Result<i32> {
             libc::signal(sig, on_stop as *const () as libc::sighandler_t);
         }
     }
-    let counters = cohort_stream::member::run(&config, &brokers, &id, &STOP, &AtomicU64::new(0))?;
+    // A `[sink.store]` table lives in the coordinator; the member acts with its job's token.
+    let coordinator = match std::env::var("COHORT_COORDINATOR") {
+        Ok(address) if matches!(config.sink, cohort_stream::SinkConfig::Store { .. }) => {
+            Some(cohort_stream::live::Coordinator {
+                endpoint: crate::cli::config::endpoint(&address)?.connect_timeout(std::time::Duration::from_secs(5)),
+                token: std::env::var("COHORT_TOKEN").ok(),
+            })
+        }
+        _ => None,
+    };
+    let counters = cohort_stream::member::run(&config, &brokers, &id, &STOP, &AtomicU64::new(0), coordinator.as_ref())?;
     println!(
         "member {id} stopped: {} records in, {} out, {} bad",
         counters.records_in, counters.records_out, counters.bad

@@ -77,6 +77,14 @@ struct RawSink {
     parquet: Option<Spanned<RawParquetSink>>,
     #[serde(default)]
     kafka: Option<Spanned<RawKafkaSink>>,
+    #[serde(default)]
+    store: Option<Spanned<RawStoreSink>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStoreSink {
+    table: Spanned<String>,
 }
 
 #[derive(Deserialize)]
@@ -240,6 +248,31 @@ fn message_of(e: &cohort_stream::Error) -> String {
 }
 
 fn sink(errors: &Errors, raw: &RawSink) -> Result<SinkConfig, SpecError> {
+    let given = [
+        raw.parquet.as_ref().map(|s| s.span()),
+        raw.kafka.as_ref().map(|s| s.span()),
+        raw.store.as_ref().map(|s| s.span()),
+    ];
+    if let Some(second) = given.iter().flatten().nth(1) {
+        return Err(errors.at(
+            Some(second.clone()),
+            "sink",
+            "one sink per pipeline: [sink.parquet], [sink.kafka] or [sink.store]",
+        ));
+    }
+    if let Some(store) = &raw.store {
+        let table = store.get_ref().table.get_ref().trim();
+        let plain = table.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && table.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !plain {
+            return Err(errors.at(
+                Some(store.get_ref().table.span()),
+                "sink.store.table",
+                format!("`{table}` is not a plain table name (lower case letters, digits and _)"),
+            ));
+        }
+        return Ok(SinkConfig::Store { table: table.to_string() });
+    }
     match (&raw.parquet, &raw.kafka) {
         (Some(p), None) => {
             let p = p.get_ref();
@@ -281,10 +314,10 @@ fn sink(errors: &Errors, raw: &RawSink) -> Result<SinkConfig, SpecError> {
                 topic: k.topic.get_ref().clone(),
             })
         }
-        (Some(_), Some(k)) => {
-            Err(errors.at(Some(k.span()), "sink", "one sink per pipeline: [sink.parquet] or [sink.kafka], not both"))
+        (Some(_), Some(_)) => unreachable!("two sinks are refused above"),
+        (None, None) => {
+            Err(errors.at(None, "sink", "needs [sink.parquet] (path), [sink.kafka] (topic) or [sink.store] (table)"))
         }
-        (None, None) => Err(errors.at(None, "sink", "needs [sink.parquet] (path) or [sink.kafka] (topic)")),
     }
 }
 
@@ -393,5 +426,19 @@ max = 4
         assert_eq!(e.field, "parallelism.max", "{e}");
         let e = parse_job("p.toml", &GOOD.replace("sql = \"SELECT", "sql = \"DROP TABLE source; SELECT")).unwrap_err();
         assert_eq!(e.field, "transform.sql", "{e}");
+    }
+
+    #[test]
+    fn a_live_table_sink_names_a_plain_table_and_stands_alone() {
+        let live = GOOD.replace("[sink.parquet]\npath = \"/data/checkouts/\"", "[sink.store]\ntable = \"checkouts\"");
+        let spec = parse_job("p.toml", &live).unwrap();
+        let JobKind::Pipeline { config, .. } = spec.kind else { panic!("a pipeline") };
+        assert_eq!(config.sink, SinkConfig::Store { table: "checkouts".into() });
+        let e = parse_job("p.toml", &live.replace("\"checkouts\"", "\"Check-outs\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (11, "sink.store.table"), "{e}");
+        let both = format!("{GOOD}\n[sink.store]\ntable = \"checkouts\"\n");
+        let e = parse_job("p.toml", &both).unwrap_err();
+        assert_eq!(e.field, "sink", "{e}");
+        assert!(e.message.contains("one sink per pipeline"), "{e}");
     }
 }

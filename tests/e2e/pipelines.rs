@@ -231,3 +231,53 @@ fn parquet_ids(dir: &std::path::Path) -> Vec<u64> {
     }
     ids
 }
+
+/// A number one SQL query answers (none while it fails, e.g. before the table exists).
+fn sql_number(up: &Up, sql: &str) -> Option<i64> {
+    up.json(&["sql", "-e", sql]).as_array()?.first()?.as_object()?.values().next()?.as_i64()
+}
+
+#[test]
+fn a_pipeline_feeds_a_live_table_that_sql_reads_with_nothing_lost_or_repeated() {
+    let up = Up::start_with(2, &["--sql-pool-warm", "0"]);
+    let brokers = up.json(&["status"])["kafka_bootstrap"].as_str().expect("an embedded broker").to_string();
+    produce(&brokers, "views", 0..2_000);
+
+    // Given a pipeline whose sink is a live table
+    let live = spec("live-checkouts", "views", "", 1)
+        .replace("[sink.parquet]\npath = \"\"\nroll_every = \"1s\"", "[sink.store]\ntable = \"checkouts_live\"");
+    let created = up.cli(&["pipeline", "create", &write(&up, "live.toml", &live)]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    let bad = live.replace("checkouts_live", "Checkouts-Live");
+    let refused = up.cli(&["pipeline", "create", &write(&up, "bad-live.toml", &bad)]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && err.contains("sink.store.table"), "{err}");
+
+    // Then SQL sees every checkout (the even ids) as it streams in
+    let count = "SELECT count(*) AS n FROM checkouts_live";
+    up.wait_until("the live table holds the first 1,000 checkouts", WAIT, |u| sql_number(u, count) == Some(1_000));
+
+    // When its member is killed with -9 while more records come
+    up.wait_until("the member runs", WAIT, |u| stream_members(u, "live-checkouts").len() == 1);
+    produce(&brokers, "views", 2_000..3_000);
+    kill9(stream_members(&up, "live-checkouts")[0]);
+    produce(&brokers, "views", 3_000..4_000);
+
+    // Then the restarted member appends what was missing, and nothing twice
+    up.wait_until("the live table holds all 2,000 checkouts", WAIT, |u| sql_number(u, count) == Some(2_000));
+    assert_eq!(sql_number(&up, "SELECT count(DISTINCT user_id) AS n FROM checkouts_live"), Some(2_000));
+    assert_eq!(sql_number(&up, "SELECT count(*) AS n FROM checkouts_live WHERE user_id % 2 = 1"), Some(0));
+    let offsets =
+        "SELECT CAST(sum(next_offset) AS BIGINT) AS n FROM cohort.live_offsets WHERE table_name = 'checkouts_live'";
+    assert_eq!(sql_number(&up, offsets), Some(4_000), "the table says how far it read");
+    let listed = up.json(&["cache"]);
+    let row = listed.as_array().and_then(|l| l.iter().find(|t| t["table_name"] == "checkouts_live").cloned());
+    assert_eq!(row.as_ref().map(|r| r["state"].clone()), Some(Value::from("live")), "{listed}");
+    assert_eq!(row.as_ref().map(|r| r["rows"].clone()), Some(Value::from(2_000)), "{listed}");
+
+    // And it is dropped like any table once its pipeline is gone
+    assert!(up.cli(&["pipeline", "delete", "live-checkouts"]).status.success());
+    up.wait_until("the member stops", WAIT, |u| stream_members(u, "live-checkouts").is_empty());
+    assert!(up.cli(&["sql", "-e", "DROP TABLE checkouts_live"]).status.success());
+    assert_eq!(sql_number(&up, count), None, "the table is gone");
+}

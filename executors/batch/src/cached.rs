@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use arrow::datatypes::{Schema, SchemaRef};
+use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::tree_node::TreeNodeRecursion;
@@ -27,6 +28,7 @@ use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
+use futures::stream::BoxStream;
 use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
@@ -53,8 +55,7 @@ pub struct CacheEntry {
     pub parts: Vec<Placement>,
     /// When it was cached, ms since the epoch.
     pub cached_ms: i64,
-    hits: AtomicU64,
-    last_used_ms: AtomicI64,
+    pub usage: Usage,
     /// When it was evicted to make room, ms since the epoch; 0 while held.
     evicted_ms: AtomicI64,
     /// The table it caches, which serves again once it is uncached; none
@@ -78,21 +79,11 @@ impl CacheEntry {
             schema,
             parts,
             cached_ms: now,
-            hits: AtomicU64::new(0),
-            last_used_ms: AtomicI64::new(now),
+            usage: Usage::new(now),
             evicted_ms: AtomicI64::new(0),
             source,
             definition,
         }
-    }
-
-    /// Queries that read it.
-    pub fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
-    }
-
-    pub fn last_used_ms(&self) -> i64 {
-        self.last_used_ms.load(Ordering::Relaxed)
     }
 
     /// Whether it was evicted: its source (or its query) serves it meanwhile.
@@ -118,7 +109,47 @@ impl CacheEntry {
     }
 }
 
-fn now_ms() -> i64 {
+/// How an in-memory table is used: the queries that read it, and when one last did.
+#[derive(Debug)]
+pub struct Usage {
+    hits: AtomicU64,
+    last_used_ms: AtomicI64,
+}
+
+impl Usage {
+    pub(crate) fn new(now_ms: i64) -> Usage {
+        Usage { hits: AtomicU64::new(0), last_used_ms: AtomicI64::new(now_ms) }
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
+    pub fn last_used_ms(&self) -> i64 {
+        self.last_used_ms.load(Ordering::Relaxed)
+    }
+
+    /// Counts a scan, and returns the scan of `parts` with only `projection`'s
+    /// columns of `schema`, in `outputs` partitions.
+    pub(crate) fn scan(
+        &self,
+        table: &str,
+        schema: &SchemaRef,
+        projection: Option<&Vec<usize>>,
+        outputs: usize,
+        parts: Vec<Placement>,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.last_used_ms.store(now_ms(), Ordering::Relaxed);
+        let projected = match projection {
+            Some(columns) => Arc::new(schema.project(columns)?),
+            None => schema.clone(),
+        };
+        Ok(Arc::new(CachedScanExec::new(table.to_string(), projected, projection.cloned(), outputs, parts)))
+    }
+}
+
+pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
@@ -143,36 +174,70 @@ impl TableProvider for CachedTable {
         _filters: &[Expr],
         _limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        self.0.hits.fetch_add(1, Ordering::Relaxed);
-        self.0.last_used_ms.store(now_ms(), Ordering::Relaxed);
-        let schema = match projection {
-            Some(columns) => Arc::new(self.0.schema.project(columns)?),
-            None => self.0.schema.clone(),
-        };
-        Ok(Arc::new(CachedScanExec::new(self.0.name.clone(), schema, projection.cloned(), self.0.parts.clone())))
+        let parts = self.0.parts.clone();
+        self.0.usage.scan(&self.0.name, &self.0.schema, projection, parts.len(), parts)
     }
 }
 
-/// Reads a cached table's partitions from their stores.
+/// Reads a cached table's partitions from their stores: output partition
+/// `i` of `n` reads stored partitions `i`, `i + n`, ... in turn.
 #[derive(Debug)]
 pub struct CachedScanExec {
     table: String,
     /// Already projected.
     schema: SchemaRef,
     projection: Option<Vec<usize>>,
+    /// Output partitions.
+    outputs: usize,
     parts: Vec<Placement>,
     properties: Arc<PlanProperties>,
 }
 
 impl CachedScanExec {
-    pub fn new(table: String, schema: SchemaRef, projection: Option<Vec<usize>>, parts: Vec<Placement>) -> Self {
+    pub fn new(
+        table: String,
+        schema: SchemaRef,
+        projection: Option<Vec<usize>>,
+        outputs: usize,
+        parts: Vec<Placement>,
+    ) -> Self {
+        let outputs = outputs.clamp(1, parts.len().max(1));
         let properties = Arc::new(PlanProperties::new(
             EquivalenceProperties::new(schema.clone()),
-            Partitioning::UnknownPartitioning(parts.len().max(1)),
+            Partitioning::UnknownPartitioning(outputs),
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        CachedScanExec { table, schema, projection, parts, properties }
+        CachedScanExec { table, schema, projection, outputs, parts, properties }
+    }
+
+    /// One stored partition's rows: mapped from shared memory on the
+    /// store's host, else over Flight.
+    fn read(
+        &self,
+        placement: Placement,
+        channels: Option<&Channels>,
+    ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
+        if let Some(path) = &placement.shm
+            && let Some((_, batches)) = crate::shm::read(std::path::Path::new(path), self.projection.as_deref())?
+        {
+            return Ok(futures::stream::iter(batches.into_iter().map(Ok)).boxed());
+        }
+        let channels = channels.ok_or_else(|| {
+            DataFusionError::Internal("this session cannot reach stores (no channels in its config)".into())
+        })?;
+        let channel = channels.flight(&placement.store)?;
+        let (table, projection, number) = (self.table.clone(), self.projection.clone(), placement.part.partition);
+        let explain = move |e: DataFusionError| {
+            DataFusionError::Execution(format!(
+                "cannot read partition {number} of cached table `{table}`: {e} (UNCACHE TABLE {table} reads its source again)"
+            ))
+        };
+        let explain_too = explain.clone();
+        let read = async move {
+            store::get(channel, &placement.store, &placement.part, projection).await.map(|s| s.map_err(explain_too))
+        };
+        Ok(futures::stream::once(read.map_err(explain)).try_flatten().boxed())
     }
 }
 
@@ -207,36 +272,17 @@ impl ExecutionPlan for CachedScanExec {
     }
 
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
-        let schema = self.schema.clone();
-        let Some(placement) = self.parts.get(partition).cloned() else {
-            // An empty table has one partition, with nothing in it.
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(schema, futures::stream::empty())));
-        };
-        // On the store's host the partition is mapped from shared memory, not sent.
-        if let Some(path) = &placement.shm
-            && let Some((_, batches)) = crate::shm::read(std::path::Path::new(path), self.projection.as_deref())?
-        {
-            return Ok(Box::pin(RecordBatchStreamAdapter::new(
-                schema,
-                futures::stream::iter(batches.into_iter().map(Ok)),
-            )));
-        }
-        let channels = context.session_config().get_extension::<Channels>().ok_or_else(|| {
-            DataFusionError::Internal("this session cannot reach stores (no channels in its config)".into())
-        })?;
-        let channel = channels.flight(&placement.store)?;
-        let (table, projection, number) = (self.table.clone(), self.projection.clone(), placement.part.partition);
-        let explain = move |e: DataFusionError| {
-            DataFusionError::Execution(format!(
-                "cannot read partition {number} of cached table `{table}`: {e} (UNCACHE TABLE {table} reads its source again)"
-            ))
-        };
-        let explain_too = explain.clone();
-        let read = async move {
-            store::get(channel, &placement.store, &placement.part, projection).await.map(|s| s.map_err(explain_too))
-        };
-        let stream = futures::stream::once(read.map_err(explain)).try_flatten();
-        Ok(Box::pin(RecordBatchStreamAdapter::new(schema, stream.boxed())))
+        let channels = context.session_config().get_extension::<Channels>();
+        let reads = self
+            .parts
+            .iter()
+            .skip(partition)
+            .step_by(self.outputs)
+            .map(|placement| self.read(placement.clone(), channels.as_deref()))
+            .collect::<Result<Vec<_>>>()?;
+        // An empty table has one partition, with nothing in it.
+        let stream = futures::stream::iter(reads).flatten();
+        Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
 }
 
@@ -248,6 +294,7 @@ pub struct CacheCodec;
 struct Wire {
     table: String,
     projection: Option<Vec<usize>>,
+    outputs: usize,
     parts: Vec<Placement>,
 }
 
@@ -265,7 +312,7 @@ impl PhysicalExtensionCodec for CacheCodec {
         let (schema, wire) = rest.split_at_checked(length).ok_or_else(|| bad("its schema is cut short"))?;
         let schema = Schema::try_from(arrow_flight::IpcMessage(bytes::Bytes::copy_from_slice(schema)))?;
         let wire: Wire = serde_json::from_slice(wire).map_err(|e| bad(&e.to_string()))?;
-        Ok(Arc::new(CachedScanExec::new(wire.table, Arc::new(schema), wire.projection, wire.parts)))
+        Ok(Arc::new(CachedScanExec::new(wire.table, Arc::new(schema), wire.projection, wire.outputs, wire.parts)))
     }
 
     fn try_encode(
@@ -282,7 +329,12 @@ impl PhysicalExtensionCodec for CacheCodec {
         let schema: arrow_flight::IpcMessage = arrow_flight::SchemaAsIpc::new(&scan.schema, &options).try_into()?;
         buf.extend_from_slice(&(schema.0.len() as u32).to_le_bytes());
         buf.extend_from_slice(&schema.0);
-        let wire = Wire { table: scan.table.clone(), projection: scan.projection.clone(), parts: scan.parts.clone() };
+        let wire = Wire {
+            table: scan.table.clone(),
+            projection: scan.projection.clone(),
+            outputs: scan.outputs,
+            parts: scan.parts.clone(),
+        };
         serde_json::to_writer(buf, &wire).map_err(|e| DataFusionError::Internal(e.to_string()))?;
         Ok(())
     }
@@ -304,7 +356,7 @@ mod tests {
             bytes: 640,
             shm: Some("/dev/shm/cohort-store-7/t-7-3.arrow".into()),
         }];
-        let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), parts.clone()));
+        let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), 1, parts.clone()));
         let mut buf = Vec::new();
         CacheCodec.try_encode(scan, &mut buf, &DefaultPhysicalProtoConverter {}).unwrap();
         let ctx = TaskContext::default();

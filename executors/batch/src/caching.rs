@@ -36,12 +36,23 @@ const PARTITION_BYTES: u64 = 64 << 20;
 const SYSTEM_SCHEMA: &str = "cohort";
 
 /// Adds the `cohort` schema with its `cache` table to the context's default catalog.
-pub(crate) fn register_system_tables(ctx: &datafusion::prelude::SessionContext, registry: &Registry) -> Result<()> {
+pub(crate) fn register_system_tables(
+    ctx: &datafusion::prelude::SessionContext,
+    registry: &Registry,
+    live: &crate::live::LiveRegistry,
+) -> Result<()> {
     let catalog_name = ctx.state().config().options().catalog.default_catalog.clone();
     let catalog =
         ctx.catalog(&catalog_name).ok_or_else(|| Error::Invalid(format!("no default catalog `{catalog_name}`")))?;
     let schema = Arc::new(MemorySchemaProvider::new());
-    schema.register_table("cache".into(), Arc::new(CacheListing(registry.clone())))?;
+    let (cached, live_tables) = (registry.clone(), live.clone());
+    let listing =
+        SystemTable { schema: listing_schema(), rows: Box::new(move || cache_listing(&cached, &live_tables)) };
+    schema.register_table("cache".into(), Arc::new(listing))?;
+    let live = live.clone();
+    let offsets =
+        SystemTable { schema: crate::live::offsets_schema(), rows: Box::new(move || crate::live::live_offsets(&live)) };
+    schema.register_table("live_offsets".into(), Arc::new(offsets))?;
     catalog.register_schema(SYSTEM_SCHEMA, schema)?;
     Ok(())
 }
@@ -62,6 +73,9 @@ impl SqlEngine {
     ) -> Result<Arc<CacheEntry>> {
         if stores.is_empty() {
             return Err(Error::Unavailable("no store executor is serving".into()));
+        }
+        if self.is_live(name) {
+            return Err(Error::Invalid(format!("`{name}` is a live table: it is in memory already")));
         }
         let ctx = self.context();
         // A table cached AS SELECT is made again from its query.
@@ -131,7 +145,7 @@ impl SqlEngine {
 
     /// Puts `partitions` into `stores`, round robin; where each went. A
     /// failed put leaves none of them held.
-    async fn put_parts(
+    pub(crate) async fn put_parts(
         &self,
         name: &str,
         version: u64,
@@ -172,20 +186,21 @@ impl SqlEngine {
 
     /// Evicts the least recently used cached tables (not `name`) until
     /// `bytes` more fit in `budget`.
-    async fn evict_for(&self, name: &str, bytes: u64, budget: u64) {
-        loop {
-            let held: u64 = self
-                .cache_registry()
-                .lock()
-                .expect("cache registry")
-                .values()
-                .filter(|e| e.name != name)
-                .map(|e| e.held_bytes())
-                .sum();
-            if held + bytes <= budget || !self.evict_least_recent(name).await {
-                return;
-            }
-        }
+    pub(crate) async fn evict_for(&self, name: &str, bytes: u64, budget: u64) {
+        while self.held_bytes(name) + bytes > budget && self.evict_least_recent(name).await {}
+    }
+
+    /// Bytes cached and live tables other than `except` hold in the stores.
+    pub(crate) fn held_bytes(&self, except: &str) -> u64 {
+        let cached: u64 = self
+            .cache_registry()
+            .lock()
+            .expect("cache registry")
+            .values()
+            .filter(|e| e.name != except)
+            .map(|e| e.held_bytes())
+            .sum();
+        cached + self.live_bytes(except)
     }
 
     /// Evicts the least recently used cached table other than `name`; its
@@ -197,7 +212,7 @@ impl SqlEngine {
             .expect("cache registry")
             .values()
             .filter(|e| e.name != name && !e.is_evicted())
-            .min_by_key(|e| e.last_used_ms())
+            .min_by_key(|e| e.usage.last_used_ms())
             .cloned();
         let Some(victim) = victim else { return false };
         if let Err(e) = self.serve_from_source(&victim).await {
@@ -274,7 +289,7 @@ impl SqlEngine {
         self.cache_registry().lock().expect("cache registry").values().cloned().collect()
     }
 
-    async fn drop_from_stores(&self, name: &str, stores: impl Iterator<Item = String>) {
+    pub(crate) async fn drop_from_stores(&self, name: &str, stores: impl Iterator<Item = String>) {
         let mut stores: Vec<String> = stores.collect();
         stores.sort();
         stores.dedup();
@@ -374,10 +389,48 @@ impl TableProvider for QueryTable {
     }
 }
 
-/// `cohort.cache`: one row per cached table.
-#[derive(Debug)]
-struct CacheListing(Registry);
+/// One row of `cohort.cache`.
+struct Listed {
+    name: String,
+    state: &'static str,
+    partitions: u32,
+    stores: String,
+    rows: u64,
+    bytes: u64,
+    hits: u64,
+    since_ms: i64,
+    last_used_ms: i64,
+}
 
+impl Listed {
+    fn new(
+        name: &str,
+        state: &'static str,
+        held: &[Placement],
+        stores: String,
+        usage: &crate::cached::Usage,
+        since_ms: i64,
+    ) -> Listed {
+        Listed {
+            name: name.to_string(),
+            state,
+            partitions: held.len() as u32,
+            stores,
+            rows: held.iter().map(|p| p.rows).sum(),
+            bytes: held.iter().map(|p| p.bytes).sum(),
+            hits: usage.hits(),
+            since_ms,
+            last_used_ms: usage.last_used_ms(),
+        }
+    }
+
+    /// An evicted table still shows the size it had.
+    fn sized(self, rows: u64, bytes: u64) -> Listed {
+        Listed { rows, bytes, ..self }
+    }
+}
+
+/// `cohort.cache`: one row per cached or live table.
 fn listing_schema() -> SchemaRef {
     let at = || DataType::Timestamp(TimeUnit::Millisecond, None);
     Arc::new(Schema::new(vec![
@@ -393,10 +446,61 @@ fn listing_schema() -> SchemaRef {
     ]))
 }
 
+fn cache_listing(cached: &Registry, live: &crate::live::LiveRegistry) -> Vec<ArrayRef> {
+    let hosts = |parts: &[Placement]| {
+        let mut hosts: Vec<String> = parts
+            .iter()
+            .map(|p| Url::parse(&p.store).ok().and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port()?))))
+            .map(|h| h.unwrap_or_default())
+            .collect();
+        hosts.sort();
+        hosts.dedup();
+        hosts.join(", ")
+    };
+    let cached_entries = cached.lock().expect("cache registry").values().cloned().collect::<Vec<_>>();
+    let mut rows: Vec<Listed> = cached_entries
+        .iter()
+        .map(|e| {
+            let held: &[Placement] = if e.is_evicted() { &[] } else { &e.parts };
+            let state = if e.is_evicted() { "evicted" } else { "cached" };
+            Listed::new(&e.name, state, held, hosts(held), &e.usage, e.cached_ms).sized(e.rows(), e.bytes())
+        })
+        .collect();
+    for e in live.lock().expect("live tables").values() {
+        let parts = e.parts();
+        rows.push(Listed::new(&e.name, "live", &parts, hosts(&parts), &e.usage, e.created_ms));
+    }
+    rows.sort_by(|a, b| a.name.cmp(&b.name));
+    let columns: Vec<ArrayRef> = vec![
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.name.clone()))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.state))),
+        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.partitions))),
+        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.stores.clone()))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.rows))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.bytes))),
+        Arc::new(UInt64Array::from_iter_values(rows.iter().map(|r| r.hits))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.since_ms))),
+        Arc::new(TimestampMillisecondArray::from_iter_values(rows.iter().map(|r| r.last_used_ms))),
+    ];
+    columns
+}
+
+/// A system table: its rows are made afresh at each scan.
+pub(crate) struct SystemTable {
+    pub schema: SchemaRef,
+    pub rows: Box<dyn Fn() -> Vec<ArrayRef> + Send + Sync>,
+}
+
+impl std::fmt::Debug for SystemTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SystemTable").field("schema", &self.schema).finish_non_exhaustive()
+    }
+}
+
 #[async_trait]
-impl TableProvider for CacheListing {
+impl TableProvider for SystemTable {
     fn schema(&self) -> SchemaRef {
-        listing_schema()
+        self.schema.clone()
     }
 
     fn table_type(&self) -> TableType {
@@ -410,38 +514,8 @@ impl TableProvider for CacheListing {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> datafusion::error::Result<Arc<dyn ExecutionPlan>> {
-        let entries: Vec<Arc<CacheEntry>> = self.0.lock().expect("cache registry").values().cloned().collect();
-        let hosts = |e: &CacheEntry| {
-            if e.is_evicted() {
-                return String::new();
-            }
-            let mut hosts: Vec<String> = e
-                .parts
-                .iter()
-                .map(|p| Url::parse(&p.store).ok().and_then(|u| Some(format!("{}:{}", u.host_str()?, u.port()?))))
-                .map(|h| h.unwrap_or_default())
-                .collect();
-            hosts.sort();
-            hosts.dedup();
-            hosts.join(", ")
-        };
-        let columns: Vec<ArrayRef> = vec![
-            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| e.name.clone()))),
-            Arc::new(StringArray::from_iter_values(
-                entries.iter().map(|e| if e.is_evicted() { "evicted" } else { "cached" }),
-            )),
-            Arc::new(UInt32Array::from_iter_values(
-                entries.iter().map(|e| if e.is_evicted() { 0 } else { e.parts.len() as u32 }),
-            )),
-            Arc::new(StringArray::from_iter_values(entries.iter().map(|e| hosts(e)))),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.rows()))),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.bytes()))),
-            Arc::new(UInt64Array::from_iter_values(entries.iter().map(|e| e.hits()))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(entries.iter().map(|e| e.cached_ms))),
-            Arc::new(TimestampMillisecondArray::from_iter_values(entries.iter().map(|e| e.last_used_ms()))),
-        ];
-        let batch = RecordBatch::try_new(listing_schema(), columns)?;
-        MemTable::try_new(listing_schema(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
+        let batch = RecordBatch::try_new(self.schema.clone(), (self.rows)())?;
+        MemTable::try_new(self.schema.clone(), vec![vec![batch]])?.scan(state, projection, filters, limit).await
     }
 }
 

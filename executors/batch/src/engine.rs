@@ -119,6 +119,8 @@ pub struct SqlEngine {
     settings: EngineSettings,
     /// Cached tables, by name.
     cache: crate::caching::Registry,
+    /// Live tables, by name.
+    live: crate::live::LiveRegistry,
     cache_versions: std::sync::atomic::AtomicU64,
     /// Bytes under each scanned location, listed at most every few seconds.
     sizes: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
@@ -166,13 +168,15 @@ impl SqlEngine {
             .build();
         let ctx = SessionContext::new_with_state(state);
         let cache = crate::caching::Registry::default();
-        crate::caching::register_system_tables(&ctx, &cache)?;
+        let live = crate::live::LiveRegistry::default();
+        crate::caching::register_system_tables(&ctx, &cache, &live)?;
         Ok(SqlEngine {
             ctx,
             local: SessionContext::new_with_state(local),
             channels,
             settings,
             cache,
+            live,
             cache_versions: std::sync::atomic::AtomicU64::new(0),
             sizes: Default::default(),
         })
@@ -188,6 +192,10 @@ impl SqlEngine {
 
     pub(crate) fn cache_registry(&self) -> &crate::caching::Registry {
         &self.cache
+    }
+
+    pub(crate) fn live_registry(&self) -> &crate::live::LiveRegistry {
+        &self.live
     }
 
     /// A version no other caching by this engine has used: the start

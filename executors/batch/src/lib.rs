@@ -19,6 +19,8 @@
 //! - `cached.rs`: the catalog's side of a cached table: its provider, the
 //!   scan that reads it from the stores, and the codec that ships that
 //!   scan to workers;
+//! - `live.rs`: live tables, which grow by Flight SQL bulk ingest (and so
+//!   by pipelines) while queries read whole ingests only;
 //! - `tpch.rs`: TPC-H data (tpchgen) and the 22 queries, for benchmarks.
 //!
 //! It knows nothing of the coordinator: where the workers are and where
@@ -28,6 +30,7 @@ pub mod cached;
 mod caching;
 mod channels;
 mod engine;
+pub mod live;
 mod output;
 pub mod shm;
 mod statements;

@@ -47,6 +47,10 @@ pub enum SinkConfig {
         brokers: Option<String>,
         topic: String,
     },
+    /// A live table: each micro-batch appended whole, readable by SQL at once.
+    Store {
+        table: String,
+    },
 }
 
 /// What happens to a message that cannot be decoded.

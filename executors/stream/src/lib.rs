@@ -9,9 +9,12 @@
 //!
 //! - [`config`]: what a member runs (built by the spec parser, passed as
 //!   JSON), and its validation: the schema, the SQL against it;
-//! - [`member`]: the loop.
+//! - [`member`]: the loop;
+//! - [`live`]: the `[sink.store]` sink, appending to a live table on the
+//!   coordinator exactly once.
 
 pub mod config;
+pub mod live;
 pub mod member;
 
 pub use config::{OnError, PipelineConfig, SinkConfig};
@@ -24,6 +27,8 @@ pub enum Error {
     Transform(#[from] datafusion::error::DataFusionError),
     #[error("{field}: {message}")]
     Invalid { field: String, message: String },
+    #[error("live table: {0}")]
+    Live(String),
     #[error("a bad record with on_error = \"fail\": {0}")]
     BadRecord(String),
 }

@@ -16,6 +16,7 @@
 //! - a message that cannot be decoded follows `on_error` and never stops a
 //!   healthy member unless `on_error = "fail"`.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,9 +29,11 @@ use cohort_connectors::parquet::{ParquetSink, Roll};
 use cohort_connectors::schema::schema_of;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use rdkafka::Message;
+use rdkafka::message::BorrowedMessage;
 use tokio::runtime::Runtime;
 
 use crate::config::{OnError, PipelineConfig, SinkConfig, query_only};
+use crate::live::{Coordinator, LiveSink};
 use crate::{Error, Result};
 
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -44,12 +47,16 @@ pub struct Counters {
     pub bad: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
+    /// Records a live table held already (read again after a restart).
+    pub replayed: u64,
     pub commits: u64,
 }
 
 enum Sink {
     Parquet(Box<ParquetSink>),
     Kafka(KafkaSink),
+    /// Each append is safe when it returns.
+    Store(Box<LiveSink>),
 }
 
 /// What the sink holds and the offsets it will make safe. Shared with the
@@ -88,6 +95,7 @@ impl Delivery {
                 true
             }
             Sink::Parquet(p) => !p.pending(),
+            Sink::Store(_) => true,
         };
         if !safe || self.pending.is_empty() {
             return Ok(());
@@ -112,13 +120,15 @@ impl Delivery {
 /// Runs a member until `stop` is set (then it commits and returns Ok) or
 /// a fatal error. `brokers` is used where the config names none; `id`
 /// names the member to Kafka and in file names; `committed` counts the
-/// records whose offsets were committed (for whoever watches progress).
+/// records whose offsets were committed (for whoever watches progress);
+/// `coordinator` is where a `[sink.store]` table lives.
 pub fn run(
     config: &PipelineConfig,
     brokers: &str,
     id: &str,
     stop: &AtomicBool,
     committed: &AtomicU64,
+    coordinator: Option<&Coordinator>,
 ) -> Result<Counters> {
     let runtime = Arc::new(
         tokio::runtime::Builder::new_current_thread()
@@ -138,6 +148,14 @@ pub fn run(
         }
         SinkConfig::Kafka { brokers: to, topic } => {
             Sink::Kafka(KafkaSink::open(to.as_deref().unwrap_or(brokers), topic, id)?)
+        }
+        SinkConfig::Store { table } => {
+            let coordinator = coordinator.ok_or_else(|| Error::Invalid {
+                field: "sink.store".into(),
+                message: "this member has no coordinator to append to".into(),
+            })?;
+            let source = format!("{}@{}", config.group, config.topic);
+            Sink::Store(Box::new(LiveSink::open(&runtime, coordinator, table, source)))
         }
     };
     let dead_letters = match config.on_error {
@@ -174,12 +192,21 @@ pub fn run(
             let messages = source.poll_batch(config.max_records, config.max_latency());
             if !messages.is_empty() {
                 counters.records_in += messages.len() as u64;
-                let payloads: Vec<&[u8]> = messages.iter().map(|m| m.payload().unwrap_or_default()).collect();
-                let decoded = decoder.decode(&payloads)?;
                 let mut d = delivery.lock().expect("delivery lock");
+                // What a live table holds already is not appended again.
+                let kept: Vec<&BorrowedMessage> = match &mut d.sink {
+                    Sink::Store(live) => {
+                        live.sync(&runtime, source.assigned())?;
+                        messages.iter().filter(|m| !live.holds(m.partition(), m.offset())).collect()
+                    }
+                    _ => messages.iter().collect(),
+                };
+                counters.replayed += (messages.len() - kept.len()) as u64;
+                let payloads: Vec<&[u8]> = kept.iter().map(|m| m.payload().unwrap_or_default()).collect();
+                let decoded = decoder.decode(&payloads)?;
                 for (i, why) in &decoded.bad {
                     counters.bad += 1;
-                    let m = &messages[*i];
+                    let m = kept[*i];
                     match (config.on_error, &d.dead_letters) {
                         (OnError::DeadLetter, Some(dlq)) => {
                             dlq.send(m.key(), payloads[*i], Some(("cohort.error", why)))?;
@@ -200,14 +227,20 @@ pub fn run(
                     let next = d.pending.entry(m.partition()).or_insert(0);
                     *next = (*next).max(m.offset() + 1);
                 }
+                let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+                for m in &kept {
+                    let range = ranges.entry(m.partition()).or_insert((m.offset(), m.offset() + 1));
+                    *range = (range.0.min(m.offset()), range.1.max(m.offset() + 1));
+                }
+                drop(kept);
                 drop(messages);
                 let out = transform(&runtime, &ctx, config.sql.as_deref(), decoded.batch)?;
-                for batch in &out {
-                    counters.records_out += batch.num_rows() as u64;
-                    match &mut d.sink {
-                        Sink::Parquet(p) => p.write(batch)?,
-                        Sink::Kafka(k) => send_json(k, batch)?,
-                    }
+                counters.records_out += out.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+                match &mut d.sink {
+                    Sink::Parquet(p) => out.iter().try_for_each(|b| p.write(b))?,
+                    Sink::Kafka(k) => out.iter().try_for_each(|b| send_json(k, b))?,
+                    Sink::Store(live) if out.iter().any(|b| b.num_rows() > 0) => live.append(&runtime, out, ranges)?,
+                    Sink::Store(_) => {}
                 }
             }
         }
@@ -267,7 +300,7 @@ fn report(pipeline: &str, id: &str, last: &(Instant, Counters), now: &Counters) 
     let secs = last.0.elapsed().as_secs_f64().max(1e-3);
     let rate = |a: u64, b: u64| (a - b) as f64 / secs;
     println!(
-        "{PROGRESS_PREFIX}{pipeline} member {id}: in={} in_per_s={:.0} out={} out_per_s={:.0} bad={} dead_lettered={} skipped={} commits={}",
+        "{PROGRESS_PREFIX}{pipeline} member {id}: in={} in_per_s={:.0} out={} out_per_s={:.0} bad={} dead_lettered={} skipped={} replayed={} commits={}",
         now.records_in,
         rate(now.records_in, last.1.records_in),
         now.records_out,
@@ -275,6 +308,7 @@ fn report(pipeline: &str, id: &str, last: &(Instant, Counters), now: &Counters) 
         now.bad,
         now.dead_lettered,
         now.skipped,
+        now.replayed,
         now.commits
     );
 }

@@ -24,8 +24,8 @@ use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
     CommandGetCatalogs, CommandGetDbSchemas, CommandGetSqlInfo, CommandGetTableTypes, CommandGetTables,
-    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementQuery, CommandStatementUpdate,
-    DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
+    CommandPreparedStatementQuery, CommandPreparedStatementUpdate, CommandStatementIngest, CommandStatementQuery,
+    CommandStatementUpdate, DoPutPreparedStatementResult, ProstMessageExt, SqlInfo, TicketStatementQuery,
 };
 use arrow_flight::{
     Action, FlightDescriptor, FlightEndpoint, FlightInfo, HandshakeRequest, HandshakeResponse, IpcMessage, SchemaAsIpc,
@@ -211,6 +211,44 @@ fn count_schema() -> SchemaRef {
 
 /// The gRPC status for a SQL error: the client's mistake is
 /// InvalidArgument or NotFound with DataFusion's own words.
+/// The options Cohort reads from a bulk ingest: what to do with the
+/// table, and (from pipelines) where the rows came from.
+pub const INGEST_SOURCE: &str = "cohort.source";
+pub const INGEST_OFFSETS: &str = "cohort.offsets";
+
+fn ingest_of(
+    command: &CommandStatementIngest,
+) -> Result<(cohort_batch::live::IngestMode, Option<cohort_batch::live::SourceOffsets>), Status> {
+    use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
+    use cohort_batch::live::{IfExists, IngestMode, SourceOffsets};
+    if command.table.is_empty() {
+        return Err(Status::invalid_argument("an ingest names its table"));
+    }
+    if command.transaction_id.is_some() {
+        return Err(Status::invalid_argument("ingest inside a transaction is not supported"));
+    }
+    let options = command.table_definition_options.unwrap_or_default();
+    let create = !matches!(TableNotExistOption::try_from(options.if_not_exist), Ok(TableNotExistOption::Fail));
+    let if_exists = match TableExistsOption::try_from(options.if_exists) {
+        Ok(TableExistsOption::Fail) => IfExists::Fail,
+        Ok(TableExistsOption::Replace) => IfExists::Replace,
+        _ => IfExists::Append,
+    };
+    let from = match (command.options.get(INGEST_SOURCE), command.options.get(INGEST_OFFSETS)) {
+        (Some(source), Some(offsets)) => Some(SourceOffsets {
+            source: source.clone(),
+            ranges: serde_json::from_str(offsets).map_err(|e| {
+                Status::invalid_argument(format!(
+                    "option {INGEST_OFFSETS}: not a map of partition to [first, next]: {e}"
+                ))
+            })?,
+        }),
+        (None, None) => None,
+        _ => return Err(Status::invalid_argument(format!("options {INGEST_SOURCE} and {INGEST_OFFSETS} go together"))),
+    };
+    Ok((IngestMode { create, if_exists }, from))
+}
+
 pub fn status_of(e: &SqlError) -> Status {
     let message = e.to_string();
     match e {
@@ -288,6 +326,8 @@ static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
     b.append(SqlInfo::FlightSqlServerSubstrait, false);
     b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
     b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+    b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
     b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
     b.build().expect("valid SQL info")
 });
@@ -480,6 +520,27 @@ impl FlightSqlService for FlightSql {
         }
         handle.params = Some(ipc);
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.encode()) })
+    }
+
+    async fn do_put_statement_ingest(
+        &self,
+        command: CommandStatementIngest,
+        request: Request<PeekableFlightDataStream>,
+    ) -> Result<i64, Status> {
+        let (mode, from) = ingest_of(&command)?;
+        let data = request.into_inner().into_peekable().map_err(FlightError::from);
+        let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
+        let mut batches = Vec::new();
+        while let Some(batch) =
+            decoded.try_next().await.map_err(|e| Status::invalid_argument(format!("cannot read the rows: {e}")))?
+        {
+            batches.push(batch);
+        }
+        let schema =
+            decoded.schema().cloned().ok_or_else(|| Status::invalid_argument("an ingest carries its rows' schema"))?;
+        let ingest = cohort_batch::live::Ingest { mode, schema, batches, from };
+        let appended = self.front.ingest(&command.table, ingest).await.map_err(|e| status_of(&e))?;
+        Ok(appended.rows as i64)
     }
 
     async fn do_action_close_prepared_statement(

@@ -31,6 +31,7 @@ use futures::{StreamExt, TryStreamExt};
 
 use crate::coordinator::CoreHandle;
 use crate::coordinator::core::CoordinatorError;
+use cohort_batch::live::Ingest;
 use pool::Pool;
 pub use pool::PoolSettings;
 use queries::QueryLog;
@@ -244,6 +245,16 @@ impl SqlFront {
         Ok(entry.rows())
     }
 
+    /// Appends rows to a live table (Flight SQL bulk ingest).
+    pub async fn ingest(&self, table: &str, ingest: Ingest) -> Result<cohort_batch::live::Appended> {
+        let rows = ingest.batches.iter().any(|b| b.num_rows() > 0);
+        let stores = if rows { self.stores.urls().await? } else { Vec::new() };
+        let budget = self.stores.cache_budget(stores.len());
+        // Catalog changes and evictions happen one at a time.
+        let _one_at_a_time = self.catalog_lock.lock().await;
+        self.engine.append_live(table, ingest, &stores, budget).await
+    }
+
     async fn write(&self, sql: &str) -> Result<u64> {
         let tag = format!("sql{}x{}", std::process::id(), self.writes.fetch_add(1, Ordering::Relaxed));
         let (plan, staged) = self.engine.stage_write(sql, &tag, 1).await?;
@@ -290,6 +301,9 @@ impl SqlFront {
                     let _ = self.engine.context().deregister_table(name.as_str());
                     return Err(e);
                 }
+            }
+            CatalogChange::Drop { name, .. } if self.engine.is_live(&name) => {
+                self.engine.drop_live(&name).await?;
             }
             CatalogChange::Drop { name, .. } => {
                 // A table cached AS SELECT lives in the stores only: uncaching drops it.
