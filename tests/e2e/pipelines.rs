@@ -275,6 +275,26 @@ fn a_pipeline_feeds_a_live_table_that_sql_reads_with_nothing_lost_or_repeated() 
     assert_eq!(row.as_ref().map(|r| r["state"].clone()), Some(Value::from("live")), "{listed}");
     assert_eq!(row.as_ref().map(|r| r["rows"].clone()), Some(Value::from(2_000)), "{listed}");
 
+    // When a store is killed with -9, then the coordinator itself
+    let data = up.dir.path().display().to_string();
+    let stores: Vec<u32> = pids_of(&["executor --kind store -- serve"])
+        .into_iter()
+        .filter(|p| {
+            std::fs::read(format!("/proc/{p}/environ")).is_ok_and(|e| String::from_utf8_lossy(&e).contains(&data))
+        })
+        .collect();
+    assert!(!stores.is_empty(), "the live table is held by stores");
+    kill9(stores[0]);
+    // Then what the store held is put back from the table's snapshots on disk
+    assert_eq!(sql_number(&up, count), Some(2_000), "whole after the store's loss");
+    kill9(up.pid_of("coordinator").expect("the coordinator runs"));
+    up.wait_until("the restarted coordinator serves the table whole", WAIT, |u| sql_number(u, count) == Some(2_000));
+    assert_eq!(sql_number(&up, offsets), Some(4_000), "and knows how far it read");
+    // And the pipeline goes on appending, still nothing twice
+    produce(&brokers, "views", 4_000..5_000);
+    up.wait_until("the live table holds all 2,500 checkouts", WAIT, |u| sql_number(u, count) == Some(2_500));
+    assert_eq!(sql_number(&up, "SELECT count(DISTINCT user_id) AS n FROM checkouts_live"), Some(2_500));
+
     // And it is dropped like any table once its pipeline is gone
     assert!(up.cli(&["pipeline", "delete", "live-checkouts"]).status.success());
     up.wait_until("the member stops", WAIT, |u| stream_members(u, "live-checkouts").is_empty());

@@ -18,6 +18,8 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::Statistics;
+use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
@@ -25,6 +27,7 @@ use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::statistics::StatisticsArgs;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
 use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalProtoConverterExtension};
@@ -145,7 +148,8 @@ impl Usage {
             Some(columns) => Arc::new(schema.project(columns)?),
             None => schema.clone(),
         };
-        Ok(Arc::new(CachedScanExec::new(table.to_string(), projected, projection.cloned(), outputs, parts)))
+        let columns = schema.fields().len();
+        Ok(Arc::new(CachedScanExec::new(table.to_string(), projected, projection.cloned(), columns, outputs, parts)))
     }
 }
 
@@ -189,6 +193,8 @@ pub struct CachedScanExec {
     projection: Option<Vec<usize>>,
     /// Output partitions.
     outputs: usize,
+    /// Columns of the table (the schema is projected).
+    columns: usize,
     parts: Vec<Placement>,
     properties: Arc<PlanProperties>,
 }
@@ -198,6 +204,7 @@ impl CachedScanExec {
         table: String,
         schema: SchemaRef,
         projection: Option<Vec<usize>>,
+        columns: usize,
         outputs: usize,
         parts: Vec<Placement>,
     ) -> Self {
@@ -208,7 +215,23 @@ impl CachedScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        CachedScanExec { table, schema, projection, outputs, parts, properties }
+        CachedScanExec { table, schema, projection, outputs, columns, parts, properties }
+    }
+
+    /// Exact row counts, as a Parquet footer would give them: the planner
+    /// builds hash tables on the smaller side of a join by these.
+    fn statistics_of(&self, partition: Option<usize>) -> Statistics {
+        let parts: Vec<&Placement> = match partition {
+            Some(i) => self.parts.iter().skip(i).step_by(self.outputs).collect(),
+            None => self.parts.iter().collect(),
+        };
+        let rows: u64 = parts.iter().map(|p| p.rows).sum();
+        let bytes: u64 = parts.iter().map(|p| p.bytes).sum();
+        // Bytes are kept per partition, not per column: the projected share is a guess.
+        let share = self.schema.fields().len() as f64 / self.columns.max(1) as f64;
+        Statistics::new_unknown(&self.schema)
+            .with_num_rows(Precision::Exact(rows as usize))
+            .with_total_byte_size(Precision::Inexact((bytes as f64 * share.min(1.0)) as usize))
     }
 
     /// One stored partition's rows: mapped from shared memory on the
@@ -271,6 +294,14 @@ impl ExecutionPlan for CachedScanExec {
         Ok(self)
     }
 
+    fn partition_statistics(&self, partition: Option<usize>) -> Result<Arc<Statistics>> {
+        Ok(Arc::new(self.statistics_of(partition)))
+    }
+
+    fn statistics_from_inputs(&self, _inputs: &[Arc<Statistics>], args: &StatisticsArgs) -> Result<Arc<Statistics>> {
+        Ok(Arc::new(self.statistics_of(args.partition())))
+    }
+
     fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
         let channels = context.session_config().get_extension::<Channels>();
         let reads = self
@@ -294,6 +325,7 @@ pub struct CacheCodec;
 struct Wire {
     table: String,
     projection: Option<Vec<usize>>,
+    columns: usize,
     outputs: usize,
     parts: Vec<Placement>,
 }
@@ -312,7 +344,14 @@ impl PhysicalExtensionCodec for CacheCodec {
         let (schema, wire) = rest.split_at_checked(length).ok_or_else(|| bad("its schema is cut short"))?;
         let schema = Schema::try_from(arrow_flight::IpcMessage(bytes::Bytes::copy_from_slice(schema)))?;
         let wire: Wire = serde_json::from_slice(wire).map_err(|e| bad(&e.to_string()))?;
-        Ok(Arc::new(CachedScanExec::new(wire.table, Arc::new(schema), wire.projection, wire.outputs, wire.parts)))
+        Ok(Arc::new(CachedScanExec::new(
+            wire.table,
+            Arc::new(schema),
+            wire.projection,
+            wire.columns,
+            wire.outputs,
+            wire.parts,
+        )))
     }
 
     fn try_encode(
@@ -332,6 +371,7 @@ impl PhysicalExtensionCodec for CacheCodec {
         let wire = Wire {
             table: scan.table.clone(),
             projection: scan.projection.clone(),
+            columns: scan.columns,
             outputs: scan.outputs,
             parts: scan.parts.clone(),
         };
@@ -356,7 +396,7 @@ mod tests {
             bytes: 640,
             shm: Some("/dev/shm/cohort-store-7/t-7-3.arrow".into()),
         }];
-        let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), 1, parts.clone()));
+        let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), 3, 1, parts.clone()));
         let mut buf = Vec::new();
         CacheCodec.try_encode(scan, &mut buf, &DefaultPhysicalProtoConverter {}).unwrap();
         let ctx = TaskContext::default();
@@ -364,6 +404,9 @@ mod tests {
         let decoded = decoded.downcast_ref::<CachedScanExec>().unwrap();
         assert_eq!((decoded.table.as_str(), &decoded.schema, &decoded.projection), ("t", &schema, &Some(vec![2])));
         assert_eq!(decoded.parts, parts);
+        let stats = decoded.statistics_of(None);
+        assert_eq!(stats.num_rows, Precision::Exact(10), "the planner knows how many rows it reads");
+        assert_eq!(stats.total_byte_size, Precision::Inexact(213), "a third of the columns, a third of the bytes");
         assert!(CacheCodec.try_decode(&buf[..3], &[], &ctx, &DefaultPhysicalProtoConverter {}).is_err());
 
         let other = Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));

@@ -66,6 +66,9 @@ pub struct EngineSettings {
     /// How workers are called in a cluster (TLS, with the driver's
     /// certificate); plaintext when none (one process, benchmarks).
     pub worker_tls: Option<tonic::transport::ClientTlsConfig>,
+    /// Where live tables keep a snapshot of each partition, to put back
+    /// what a store loses and to outlive a restart; none: memory only.
+    pub live_dir: Option<PathBuf>,
 }
 
 impl Default for EngineSettings {
@@ -79,6 +82,7 @@ impl Default for EngineSettings {
             scan_bytes_per_partition: 4 << 20,
             shuffle_compression: None,
             worker_tls: None,
+            live_dir: None,
         }
     }
 }
@@ -134,7 +138,7 @@ const SIZE_TTL: Duration = Duration::from_secs(10);
 pub struct Footprint {
     /// Locations of the file-backed tables it scans (views looked through).
     pub locations: Vec<ListingTableUrl>,
-    /// The cached tables it reads.
+    /// The cached and live tables it reads.
     pub cached: Vec<String>,
 }
 
@@ -453,6 +457,8 @@ fn visit_scans(plan: &LogicalPlan, found: &mut Footprint) -> Result<()> {
                 found.locations.extend(listing.table_paths().iter().cloned());
             } else if let Some(cached) = provider.downcast_ref::<crate::cached::CachedTable>() {
                 found.cached.push(cached.0.name.clone());
+            } else if let Some(live) = provider.downcast_ref::<crate::live::LiveTable>() {
+                found.cached.push(live.0.name.clone());
             } else if let Some(view) = provider.downcast_ref::<ViewTable>() {
                 visit_scans(view.logical_plan(), found).map_err(|e| DataFusionError::External(Box::new(e)))?;
             }

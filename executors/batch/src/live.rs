@@ -14,6 +14,7 @@
 //! nothing twice: it skips what the table already holds.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
@@ -175,16 +176,16 @@ impl SqlEngine {
             }
             let (partition, store_url) = {
                 let state = entry.state.lock().expect("live table");
-                let mut held: BTreeMap<&str, u64> = stores.iter().map(|s| (s.as_str(), 0)).collect();
-                for p in &state.parts {
-                    if let Some(h) = held.get_mut(p.store.as_str()) {
-                        *h += p.bytes;
-                    }
-                }
-                let least = held.iter().min_by_key(|(_, b)| **b).map(|(s, _)| s.to_string()).expect("a store");
-                (state.parts.len() as u32, least)
+                (state.parts.len() as u32, least_loaded(&state.parts, stores))
             };
             let part = PartId { table: name.to_string(), version: entry.version, partition };
+            // On disk first: what a store loses, or a restarted coordinator forgot, is put back from there.
+            if let Some(dir) = self.snapshot_dir(name) {
+                let (schema, batches, from) = (entry.schema.clone(), batches.clone(), from.clone());
+                tokio::task::spawn_blocking(move || write_snapshot(&dir, partition, &schema, &batches, from.as_ref()))
+                    .await
+                    .map_err(|e| Error::Invalid(e.to_string()))??;
+            }
             let channel = self.channels().flight(&store_url)?;
             let shm = store::put(channel, &store_url, &part, entry.schema.clone(), batches)
                 .await
@@ -248,8 +249,157 @@ impl SqlEngine {
             return Ok(false);
         };
         self.context().deregister_table(name)?;
-        self.drop_from_stores(name, entry.parts().into_iter().map(|p| p.store)).await;
+        self.drop_from_stores(name, entry.parts().into_iter().map(|p| p.store).filter(|s| !s.is_empty())).await;
+        if let Some(dir) = self.snapshot_dir(name) {
+            std::fs::remove_dir_all(&dir)
+                .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
+                .map_err(|source| Error::Io { context: format!("cannot remove {}", dir.display()), source })?;
+        }
         Ok(true)
+    }
+
+    /// Where live table `name` keeps its snapshots, if the engine keeps any.
+    fn snapshot_dir(&self, name: &str) -> Option<PathBuf> {
+        let plain: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
+        self.settings().live_dir.as_ref().map(|dir| dir.join(plain))
+    }
+
+    /// Registers the live tables kept on disk (at start): their rows are
+    /// put into the stores by the first query that reads them
+    /// ([`SqlEngine::repair_live`]). Those that cannot be read are returned with why.
+    pub fn restore_live(&self) -> Vec<(String, Error)> {
+        let Some(root) = self.settings().live_dir.clone() else { return Vec::new() };
+        let Ok(dirs) = std::fs::read_dir(&root) else { return Vec::new() };
+        let mut failed = Vec::new();
+        for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
+            let name = dir.file_name().to_string_lossy().to_string();
+            if let Err(e) = self.restore_one(&name, &dir.path()) {
+                tracing::warn!(table = %name, error = %e, "cannot restore a live table");
+                failed.push((name, e));
+            }
+        }
+        failed
+    }
+
+    fn restore_one(&self, name: &str, dir: &Path) -> Result<()> {
+        let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)?
+            .flatten()
+            .filter_map(|f| {
+                let path = f.path();
+                let number = path.file_name()?.to_str()?.strip_suffix(".arrow")?.parse().ok()?;
+                Some((number, path))
+            })
+            .collect();
+        files.sort();
+        let Some((_, first)) = files.first() else { return Ok(()) };
+        let schema = read_snapshot(first)?.0;
+        let version = self.next_cache_version();
+        let mut state = LiveState::default();
+        for (expected, (number, path)) in files.iter().enumerate() {
+            if *number != expected as u32 {
+                return Err(Error::Invalid(format!("{}: partition {expected} is missing", dir.display())));
+            }
+            let (_, batches, from) = read_snapshot(path)?;
+            state.parts.push(Placement {
+                store: String::new(),
+                part: PartId { table: name.to_string(), version, partition: *number },
+                rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
+                bytes: batches.iter().map(store::rows_bytes).sum(),
+                shm: None,
+            });
+            if let Some(from) = from {
+                let applied = state.applied.entry(from.source).or_default();
+                for (partition, (_, next)) in from.ranges {
+                    let at = applied.entry(partition).or_default();
+                    *at = (*at).max(next);
+                }
+            }
+        }
+        if self.context().table_exist(name)? {
+            return Err(Error::Invalid(format!("a table `{name}` exists already")));
+        }
+        let entry = Arc::new(LiveEntry {
+            name: name.to_string(),
+            schema,
+            version,
+            created_ms: crate::cached::now_ms(),
+            state: Mutex::new(state),
+            appending: tokio::sync::Mutex::new(()),
+            usage: Usage::new(crate::cached::now_ms()),
+        });
+        self.context().register_table(name, Arc::new(LiveTable(entry.clone())))?;
+        self.live_registry().lock().expect("live tables").insert(name.to_string(), entry.clone());
+        tracing::info!(table = name, partitions = files.len(), rows = entry.rows(), "live table restored from disk");
+        Ok(())
+    }
+
+    /// Whether every partition of live table `name` is held where it was put.
+    pub async fn live_intact(&self, name: &str) -> bool {
+        let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
+            return true;
+        };
+        self.lost_stores(&entry).await.is_empty()
+    }
+
+    /// Puts back, from its snapshots, what live table `name` lost with a
+    /// store (or with a coordinator restart); how many partitions.
+    pub async fn repair_live(&self, name: &str, stores: &[Url]) -> Result<usize> {
+        let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
+            return Ok(0);
+        };
+        let _one_at_a_time = entry.appending.lock().await;
+        let lost = self.lost_stores(&entry).await;
+        if lost.is_empty() {
+            return Ok(0);
+        }
+        let dir = self.snapshot_dir(name).ok_or_else(|| {
+            Error::Unavailable(format!("live table `{name}` lost partitions with a store and keeps no snapshots"))
+        })?;
+        if stores.is_empty() {
+            return Err(Error::Unavailable("no store executor is serving".into()));
+        }
+        let mut repaired = 0;
+        let count = entry.state.lock().expect("live table").parts.len();
+        for i in 0..count {
+            let placement = entry.state.lock().expect("live table").parts[i].clone();
+            if !lost.contains(&placement.store) {
+                continue;
+            }
+            let path = snapshot_path(&dir, placement.part.partition);
+            let (_, batches, _) = tokio::task::spawn_blocking(move || read_snapshot(&path))
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+            let target = least_loaded(&entry.state.lock().expect("live table").parts, stores);
+            let channel = self.channels().flight(&target)?;
+            let shm = store::put(channel, &target, &placement.part, entry.schema.clone(), batches)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot put back a partition of `{name}`: {e}")))?;
+            let mut state = entry.state.lock().expect("live table");
+            state.parts[i].store = target;
+            state.parts[i].shm = shm;
+            repaired += 1;
+        }
+        tracing::warn!(table = name, partitions = repaired, "live table partitions put back from disk");
+        Ok(repaired)
+    }
+
+    /// The stores (by URL; "" for none) that do not hold all they should of `entry`.
+    async fn lost_stores(&self, entry: &LiveEntry) -> Vec<String> {
+        let mut expected: BTreeMap<String, usize> = BTreeMap::new();
+        for p in entry.parts() {
+            *expected.entry(p.store).or_default() += 1;
+        }
+        let mut lost = Vec::new();
+        for (url, count) in expected {
+            let held = match self.channels().flight(&url) {
+                Ok(channel) if !url.is_empty() => store::holds(channel, &url, &entry.name, entry.version).await.ok(),
+                _ => None,
+            };
+            if held != Some(count) {
+                lost.push(url);
+            }
+        }
+        lost
     }
 
     /// Whether `name` is a live table.
@@ -266,6 +416,74 @@ impl SqlEngine {
     pub(crate) fn live_bytes(&self, except: &str) -> u64 {
         self.live().iter().filter(|e| e.name != except).map(|e| e.bytes()).sum()
     }
+}
+
+/// The store among `stores` that holds the fewest bytes of `parts`.
+fn least_loaded(parts: &[Placement], stores: &[Url]) -> String {
+    let mut held: BTreeMap<&str, u64> = stores.iter().map(|s| (s.as_str(), 0)).collect();
+    for p in parts {
+        if let Some(h) = held.get_mut(p.store.as_str()) {
+            *h += p.bytes;
+        }
+    }
+    held.iter().min_by_key(|(_, b)| **b).map(|(s, _)| s.to_string()).unwrap_or_default()
+}
+
+/// The key, in a snapshot's footer, of the offsets its rows cover.
+const SNAPSHOT_OFFSETS: &str = "cohort.offsets";
+
+fn snapshot_path(dir: &Path, partition: u32) -> PathBuf {
+    dir.join(format!("{partition:08}.arrow"))
+}
+
+/// Writes one partition's snapshot: an Arrow IPC file, synced, then
+/// renamed in, with the offsets it covers in its footer, so that the rows
+/// and how far they go are kept or lost together.
+fn write_snapshot(
+    dir: &Path,
+    partition: u32,
+    schema: &SchemaRef,
+    batches: &[RecordBatch],
+    from: Option<&SourceOffsets>,
+) -> Result<()> {
+    let io = |what: &str, path: &Path| {
+        let context = format!("cannot {what} {}", path.display());
+        move |source| Error::Io { context, source }
+    };
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    let path = snapshot_path(dir, partition);
+    let tmp = path.with_extension("tmp");
+    let file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
+    let mut writer = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), schema)
+        .map_err(|e| Error::DataFusion(e.into()))?;
+    if let Some(from) = from {
+        writer.write_metadata(SNAPSHOT_OFFSETS, serde_json::to_string(from).expect("offsets serialize"));
+    }
+    for batch in batches {
+        writer.write(batch).map_err(|e| Error::DataFusion(e.into()))?;
+    }
+    writer.finish().map_err(|e| Error::DataFusion(e.into()))?;
+    let file = writer.into_inner().map_err(|e| Error::DataFusion(e.into()))?;
+    file.into_inner()
+        .map_err(|e| Error::Io { context: format!("cannot write {}", tmp.display()), source: e.into_error() })?
+        .sync_all()
+        .map_err(io("sync", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("publish", &path))
+}
+
+fn read_snapshot(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>, Option<SourceOffsets>)> {
+    let file = std::fs::File::open(path)
+        .map_err(|source| Error::Io { context: format!("cannot read {}", path.display()), source })?;
+    let bad =
+        |e: &dyn std::fmt::Display| Error::Invalid(format!("{} is not a live table snapshot: {e}", path.display()));
+    let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| bad(&e))?;
+    let from = match reader.custom_metadata().get(SNAPSHOT_OFFSETS) {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| bad(&e))?),
+        None => None,
+    };
+    let schema = reader.schema();
+    let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
+    Ok((schema, batches, from))
 }
 
 /// `batches` with the table's schema, or an error naming the column that differs.
@@ -451,5 +669,33 @@ mod tests {
         assert!(e.await.unwrap_err().to_string().contains("--sql-cache-memory"));
         assert!(engine.drop_live("clicks").await.unwrap());
         assert!(!engine.context().table_exist("clicks").unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_live_table_outlives_its_stores_and_its_engine_through_its_snapshots() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EngineSettings { live_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+        let engine = SqlEngine::new(settings.clone()).unwrap();
+        let stores = vec![store().await];
+        let append = IngestMode { create: true, if_exists: IfExists::Append };
+        for i in 0..3 {
+            let rows = ingest(append, vec![batch(i * 10, 10)], from(i * 10, i * 10 + 10));
+            engine.append_live("clicks", rows, &stores, 1 << 30).await.unwrap();
+        }
+
+        // Given an engine that starts again over the same directory, with new stores
+        let again = SqlEngine::new(settings).unwrap();
+        assert!(again.restore_live().is_empty());
+        assert!(!again.live_intact("clicks").await, "nothing is in a store yet");
+        let stores = vec![store().await];
+        // Then the partitions are put back from disk, and the offsets are known
+        assert_eq!(again.repair_live("clicks", &stores).await.unwrap(), 3);
+        assert!(again.live_intact("clicks").await);
+        assert_eq!(count(&again, "SELECT count(DISTINCT id) FROM clicks").await, 30);
+        let replay = ingest(append, vec![batch(20, 10)], from(20, 30));
+        assert!(again.append_live("clicks", replay, &stores, 1 << 30).await.unwrap().duplicate);
+        // And a dropped table leaves nothing on disk
+        assert!(again.drop_live("clicks").await.unwrap());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

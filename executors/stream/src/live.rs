@@ -24,6 +24,9 @@ use crate::{Error, Result};
 const SOURCE_OPTION: &str = "cohort.source";
 const OFFSETS_OPTION: &str = "cohort.offsets";
 
+/// Tries at one append before the member gives up (and is restarted).
+const INGEST_ATTEMPTS: u32 = 4;
+
 /// How a member reaches the coordinator that keeps live tables.
 #[derive(Clone, Debug)]
 pub struct Coordinator {
@@ -128,10 +131,22 @@ impl LiveSink {
                 (OFFSETS_OPTION.to_string(), serde_json::to_string(&ranges).expect("offsets serialize")),
             ]),
         };
-        let rows = futures::stream::iter(batches.into_iter().map(Ok));
-        runtime
-            .block_on(self.client.execute_ingest(command, rows))
-            .map_err(|e| failed(&format!("cannot append to live table `{}`", self.table), e))?;
+        // An ingest whose answer was lost (the coordinator restarted, say)
+        // is sent again: the table drops it if it has those offsets already.
+        let mut attempt = 1;
+        loop {
+            let rows = futures::stream::iter(batches.clone().into_iter().map(Ok));
+            match runtime.block_on(self.client.execute_ingest(command.clone(), rows)) {
+                Ok(_) => break,
+                Err(e) if attempt < INGEST_ATTEMPTS => {
+                    tracing::warn!(table = %self.table, attempt, error = %e, "append failed; sending it again");
+                    let pause = std::time::Duration::from_millis(250 * u64::from(attempt));
+                    runtime.block_on(async { tokio::time::sleep(pause).await });
+                    attempt += 1;
+                }
+                Err(e) => return Err(failed(&format!("cannot append to live table `{}`", self.table), e)),
+            }
+        }
         for (partition, (_, next)) in ranges {
             let at = self.applied.entry(partition).or_default();
             *at = (*at).max(next);

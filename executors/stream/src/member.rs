@@ -222,11 +222,12 @@ pub fn run(
                         _ => counters.skipped += 1,
                     }
                 }
-                d.pending_records += messages.len() as u64;
+                let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
                 for m in &messages {
-                    let next = d.pending.entry(m.partition()).or_insert(0);
+                    let next = next_offsets.entry(m.partition()).or_insert(0);
                     *next = (*next).max(m.offset() + 1);
                 }
+                let polled = messages.len() as u64;
                 let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
                 for m in &kept {
                     let range = ranges.entry(m.partition()).or_insert((m.offset(), m.offset() + 1));
@@ -241,6 +242,14 @@ pub fn run(
                     Sink::Kafka(k) => out.iter().try_for_each(|b| send_json(k, b))?,
                     Sink::Store(live) if out.iter().any(|b| b.num_rows() > 0) => live.append(&runtime, out, ranges)?,
                     Sink::Store(_) => {}
+                }
+                // Only rows the sink took are its to make safe: a member
+                // that fails above is closed, and its revoke hook commits
+                // what is pending, which must not include these offsets.
+                d.pending_records += polled;
+                for (partition, next) in next_offsets {
+                    let at = d.pending.entry(partition).or_insert(0);
+                    *at = (*at).max(next);
                 }
             }
         }

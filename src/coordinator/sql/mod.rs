@@ -78,10 +78,11 @@ impl SqlFront {
         let engine = SqlEngine::new(EngineSettings {
             spill_dir: Some(data_dir.join("spill")),
             worker_tls: Some(worker_tls),
+            live_dir: Some(data_dir.join("live")),
             ..Default::default()
         })?;
         let tables = core.call(|c| c.tables()).await?;
-        for (name, e) in engine.restore(&tables).await {
+        for (name, e) in engine.restore(&tables).await.into_iter().chain(engine.restore_live()) {
             eprintln!("warning: table `{name}` could not be restored: {e}");
         }
         let pool = Pool::start(core.clone(), settings.pool).await?;
@@ -196,6 +197,13 @@ impl SqlFront {
     async fn rebuild_lost_caches(&self, plan: &datafusion::logical_expr::LogicalPlan) -> Result<bool> {
         let mut rebuilt = false;
         for name in cohort_batch::footprint(plan)?.cached {
+            if self.engine.is_live(&name) {
+                if !self.engine.live_intact(&name).await {
+                    let stores = self.stores.urls().await?;
+                    rebuilt |= self.engine.repair_live(&name, &stores).await? > 0;
+                }
+                continue;
+            }
             if self.engine.cache_intact(&name).await {
                 continue;
             }
