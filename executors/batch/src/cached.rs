@@ -14,16 +14,20 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use arrow::array::{Array, ArrayRef};
+use arrow::datatypes::DataType;
 use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
-use datafusion::common::Statistics;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{ColumnStatistics, Statistics};
 use datafusion::datasource::TableType;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
+use datafusion::logical_expr::Accumulator;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
@@ -48,6 +52,50 @@ pub struct Placement {
     pub bytes: u64,
     /// Its file in the store's shared memory: readers on that host map it.
     pub shm: Option<String>,
+    /// What a Parquet footer would say of it (rows, and per column bytes,
+    /// nulls, min and max), for the planner. Kept by the driver only: a
+    /// scan shipped to a worker is planned already.
+    #[serde(skip)]
+    pub stats: Option<Arc<Statistics>>,
+}
+
+/// Statistics of one partition's rows, exact.
+pub(crate) fn partition_statistics(schema: &SchemaRef, batches: &[RecordBatch]) -> Statistics {
+    let columns: Vec<ColumnStatistics> = (0..schema.fields().len())
+        .map(|i| column_statistics(schema.field(i).data_type(), batches.iter().map(|b| b.column(i))))
+        .collect();
+    let bytes = columns.iter().map(|c| c.byte_size.get_value().copied().unwrap_or(0)).sum();
+    Statistics {
+        num_rows: Precision::Exact(batches.iter().map(RecordBatch::num_rows).sum()),
+        total_byte_size: Precision::Exact(bytes),
+        column_statistics: columns,
+    }
+}
+
+fn column_statistics<'a>(data_type: &DataType, arrays: impl Iterator<Item = &'a ArrayRef> + Clone) -> ColumnStatistics {
+    let nulls = arrays.clone().map(|a| a.logical_null_count()).sum();
+    let bytes = arrays
+        .clone()
+        .map(|a| {
+            let batch = RecordBatch::try_from_iter([("c", a.clone())]).expect("one column");
+            store::rows_bytes(&batch) as usize
+        })
+        .sum();
+    let bound = |mut acc: Box<dyn Accumulator>| {
+        for array in arrays.clone() {
+            acc.update_batch(std::slice::from_ref(array)).ok()?;
+        }
+        acc.evaluate().ok().filter(|v| !v.is_null())
+    };
+    let min = MinAccumulator::try_new(data_type).ok().and_then(|a| bound(Box::new(a)));
+    let max = MaxAccumulator::try_new(data_type).ok().and_then(|a| bound(Box::new(a)));
+    ColumnStatistics {
+        null_count: Precision::Exact(nulls),
+        min_value: min.map_or(Precision::Absent, Precision::Exact),
+        max_value: max.map_or(Precision::Absent, Precision::Exact),
+        byte_size: Precision::Exact(bytes),
+        ..Default::default()
+    }
 }
 
 /// A cached table: where its partitions are, and how it is used.
@@ -225,6 +273,18 @@ impl CachedScanExec {
             Some(i) => self.parts.iter().skip(i).step_by(self.outputs).collect(),
             None => self.parts.iter().collect(),
         };
+        let known: Option<Vec<Statistics>> = parts
+            .iter()
+            .map(|p| p.stats.as_ref().map(|s| s.as_ref().clone().project(self.projection.as_ref())))
+            .collect();
+        if let Some(known) = known
+            && !known.is_empty()
+            && let Ok(mut merged) = Statistics::try_merge_iter(&known, &self.schema)
+        {
+            let bytes = merged.column_statistics.iter().map(|c| c.byte_size.get_value().copied().unwrap_or(0)).sum();
+            merged.total_byte_size = Precision::Exact(bytes);
+            return merged;
+        }
         let rows: u64 = parts.iter().map(|p| p.rows).sum();
         let bytes: u64 = parts.iter().map(|p| p.bytes).sum();
         // Bytes are kept per partition, not per column: the projected share is a guess.
@@ -384,6 +444,7 @@ impl PhysicalExtensionCodec for CacheCodec {
 mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field};
+    use datafusion::common::ScalarValue;
     use datafusion_proto::physical_plan::DefaultPhysicalProtoConverter;
 
     #[test]
@@ -395,6 +456,7 @@ mod tests {
             rows: 10,
             bytes: 640,
             shm: Some("/dev/shm/cohort-store-7/t-7-3.arrow".into()),
+            stats: None,
         }];
         let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), 3, 1, parts.clone()));
         let mut buf = Vec::new();
@@ -411,5 +473,49 @@ mod tests {
 
         let other = Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));
         assert!(CacheCodec.try_encode(other, &mut Vec::new(), &DefaultPhysicalProtoConverter {}).is_err());
+    }
+
+    #[test]
+    fn a_partition_tells_the_planner_its_rows_nulls_and_bounds_and_merges_by_projection() {
+        use arrow::array::{Int64Array, StringViewArray};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("name", DataType::Utf8View, true),
+        ]));
+        let batch = |ids: Vec<Option<i64>>, names: Vec<&str>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(ids)), Arc::new(StringViewArray::from_iter_values(names))],
+            )
+            .unwrap()
+        };
+        let first = partition_statistics(&schema, &[batch(vec![Some(5), None], vec!["b", "a"])]);
+        let second = partition_statistics(&schema, &[batch(vec![Some(9), Some(1)], vec!["c", "d"])]);
+        assert_eq!(first.num_rows, Precision::Exact(2));
+        assert_eq!(first.column_statistics[0].null_count, Precision::Exact(1));
+        assert_eq!(first.column_statistics[1].min_value, Precision::Exact(ScalarValue::Utf8View(Some("a".into()))));
+        let placement = |n: u32, stats: Statistics| Placement {
+            store: "https://s:1".into(),
+            part: PartId { table: "t".into(), version: 1, partition: n },
+            rows: 2,
+            bytes: 64,
+            shm: None,
+            stats: Some(Arc::new(stats)),
+        };
+        let projected = Arc::new(schema.project(&[0]).unwrap());
+        let scan = CachedScanExec::new(
+            "t".into(),
+            projected,
+            Some(vec![0]),
+            2,
+            1,
+            vec![placement(0, first), placement(1, second)],
+        );
+        let stats = scan.statistics_of(None);
+        assert_eq!(stats.num_rows, Precision::Exact(4));
+        assert_eq!(stats.column_statistics.len(), 1, "only the projected column");
+        assert_eq!(stats.column_statistics[0].min_value, Precision::Exact(ScalarValue::Int64(Some(1))));
+        assert_eq!(stats.column_statistics[0].max_value, Precision::Exact(ScalarValue::Int64(Some(9))));
+        assert_eq!(stats.total_byte_size, Precision::Exact(33), "the projected column: 4 values and a null bitmap");
     }
 }

@@ -164,6 +164,7 @@ impl SqlEngine {
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 bytes: batches.iter().map(store::rows_bytes).sum(),
                 shm: None,
+                stats: Some(Arc::new(crate::cached::partition_statistics(schema, batches))),
             });
             let channel = self.channels().flight(&store_url)?;
             let (schema, batches) = (schema.clone(), batches.clone());

@@ -187,10 +187,12 @@ impl SqlEngine {
                     .map_err(|e| Error::Invalid(e.to_string()))??;
             }
             let channel = self.channels().flight(&store_url)?;
+            let batches_for_stats = batches.clone();
             let shm = store::put(channel, &store_url, &part, entry.schema.clone(), batches)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot append to `{name}`: {e}")))?;
-            let placement = Placement { store: store_url, part, rows, bytes, shm };
+            let stats = Some(Arc::new(crate::cached::partition_statistics(&entry.schema, &batches_for_stats)));
+            let placement = Placement { store: store_url, part, rows, bytes, shm, stats };
             entry.state.lock().expect("live table").parts.push(placement);
         }
         if let Some(from) = from {
@@ -306,6 +308,7 @@ impl SqlEngine {
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 bytes: batches.iter().map(store::rows_bytes).sum(),
                 shm: None,
+                stats: Some(Arc::new(crate::cached::partition_statistics(&schema, &batches))),
             });
             if let Some(from) = from {
                 let applied = state.applied.entry(from.source).or_default();
