@@ -125,6 +125,8 @@ pub struct SqlEngine {
     cache: crate::caching::Registry,
     /// Live tables, by name.
     live: crate::live::LiveRegistry,
+    /// Where the parts of queries that run in this process compute.
+    compute: crate::compute::Compute,
     cache_versions: std::sync::atomic::AtomicU64,
     /// Bytes under each scanned location, listed at most every few seconds.
     sizes: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
@@ -174,6 +176,8 @@ impl SqlEngine {
         let cache = crate::caching::Registry::default();
         let live = crate::live::LiveRegistry::default();
         crate::caching::register_system_tables(&ctx, &cache, &live)?;
+        let compute = crate::compute::Compute::new(settings.target_partitions)
+            .map_err(|source| Error::Io { context: "cannot start the query threads".into(), source })?;
         Ok(SqlEngine {
             ctx,
             local: SessionContext::new_with_state(local),
@@ -181,6 +185,7 @@ impl SqlEngine {
             settings,
             cache,
             live,
+            compute,
             cache_versions: std::sync::atomic::AtomicU64::new(0),
             sizes: Default::default(),
         })
@@ -360,7 +365,7 @@ impl SqlEngine {
         let locations = footprint(&plan)?.locations;
         self.check_locations(&locations).await?;
         if locations.is_empty() {
-            let stream = self.local.execute_logical_plan(plan).await?.execute_stream().await?;
+            let stream = self.compute.stream(self.local.execute_logical_plan(plan).await?).await?;
             return Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new() });
         }
         let mut retries = Vec::new();
@@ -418,7 +423,7 @@ impl SqlEngine {
             .with_distributed_worker_resolver(Fixed(workers.to_vec()))
             .build();
         let df = SessionContext::new_with_state(state).execute_logical_plan(plan).await?;
-        let mut stream = df.execute_stream().await?;
+        let mut stream = self.compute.stream(df).await?;
         let schema = stream.schema();
         let mut held: Vec<RecordBatch> = Vec::new();
         let mut held_bytes = 0;

@@ -8,6 +8,8 @@
 //! - `channels.rs`: worker connections with connect timeouts and keepalive;
 //! - `engine.rs`: the driver: plans each query over the workers it is
 //!   given now and retries it, re-planned, when one of them is lost;
+//! - `compute.rs`: threads of the engine's own for what runs in the
+//!   driver's process, so queries never starve what else it serves;
 //! - `statements.rs`: what a statement does to the catalog and to storage;
 //! - `output.rs`: outputs staged beside their target and moved in at commit,
 //!   so a failed or preempted job leaves nothing half-written in sight;
@@ -29,6 +31,7 @@
 pub mod cached;
 mod caching;
 mod channels;
+mod compute;
 mod engine;
 pub mod live;
 mod output;
