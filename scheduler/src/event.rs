@@ -53,6 +53,12 @@ pub enum Event {
         gang: GangId,
         max: u32,
     },
+    /// Where a gang's data is cached now (node name, weight): the slots it
+    /// places from now on go there first. Running slots stay.
+    GangLocated {
+        gang: GangId,
+        locality: Vec<(String, u32)>,
+    },
     /// A slot already running (found after a restart): adopt it as it is.
     SlotRestored {
         alloc: AllocId,

@@ -122,6 +122,27 @@ fn cached_data_draws_slots_to_its_nodes() {
     assert_eq!(places(&d, g), vec![NodeId(2)]);
 }
 
+#[test]
+fn a_service_grown_after_its_data_moved_places_its_new_slots_by_the_data() {
+    // Given a one-slot service on a 3-node cluster
+    let mut c = Cluster::new(3, 8);
+    let mut spec = GangSpec::rigid("pool", 1, cpu(1), "interactive", "default");
+    spec.restart = Restart::Always;
+    spec.constraints.one_slot_per_node = true;
+    let (g, d) = c.submit(spec);
+    let first = places(&d, g);
+    assert_eq!(first.len(), 1);
+    // When its data is cached on the two other nodes, most on n1, and it grows to three
+    let others: Vec<u32> = (0..3).filter(|n| NodeId(*n) != first[0]).collect();
+    let locality = vec![(format!("n{}", others[1]), 5), (format!("n{}", others[0]), 9)];
+    assert!(c.apply(Event::GangLocated { gang: g, locality }).is_empty(), "running slots stay");
+    let d = c.apply(Event::GangResized { gang: g, max: 2 });
+    // Then the new slot goes to the node holding most of the data
+    assert_eq!(places(&d, g), vec![NodeId(others[0])]);
+    // And a gang the engine does not know is an error
+    assert!(c.engine.apply(Event::GangLocated { gang: GangId(999), locality: vec![] }).is_err());
+}
+
 // ---------- preemption ----------
 
 #[test]

@@ -134,6 +134,23 @@ impl Engine {
         Ok(())
     }
 
+    /// New cached-data locality for a gang's next placements.
+    pub(crate) fn locate(&mut self, gang: GangId, locality: Vec<(String, u32)>) -> Result<(), EngineError> {
+        let resolved = self.resolve_locality(&locality);
+        let g = self.gangs.get_mut(&gang).ok_or(EngineError::UnknownGang(gang))?;
+        g.locality = resolved;
+        g.spec.locality = locality;
+        Ok(())
+    }
+
+    /// Known nodes of `locality`, heaviest first (then by id, for determinism).
+    pub(crate) fn resolve_locality(&self, locality: &[(String, u32)]) -> Vec<(NodeId, u32)> {
+        let mut resolved: Vec<(NodeId, u32)> =
+            locality.iter().filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w))).collect();
+        resolved.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        resolved
+    }
+
     /// Bookkeeping for a slot that stops counting as running.
     pub(crate) fn slot_left(&mut self, gang: GangId, slot: u32, res: Resources, to: SlotState) {
         let g = self.gangs.get_mut(&gang).expect("slot of a live gang");

@@ -414,6 +414,7 @@ impl Engine {
             Event::TimeAdvanced { now } => self.advance(now),
             Event::SlotRestored { alloc, gang, slot, node, started } => self.restore(alloc, gang, slot, node, started),
             Event::GangResized { gang, max } => self.resize(gang, max),
+            Event::GangLocated { gang, locality } => self.locate(gang, locality),
         }
     }
 
@@ -542,9 +543,7 @@ impl Engine {
             let next = self.groups.len() as u32;
             *self.groups.entry(g.clone()).or_insert(next)
         });
-        let mut locality: Vec<(NodeId, u32)> =
-            spec.locality.iter().filter_map(|(name, w)| self.node_names.get(name).map(|&n| (n, *w))).collect();
-        locality.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let locality = self.resolve_locality(&spec.locality);
         let completions = spec.total_completions();
         let estimate = self.predict(queue, spec.estimated_runtime);
         let filters = Filters::compile(&spec.constraints, group, &mut self.topology);

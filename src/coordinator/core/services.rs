@@ -239,6 +239,21 @@ impl Core {
         })
     }
 
+    /// Where a service's data is cached now (node name, weight): the
+    /// instances it places from now on go there first.
+    pub fn locate(&mut self, id: u64, locality: Vec<(String, u32)>) -> Result<()> {
+        self.turn(|core| {
+            let job = core.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
+            let gangs: Vec<u64> = std::iter::once(job.gang()).chain(job.next_gang()).collect();
+            for gang in gangs {
+                let located = Event::GangLocated { gang: GangId(gang), locality: locality.clone() };
+                core.engine.apply(located).map_err(internal)?;
+            }
+            core.jobs.get_mut(&id).expect("checked above").spec.gang.locality = locality;
+            Ok(())
+        })
+    }
+
     /// Stops a service's or pipeline's instances (each gets SIGTERM and its
     /// grace period: a pipeline member commits what it has) and keeps the
     /// job, `paused`, until [`Core::resume`].

@@ -140,7 +140,8 @@ impl SqlFront {
             }
             let _in_use = self.pool.enter();
             let bytes = self.engine.scan_bytes(&plan).await?;
-            self.pool.grow_for(bytes).await;
+            let near = self.near(&plan).await?;
+            self.pool.grow_for(bytes, near).await;
             self.engine.run(plan, self.pool.as_ref()).await
         }
         .await;
@@ -240,6 +241,24 @@ impl SqlFront {
             rebuilt = true;
         }
         Ok(rebuilt)
+    }
+
+    /// The nodes holding the cached and live tables `plan` reads, weighted
+    /// by MiB: where the pool grows first, so its workers map them from
+    /// shared memory instead of fetching them.
+    async fn near(&self, plan: &datafusion::logical_expr::LogicalPlan) -> Result<Vec<(String, u32)>> {
+        let tables = cohort_batch::footprint(plan)?.cached;
+        if tables.is_empty() {
+            return Ok(Vec::new());
+        }
+        let nodes = self.stores.nodes().await;
+        let mut near: std::collections::BTreeMap<String, u64> = Default::default();
+        for (store, bytes) in self.engine.bytes_by_store(&tables) {
+            if let Some(node) = nodes.get(&store) {
+                *near.entry(node.clone()).or_default() += bytes;
+            }
+        }
+        Ok(near.into_iter().map(|(node, bytes)| (node, (bytes >> 20).clamp(1, u64::from(u32::MAX)) as u32)).collect())
     }
 
     /// `CACHE TABLE`: computed on the warm pool, held by the stores.

@@ -156,7 +156,7 @@ impl Pool {
     }
 
     /// Grows the pool for a query that scans `bytes`.
-    pub async fn grow_for(&self, bytes: u64) {
+    pub async fn grow_for(&self, bytes: u64, near: Vec<(String, u32)>) {
         if bytes < self.settings.grow_at_bytes {
             return;
         }
@@ -174,7 +174,12 @@ impl Pool {
             return;
         }
         let Ok(job) = self.job().await else { return };
-        tracing::info!(bytes, instances = max, "growing the sql pool for a large query");
+        tracing::info!(bytes, instances = max, near = ?near, "growing the sql pool for a large query");
+        if !near.is_empty()
+            && let Ok(Err(e)) = self.core.call(move |c| c.locate(job, near)).await
+        {
+            tracing::warn!(error = %e, "cannot place the pool by its data");
+        }
         if self.resize(job, max).await {
             // New instances take a moment to serve; the query goes on with
             // what serves by then.

@@ -145,11 +145,22 @@ impl Stores {
         Ok((id, instances))
     }
 
-    async fn serving(&self, job: u64) -> Vec<Url> {
+    /// The node of each serving store, by its Flight URL.
+    pub async fn nodes(&self) -> std::collections::BTreeMap<String, String> {
+        let Some(job) = *self.job.lock().await else { return Default::default() };
         let endpoints = self.core.call(move |c| c.endpoints(job)).await.ok().and_then(Result::ok).unwrap_or_default();
         endpoints
             .into_iter()
-            .filter_map(|e| Url::parse(&format!("http://{}:{}", e.host, e.ports.get(FLIGHT_PORT)?)).ok())
+            .filter_map(|e| Some((store_url(&e.host, *e.ports.get(FLIGHT_PORT)?)?.to_string(), e.node)))
             .collect()
     }
+
+    async fn serving(&self, job: u64) -> Vec<Url> {
+        let endpoints = self.core.call(move |c| c.endpoints(job)).await.ok().and_then(Result::ok).unwrap_or_default();
+        endpoints.into_iter().filter_map(|e| store_url(&e.host, *e.ports.get(FLIGHT_PORT)?)).collect()
+    }
+}
+
+fn store_url(host: &str, port: u16) -> Option<Url> {
+    Url::parse(&format!("http://{host}:{port}")).ok()
 }
