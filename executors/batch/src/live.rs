@@ -186,12 +186,19 @@ impl SqlEngine {
                     .await
                     .map_err(|e| Error::Invalid(e.to_string()))??;
             }
+            let stats = Some(Arc::new(crate::cached::partition_statistics(&entry.schema, &batches)));
             let channel = self.channels().flight(&store_url)?;
-            let batches_for_stats = batches.clone();
-            let shm = store::put(channel, &store_url, &part, entry.schema.clone(), batches)
-                .await
-                .map_err(|e| Error::Unavailable(format!("cannot append to `{name}`: {e}")))?;
-            let stats = Some(Arc::new(crate::cached::partition_statistics(&entry.schema, &batches_for_stats)));
+            let put = store::put(channel, &store_url, &part, entry.schema.clone(), batches).await;
+            let shm = match put {
+                Ok(shm) => shm,
+                Err(e) => {
+                    // Not appended: its snapshot must not bring it back after a restart.
+                    if let Some(dir) = self.snapshot_dir(name) {
+                        let _ = std::fs::remove_file(snapshot_path(&dir, partition));
+                    }
+                    return Err(Error::Unavailable(format!("cannot append to `{name}`: {e}")));
+                }
+            };
             let placement = Placement { store: store_url, part, rows, bytes, shm, stats };
             entry.state.lock().expect("live table").parts.push(placement);
         }
