@@ -74,7 +74,7 @@ struct PoolArgs {
 }
 
 fn parse_memory_flag(text: &str) -> Result<u64, String> {
-    cohort_scheduler::resources::parse_memory(text).map_err(|e| format!("{e} (a size such as 512MiB or 4GiB)"))
+    cohort_scheduler::resources::parse_memory(text).map_err(|e| e.to_string())
 }
 
 impl PoolArgs {

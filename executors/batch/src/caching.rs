@@ -244,7 +244,13 @@ impl SqlEngine {
     /// SELECT` is gone) and the stores forget it. What was cached, if anything.
     pub async fn uncache_table(&self, name: &str, if_exists: bool) -> Result<Option<Arc<CacheEntry>>> {
         let Some(entry) = self.cache_registry().lock().expect("cache registry").remove(name) else {
-            return if if_exists { Ok(None) } else { Err(Error::Invalid(format!("table `{name}` is not cached"))) };
+            return match (if_exists, self.is_live(name)) {
+                (true, _) => Ok(None),
+                (false, true) => {
+                    Err(Error::Invalid(format!("`{name}` is a live table, not a cached one (DROP TABLE removes it)")))
+                }
+                (false, false) => Err(Error::Invalid(format!("table `{name}` is not cached"))),
+            };
         };
         let ctx = self.context();
         ctx.deregister_table(name)?;
