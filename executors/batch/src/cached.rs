@@ -74,13 +74,7 @@ pub(crate) fn partition_statistics(schema: &SchemaRef, batches: &[RecordBatch]) 
 
 fn column_statistics<'a>(data_type: &DataType, arrays: impl Iterator<Item = &'a ArrayRef> + Clone) -> ColumnStatistics {
     let nulls = arrays.clone().map(|a| a.logical_null_count()).sum();
-    let bytes = arrays
-        .clone()
-        .map(|a| {
-            let batch = RecordBatch::try_from_iter([("c", a.clone())]).expect("one column");
-            store::rows_bytes(&batch) as usize
-        })
-        .sum();
+    let bytes = arrays.clone().map(|a| store::array_bytes(a) as usize).sum();
     let bound = |mut acc: Box<dyn Accumulator>| {
         for array in arrays.clone() {
             acc.update_batch(std::slice::from_ref(array)).ok()?;

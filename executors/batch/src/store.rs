@@ -306,25 +306,24 @@ impl FlightService for Store {
 /// The bytes of the rows a batch holds, not of the buffers it slices
 /// (decoded batches share one buffer per message).
 pub fn rows_bytes(batch: &RecordBatch) -> u64 {
-    use arrow::array::{Array, AsArray};
+    batch.columns().iter().map(array_bytes).sum()
+}
+
+/// The bytes of the values one array holds (see [`rows_bytes`]).
+pub fn array_bytes(array: &arrow::array::ArrayRef) -> u64 {
+    use arrow::array::AsArray;
     use arrow::datatypes::DataType;
     // A view array's slice size counts its views, not the strings they
     // point to; those out of line are counted here.
     let out_of_line =
         |lengths: &mut dyn Iterator<Item = u32>| -> u64 { lengths.filter(|len| *len > 12).map(u64::from).sum() };
-    batch
-        .columns()
-        .iter()
-        .map(|c| {
-            let slice = c.to_data().get_slice_memory_size().unwrap_or(0) as u64;
-            slice
-                + match c.data_type() {
-                    DataType::Utf8View => out_of_line(&mut c.as_string_view().views().iter().map(|v| *v as u32)),
-                    DataType::BinaryView => out_of_line(&mut c.as_binary_view().views().iter().map(|v| *v as u32)),
-                    _ => 0,
-                }
-        })
-        .sum()
+    let slice = array.to_data().get_slice_memory_size().unwrap_or(0) as u64;
+    slice
+        + match array.data_type() {
+            DataType::Utf8View => out_of_line(&mut array.as_string_view().views().iter().map(|v| *v as u32)),
+            DataType::BinaryView => out_of_line(&mut array.as_binary_view().views().iter().map(|v| *v as u32)),
+            _ => 0,
+        }
 }
 
 fn flight_error(store: &str, e: FlightError) -> DataFusionError {
