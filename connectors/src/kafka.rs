@@ -5,6 +5,13 @@
 //! any point resumes where the data stops (at-least-once). The sink is an
 //! idempotent producer; [`KafkaSink::deliver`] returns only when every
 //! record was acknowledged, which is when the pipeline may commit.
+//!
+//! A transactional sink ([`KafkaSink::open_transactional`]) makes Kafka →
+//! Kafka exactly-once: a micro-batch's records and its source offsets are
+//! committed in one Kafka transaction ([`KafkaSink::commit_transaction`]),
+//! so a `read_committed` reader sees each record once whatever was killed
+//! when. Its transactional id is stable per member slot: a restarted member
+//! fences its dead predecessor and aborts what that one left open.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -128,6 +135,11 @@ impl KafkaSource {
         commit(&self.consumer, &self.topic, offsets)
     }
 
+    /// The consumer, for a transactional sink to commit its offsets with.
+    pub fn consumer(&self) -> &BaseConsumer<MemberContext> {
+        &self.consumer
+    }
+
     /// The partitions this member holds now.
     pub fn assigned(&self) -> Vec<i32> {
         self.consumer.assignment().map(|tpl| tpl.elements().iter().map(|e| e.partition()).collect()).unwrap_or_default()
@@ -145,12 +157,16 @@ pub fn commit(consumer: &BaseConsumer<MemberContext>, topic: &str, offsets: &Off
     if offsets.is_empty() {
         return Ok(());
     }
+    consumer.commit(&partition_list(topic, offsets)?, CommitMode::Sync)?;
+    Ok(())
+}
+
+fn partition_list(topic: &str, offsets: &Offsets) -> Result<TopicPartitionList> {
     let mut tpl = TopicPartitionList::new();
     for (&partition, &next) in offsets {
         tpl.add_partition_offset(topic, partition, Offset::Offset(next))?;
     }
-    consumer.commit(&tpl, CommitMode::Sync)?;
-    Ok(())
+    Ok(tpl)
 }
 
 /// Counts delivery failures of a producer, so a batch is known to be
@@ -173,26 +189,59 @@ impl ProducerContext for Deliveries {
     }
 }
 
-/// Records produced to a topic, each acknowledged before `deliver` returns.
+/// Records produced to a topic, each acknowledged before `deliver` returns,
+/// or, when transactional, committed with their source offsets.
 pub struct KafkaSink {
     producer: ThreadedProducer<Deliveries>,
     topic: String,
+    transactional: bool,
+    /// A transaction is open: records were sent since the last commit.
+    open: bool,
 }
+
+/// How long a transaction call may take before the member gives up (and is
+/// restarted from its committed offsets).
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl KafkaSink {
     pub fn open(brokers: &str, topic: &str, client_id: &str) -> Result<KafkaSink> {
-        let producer = ClientConfig::new()
-            .set("bootstrap.servers", brokers)
-            .set("client.id", client_id)
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
-            .set("compression.type", "lz4")
+        let producer = producer_config(brokers, client_id).create_with_context(Deliveries::default())?;
+        Ok(KafkaSink { producer, topic: topic.to_string(), transactional: false, open: false })
+    }
+
+    /// A sink whose records are committed in transactions, with the source
+    /// offsets ([`KafkaSink::commit_transaction`]). `transactional_id` must
+    /// be the same for every incarnation of one member and differ between
+    /// members: Kafka fences the older producer of an id and aborts what it
+    /// left open.
+    pub fn open_transactional(
+        brokers: &str,
+        topic: &str,
+        client_id: &str,
+        transactional_id: &str,
+    ) -> Result<KafkaSink> {
+        let producer: ThreadedProducer<Deliveries> = producer_config(brokers, client_id)
+            .set("transactional.id", transactional_id)
+            // A killed member's open transaction holds back `read_committed`
+            // readers of the output until its successor fences it or this
+            // expires; a micro-batch takes well under it.
+            .set("transaction.timeout.ms", "30000")
             .create_with_context(Deliveries::default())?;
-        Ok(KafkaSink { producer, topic: topic.to_string() })
+        producer.init_transactions(TRANSACTION_TIMEOUT)?;
+        Ok(KafkaSink { producer, topic: topic.to_string(), transactional: true, open: false })
+    }
+
+    /// Whether records are committed in transactions.
+    pub fn is_transactional(&self) -> bool {
+        self.transactional
     }
 
     /// Queues one record; `header` is an optional (name, value) pair.
-    pub fn send(&self, key: Option<&[u8]>, payload: &[u8], header: Option<(&str, &str)>) -> Result<()> {
+    pub fn send(&mut self, key: Option<&[u8]>, payload: &[u8], header: Option<(&str, &str)>) -> Result<()> {
+        if self.transactional && !self.open {
+            self.producer.begin_transaction()?;
+            self.open = true;
+        }
         let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).payload(payload);
         if let Some(key) = key {
             record = record.key(key);
@@ -216,11 +265,68 @@ impl KafkaSink {
     /// Waits until everything sent was acknowledged (or failed).
     pub fn deliver(&self, timeout: Duration) -> Result<()> {
         self.producer.flush(timeout)?;
+        self.delivery_failure()
+    }
+
+    fn delivery_failure(&self) -> Result<()> {
         match self.producer.context().failed.lock().expect("delivery lock").take() {
             Some(why) => Err(Error::Invalid(format!("delivery to `{}` failed: {why}", self.topic))),
             None => Ok(()),
         }
     }
+
+    /// Commits the records sent since the last commit together with the
+    /// consumer's `offsets` of `topic`, in one transaction. On error the
+    /// transaction is aborted: none of its records become visible to
+    /// `read_committed` readers and the offsets stay where they were, so the
+    /// caller must read again from the committed offsets (a member exits and
+    /// is restarted).
+    pub fn commit_transaction(
+        &mut self,
+        consumer: &BaseConsumer<MemberContext>,
+        topic: &str,
+        offsets: &Offsets,
+    ) -> Result<()> {
+        if offsets.is_empty() && !self.open {
+            return Ok(());
+        }
+        let committed = self.try_commit(consumer, topic, offsets);
+        if committed.is_err() && self.open {
+            if let Err(e) = self.producer.abort_transaction(TRANSACTION_TIMEOUT) {
+                tracing::warn!(error = %e, "could not abort the transaction; the broker will when it times out");
+            }
+            self.producer.context().failed.lock().expect("delivery lock").take();
+        }
+        self.open = false;
+        committed
+    }
+
+    fn try_commit(&mut self, consumer: &BaseConsumer<MemberContext>, topic: &str, offsets: &Offsets) -> Result<()> {
+        if !self.open {
+            self.producer.begin_transaction()?;
+            self.open = true;
+        }
+        if !offsets.is_empty() {
+            let group = consumer
+                .group_metadata()
+                .ok_or_else(|| Error::Invalid("the consumer has no group to commit offsets for".into()))?;
+            self.producer.send_offsets_to_transaction(&partition_list(topic, offsets)?, &group, TRANSACTION_TIMEOUT)?;
+        }
+        // Fails if any record of the transaction failed to deliver.
+        self.producer.commit_transaction(TRANSACTION_TIMEOUT)?;
+        Ok(())
+    }
+}
+
+fn producer_config(brokers: &str, client_id: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", brokers)
+        .set("client.id", client_id)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("compression.type", "lz4");
+    config
 }
 
 /// One partition's progress for a group.

@@ -60,7 +60,7 @@ fn message(id: u64) -> Vec<u8> {
 }
 
 fn produce(brokers: &str, topic: &str, ids: std::ops::Range<u64>, rate: Option<u64>) -> Result<()> {
-    let sink = KafkaSink::open(brokers, topic, "bench-producer")?;
+    let mut sink = KafkaSink::open(brokers, topic, "bench-producer")?;
     let started = Instant::now();
     for id in ids.clone() {
         if let Some(rate) = rate {
@@ -146,7 +146,7 @@ fn pipeline(brokers: &str, topic: &str, n: u64, out: &std::path::Path) -> Result
     let started = Instant::now();
     let member = {
         let (brokers, stop, committed) = (brokers.to_string(), stop.clone(), committed.clone());
-        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", &stop, &committed, None))
+        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", 0, &stop, &committed, None))
     };
     let deadline = started + Duration::from_secs(600);
     while committed.load(Ordering::SeqCst) < n {

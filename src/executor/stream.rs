@@ -33,7 +33,8 @@ pub fn run(argv: &[String]) -> Result<i32> {
         bail!("pipeline {}: no brokers in its spec and COHORT_KAFKA_BOOTSTRAP is not set", config.name);
     }
     let var = |name: &str| std::env::var(name).unwrap_or_else(|_| "0".into());
-    let id = format!("{}-{}-{}", config.name, var("COHORT_SLOT"), var("COHORT_ALLOC_ID"));
+    let slot: u32 = var("COHORT_SLOT").parse().context("COHORT_SLOT is not a slot number")?;
+    let id = format!("{}-{slot}-{}", config.name, var("COHORT_ALLOC_ID"));
     // SAFETY: the handler only stores to an atomic.
     unsafe {
         for sig in [libc::SIGTERM, libc::SIGINT] {
@@ -50,7 +51,7 @@ pub fn run(argv: &[String]) -> Result<i32> {
         }
         _ => None,
     };
-    let counters = cohort_stream::member::run(&config, &brokers, &id, &STOP, &AtomicU64::new(0), coordinator.as_ref())?;
+    let counters = cohort_stream::member::run(&config, &brokers, &id, slot, &STOP, &AtomicU64::new(0), coordinator.as_ref())?;
     println!(
         "member {id} stopped: {} records in, {} out, {} bad",
         counters.records_in, counters.records_out, counters.bad

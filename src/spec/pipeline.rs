@@ -103,6 +103,8 @@ struct RawKafkaSink {
     topic: Spanned<String>,
     #[serde(default)]
     brokers: Option<String>,
+    #[serde(default)]
+    delivery: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -309,9 +311,21 @@ fn sink(errors: &Errors, raw: &RawSink) -> Result<SinkConfig, SpecError> {
             if k.topic.get_ref().trim().is_empty() {
                 return Err(errors.at(Some(k.topic.span()), "sink.kafka.topic", "must name a topic"));
             }
+            let exactly_once = match k.delivery.as_ref().map(|d| (d, d.get_ref().trim())) {
+                None | Some((_, "exactly-once")) => true,
+                Some((_, "at-least-once")) => false,
+                Some((d, other)) => {
+                    return Err(errors.at(
+                        Some(d.span()),
+                        "sink.kafka.delivery",
+                        format!("`{other}` is not a delivery guarantee (use \"exactly-once\" or \"at-least-once\")"),
+                    ));
+                }
+            };
             Ok(SinkConfig::Kafka {
                 brokers: k.brokers.clone().filter(|b| !b.trim().is_empty()),
                 topic: k.topic.get_ref().clone(),
+                exactly_once,
             })
         }
         (Some(_), Some(_)) => unreachable!("two sinks are refused above"),
@@ -440,5 +454,25 @@ max = 4
         let e = parse_job("p.toml", &both).unwrap_err();
         assert_eq!(e.field, "sink", "{e}");
         assert!(e.message.contains("one sink per pipeline"), "{e}");
+    }
+
+    #[test]
+    fn a_kafka_sink_is_exactly_once_unless_it_says_otherwise() {
+        let sink = |delivery: &str| {
+            let kafka = format!("[sink.kafka]\ntopic = \"out\"\n{delivery}");
+            parse_job("p.toml", &GOOD.replace("[sink.parquet]\npath = \"/data/checkouts/\"", &kafka))
+        };
+        let exactly_once = |job: JobSpec| match job.kind {
+            JobKind::Pipeline { config, .. } => match config.sink {
+                SinkConfig::Kafka { exactly_once, .. } => exactly_once,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert!(exactly_once(sink("").unwrap()));
+        assert!(!exactly_once(sink("delivery = \"at-least-once\"").unwrap()));
+        let e = sink("delivery = \"at-most-once\"").unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (12, "sink.kafka.delivery"), "{e}");
+        assert!(e.message.contains("at-most-once"), "{e}");
     }
 }

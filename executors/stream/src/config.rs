@@ -46,11 +46,19 @@ pub enum SinkConfig {
     Kafka {
         brokers: Option<String>,
         topic: String,
+        /// Records and source offsets committed in one Kafka transaction;
+        /// false: an idempotent producer, at-least-once.
+        #[serde(default = "exactly_once_by_default")]
+        exactly_once: bool,
     },
     /// A live table: each micro-batch appended whole, readable by SQL at once.
     Store {
         table: String,
     },
+}
+
+fn exactly_once_by_default() -> bool {
+    true
 }
 
 /// What happens to a message that cannot be decoded.
@@ -160,7 +168,7 @@ mod tests {
             start_latest: false,
             schema: columns.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
             sql: sql.map(str::to_string),
-            sink: SinkConfig::Kafka { brokers: None, topic: "out".into() },
+            sink: SinkConfig::Kafka { brokers: None, topic: "out".into(), exactly_once: true },
             max_records: 10,
             max_latency_ms: 10,
             on_error: OnError::Skip,

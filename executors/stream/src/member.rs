@@ -5,6 +5,10 @@
 //!   them was renamed into place. A member killed at any point therefore
 //!   loses nothing; the rows after its last commit are read again by
 //!   whoever holds the partition next (at-least-once: those may repeat).
+//! - a Kafka sink is exactly-once by default: each micro-batch's records
+//!   and its offsets are committed in one Kafka transaction, so what a
+//!   killed member had sent is aborted, never seen by `read_committed`
+//!   readers, and sent again once by the next owner.
 //! - a member about to lose partitions in a rebalance does the same
 //!   before it lets go, so members joining or leaving repeat nothing
 //!   (where the broker takes a commit at that point, as Kafka does; the
@@ -24,11 +28,12 @@ use std::time::{Duration, Instant};
 use arrow::json::LineDelimitedWriter;
 use arrow::record_batch::RecordBatch;
 use cohort_connectors::json::JsonDecoder;
-use cohort_connectors::kafka::{self, KafkaSink, KafkaSource, Offsets};
+use cohort_connectors::kafka::{self, KafkaSink, KafkaSource, MemberContext, Offsets};
 use cohort_connectors::parquet::{ParquetSink, Roll};
 use cohort_connectors::schema::schema_of;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use rdkafka::Message;
+use rdkafka::consumer::BaseConsumer;
 use rdkafka::message::BorrowedMessage;
 use tokio::runtime::Runtime;
 
@@ -75,14 +80,34 @@ struct Delivery {
 
 impl Delivery {
     /// Makes the sink's rows safe if due (or `now`), then commits their
-    /// offsets. A refused commit keeps them pending (the loop drops those
-    /// of partitions it no longer holds: their next owner reads them again).
+    /// offsets of `topic` for the consumer's group. A refused commit keeps
+    /// them pending (the loop drops those of partitions it no longer holds:
+    /// their next owner reads them again).
     fn settle(
         &mut self,
         runtime: &Runtime,
         now: bool,
-        commit: impl FnOnce(&Offsets) -> cohort_connectors::Result<()>,
+        consumer: &BaseConsumer<MemberContext>,
+        topic: &str,
     ) -> Result<()> {
+        if let Sink::Kafka(k) = &mut self.sink
+            && k.is_transactional()
+        {
+            if let Some(dlq) = &self.dead_letters {
+                dlq.deliver(DELIVERY_TIMEOUT)?;
+            }
+            // Records and offsets in one transaction. A failure aborts both:
+            // the member exits and its successor reads from the committed offsets.
+            k.commit_transaction(consumer, topic, &self.pending)?;
+            // Kafka already holds these offsets; the embedded broker does not
+            // store offsets committed in a transaction, so they are given
+            // again plainly (Kafka takes the same offsets twice harmlessly).
+            if let Err(e) = kafka::commit(consumer, topic, &self.pending) {
+                tracing::debug!(error = %e, "plain commit after the transaction refused");
+            }
+            self.committed();
+            return Ok(());
+        }
         let safe = match &mut self.sink {
             Sink::Kafka(k) => {
                 k.deliver(DELIVERY_TIMEOUT)?;
@@ -103,29 +128,36 @@ impl Delivery {
         if let Some(dlq) = &self.dead_letters {
             dlq.deliver(DELIVERY_TIMEOUT)?;
         }
-        match commit(&self.pending) {
-            Ok(()) => {
-                self.commits += 1;
-                self.committed_records += self.pending_records;
-                self.pending.clear();
-                self.pending_records = 0;
-            }
+        match kafka::commit(consumer, topic, &self.pending) {
+            Ok(()) => self.committed(),
             // Kept, and tried again for the partitions still held (see `run`).
             Err(e) => tracing::warn!(error = %e, "offset commit failed; trying again at the next commit"),
         }
         Ok(())
     }
+
+    fn committed(&mut self) {
+        if !self.pending.is_empty() {
+            self.commits += 1;
+        }
+        self.committed_records += self.pending_records;
+        self.pending.clear();
+        self.pending_records = 0;
+    }
 }
 
 /// Runs a member until `stop` is set (then it commits and returns Ok) or
 /// a fatal error. `brokers` is used where the config names none; `id`
-/// names the member to Kafka and in file names; `committed` counts the
-/// records whose offsets were committed (for whoever watches progress);
-/// `coordinator` is where a `[sink.store]` table lives.
+/// names the member to Kafka and in file names; `slot` is its place in the
+/// gang, the same across its restarts (a transactional sink's identity);
+/// `committed` counts the records whose offsets were committed (for
+/// whoever watches progress); `coordinator` is where a `[sink.store]`
+/// table lives.
 pub fn run(
     config: &PipelineConfig,
     brokers: &str,
     id: &str,
+    slot: u32,
     stop: &AtomicBool,
     committed: &AtomicU64,
     coordinator: Option<&Coordinator>,
@@ -146,8 +178,14 @@ pub fn run(
             let roll = Roll { bytes: *roll_bytes, after: Duration::from_millis(*roll_ms) };
             Sink::Parquet(Box::new(ParquetSink::open(path, output_schema, id, roll)?))
         }
-        SinkConfig::Kafka { brokers: to, topic } => {
-            Sink::Kafka(KafkaSink::open(to.as_deref().unwrap_or(brokers), topic, id)?)
+        SinkConfig::Kafka { brokers: to, topic, exactly_once } => {
+            let to = to.as_deref().unwrap_or(brokers);
+            if *exactly_once {
+                let transactional_id = format!("cohort-{}-{}-{slot}", config.group, config.topic);
+                Sink::Kafka(KafkaSink::open_transactional(to, topic, id, &transactional_id)?)
+            } else {
+                Sink::Kafka(KafkaSink::open(to, topic, id)?)
+            }
         }
         SinkConfig::Store { table } => {
             let coordinator = coordinator.ok_or_else(|| Error::Invalid {
@@ -174,7 +212,7 @@ pub fn run(
         let (delivery, runtime, topic) = (delivery.clone(), runtime.clone(), config.topic.clone());
         source.on_revoke(Box::new(move |consumer| {
             let mut d = delivery.lock().expect("delivery lock");
-            if let Err(e) = d.settle(&runtime, true, |offsets| kafka::commit(consumer, &topic, offsets)) {
+            if let Err(e) = d.settle(&runtime, true, consumer, &topic) {
                 tracing::warn!(error = %e, "could not settle before a rebalance; the next owner re-reads");
             }
         }));
@@ -207,7 +245,7 @@ pub fn run(
                 for (i, why) in &decoded.bad {
                     counters.bad += 1;
                     let m = kept[*i];
-                    match (config.on_error, &d.dead_letters) {
+                    match (config.on_error, &mut d.dead_letters) {
                         (OnError::DeadLetter, Some(dlq)) => {
                             dlq.send(m.key(), payloads[*i], Some(("cohort.error", why)))?;
                             counters.dead_lettered += 1;
@@ -260,7 +298,7 @@ pub fn run(
                 let held = source.assigned();
                 d.pending.retain(|p, _| held.contains(p));
             }
-            d.settle(&runtime, stopping, |offsets| source.commit(offsets))?;
+            d.settle(&runtime, stopping, source.consumer(), &config.topic)?;
             counters.commits = d.commits;
             committed.store(d.committed_records, Ordering::SeqCst);
         }
@@ -292,7 +330,7 @@ fn transform(
 }
 
 /// Each row as one JSON object message.
-fn send_json(sink: &KafkaSink, batch: &RecordBatch) -> Result<()> {
+fn send_json(sink: &mut KafkaSink, batch: &RecordBatch) -> Result<()> {
     let mut writer = LineDelimitedWriter::new(Vec::new());
     writer.write(batch).map_err(cohort_connectors::Error::from)?;
     writer.finish().map_err(cohort_connectors::Error::from)?;
