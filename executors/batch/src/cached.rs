@@ -260,6 +260,36 @@ impl CachedScanExec {
         CachedScanExec { table, schema, projection, outputs, columns, parts, properties }
     }
 
+    /// The stored partitions it reads.
+    pub fn parts(&self) -> &[Placement] {
+        &self.parts
+    }
+
+    /// The same scan over `parts`, in exactly `outputs` partitions (some
+    /// empty if there are fewer parts): the per-task variants of one scan
+    /// must all have as many.
+    pub(crate) fn with_parts(&self, parts: Vec<Placement>, outputs: usize) -> CachedScanExec {
+        let mut scan = CachedScanExec::new(
+            self.table.clone(),
+            self.schema.clone(),
+            self.projection.clone(),
+            self.columns,
+            outputs,
+            parts,
+        );
+        scan.outputs = outputs.max(1);
+        scan.properties = Arc::new(scan.properties.as_ref().clone().with_partitioning(
+            Partitioning::UnknownPartitioning(scan.outputs),
+        ));
+        scan
+    }
+
+    /// Whether every partition it reads is mapped from this host's shared
+    /// memory (no network needed to read it here).
+    pub fn is_mapped_here(parts: &[Placement]) -> bool {
+        parts.iter().all(|p| p.shm.as_deref().is_some_and(|file| std::path::Path::new(file).exists()))
+    }
+
     /// Exact row counts, as a Parquet footer would give them: the planner
     /// builds hash tables on the smaller side of a join by these.
     fn statistics_of(&self, partition: Option<usize>) -> Statistics {

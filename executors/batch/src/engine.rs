@@ -142,6 +142,8 @@ pub struct Footprint {
     pub locations: Vec<ListingTableUrl>,
     /// The cached and live tables it reads.
     pub cached: Vec<String>,
+    /// Where their partitions are.
+    pub cached_parts: Vec<crate::cached::Placement>,
 }
 
 impl SqlEngine {
@@ -162,6 +164,9 @@ impl SqlEngine {
             .with_runtime_env(runtime.clone())
             .with_distributed_channel_resolver(channels.clone())
             .with_distributed_user_codec(crate::cached::CacheCodec)
+            .with_distributed_desired_task_count_handler(crate::routing::desired_tasks)
+            .with_distributed_scale_up_leaf_node_handler(crate::routing::split_by_host)
+            .with_distributed_route_tasks_handler(crate::routing::route_to_hosts)
             .with_distributed_planner()
             .with_distributed_file_scan_config_bytes_per_partition(settings.scan_bytes_per_partition.max(1))?
             .with_distributed_compression(settings.shuffle_compression)?
@@ -359,18 +364,28 @@ impl SqlEngine {
 
     /// Runs a planned query on the workers `source` gives, retrying on
     /// others when one is lost before the output is released. A query that
-    /// reads no files runs here, without workers (reading cached tables
-    /// from their stores).
+    /// reads no files, and only cached partitions this host maps from
+    /// shared memory, runs here without workers; one that reads cached
+    /// partitions held elsewhere runs on workers on their hosts
+    /// ([`crate::routing`]).
     pub async fn run(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
-        let locations = footprint(&plan)?.locations;
-        self.check_locations(&locations).await?;
-        if locations.is_empty() {
-            let stream = self.compute.stream(self.local.execute_logical_plan(plan).await?).await?;
-            return Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new() });
+        let footprint = footprint(&plan)?;
+        self.check_locations(&footprint.locations).await?;
+        let reads_no_files = footprint.locations.is_empty();
+        if reads_no_files && crate::cached::CachedScanExec::is_mapped_here(&footprint.cached_parts) {
+            return self.run_here(plan).await;
         }
         let mut retries = Vec::new();
         for attempt in 1..=self.settings.max_attempts {
-            let workers = source.workers(attempt).await?;
+            let workers = match source.workers(attempt).await {
+                Ok(workers) => workers,
+                // Cached partitions can be read from here too, over the network.
+                Err(Error::NoWorkers(why)) if reads_no_files => {
+                    tracing::info!(why, "no workers for a query over cached tables; it reads them from here");
+                    return self.run_here(plan).await;
+                }
+                Err(e) => return Err(e),
+            };
             if workers.is_empty() {
                 return Err(Error::NoWorkers("the worker source returned none".into()));
             }
@@ -392,6 +407,12 @@ impl SqlEngine {
             }
         }
         Err(Error::WorkersLost { attempts: self.settings.max_attempts, last: retries.pop().unwrap_or_default() })
+    }
+
+    /// Runs a plan in this process, on the engine's own threads.
+    async fn run_here(&self, plan: LogicalPlan) -> Result<QueryOutcome> {
+        let stream = self.compute.stream(self.local.execute_logical_plan(plan).await?).await?;
+        Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new() })
     }
 
     /// DataFusion reads a table whose file or directory has gone as empty;
@@ -462,8 +483,10 @@ fn visit_scans(plan: &LogicalPlan, found: &mut Footprint) -> Result<()> {
                 found.locations.extend(listing.table_paths().iter().cloned());
             } else if let Some(cached) = provider.downcast_ref::<crate::cached::CachedTable>() {
                 found.cached.push(cached.0.name.clone());
+                found.cached_parts.extend(cached.0.parts.iter().cloned());
             } else if let Some(live) = provider.downcast_ref::<crate::live::LiveTable>() {
                 found.cached.push(live.0.name.clone());
+                found.cached_parts.extend(live.0.parts());
             } else if let Some(view) = provider.downcast_ref::<ViewTable>() {
                 visit_scans(view.logical_plan(), found).map_err(|e| DataFusionError::External(Box::new(e)))?;
             }

@@ -21,6 +21,8 @@
 //! - `cached.rs`: the catalog's side of a cached table: its provider, the
 //!   scan that reads it from the stores, and the codec that ships that
 //!   scan to workers;
+//! - `routing.rs`: the tasks that read cached partitions, split by host
+//!   and sent to workers on the hosts that hold them;
 //! - `live.rs`: live tables, which grow by Flight SQL bulk ingest (and so
 //!   by pipelines) while queries read whole ingests only;
 //! - `tpch.rs`: TPC-H data (tpchgen) and the 22 queries, for benchmarks.
@@ -35,6 +37,7 @@ mod compute;
 mod engine;
 pub mod live;
 mod output;
+mod routing;
 pub mod shm;
 mod statements;
 pub mod store;
