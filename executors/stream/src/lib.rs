@@ -29,6 +29,8 @@ pub enum Error {
     Invalid { field: String, message: String },
     #[error("live table: {0}")]
     Live(String),
+    #[error("the sink failed, so nothing after its last commit is committed: {0}")]
+    SinkFailed(String),
     #[error("a bad record with on_error = \"fail\": {0}")]
     BadRecord(String),
 }

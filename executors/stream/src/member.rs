@@ -76,14 +76,37 @@ struct Delivery {
     pending_records: u64,
     committed_records: u64,
     commits: u64,
+    /// Why the sink could not make its rows safe. From then on nothing is
+    /// committed and the member stops: its pending offsets cover rows the
+    /// sink may not have (a failed delivery is reported once; an aborted
+    /// transaction dropped them), so the next owner must read them again.
+    broken: Option<String>,
 }
 
 impl Delivery {
     /// Makes the sink's rows safe if due (or `now`), then commits their
     /// offsets of `topic` for the consumer's group. A refused commit keeps
     /// them pending (the loop drops those of partitions it no longer holds:
-    /// their next owner reads them again).
+    /// their next owner reads them again). A sink that fails is broken for
+    /// good, even where the caller (the revoke hook) cannot stop the member.
     fn settle(
+        &mut self,
+        runtime: &Runtime,
+        now: bool,
+        consumer: &BaseConsumer<MemberContext>,
+        topic: &str,
+    ) -> Result<()> {
+        if let Some(why) = &self.broken {
+            return Err(Error::SinkFailed(why.clone()));
+        }
+        let settled = self.make_safe_and_commit(runtime, now, consumer, topic);
+        if let Err(e) = &settled {
+            self.broken = Some(e.to_string());
+        }
+        settled
+    }
+
+    fn make_safe_and_commit(
         &mut self,
         runtime: &Runtime,
         now: bool,
@@ -207,6 +230,7 @@ pub fn run(
         pending_records: 0,
         committed_records: 0,
         commits: 0,
+        broken: None,
     }));
     {
         let (delivery, runtime, topic) = (delivery.clone(), runtime.clone(), config.topic.clone());
