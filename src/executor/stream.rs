@@ -51,7 +51,8 @@ pub fn run(argv: &[String]) -> Result<i32> {
         }
         _ => None,
     };
-    let counters = cohort_stream::member::run(&config, &brokers, &id, slot, &STOP, &AtomicU64::new(0), coordinator.as_ref())?;
+    let counters =
+        cohort_stream::member::run(&config, &brokers, &id, slot, &STOP, &AtomicU64::new(0), coordinator.as_ref())?;
     println!(
         "member {id} stopped: {} records in, {} out, {} bad",
         counters.records_in, counters.records_out, counters.bad

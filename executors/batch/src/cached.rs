@@ -278,9 +278,9 @@ impl CachedScanExec {
             parts,
         );
         scan.outputs = outputs.max(1);
-        scan.properties = Arc::new(scan.properties.as_ref().clone().with_partitioning(
-            Partitioning::UnknownPartitioning(scan.outputs),
-        ));
+        scan.properties = Arc::new(
+            scan.properties.as_ref().clone().with_partitioning(Partitioning::UnknownPartitioning(scan.outputs)),
+        );
         scan
     }
 

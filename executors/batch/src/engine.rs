@@ -186,7 +186,6 @@ impl SqlEngine {
             .with_distributed_compression(settings.shuffle_compression)?
             .build();
 
-
         let local = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)

@@ -85,7 +85,10 @@ pub(crate) fn split_by_host(ev: ScaleUpLeafNodeEvent) -> Option<Result<ScaleUpLe
     let widest = groups.iter().map(Vec::len).max().unwrap_or(1);
     let outputs = widest.clamp(1, ev.session_config.target_partitions().max(1));
     let variants = groups.into_iter().map(|parts| Arc::new(scan.with_parts(parts, outputs)) as Arc<dyn ExecutionPlan>);
-    Some(DistributedLeafExec::try_new(ev.plan.clone(), variants).map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))))
+    Some(
+        DistributedLeafExec::try_new(ev.plan.clone(), variants)
+            .map(|leaf| ScaleUpLeafNodeEventResponse::new(Arc::new(leaf))),
+    )
 }
 
 /// Sends each task of a stage that reads a cached scan to a worker on the
@@ -112,7 +115,11 @@ pub(crate) fn route_to_hosts(ev: RouteTasksEvent) -> Option<Result<RouteTasksEve
     };
     let reads: Vec<Vec<Placement>> = (0..ev.task_count)
         .map(|i| {
-            variants.get(i).and_then(|v| v.downcast_ref::<CachedScanExec>()).map(|s| s.parts().to_vec()).unwrap_or_default()
+            variants
+                .get(i)
+                .and_then(|v| v.downcast_ref::<CachedScanExec>())
+                .map(|s| s.parts().to_vec())
+                .unwrap_or_default()
         })
         .collect();
     Some(Ok(RouteTasksEventResponse::new(route(&reads, &workers))))
