@@ -2,7 +2,8 @@
 //! (the embedded broker by default, `--brokers` for a real one), read in
 //! the same run by a bare rdkafka consumer loop and by a pipeline member
 //! (JSON → Arrow → `WHERE url LIKE '%checkout%'` → Parquet, offsets
-//! committed after each file), one core each. Then a live phase: messages
+//! committed after each file), one core each, and by a pipeline member
+//! writing to Kafka in transactions (exactly-once). Then a live phase: messages
 //! produced at a steady rate to each reader in turn, once it has joined
 //! its group, for end-to-end latency (produced → consumed, and produced →
 //! visible in a committed Parquet file).
@@ -120,7 +121,7 @@ fn produced_at(payload: &[u8]) -> i64 {
     text.split("\"ts\": ").nth(1).and_then(|r| r.split(',').next()).and_then(|t| t.parse().ok()).unwrap_or(0)
 }
 
-fn pipeline_config(topic: &str, out: &std::path::Path, group: &str) -> PipelineConfig {
+fn pipeline_config(topic: &str, sink: SinkConfig, group: &str) -> PipelineConfig {
     let columns = [("id", "Int64"), ("user", "Int64"), ("url", "Utf8"), ("ts", "Int64"), ("pad", "Utf8")];
     PipelineConfig {
         name: "bench".into(),
@@ -130,17 +131,22 @@ fn pipeline_config(topic: &str, out: &std::path::Path, group: &str) -> PipelineC
         start_latest: false,
         schema: columns.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect(),
         sql: Some("SELECT id, user, url, ts FROM source WHERE url LIKE '%checkout%'".into()),
-        sink: SinkConfig::Parquet { path: out.display().to_string(), roll_bytes: 64 << 20, roll_ms: 1000 },
+        sink,
         max_records: 20_000,
         max_latency_ms: 100,
         on_error: OnError::Skip,
     }
 }
 
+/// Into Parquet files under `out`, rolled every second.
+fn parquet_sink(out: &std::path::Path) -> SinkConfig {
+    SinkConfig::Parquet { path: out.display().to_string(), roll_bytes: 64 << 20, roll_ms: 1000 }
+}
+
 /// A pipeline member until `n` records' offsets are committed.
-fn pipeline(brokers: &str, topic: &str, n: u64, out: &std::path::Path) -> Result<Phase> {
+fn pipeline(brokers: &str, topic: &str, n: u64, sink: SinkConfig) -> Result<Phase> {
     let group = format!("bench-pipeline-{}-{}", std::process::id(), now_us());
-    let config = pipeline_config(topic, out, &group);
+    let config = pipeline_config(topic, sink, &group);
     let stop = Arc::new(AtomicBool::new(false));
     let committed = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
@@ -202,10 +208,14 @@ fn measure(args: &Args) -> Result<()> {
         (None, None) => unreachable!("one of the two is set"),
     };
     let run = now_us();
-    let (topic, live, live_pipeline) =
-        (format!("bench-{run}"), format!("bench-live-{run}"), format!("bench-live-p-{run}"));
+    let (topic, live, live_pipeline, forwarded) = (
+        format!("bench-{run}"),
+        format!("bench-live-{run}"),
+        format!("bench-live-p-{run}"),
+        format!("bench-out-{run}"),
+    );
     if let Some(e) = &embedded {
-        for t in [&topic, &live, &live_pipeline] {
+        for t in [&topic, &live, &live_pipeline, &forwarded] {
             e.create_topic(t, args.partitions)?;
         }
     }
@@ -219,7 +229,9 @@ fn measure(args: &Args) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let bare_phase = bare(&brokers, &topic, n, None)?;
-    let pipeline_phase = pipeline(&brokers, &topic, n, &dir.path().join("throughput"))?;
+    let pipeline_phase = pipeline(&brokers, &topic, n, parquet_sink(&dir.path().join("throughput")))?;
+    let to_kafka = SinkConfig::Kafka { brokers: None, topic: forwarded, exactly_once: true };
+    let kafka_phase = pipeline(&brokers, &topic, n, to_kafka)?;
 
     // Latency: a steady rate once each reader has joined its group.
     let live_n = args.rate * args.seconds;
@@ -236,7 +248,7 @@ fn measure(args: &Args) -> Result<()> {
     let live_out = dir.path().join("live");
     let pipeline_reader = {
         let (brokers, topic, out) = (brokers.clone(), live_pipeline.clone(), live_out.clone());
-        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, &out))
+        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, parquet_sink(&out)))
     };
     std::thread::sleep(JOIN_TIME);
     produce(&brokers, &live_pipeline, 0..live_n, Some(args.rate))?;
@@ -257,6 +269,12 @@ fn measure(args: &Args) -> Result<()> {
         format!("{:.0}", pipeline_phase.per_second()),
         format!("{:.1}", pipeline_phase.mb_per_second()),
         format!("{:.1} ms (in a committed file; files roll every 1 s)", p99_ms(pipeline_latencies)),
+    ]);
+    table.add_row([
+        "pipeline: JSON → filter → Kafka, exactly-once".to_string(),
+        format!("{:.0}", kafka_phase.per_second()),
+        format!("{:.1}", kafka_phase.mb_per_second()),
+        "-".to_string(),
     ]);
     println!("{table}");
     println!(
