@@ -265,10 +265,6 @@ impl KafkaSink {
     /// Waits until everything sent was acknowledged (or failed).
     pub fn deliver(&self, timeout: Duration) -> Result<()> {
         self.producer.flush(timeout)?;
-        self.delivery_failure()
-    }
-
-    fn delivery_failure(&self) -> Result<()> {
         match self.producer.context().failed.lock().expect("delivery lock").take() {
             Some(why) => Err(Error::Invalid(format!("delivery to `{}` failed: {why}", self.topic))),
             None => Ok(()),

@@ -291,24 +291,6 @@ impl SqlEngine {
         self.cache_registry().lock().expect("cache registry").get(name).map(|e| e.definition.clone())
     }
 
-    /// Bytes of tables `names` (cached or live) that each store holds, by its URL.
-    pub fn bytes_by_store(&self, names: &[String]) -> BTreeMap<String, u64> {
-        let mut held: BTreeMap<String, u64> = BTreeMap::new();
-        let cached = self.cache_registry().lock().expect("cache registry").clone();
-        let live = self.live_registry().lock().expect("live tables").clone();
-        for name in names {
-            let parts = match (cached.get(name), live.get(name)) {
-                (Some(entry), _) if !entry.is_evicted() => entry.parts.clone(),
-                (_, Some(entry)) => entry.parts(),
-                _ => continue,
-            };
-            for p in parts.into_iter().filter(|p| !p.store.is_empty()) {
-                *held.entry(p.store).or_default() += p.bytes;
-            }
-        }
-        held
-    }
-
     /// The cached tables, by name.
     pub fn cached(&self) -> Vec<Arc<CacheEntry>> {
         self.cache_registry().lock().expect("cache registry").values().cloned().collect()

@@ -247,15 +247,15 @@ impl SqlFront {
     /// by MiB: where the pool grows first, so its workers map them from
     /// shared memory instead of fetching them.
     async fn near(&self, plan: &datafusion::logical_expr::LogicalPlan) -> Result<Vec<(String, u32)>> {
-        let tables = cohort_batch::footprint(plan)?.cached;
-        if tables.is_empty() {
+        let parts = cohort_batch::footprint(plan)?.cached_parts;
+        if parts.is_empty() {
             return Ok(Vec::new());
         }
         let nodes = self.stores.nodes().await;
         let mut near: std::collections::BTreeMap<String, u64> = Default::default();
-        for (store, bytes) in self.engine.bytes_by_store(&tables) {
-            if let Some(node) = nodes.get(&store) {
-                *near.entry(node.clone()).or_default() += bytes;
+        for part in parts {
+            if let Some(node) = nodes.get(&part.store) {
+                *near.entry(node.clone()).or_default() += part.bytes;
             }
         }
         Ok(near.into_iter().map(|(node, bytes)| (node, (bytes >> 20).clamp(1, u64::from(u32::MAX)) as u32)).collect())
