@@ -1,6 +1,12 @@
 //! Enforcing an executor's limits: cgroup v2, or the v1 memory and cpu
 //! hierarchies where this process may write them; otherwise an RSS watch
 //! that kills an executor over its memory.
+//!
+//! Memory is a hard limit. CPU is a share by default: an executor weighs
+//! its cores against the others', so under contention each gets at least
+//! what it was allocated, and a core nobody uses is not left idle (Mesos
+//! without CFS, YARN's non-strict mode, Nomad's default). `--cpu-hard-limit`
+//! caps each executor at its cores with a CFS quota instead.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,22 +14,34 @@ use std::path::{Path, PathBuf};
 /// How limits are enforced on this host.
 #[derive(Clone, Debug)]
 pub enum Isolation {
-    CgroupV2 { base: PathBuf },
-    CgroupV1 { memory: PathBuf, cpu: Option<PathBuf> },
+    CgroupV2 { base: PathBuf, cpu: CpuLimit },
+    CgroupV1 { memory: PathBuf, cpu: Option<(PathBuf, CpuLimit)> },
     RssWatch,
+}
+
+/// How an executor's cores bound its CPU time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuLimit {
+    /// A weight in proportion to its cores: idle cores are used.
+    Share,
+    /// A CFS quota of its cores: never more, even on an idle host.
+    Quota,
 }
 
 impl Isolation {
     pub fn name(&self) -> &'static str {
         match self {
-            Isolation::CgroupV2 { .. } => "cgroup-v2",
-            Isolation::CgroupV1 { .. } => "cgroup-v1",
+            Isolation::CgroupV2 { cpu: CpuLimit::Share, .. } => "cgroup-v2 (cpu share)",
+            Isolation::CgroupV2 { cpu: CpuLimit::Quota, .. } => "cgroup-v2 (cpu quota)",
+            Isolation::CgroupV1 { cpu: Some((_, CpuLimit::Share)), .. } => "cgroup-v1 (cpu share)",
+            Isolation::CgroupV1 { cpu: Some((_, CpuLimit::Quota)), .. } => "cgroup-v1 (cpu quota)",
+            Isolation::CgroupV1 { cpu: None, .. } => "cgroup-v1 (memory only)",
             Isolation::RssWatch => "rss-watch",
         }
     }
 
     /// Finds a writable cgroup hierarchy for `agent`'s executors.
-    pub fn detect(agent: &str) -> Isolation {
+    pub fn detect(agent: &str, cpu_limit: CpuLimit) -> Isolation {
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let path_of = |controller: &str| {
             own.lines().find_map(|l| {
@@ -42,7 +60,7 @@ impl Isolation {
             if fs::create_dir_all(&base).is_ok()
                 && fs::write(base.join("cgroup.subtree_control"), "+memory +cpu").is_ok()
             {
-                return Isolation::CgroupV2 { base };
+                return Isolation::CgroupV2 { base, cpu: cpu_limit };
             }
         }
         if let Some(p) = path_of("memory") {
@@ -50,7 +68,8 @@ impl Isolation {
             if fs::create_dir_all(&memory).is_ok() {
                 let cpu = path_of("cpu")
                     .map(|c| root.join("cpu").join(c.trim_start_matches('/')).join(&dir_name))
-                    .filter(|c| fs::create_dir_all(c).is_ok());
+                    .filter(|c| fs::create_dir_all(c).is_ok())
+                    .map(|c| (c, cpu_limit));
                 return Isolation::CgroupV1 { memory, cpu };
             }
         }
@@ -62,7 +81,7 @@ impl Isolation {
     pub fn prepare(&self, alloc: u64, cpu_millis: u64, memory_bytes: u64) -> Vec<PathBuf> {
         let name = format!("alloc-{alloc}");
         match self {
-            Isolation::CgroupV2 { base } => {
+            Isolation::CgroupV2 { base, cpu } => {
                 let dir = base.join(name);
                 if fs::create_dir_all(&dir).is_err() {
                     return vec![];
@@ -71,7 +90,11 @@ impl Isolation {
                     let _ = fs::write(dir.join("memory.max"), memory_bytes.to_string());
                 }
                 if cpu_millis > 0 {
-                    let _ = fs::write(dir.join("cpu.max"), format!("{} 100000", cpu_millis * 100));
+                    let _ = match cpu {
+                        // cgroup v2 weighs 1..=10000, 100 by default: one core is 100.
+                        CpuLimit::Share => fs::write(dir.join("cpu.weight"), (cpu_millis / 10).clamp(1, 10_000).to_string()),
+                        CpuLimit::Quota => fs::write(dir.join("cpu.max"), format!("{} 100000", cpu_millis * 100)),
+                    };
                 }
                 vec![dir.join("cgroup.procs")]
             }
@@ -84,11 +107,19 @@ impl Isolation {
                     }
                     procs.push(dir.join("cgroup.procs"));
                 }
-                if let Some(cpu) = cpu {
+                if let Some((cpu, limit)) = cpu {
                     let dir = cpu.join(&name);
                     if cpu_millis > 0 && fs::create_dir_all(&dir).is_ok() {
-                        let _ = fs::write(dir.join("cpu.cfs_period_us"), "100000");
-                        let _ = fs::write(dir.join("cpu.cfs_quota_us"), (cpu_millis * 100).to_string());
+                        match limit {
+                            // cgroup v1 gives a core 1024 shares.
+                            CpuLimit::Share => {
+                                let _ = fs::write(dir.join("cpu.shares"), (cpu_millis * 1024 / 1000).max(2).to_string());
+                            }
+                            CpuLimit::Quota => {
+                                let _ = fs::write(dir.join("cpu.cfs_period_us"), "100000");
+                                let _ = fs::write(dir.join("cpu.cfs_quota_us"), (cpu_millis * 100).to_string());
+                            }
+                        }
                         procs.push(dir.join("cgroup.procs"));
                     }
                 }
@@ -102,12 +133,12 @@ impl Isolation {
     pub fn cleanup(&self, alloc: u64) {
         let name = format!("alloc-{alloc}");
         match self {
-            Isolation::CgroupV2 { base } => {
+            Isolation::CgroupV2 { base, .. } => {
                 let _ = fs::remove_dir(base.join(name));
             }
             Isolation::CgroupV1 { memory, cpu } => {
                 let _ = fs::remove_dir(memory.join(&name));
-                if let Some(cpu) = cpu {
+                if let Some((cpu, _)) = cpu {
                     let _ = fs::remove_dir(cpu.join(&name));
                 }
             }
@@ -148,4 +179,51 @@ fn rss_of_group(pgid: u32) -> u64 {
 
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(dir: &Path, file: &str) -> Option<String> {
+        fs::read_to_string(dir.join(file)).ok()
+    }
+
+    #[test]
+    fn by_default_cores_are_a_weight_and_memory_a_limit() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = Isolation::CgroupV2 { base: root.path().join("v2"), cpu: CpuLimit::Share };
+        assert_eq!(v2.prepare(7, 1500, 1 << 30), vec![root.path().join("v2/alloc-7/cgroup.procs")]);
+        let slot = root.path().join("v2/alloc-7");
+        assert_eq!(read(&slot, "cpu.weight").as_deref(), Some("150"), "1.5 cores weigh 1.5 × the default 100");
+        assert_eq!(read(&slot, "cpu.max"), None, "no quota");
+        assert_eq!(read(&slot, "memory.max").as_deref(), Some("1073741824"));
+
+        let v1 = Isolation::CgroupV1 {
+            memory: root.path().join("memory"),
+            cpu: Some((root.path().join("cpu"), CpuLimit::Share)),
+        };
+        v1.prepare(8, 500, 1 << 20);
+        assert_eq!(read(&root.path().join("cpu/alloc-8"), "cpu.shares").as_deref(), Some("512"));
+        assert_eq!(read(&root.path().join("cpu/alloc-8"), "cpu.cfs_quota_us"), None);
+        assert_eq!(read(&root.path().join("memory/alloc-8"), "memory.limit_in_bytes").as_deref(), Some("1048576"));
+        assert_eq!(v1.name(), "cgroup-v1 (cpu share)");
+    }
+
+    #[test]
+    fn a_hard_limit_caps_cores_with_a_quota() {
+        let root = tempfile::tempdir().unwrap();
+        let v2 = Isolation::CgroupV2 { base: root.path().to_path_buf(), cpu: CpuLimit::Quota };
+        v2.prepare(1, 1500, 0);
+        assert_eq!(read(&root.path().join("alloc-1"), "cpu.max").as_deref(), Some("150000 100000"));
+        assert_eq!(read(&root.path().join("alloc-1"), "cpu.weight"), None);
+
+        let v1 = Isolation::CgroupV1 {
+            memory: root.path().join("memory"),
+            cpu: Some((root.path().join("cpu"), CpuLimit::Quota)),
+        };
+        v1.prepare(2, 250, 0);
+        assert_eq!(read(&root.path().join("cpu/alloc-2"), "cpu.cfs_quota_us").as_deref(), Some("25000"));
+        assert_eq!(v1.name(), "cgroup-v1 (cpu quota)");
+    }
 }

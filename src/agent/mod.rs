@@ -53,6 +53,9 @@ pub struct Settings {
     /// Where the log service, `/healthz` and `/metrics` listen (port 0: any free port).
     pub listen: SocketAddr,
     pub max_executors: u32,
+    /// Cap each executor's CPU at its cores (a CFS quota) rather than
+    /// weighing it (a share that lets it use idle cores).
+    pub cpu_hard_limit: bool,
     /// The join token (an `agent` token and the CA's fingerprint) it joins with.
     pub token: Option<String>,
     /// Command and service slots run as this user unless their queue names one.
@@ -149,7 +152,8 @@ fn message(body: pb::agent_message::Body) -> pb::AgentMessage {
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(settings.data_dir.join("logs"))
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
-    let isolation = Isolation::detect(&settings.name);
+    let cpu_limit = if settings.cpu_hard_limit { isolation::CpuLimit::Quota } else { isolation::CpuLimit::Share };
+    let isolation = Isolation::detect(&settings.name, cpu_limit);
     let users = identity::SlotUsers::new(settings.run_as.as_deref(), settings.allow_root)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await

@@ -71,6 +71,11 @@ struct PoolArgs {
     /// and read from their source again.
     #[arg(long = "sql-cache-memory", value_parser = parse_memory_flag)]
     cache_memory: Option<u64>,
+    /// A query scanning fewer bytes of files than this runs in the
+    /// coordinator rather than on the pool, whose fan-out costs more than
+    /// it saves on a small scan (0: every query runs on the pool).
+    #[arg(long = "sql-local-query-bytes", value_parser = parse_memory_flag, default_value = "64MiB")]
+    local_query_bytes: u64,
 }
 
 fn parse_memory_flag(text: &str) -> Result<u64, String> {
@@ -87,6 +92,7 @@ impl PoolArgs {
             format!("--sql-pool-memory={}", self.memory),
             format!("--sql-pool-idle={}", self.idle),
             format!("--sql-store-memory={}", self.store_memory),
+            format!("--sql-local-query-bytes={}", self.local_query_bytes),
         ]
         .into_iter()
         .chain(self.cache_memory.map(|bytes| format!("--sql-cache-memory={bytes}")))
@@ -211,6 +217,11 @@ enum Command {
         /// At most this many executors at once on this host (the kubelet's --max-pods).
         #[arg(long, default_value_t = agent::DEFAULT_MAX_EXECUTORS)]
         max_executors: u32,
+        /// Cap each executor at its cores (a CFS quota). By default its
+        /// cores are a weight: it gets at least them under contention and
+        /// may use cores nobody else is using.
+        #[arg(long)]
+        cpu_hard_limit: bool,
         /// Host ports handed to service instances, FIRST-LAST.
         #[arg(long, default_value = "31000-32000")]
         ports: String,
@@ -437,6 +448,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                         cache_memory: pool.cache_memory,
                         ..Default::default()
                     },
+                    local_query_bytes: pool.local_query_bytes,
                 },
                 listen,
                 http,
@@ -465,6 +477,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             data_dir,
             listen,
             max_executors,
+            cpu_hard_limit,
             ports,
             advertise,
             run_as,
@@ -504,6 +517,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 data_dir,
                 listen,
                 max_executors,
+                cpu_hard_limit,
                 token: join_token,
                 run_as,
                 allow_root,

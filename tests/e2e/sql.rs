@@ -60,7 +60,8 @@ fn visible_entries(dir: &Path) -> Vec<String> {
 
 #[test]
 fn tpch_through_flight_sql_and_from_cached_tables_equals_single_process_datafusion() {
-    let up = Up::start(2);
+    // Every query on the pool, however small this scale factor's files.
+    let up = Up::start_with(2, &["--sql-local-query-bytes=0"]);
     let data = up.dir.path().join("tpch");
     let out = std::process::Command::new(cohort())
         .args(["bench", "tpch", "--sf", "0.01", "--cache", "--cluster", &up.address, "--data-dir"])
@@ -243,7 +244,7 @@ fn cpu_ticks(pid: u32) -> u64 {
 
 #[test]
 fn a_query_whose_executor_is_killed_is_retried_and_answers_right() {
-    let up = Up::start_with(2, &["--sql-pool-warm", "2"]);
+    let up = Up::start_with(2, &["--sql-pool-warm", "2", "--sql-local-query-bytes=0"]);
     up.wait_until("two pool executors serve", WAIT, |u| {
         u.json(&["endpoints", "sql-pool"]).as_array().is_some_and(|e| e.len() == 2)
     });
@@ -273,6 +274,28 @@ fn a_query_whose_executor_is_killed_is_retried_and_answers_right() {
     up.wait_until("the pool is whole again", WAIT, |u| {
         u.json(&["endpoints", "sql-pool"]).as_array().is_some_and(|e| e.len() == 2)
     });
+}
+
+#[test]
+fn a_small_scan_runs_in_the_coordinator_and_a_large_one_on_the_pool() {
+    let up = Up::start_with(2, &["--sql-local-query-bytes=64KiB"]);
+    make_table(&up.address, "small", &up.dir.path().join("small"), 100);
+    make_table(&up.address, "large", &up.dir.path().join("large"), 100_000);
+    let small = sql_json(&up.address, "SELECT count(*) AS n, sum(id) AS total FROM small");
+    assert_eq!(small, vec![serde_json::json!({ "n": 100, "total": 5050 })]);
+    let large = sql_json(&up.address, "SELECT count(*) AS n, sum(id) AS total FROM large");
+    assert_eq!(large, vec![serde_json::json!({ "n": 100_000, "total": 5_000_050_000u64 })]);
+
+    let http_address = up.json(&["status"])["http"].as_str().expect("status names the HTTP address").to_string();
+    let (code, body) = crate::harness::http(&http_address, &up.token, "GET", "/api/v1/queries", None);
+    assert_eq!(code, 200, "{body}");
+    let recent: Vec<Value> = serde_json::from_str(&body).expect("the recent queries are JSON");
+    let ran_on = |table: &str| {
+        let q = recent.iter().find(|q| q["sql"].as_str().is_some_and(|s| s.ends_with(table))).expect(table);
+        q["workers"].as_u64().expect("workers")
+    };
+    assert_eq!(ran_on("FROM small"), 0, "under 64 KiB: in the coordinator\n{recent:#?}");
+    assert!(ran_on("FROM large") >= 1, "over 64 KiB: on the pool\n{recent:#?}");
 }
 
 /// Whether a process was started for the cluster whose data is under `dir`.

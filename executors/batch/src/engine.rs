@@ -72,6 +72,12 @@ pub struct EngineSettings {
     /// 1.30–1.36× single-process DataFusion with them, 1.19 with these).
     pub broadcast_join_bytes: usize,
     pub broadcast_join_rows: usize,
+    /// A query that scans fewer bytes of files than this (and no cached
+    /// table) runs in the driver instead of on workers: fanning out costs
+    /// 15–25 ms of planning, plan shipping and stage start-up, more than
+    /// spreading so small a scan saves. 0: every query that reads files
+    /// runs on workers (a job's driver, which has its gang for that).
+    pub local_query_bytes: u64,
     /// How workers are called in a cluster (TLS, with the driver's
     /// certificate); plaintext when none (one process, benchmarks).
     pub worker_tls: Option<tonic::transport::ClientTlsConfig>,
@@ -92,6 +98,7 @@ impl Default for EngineSettings {
             shuffle_compression: None,
             broadcast_join_bytes: 10 << 20,
             broadcast_join_rows: 1_000_000,
+            local_query_bytes: 0,
             worker_tls: None,
             live_dir: None,
         }
@@ -112,6 +119,8 @@ pub struct QueryOutcome {
     pub schema: SchemaRef,
     pub stream: SendableRecordBatchStream,
     pub retries: Vec<String>,
+    /// How many workers the answering attempt ran on; 0: in the driver.
+    pub workers: usize,
 }
 
 /// The workers of one attempt, as datafusion-distributed asks for them.
@@ -285,8 +294,12 @@ impl SqlEngine {
     /// About how many bytes of files a planned statement scans (before
     /// pruning), to size the workers it runs on.
     pub async fn scan_bytes(&self, plan: &LogicalPlan) -> Result<u64> {
+        self.bytes_under(&footprint(plan)?.locations).await
+    }
+
+    async fn bytes_under(&self, locations: &[ListingTableUrl]) -> Result<u64> {
         let mut total = 0;
-        for location in footprint(plan)?.locations {
+        for location in locations {
             let key = location.to_string();
             let cached = self.sizes.lock().expect("size cache").get(&key).copied();
             let bytes = match cached {
@@ -390,6 +403,12 @@ impl SqlEngine {
         if reads_no_files && crate::cached::CachedScanExec::is_mapped_here(&footprint.cached_parts) {
             return self.run_here(plan).await;
         }
+        if !reads_no_files
+            && footprint.cached.is_empty()
+            && self.bytes_under(&footprint.locations).await? < self.settings.local_query_bytes
+        {
+            return self.run_here(plan).await;
+        }
         let mut retries = Vec::new();
         for attempt in 1..=self.settings.max_attempts {
             let workers = match source.workers(attempt).await {
@@ -427,7 +446,7 @@ impl SqlEngine {
     /// Runs a plan in this process, on the engine's own threads.
     async fn run_here(&self, plan: LogicalPlan) -> Result<QueryOutcome> {
         let stream = self.compute.stream(self.local.execute_logical_plan(plan).await?).await?;
-        Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new() })
+        Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new(), workers: 0 })
     }
 
     /// DataFusion reads a table whose file or directory has gone as empty;
@@ -472,13 +491,13 @@ impl SqlEngine {
                 None => {
                     let done = futures::stream::iter(held.into_iter().map(Ok));
                     let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), done));
-                    return Ok(QueryOutcome { schema, stream, retries: Vec::new() });
+                    return Ok(QueryOutcome { schema, stream, retries: Vec::new(), workers: workers.len() });
                 }
             }
         }
         let rest = futures::stream::iter(held.into_iter().map(Ok)).chain(stream);
         let stream = Box::pin(RecordBatchStreamAdapter::new(schema.clone(), rest));
-        Ok(QueryOutcome { schema, stream, retries: Vec::new() })
+        Ok(QueryOutcome { schema, stream, retries: Vec::new(), workers: workers.len() })
     }
 }
 

@@ -41,6 +41,8 @@ use queries::QueryLog;
 pub struct SqlSettings {
     pub pool: PoolSettings,
     pub stores: stores::StoreSettings,
+    /// See [`cohort_batch::EngineSettings::local_query_bytes`].
+    pub local_query_bytes: u64,
 }
 
 /// Tries at caching a table again after it lost a store.
@@ -79,6 +81,7 @@ impl SqlFront {
             spill_dir: Some(data_dir.join("spill")),
             worker_tls: Some(worker_tls),
             live_dir: Some(data_dir.join("live")),
+            local_query_bytes: settings.local_query_bytes,
             ..Default::default()
         })?;
         let tables = core.call(|c| c.tables()).await?;
@@ -152,6 +155,7 @@ impl SqlFront {
                 return Err(e);
             }
         };
+        running.ran_on(outcome.workers);
         if !outcome.retries.is_empty() {
             tracing::warn!(retries = outcome.retries.len(), why = %outcome.retries.join("; "), "query retried");
         }
@@ -174,6 +178,7 @@ impl SqlFront {
             )),
             schema,
             retries: outcome.retries,
+            workers: outcome.workers,
         })
     }
 

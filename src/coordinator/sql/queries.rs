@@ -19,6 +19,9 @@ pub struct QueryRecord {
     pub started_ms: i64,
     pub duration_ms: f64,
     pub rows: u64,
+    /// How many pool workers answered it; 0: the coordinator did (a small
+    /// scan, or cached tables it maps).
+    pub workers: usize,
     /// `ok`, `failed` or `abandoned` (its client stopped reading).
     pub outcome: &'static str,
     pub error: String,
@@ -67,6 +70,7 @@ pub struct Running {
     started: Instant,
     started_ms: i64,
     rows: u64,
+    workers: usize,
     error: Option<String>,
     finished: bool,
 }
@@ -80,9 +84,15 @@ impl Running {
             started: Instant::now(),
             started_ms,
             rows: 0,
+            workers: 0,
             error: None,
             finished: false,
         }
+    }
+
+    /// It runs on this many workers (0: here).
+    pub fn ran_on(&mut self, workers: usize) {
+        self.workers = workers;
     }
 
     /// A batch of `rows` went to the client.
@@ -112,6 +122,7 @@ impl Drop for Running {
             started_ms: self.started_ms,
             duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
             rows: self.rows,
+            workers: self.workers,
             outcome,
             error: self.error.take().unwrap_or_default(),
         });
