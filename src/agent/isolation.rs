@@ -92,7 +92,9 @@ impl Isolation {
                 if cpu_millis > 0 {
                     let _ = match cpu {
                         // cgroup v2 weighs 1..=10000, 100 by default: one core is 100.
-                        CpuLimit::Share => fs::write(dir.join("cpu.weight"), (cpu_millis / 10).clamp(1, 10_000).to_string()),
+                        CpuLimit::Share => {
+                            fs::write(dir.join("cpu.weight"), (cpu_millis / 10).clamp(1, 10_000).to_string())
+                        }
                         CpuLimit::Quota => fs::write(dir.join("cpu.max"), format!("{} 100000", cpu_millis * 100)),
                     };
                 }
@@ -113,7 +115,8 @@ impl Isolation {
                         match limit {
                             // cgroup v1 gives a core 1024 shares.
                             CpuLimit::Share => {
-                                let _ = fs::write(dir.join("cpu.shares"), (cpu_millis * 1024 / 1000).max(2).to_string());
+                                let _ =
+                                    fs::write(dir.join("cpu.shares"), (cpu_millis * 1024 / 1000).max(2).to_string());
                             }
                             CpuLimit::Quota => {
                                 let _ = fs::write(dir.join("cpu.cfs_period_us"), "100000");

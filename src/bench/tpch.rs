@@ -111,7 +111,7 @@ impl Extras {
     fn print(&self) {
         if let Some(p50) = self.small_p50 {
             println!(
-                "small-table query through the warm pool (nation, 25 rows): p50 {:.1} ms over {SMALL_RUNS} runs",
+                "small-table query over Flight SQL (nation, 25 rows, answered by the coordinator): p50 {:.1} ms over {SMALL_RUNS} runs",
                 p50.as_secs_f64() * 1e3
             );
         }
