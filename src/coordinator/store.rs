@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use cohort_batch::TableDef;
+use cohort_batch::{CacheDef, TableDef};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
@@ -167,6 +167,8 @@ pub struct Snapshot {
     pub next_job: u64,
     /// The SQL catalog, in the order its entries were created.
     pub tables: Vec<TableDef>,
+    /// The cached tables, in the order they were cached.
+    pub caches: Vec<CacheDef>,
     pub tokens: Vec<crate::coordinator::core::auth::TokenRecord>,
     /// The newest audit entries, oldest first.
     pub audit: Vec<crate::coordinator::core::auth::AuditEntry>,
@@ -182,6 +184,8 @@ pub enum Write {
     NextJob(u64),
     /// The whole SQL catalog, replacing what was stored.
     Catalog(Vec<TableDef>),
+    /// Every `CACHE TABLE` in force, replacing what was stored.
+    Caches(Vec<CacheDef>),
     Token(crate::coordinator::core::auth::TokenRecord),
     /// Appended to the audit log.
     Audit(crate::coordinator::core::auth::AuditEntry),
@@ -208,6 +212,7 @@ impl SqliteStore {
              CREATE TABLE IF NOT EXISTS nodes (name TEXT PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
              CREATE TABLE IF NOT EXISTS catalog (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
+             CREATE TABLE IF NOT EXISTS caches (seq INTEGER PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS tokens (id TEXT PRIMARY KEY, record TEXT NOT NULL);
              CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);",
         )?;
@@ -235,6 +240,7 @@ impl StateStore for SqliteStore {
             nodes: self.all("SELECT record FROM nodes ORDER BY name")?,
             next_job: next_job.unwrap_or(1) as u64,
             tables: self.all("SELECT record FROM catalog ORDER BY seq")?,
+            caches: self.all("SELECT record FROM caches ORDER BY seq")?,
             tokens: self.all("SELECT record FROM tokens ORDER BY id")?,
             audit: self.all(&format!(
                 "SELECT record FROM (SELECT seq, record FROM audit ORDER BY seq DESC LIMIT {}) ORDER BY seq",
@@ -280,6 +286,16 @@ impl StateStore for SqliteStore {
                         tx.execute(
                             "INSERT INTO catalog (seq, record) VALUES (?1, ?2)",
                             params![seq as i64, serde_json::to_string(table)?],
+                        )?;
+                    }
+                    0
+                }
+                Write::Caches(caches) => {
+                    tx.execute("DELETE FROM caches", [])?;
+                    for (seq, cache) in caches.iter().enumerate() {
+                        tx.execute(
+                            "INSERT INTO caches (seq, record) VALUES (?1, ?2)",
+                            params![seq as i64, serde_json::to_string(cache)?],
                         )?;
                     }
                     0

@@ -233,6 +233,37 @@ fn the_catalog_survives_a_coordinator_restart() {
     assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM big_ids")[0]["n"], 10);
 }
 
+#[test]
+fn cached_tables_are_cached_again_after_a_coordinator_restart() {
+    let mut c = Cluster::start(&[("a", 2)]);
+    let data = c.dir.path().join("events");
+    make_table(&c.address, "events", &data, 5_000);
+    sql_ok(&c.address, "CACHE TABLE events");
+    sql_ok(&c.address, "CACHE TABLE hot AS SELECT id, pad FROM events WHERE k = 3");
+    sql_ok(&c.address, "CACHE TABLE cold AS SELECT id FROM events WHERE k = 4");
+    sql_ok(&c.address, "DROP TABLE cold");
+    let hot = "SELECT count(*) AS n, sum(id) AS s FROM hot";
+    let expected = sql_json(&c.address, hot);
+    assert_eq!(expected[0]["n"], 500);
+
+    // When the coordinator restarts
+    c.kill_coordinator();
+    c.start_coordinator();
+    // Then the table cached AS SELECT answers at once (from its query until cached again)
+    assert_eq!(sql_json(&c.address, hot), expected);
+    // And both are cached again, while the dropped one stays gone
+    c.wait_until("both tables are cached again", WAIT, |c| {
+        let cached = sql_json(&c.address, "SELECT table_name FROM cohort.cache ORDER BY table_name");
+        cached == vec![serde_json::json!({ "table_name": "events" }), serde_json::json!({ "table_name": "hot" })]
+    });
+    let out = cli_at(&c.address, &["sql", "-e", "SELECT * FROM cold"]);
+    assert!(!out.status.success() && stderr(&out).contains("cold"), "{}", stderr(&out));
+    // And, cached, they read no file
+    std::fs::rename(&data, c.dir.path().join("events-moved")).unwrap();
+    assert_eq!(sql_json(&c.address, hot), expected);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM events")[0]["n"], 5_000);
+}
+
 /// Cpu time a process has used, in clock ticks (`/proc/PID/stat`).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();

@@ -86,7 +86,9 @@ impl SqlEngine {
             }
             (query, _) => query.map(str::to_string),
         };
-        let exists = ctx.table_exist(name)?;
+        // A table cached AS SELECT before a restart answers from its query
+        // until it is cached again ([`SqlEngine::serve_uncached`]).
+        let exists = ctx.table_exist(name)? && !self.serves_query(name, query.as_deref()).await;
         let source = match &query {
             Some(_) if exists => {
                 return Err(Error::Invalid(format!(
@@ -238,6 +240,30 @@ impl SqlEngine {
         ctx.deregister_table(entry.name.as_str())?;
         ctx.register_table(entry.name.as_str(), provider)?;
         Ok(())
+    }
+
+    /// Makes a table that was cached `AS SELECT` (and so lives in the
+    /// stores only) answer from its query until it is cached again: what a
+    /// restarted coordinator does while it caches its tables anew. Its
+    /// source serves a cached catalog table meanwhile, as before caching.
+    pub async fn serve_uncached(&self, def: &crate::CacheDef) -> Result<()> {
+        let Some(query) = &def.query else { return Ok(()) };
+        let schema = Arc::new(self.plan(query, None).await?.schema().as_arrow().clone());
+        let ctx = self.context();
+        if ctx.table_exist(def.name.as_str())? {
+            return Err(Error::Invalid(format!("`{}` exists, so its cached query cannot take its name", def.name)));
+        }
+        ctx.register_table(def.name.as_str(), Arc::new(QueryTable { sql: query.clone(), schema }))?;
+        Ok(())
+    }
+
+    /// Whether `name` answers from `query` ([`SqlEngine::serve_uncached`]).
+    async fn serves_query(&self, name: &str, query: Option<&str>) -> bool {
+        let Some(query) = query else { return false };
+        match self.context().table_provider(name).await {
+            Ok(provider) => provider.downcast_ref::<QueryTable>().is_some_and(|t| t.sql == query),
+            Err(_) => false,
+        }
     }
 
     /// Uncaches `name`: its source serves again (a table cached `AS

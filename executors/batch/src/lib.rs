@@ -48,7 +48,7 @@ mod worker;
 pub use channels::{CONNECT_TIMEOUT, Channels};
 pub use engine::{EngineSettings, Footprint, QueryOutcome, SqlEngine, WorkerSource, footprint, is_worker_loss};
 pub use output::{Staged, commit_all, discard_all};
-pub use statements::{CatalogChange, Statement, TableDef, classify, same_definition, split_statements};
+pub use statements::{CacheDef, CatalogChange, Statement, TableDef, classify, same_definition, split_statements};
 pub use stores::Stores;
 pub use worker::{WorkerSettings, runtime, serve};
 

@@ -21,6 +21,16 @@ pub struct TableDef {
     pub ddl: String,
 }
 
+/// A `CACHE TABLE` as it is persisted, so that a restarted coordinator
+/// caches the table again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CacheDef {
+    pub name: String,
+    /// The `AS SELECT` query of a table that exists only cached; none for
+    /// a cached catalog table.
+    pub query: Option<String>,
+}
+
 /// A change to the shared catalog.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CatalogChange {

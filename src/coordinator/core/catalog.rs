@@ -1,8 +1,9 @@
 //! The SQL catalog as the coordinator keeps it: each table or view as the
 //! statement that recreates it, in creation order (a view comes after what
-//! it reads), stored with the rest of the state.
+//! it reads), and each cached table as its `CACHE TABLE`, stored with the
+//! rest of the state.
 
-use cohort_batch::TableDef;
+use cohort_batch::{CacheDef, TableDef};
 
 use super::Core;
 use super::error::Result;
@@ -21,6 +22,31 @@ impl Core {
             tracing::info!(table = %def.name, "catalog: table defined");
             core.tables.push(def);
             core.turn.catalog = true;
+            Ok(())
+        })
+    }
+
+    /// The cached tables, in the order they were cached.
+    pub fn caches(&self) -> Vec<CacheDef> {
+        self.caches.clone()
+    }
+
+    /// Records a `CACHE TABLE`, replacing an earlier one of the same name.
+    pub fn put_cache(&mut self, def: CacheDef) -> Result<()> {
+        self.turn(|core| {
+            core.caches.retain(|c| !c.name.eq_ignore_ascii_case(&def.name));
+            core.caches.push(def);
+            core.turn.catalog = true;
+            Ok(())
+        })
+    }
+
+    /// Forgets that a table is cached (`UNCACHE`, `DROP`, a replaced table).
+    pub fn drop_cache(&mut self, name: &str) -> Result<()> {
+        self.turn(|core| {
+            let before = core.caches.len();
+            core.caches.retain(|c| !c.name.eq_ignore_ascii_case(name));
+            core.turn.catalog |= core.caches.len() != before;
             Ok(())
         })
     }

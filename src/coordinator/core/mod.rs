@@ -35,7 +35,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cohort_batch::TableDef;
+use cohort_batch::{CacheDef, TableDef};
 use cohort_scheduler::{AllocId, Config, Engine, Event, GangId, NodeId};
 use tokio::sync::broadcast;
 
@@ -132,6 +132,8 @@ pub struct Core {
     next_job: u64,
     /// The SQL catalog, in creation order.
     tables: Vec<TableDef>,
+    /// The `CACHE TABLE`s in force, in the order they were cached.
+    caches: Vec<CacheDef>,
     /// Issued tokens, by id.
     tokens: BTreeMap<String, auth::TokenRecord>,
     /// The newest audit entries.
@@ -202,6 +204,7 @@ impl Core {
             agents,
             next_job: snapshot.next_job,
             tables: snapshot.tables,
+            caches: snapshot.caches,
             tokens: snapshot.tokens.into_iter().map(|t| (t.id.clone(), t)).collect(),
             audit: snapshot.audit.into(),
             endpoints: ClusterStatus::default(),
@@ -338,6 +341,7 @@ impl Core {
         }
         if turn.catalog {
             writes.push(Write::Catalog(self.tables.clone()));
+            writes.push(Write::Caches(self.caches.clone()));
         }
         writes.extend(turn.tokens.iter().map(|id| Write::Token(self.tokens[id].clone())));
         writes.extend(turn.audit.into_iter().map(Write::Audit));

@@ -485,6 +485,24 @@ fn the_sql_catalog_is_stored_and_comes_back_in_creation_order() {
 }
 
 #[test]
+fn cached_tables_are_stored_until_uncached() {
+    use cohort_batch::CacheDef;
+    let def = |name: &str, query: Option<&str>| CacheDef { name: name.into(), query: query.map(str::to_string) };
+    // Given a cached table, two cached queries, one of them cached again, and one uncached
+    let mut h = Harness::new();
+    h.core.put_cache(def("events", None)).unwrap();
+    h.core.put_cache(def("hot", Some("SELECT id FROM events WHERE k = 3"))).unwrap();
+    h.core.put_cache(def("cold", Some("SELECT id FROM events WHERE k = 4"))).unwrap();
+    h.core.put_cache(def("HOT", Some("SELECT id FROM events WHERE k = 5"))).unwrap();
+    h.core.drop_cache("cold").unwrap();
+    h.core.drop_cache("never-cached").unwrap();
+    // When the coordinator restarts from its store
+    h.restart(None);
+    // Then it knows what to cache again, in the order it was cached
+    assert_eq!(h.core.caches(), vec![def("events", None), def("HOT", Some("SELECT id FROM events WHERE k = 5"))]);
+}
+
+#[test]
 fn a_paused_service_stops_its_instances_stays_paused_across_a_restart_and_resumes() {
     let mut h = Harness::new();
     let node = h.register("a", 4);

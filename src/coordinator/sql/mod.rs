@@ -88,9 +88,15 @@ impl SqlFront {
         for (name, e) in engine.restore(&tables).await.into_iter().chain(engine.restore_live()) {
             eprintln!("warning: table `{name}` could not be restored: {e}");
         }
+        let caches = core.call(|c| c.caches()).await?;
+        for def in &caches {
+            if let Err(e) = engine.serve_uncached(def).await {
+                eprintln!("warning: cached table `{}` cannot answer until it is cached again: {e}", def.name);
+            }
+        }
         let pool = Pool::start(core.clone(), settings.pool).await?;
         let stores = stores::Stores::start(core.clone(), settings.stores).await?;
-        Ok(Arc::new(SqlFront {
+        let front = Arc::new(SqlFront {
             engine,
             core,
             pool,
@@ -98,7 +104,44 @@ impl SqlFront {
             catalog_lock: tokio::sync::Mutex::new(()),
             writes: AtomicU64::new(0),
             queries: Arc::default(),
-        }))
+        });
+        if !caches.is_empty() {
+            tokio::spawn(front.clone().cache_again(caches));
+        }
+        Ok(front)
+    }
+
+    /// Caches the tables an earlier coordinator had cached, from their
+    /// sources, in the background: until then each answers from its source
+    /// (or its query). The earlier copies went with the earlier stores
+    /// ([`stores::Stores::start`]), and evicted tables are cached again too.
+    async fn cache_again(self: Arc<Self>, defs: Vec<cohort_batch::CacheDef>) {
+        for def in defs {
+            let mut attempt = 1;
+            loop {
+                let name = def.name.clone();
+                // UNCACHE or DROP since the restart: nothing to do.
+                match self.core.call(move |c| c.caches().into_iter().any(|c| c.name == name)).await {
+                    Ok(true) => {}
+                    _ => break,
+                }
+                match self.cache(&def.name, def.query.as_deref()).await {
+                    Ok(rows) => {
+                        tracing::info!(table = %def.name, rows, "cached again after a restart");
+                        break;
+                    }
+                    Err(e) if attempt < REBUILD_ATTEMPTS => {
+                        tracing::warn!(table = %def.name, attempt, error = %e, "caching again after a restart failed; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                    }
+                    Err(e) => {
+                        tracing::warn!(table = %def.name, error = %e, "cannot cache again after a restart; it answers from its source");
+                        break;
+                    }
+                }
+            }
+        }
     }
 
     pub fn engine(&self) -> &SqlEngine {
@@ -191,7 +234,8 @@ impl SqlFront {
             Statement::Cache { table, query } => self.cache(&table, query.as_deref()).await.map(Some),
             Statement::Uncache { table, if_exists } => {
                 let _one_at_a_time = self.catalog_lock.lock().await;
-                self.engine.uncache_table(&table, if_exists).await.map(|_| None)
+                self.engine.uncache_table(&table, if_exists).await?;
+                self.store(move |c| c.drop_cache(&table)).await.map(|()| None)
             }
             Statement::Query => Err(Error::Invalid("a query returns rows; run it as a query".into())),
         }
@@ -274,6 +318,8 @@ impl SqlFront {
         let _in_use = self.pool.enter();
         let budget = self.stores.cache_budget(stores.len());
         let entry = self.engine.cache_table(table, query, self.pool.as_ref(), &stores, budget).await?;
+        let def = cohort_batch::CacheDef { name: table.to_string(), query: entry.definition.clone() };
+        self.store(move |c| c.put_cache(def)).await?;
         Ok(entry.rows())
     }
 
@@ -313,8 +359,9 @@ impl SqlFront {
         let _one_at_a_time = self.catalog_lock.lock().await;
         match change {
             CatalogChange::Create { def, or_replace, if_not_exists } => {
-                if or_replace {
-                    self.engine.uncache_table(&def.name, true).await?;
+                if or_replace && self.engine.uncache_table(&def.name, true).await?.is_some() {
+                    let name = def.name.clone();
+                    self.store(move |c| c.drop_cache(&name)).await?;
                 }
                 if !or_replace && self.engine.context().table_exist(def.name.as_str())? {
                     let stored = self.core.call(|c| c.tables()).await.map_err(unavailable)?;
@@ -338,10 +385,11 @@ impl SqlFront {
                 self.engine.drop_live(&name).await?;
             }
             CatalogChange::Drop { name, .. } => {
+                let cached = self.engine.uncache_table(&name, true).await?;
+                let forgotten = name.clone();
+                self.store(move |c| c.drop_cache(&forgotten)).await?;
                 // A table cached AS SELECT lives in the stores only: uncaching drops it.
-                if let Some(cached) = self.engine.uncache_table(&name, true).await?
-                    && cached.source.is_none()
-                {
+                if cached.is_some_and(|c| c.source.is_none()) {
                     return Ok(());
                 }
                 self.engine.apply_ddl(sql).await?;
