@@ -280,31 +280,25 @@ impl StateStore for SqliteStore {
                     "INSERT OR REPLACE INTO tokens (id, record) VALUES (?1, ?2)",
                     params![token.id, serde_json::to_string(token)?],
                 )?,
-                Write::Catalog(tables) => {
-                    tx.execute("DELETE FROM catalog", [])?;
-                    for (seq, table) in tables.iter().enumerate() {
-                        tx.execute(
-                            "INSERT INTO catalog (seq, record) VALUES (?1, ?2)",
-                            params![seq as i64, serde_json::to_string(table)?],
-                        )?;
-                    }
-                    0
-                }
-                Write::Caches(caches) => {
-                    tx.execute("DELETE FROM caches", [])?;
-                    for (seq, cache) in caches.iter().enumerate() {
-                        tx.execute(
-                            "INSERT INTO caches (seq, record) VALUES (?1, ?2)",
-                            params![seq as i64, serde_json::to_string(cache)?],
-                        )?;
-                    }
-                    0
-                }
+                Write::Catalog(tables) => replace_sequence(&tx, "catalog", tables)?,
+                Write::Caches(caches) => replace_sequence(&tx, "caches", caches)?,
             };
         }
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Replaces every row of `table` (`seq`, `record`) with `records`, in order.
+fn replace_sequence<T: Serialize>(tx: &rusqlite::Transaction, table: &str, records: &[T]) -> Result<usize, StoreError> {
+    tx.execute(&format!("DELETE FROM {table}"), [])?;
+    for (seq, record) in records.iter().enumerate() {
+        tx.execute(
+            &format!("INSERT INTO {table} (seq, record) VALUES (?1, ?2)"),
+            params![seq as i64, serde_json::to_string(record)?],
+        )?;
+    }
+    Ok(0)
 }
 
 #[cfg(test)]
