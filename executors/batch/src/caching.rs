@@ -270,6 +270,11 @@ impl SqlEngine {
     /// SELECT` is gone) and the stores forget it. What was cached, if anything.
     pub async fn uncache_table(&self, name: &str, if_exists: bool) -> Result<Option<Arc<CacheEntry>>> {
         let Some(entry) = self.cache_registry().lock().expect("cache registry").remove(name) else {
+            // Cached AS SELECT before a restart and not yet again: gone, as it would be cached.
+            if self.context().table_provider(name).await.is_ok_and(|p| p.downcast_ref::<QueryTable>().is_some()) {
+                self.context().deregister_table(name)?;
+                return Ok(None);
+            }
             return match (if_exists, self.is_live(name)) {
                 (true, _) => Ok(None),
                 (false, true) => {
@@ -573,5 +578,25 @@ mod tests {
             .collect();
         assert_eq!(values, (0..10).collect::<Vec<_>>(), "every row once, in order");
         assert_eq!(split_rows(&[], 3).len(), 3, "an empty table still has its parts");
+    }
+
+    #[tokio::test]
+    async fn a_query_cached_before_a_restart_answers_from_its_query_until_uncached() {
+        let engine = SqlEngine::new(crate::EngineSettings::default()).unwrap();
+        engine.apply_ddl("CREATE VIEW numbers AS SELECT * FROM (VALUES (1), (2), (3)) t(n)").await.unwrap();
+        let def = crate::CacheDef { name: "odd".into(), query: Some("SELECT n FROM numbers WHERE n % 2 = 1".into()) };
+        // Given a table cached AS SELECT by an earlier coordinator, not cached again yet
+        engine.serve_uncached(&def).await.unwrap();
+        // Then it answers from its query
+        let plan = engine.plan("SELECT sum(n) AS s FROM odd", None).await.unwrap();
+        let batches: Vec<RecordBatch> = engine.run_here(plan).await.unwrap().stream.try_collect().await.unwrap();
+        let sum = batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        assert_eq!(sum, 4);
+        // And a name taken since cannot be taken by it
+        let taken = crate::CacheDef { name: "numbers".into(), query: Some("SELECT 1".into()) };
+        assert!(engine.serve_uncached(&taken).await.unwrap_err().to_string().contains("`numbers` exists"));
+        // When it is uncached, it is gone, as a table cached AS SELECT is
+        assert!(engine.uncache_table("odd", false).await.unwrap().is_none());
+        assert!(!engine.context().table_exist("odd").unwrap());
     }
 }

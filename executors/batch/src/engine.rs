@@ -444,7 +444,7 @@ impl SqlEngine {
     }
 
     /// Runs a plan in this process, on the engine's own threads.
-    async fn run_here(&self, plan: LogicalPlan) -> Result<QueryOutcome> {
+    pub(crate) async fn run_here(&self, plan: LogicalPlan) -> Result<QueryOutcome> {
         let stream = self.compute.stream(self.local.execute_logical_plan(plan).await?).await?;
         Ok(QueryOutcome { schema: stream.schema(), stream, retries: Vec::new(), workers: 0 })
     }

@@ -234,7 +234,11 @@ impl SqlFront {
             Statement::Cache { table, query } => self.cache(&table, query.as_deref()).await.map(Some),
             Statement::Uncache { table, if_exists } => {
                 let _one_at_a_time = self.catalog_lock.lock().await;
-                self.engine.uncache_table(&table, if_exists).await?;
+                // Stored but not cached yet (after a restart): uncaching it is no error.
+                let name = table.clone();
+                let stored =
+                    self.core.call(move |c| c.caches().iter().any(|d| d.name == name)).await.map_err(unavailable)?;
+                self.engine.uncache_table(&table, if_exists || stored).await?;
                 self.store(move |c| c.drop_cache(&table)).await.map(|()| None)
             }
             Statement::Query => Err(Error::Invalid("a query returns rows; run it as a query".into())),
@@ -387,9 +391,17 @@ impl SqlFront {
             CatalogChange::Drop { name, .. } => {
                 let cached = self.engine.uncache_table(&name, true).await?;
                 let forgotten = name.clone();
-                self.store(move |c| c.drop_cache(&forgotten)).await?;
+                let stored = self
+                    .core
+                    .call(move |c| {
+                        let stored = c.caches().into_iter().find(|d| d.name == forgotten);
+                        c.drop_cache(&forgotten).map(|()| stored)
+                    })
+                    .await
+                    .map_err(unavailable)?
+                    .map_err(unavailable)?;
                 // A table cached AS SELECT lives in the stores only: uncaching drops it.
-                if cached.is_some_and(|c| c.source.is_none()) {
+                if cached.is_some_and(|c| c.source.is_none()) || stored.is_some_and(|d| d.query.is_some()) {
                     return Ok(());
                 }
                 self.engine.apply_ddl(sql).await?;
