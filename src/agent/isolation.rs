@@ -90,13 +90,14 @@ impl Isolation {
                     let _ = fs::write(dir.join("memory.max"), memory_bytes.to_string());
                 }
                 if cpu_millis > 0 {
-                    let _ = match cpu {
+                    // A group left by an agent killed earlier keeps its files: each is written.
+                    let (weight, max) = match cpu {
                         // cgroup v2 weighs 1..=10000, 100 by default: one core is 100.
-                        CpuLimit::Share => {
-                            fs::write(dir.join("cpu.weight"), (cpu_millis / 10).clamp(1, 10_000).to_string())
-                        }
-                        CpuLimit::Quota => fs::write(dir.join("cpu.max"), format!("{} 100000", cpu_millis * 100)),
+                        CpuLimit::Share => ((cpu_millis / 10).clamp(1, 10_000), "max 100000".to_string()),
+                        CpuLimit::Quota => (100, format!("{} 100000", cpu_millis * 100)),
                     };
+                    let _ = fs::write(dir.join("cpu.weight"), weight.to_string());
+                    let _ = fs::write(dir.join("cpu.max"), max);
                 }
                 vec![dir.join("cgroup.procs")]
             }
@@ -112,17 +113,14 @@ impl Isolation {
                 if let Some((cpu, limit)) = cpu {
                     let dir = cpu.join(&name);
                     if cpu_millis > 0 && fs::create_dir_all(&dir).is_ok() {
-                        match limit {
-                            // cgroup v1 gives a core 1024 shares.
-                            CpuLimit::Share => {
-                                let _ =
-                                    fs::write(dir.join("cpu.shares"), (cpu_millis * 1024 / 1000).max(2).to_string());
-                            }
-                            CpuLimit::Quota => {
-                                let _ = fs::write(dir.join("cpu.cfs_period_us"), "100000");
-                                let _ = fs::write(dir.join("cpu.cfs_quota_us"), (cpu_millis * 100).to_string());
-                            }
-                        }
+                        // cgroup v1 gives a core 1024 shares; a quota of -1 is none.
+                        let (shares, quota) = match limit {
+                            CpuLimit::Share => ((cpu_millis * 1024 / 1000).max(2), -1),
+                            CpuLimit::Quota => (1024, (cpu_millis * 100) as i64),
+                        };
+                        let _ = fs::write(dir.join("cpu.shares"), shares.to_string());
+                        let _ = fs::write(dir.join("cpu.cfs_period_us"), "100000");
+                        let _ = fs::write(dir.join("cpu.cfs_quota_us"), quota.to_string());
                         procs.push(dir.join("cgroup.procs"));
                     }
                 }
@@ -199,16 +197,19 @@ mod tests {
         assert_eq!(v2.prepare(7, 1500, 1 << 30), vec![root.path().join("v2/alloc-7/cgroup.procs")]);
         let slot = root.path().join("v2/alloc-7");
         assert_eq!(read(&slot, "cpu.weight").as_deref(), Some("150"), "1.5 cores weigh 1.5 × the default 100");
-        assert_eq!(read(&slot, "cpu.max"), None, "no quota");
+        assert_eq!(read(&slot, "cpu.max").as_deref(), Some("max 100000"), "no quota");
         assert_eq!(read(&slot, "memory.max").as_deref(), Some("1073741824"));
 
+        // A group an agent killed earlier left behind, with a quota, is reset
+        fs::create_dir_all(root.path().join("cpu/alloc-8")).unwrap();
+        fs::write(root.path().join("cpu/alloc-8/cpu.cfs_quota_us"), "25000").unwrap();
         let v1 = Isolation::CgroupV1 {
             memory: root.path().join("memory"),
             cpu: Some((root.path().join("cpu"), CpuLimit::Share)),
         };
         v1.prepare(8, 500, 1 << 20);
         assert_eq!(read(&root.path().join("cpu/alloc-8"), "cpu.shares").as_deref(), Some("512"));
-        assert_eq!(read(&root.path().join("cpu/alloc-8"), "cpu.cfs_quota_us"), None);
+        assert_eq!(read(&root.path().join("cpu/alloc-8"), "cpu.cfs_quota_us").as_deref(), Some("-1"));
         assert_eq!(read(&root.path().join("memory/alloc-8"), "memory.limit_in_bytes").as_deref(), Some("1048576"));
         assert_eq!(v1.name(), "cgroup-v1 (cpu share)");
     }
@@ -219,7 +220,7 @@ mod tests {
         let v2 = Isolation::CgroupV2 { base: root.path().to_path_buf(), cpu: CpuLimit::Quota };
         v2.prepare(1, 1500, 0);
         assert_eq!(read(&root.path().join("alloc-1"), "cpu.max").as_deref(), Some("150000 100000"));
-        assert_eq!(read(&root.path().join("alloc-1"), "cpu.weight"), None);
+        assert_eq!(read(&root.path().join("alloc-1"), "cpu.weight").as_deref(), Some("100"));
 
         let v1 = Isolation::CgroupV1 {
             memory: root.path().join("memory"),

@@ -398,9 +398,13 @@ fn toml_error(errors: &Errors, text: &str, e: &toml::de::Error) -> SpecError {
     let key =
         message.split('`').nth(1).filter(|_| message.contains("unknown field") || message.contains("missing field"));
     let field = match (key, e.span()) {
-        (Some(key), Some(span)) => match table_at(text, span.start) {
-            Some(table) => format!("{table}.{key}"),
-            None => key.to_string(),
+        // On a table header, the span is the table (a field missing from
+        // it) or the header's own name (an unknown table).
+        (Some(key), Some(span)) => match (header_at(text, span.start), table_at(text, span.start)) {
+            (Some(header), _) if message.contains("missing field") => format!("{header}.{key}"),
+            (Some(header), _) => header,
+            (None, Some(table)) => format!("{table}.{key}"),
+            (None, None) => key.to_string(),
         },
         (Some(key), None) => key.to_string(),
         (None, _) => "spec".to_string(),
@@ -425,6 +429,15 @@ fn line_of(text: &str, offset: usize) -> usize {
 }
 
 /// The `[table]` a byte offset of a TOML text falls under, if any.
+/// The table whose header is on the line at `offset`, if that line is one.
+fn header_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[start..].lines().next()?.trim();
+    let inner = line.strip_prefix('[')?.strip_suffix(']')?;
+    (!inner.starts_with('[')).then(|| inner.trim().to_string())
+}
+
 fn table_at(text: &str, offset: usize) -> Option<String> {
     text[..offset.min(text.len())].lines().rev().find_map(|line| {
         let line = line.trim();
@@ -476,6 +489,11 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert_eq!((e.line, e.field.as_str()), (4, "priorty"), "{e}");
         let e = parse_job("job.toml", &GOOD.replace("spread", "x").replace("max = 4", "maxx = 4")).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (9, "gang.maxx"), "{e}");
+        // A table the spec does not have, and a field missing from one that it does
+        let e = parse_job("job.toml", &format!("{GOOD}\n[resources]\ncpu = 1\n")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (16, "resources"), "{e}");
+        let e = parse_job("job.toml", &GOOD.replace("cpu = \"500m\"", "")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (7, "gang.cpu"), "{e}");
         let e = parse_job("job.toml", "name = \"x\"\n[gang\n").unwrap_err();
         assert_eq!(e.line, 2, "{e}");
         let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
