@@ -41,13 +41,19 @@ impl Core {
         })
     }
 
-    /// Forgets that a table is cached (`UNCACHE`, `DROP`, a replaced table).
-    pub fn drop_cache(&mut self, name: &str) -> Result<()> {
+    /// Whether a `CACHE TABLE` of `name` is recorded.
+    pub fn is_cached(&self, name: &str) -> bool {
+        self.caches.iter().any(|c| c.name.eq_ignore_ascii_case(name))
+    }
+
+    /// Forgets that a table is cached (`UNCACHE`, `DROP`, a replaced
+    /// table); what was recorded, if anything.
+    pub fn drop_cache(&mut self, name: &str) -> Result<Option<CacheDef>> {
         self.turn(|core| {
-            let before = core.caches.len();
-            core.caches.retain(|c| !c.name.eq_ignore_ascii_case(name));
-            core.turn.catalog |= core.caches.len() != before;
-            Ok(())
+            let at = core.caches.iter().position(|c| c.name.eq_ignore_ascii_case(name));
+            let dropped = at.map(|i| core.caches.remove(i));
+            core.turn.catalog |= dropped.is_some();
+            Ok(dropped)
         })
     }
 

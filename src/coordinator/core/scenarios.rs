@@ -494,8 +494,8 @@ fn cached_tables_are_stored_until_uncached() {
     h.core.put_cache(def("hot", Some("SELECT id FROM events WHERE k = 3"))).unwrap();
     h.core.put_cache(def("cold", Some("SELECT id FROM events WHERE k = 4"))).unwrap();
     h.core.put_cache(def("HOT", Some("SELECT id FROM events WHERE k = 5"))).unwrap();
-    h.core.drop_cache("cold").unwrap();
-    h.core.drop_cache("never-cached").unwrap();
+    assert_eq!(h.core.drop_cache("cold").unwrap(), Some(def("cold", Some("SELECT id FROM events WHERE k = 4"))));
+    assert_eq!(h.core.drop_cache("never-cached").unwrap(), None);
     // When the coordinator restarts from its store
     h.restart(None);
     // Then it knows what to cache again, in the order it was cached

@@ -121,9 +121,8 @@ impl SqlFront {
             loop {
                 let name = def.name.clone();
                 // UNCACHE or DROP since the restart: nothing to do.
-                match self.core.call(move |c| c.caches().into_iter().any(|c| c.name == name)).await {
-                    Ok(true) => {}
-                    _ => break,
+                if !self.core.call(move |c| c.is_cached(&name)).await.unwrap_or(false) {
+                    break;
                 }
                 match self.cache(&def.name, def.query.as_deref()).await {
                     Ok(rows) => {
@@ -234,12 +233,10 @@ impl SqlFront {
             Statement::Cache { table, query } => self.cache(&table, query.as_deref()).await.map(Some),
             Statement::Uncache { table, if_exists } => {
                 let _one_at_a_time = self.catalog_lock.lock().await;
-                // Stored but not cached yet (after a restart): uncaching it is no error.
                 let name = table.clone();
-                let stored =
-                    self.core.call(move |c| c.caches().iter().any(|d| d.name == name)).await.map_err(unavailable)?;
-                self.engine.uncache_table(&table, if_exists || stored).await?;
-                self.store(move |c| c.drop_cache(&table)).await.map(|()| None)
+                let stored = self.store(move |c| c.drop_cache(&name)).await?;
+                // Stored but not cached yet (after a restart): uncaching it is no error.
+                self.engine.uncache_table(&table, if_exists || stored.is_some()).await.map(|_| None)
             }
             Statement::Query => Err(Error::Invalid("a query returns rows; run it as a query".into())),
         }
@@ -391,15 +388,7 @@ impl SqlFront {
             CatalogChange::Drop { name, .. } => {
                 let cached = self.engine.uncache_table(&name, true).await?;
                 let forgotten = name.clone();
-                let stored = self
-                    .core
-                    .call(move |c| {
-                        let stored = c.caches().into_iter().find(|d| d.name == forgotten);
-                        c.drop_cache(&forgotten).map(|()| stored)
-                    })
-                    .await
-                    .map_err(unavailable)?
-                    .map_err(unavailable)?;
+                let stored = self.store(move |c| c.drop_cache(&forgotten)).await?;
                 // A table cached AS SELECT lives in the stores only: uncaching drops it.
                 if cached.is_some_and(|c| c.source.is_none()) || stored.is_some_and(|d| d.query.is_some()) {
                     return Ok(());
@@ -411,10 +400,10 @@ impl SqlFront {
         Ok(())
     }
 
-    async fn store(
+    async fn store<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<(), CoordinatorError> + Send + 'static,
-    ) -> Result<()> {
+        f: impl FnOnce(&mut crate::coordinator::core::Core) -> Result<T, CoordinatorError> + Send + 'static,
+    ) -> Result<T> {
         self.core.call(f).await.map_err(unavailable)?.map_err(unavailable)
     }
 
