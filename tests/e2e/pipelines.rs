@@ -238,6 +238,19 @@ fn parquet_ids(dir: &std::path::Path) -> Vec<u64> {
     ids
 }
 
+/// The first directory named `name` under `root`.
+fn find_dir(root: &std::path::Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(root).ok()?.flatten().filter(|e| e.path().is_dir()) {
+        if entry.file_name() == name {
+            return Some(entry.path());
+        }
+        if let Some(found) = find_dir(&entry.path(), name) {
+            return Some(found);
+        }
+    }
+    None
+}
+
 /// A number one SQL query answers (none while it fails, e.g. before the table exists).
 fn sql_number(up: &Up, sql: &str) -> Option<i64> {
     up.json(&["sql", "-e", sql]).as_array()?.first()?.as_object()?.values().next()?.as_i64()
@@ -250,8 +263,10 @@ fn a_pipeline_feeds_a_live_table_that_sql_reads_with_nothing_lost_or_repeated() 
     produce(&brokers, "views", 0..2_000);
 
     // Given a pipeline whose sink is a live table
+    // (in micro-batches of at most 100 records: dozens of ingests, to be merged)
     let live = spec("live-checkouts", "views", "", 1)
-        .replace("[sink.parquet]\npath = \"\"\nroll_every = \"1s\"", "[sink.store]\ntable = \"checkouts_live\"");
+        .replace("[sink.parquet]\npath = \"\"\nroll_every = \"1s\"", "[sink.store]\ntable = \"checkouts_live\"")
+        .replace("max_records = 500", "max_records = 100");
     let created = up.cli(&["pipeline", "create", &write(&up, "live.toml", &live)]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let bad = live.replace("checkouts_live", "Checkouts-Live");
@@ -280,6 +295,13 @@ fn a_pipeline_feeds_a_live_table_that_sql_reads_with_nothing_lost_or_repeated() 
     let row = listed.as_array().and_then(|l| l.iter().find(|t| t["table_name"] == "checkouts_live").cloned());
     assert_eq!(row.as_ref().map(|r| r["state"].clone()), Some(Value::from("live")), "{listed}");
     assert_eq!(row.as_ref().map(|r| r["rows"].clone()), Some(Value::from(2_000)), "{listed}");
+    // And its ingests are merged on disk as in the stores, under the same counts
+    let merged = |u: &Up| {
+        let snapshots = find_dir(u.dir.path(), "checkouts_live").expect("the table's snapshots");
+        std::fs::read_dir(snapshots).unwrap().flatten().any(|f| f.file_name().to_string_lossy().contains('-'))
+    };
+    up.wait_until("the live table's ingests are merged", WAIT, merged);
+    assert_eq!(sql_number(&up, count), Some(2_000));
 
     // When a store is killed with -9, then the coordinator itself
     let data = up.dir.path().display().to_string();

@@ -301,19 +301,7 @@ impl SqlEngine {
         if entry.is_evicted() {
             return true;
         }
-        let mut expected: BTreeMap<&str, usize> = BTreeMap::new();
-        for p in &entry.parts {
-            *expected.entry(p.store.as_str()).or_default() += 1;
-        }
-        for (url, count) in expected {
-            let Ok(channel) = self.channels().flight(url) else { return false };
-            let version = entry.parts.first().map_or(0, |p| p.part.version);
-            match store::holds(channel, url, name, version).await {
-                Ok(held) if held == count => {}
-                _ => return false,
-            }
-        }
-        true
+        crate::live::missing_from_stores(self.channels(), name, &entry.parts).await.is_empty()
     }
 
     /// How cached table `name` is made again: from its source (none), or

@@ -148,6 +148,8 @@ pub struct SqlEngine {
     /// Where the parts of queries that run in this process compute.
     compute: crate::compute::Compute,
     cache_versions: std::sync::atomic::AtomicU64,
+    /// The queries running now: what holds replaced live partitions in their stores.
+    in_flight: Arc<crate::readers::InFlight>,
     /// Bytes under each scanned location, listed at most every few seconds.
     sizes: std::sync::Mutex<std::collections::HashMap<String, (std::time::Instant, u64)>>,
 }
@@ -216,12 +218,17 @@ impl SqlEngine {
             live,
             compute,
             cache_versions: std::sync::atomic::AtomicU64::new(0),
+            in_flight: Arc::default(),
             sizes: Default::default(),
         })
     }
 
     pub(crate) fn settings(&self) -> &EngineSettings {
         &self.settings
+    }
+
+    pub(crate) fn in_flight(&self) -> &crate::readers::InFlight {
+        &self.in_flight
     }
 
     pub(crate) fn channels(&self) -> &Channels {
@@ -396,7 +403,21 @@ impl SqlEngine {
     /// shared memory, runs here without workers; one that reads cached
     /// partitions held elsewhere runs on workers on their hosts
     /// ([`crate::routing`]).
+    ///
+    /// The query counts as running until its output is read or dropped
+    /// ([`crate::readers`]).
     pub async fn run(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
+        let ticket = self.in_flight.enter();
+        let mut outcome = self.run_unheld(plan, source).await?;
+        let schema = outcome.stream.schema();
+        let rows = outcome.stream.inspect(move |_| {
+            let _running = &ticket;
+        });
+        outcome.stream = Box::pin(RecordBatchStreamAdapter::new(schema, rows));
+        Ok(outcome)
+    }
+
+    async fn run_unheld(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
         let footprint = footprint(&plan)?;
         self.check_locations(&footprint.locations).await?;
         let reads_no_files = footprint.locations.is_empty();

@@ -21,6 +21,8 @@
 //! - `cached.rs`: the catalog's side of a cached table: its provider, the
 //!   scan that reads it from the stores, and the codec that ships that
 //!   scan to workers;
+//! - `readers.rs`: the queries running now, which hold the partitions a
+//!   compaction replaced until they end;
 //! - `routing.rs`: the tasks that read cached partitions, split by host
 //!   and sent to workers on the hosts that hold them;
 //! - `live.rs`: live tables, which grow by Flight SQL bulk ingest (and so
@@ -37,6 +39,7 @@ mod compute;
 mod engine;
 pub mod live;
 mod output;
+mod readers;
 mod routing;
 pub mod shm;
 mod statements;

@@ -12,10 +12,21 @@
 //! an ingest it already has, and refuses one that overlaps it, so that a
 //! pipeline member that restarts from older committed offsets appends
 //! nothing twice: it skips what the table already holds.
+//!
+//! Ingests are compacted in the background, tiered as an LSM tree is:
+//! [`COMPACT_FANOUT`] neighbouring partitions of one level (one ingest,
+//! then 8, 64, ...) and below [`COMPACT_BELOW_BYTES`] become one, so a
+//! table fed a micro-batch a second for a day holds tens of partitions,
+//! not 86,400, and a row is rewritten a few times at most. The merged
+//! partition is written to disk and put into a store before it replaces
+//! the ones it holds, all at once; those stay in their stores until the
+//! queries that may read them have ended ([`crate::readers`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -32,6 +43,14 @@ use url::Url;
 use crate::cached::{Placement, Usage};
 use crate::store::{self, PartId};
 use crate::{Error, Result, SqlEngine};
+
+/// Partitions merged into one by a compaction.
+pub const COMPACT_FANOUT: usize = 8;
+/// Partitions this big are merged no more.
+pub const COMPACT_BELOW_BYTES: u64 = 8 << 20;
+/// The longest replaced partitions wait for the queries that may read
+/// them (a client that never reads its result would hold them forever).
+const READER_GRACE: Duration = Duration::from_secs(15 * 60);
 
 /// Live tables by name.
 pub(crate) type LiveRegistry = Arc<Mutex<BTreeMap<String, Arc<LiveEntry>>>>;
@@ -88,29 +107,65 @@ pub struct LiveEntry {
     version: u64,
     pub created_ms: i64,
     state: Mutex<LiveState>,
-    /// One ingest at a time: partitions are numbered and offsets checked in order.
+    /// One change at a time (ingest, compaction, repair, drop):
+    /// partitions are numbered and offsets checked in order.
     appending: tokio::sync::Mutex<()>,
+    compacting: AtomicBool,
     pub usage: Usage,
 }
 
 #[derive(Debug, Default)]
 struct LiveState {
-    parts: Vec<Placement>,
+    /// In the order of the ingests they hold.
+    parts: Vec<LivePart>,
     /// Per source, per Kafka partition: the next offset not yet appended.
     applied: BTreeMap<String, BTreeMap<i32, i64>>,
+    /// The next ingest's number: snapshot files are named by the ingests they hold.
+    next_ingest: u64,
+    /// The next stored partition's number.
+    next_partition: u32,
+}
+
+#[derive(Clone, Debug)]
+struct LivePart {
+    placement: Placement,
+    /// The ingests it holds, `first..=last`: one until compacted.
+    ingests: (u64, u64),
+    /// Where those ingests came from.
+    from: Vec<SourceOffsets>,
+}
+
+impl LivePart {
+    /// 0 for one ingest, 1 for [`COMPACT_FANOUT`] of them, 2 for its square...
+    fn level(&self) -> u32 {
+        (self.ingests.1 - self.ingests.0 + 1).ilog(COMPACT_FANOUT as u64)
+    }
 }
 
 impl LiveEntry {
     pub fn parts(&self) -> Vec<Placement> {
-        self.state.lock().expect("live table").parts.clone()
+        self.state.lock().expect("live table").parts.iter().map(|p| p.placement.clone()).collect()
     }
 
     pub fn rows(&self) -> u64 {
-        self.state.lock().expect("live table").parts.iter().map(|p| p.rows).sum()
+        self.state.lock().expect("live table").parts.iter().map(|p| p.placement.rows).sum()
     }
 
     pub fn bytes(&self) -> u64 {
-        self.state.lock().expect("live table").parts.iter().map(|p| p.bytes).sum()
+        self.state.lock().expect("live table").parts.iter().map(|p| p.placement.bytes).sum()
+    }
+
+    fn new(name: &str, schema: SchemaRef, version: u64, state: LiveState) -> LiveEntry {
+        LiveEntry {
+            name: name.to_string(),
+            schema,
+            version,
+            created_ms: crate::cached::now_ms(),
+            state: Mutex::new(state),
+            appending: tokio::sync::Mutex::new(()),
+            compacting: AtomicBool::new(false),
+            usage: Usage::new(crate::cached::now_ms()),
+        }
     }
 
     fn applied(&self) -> BTreeMap<String, BTreeMap<i32, i64>> {
@@ -174,33 +229,16 @@ impl SqlEngine {
                      {budget} (--sql-cache-memory), and only cached tables are evicted"
                 ))));
             }
-            let (partition, store_url) = {
-                let state = entry.state.lock().expect("live table");
-                (state.parts.len() as u32, least_loaded(&state.parts, stores))
-            };
-            let part = PartId { table: name.to_string(), version: entry.version, partition };
-            // On disk first: what a store loses, or a restarted coordinator forgot, is put back from there.
-            if let Some(dir) = self.snapshot_dir(name) {
-                let (schema, batches, from) = (entry.schema.clone(), batches.clone(), from.clone());
-                tokio::task::spawn_blocking(move || write_snapshot(&dir, partition, &schema, &batches, from.as_ref()))
-                    .await
-                    .map_err(|e| Error::Invalid(e.to_string()))??;
-            }
-            let stats = Some(Arc::new(crate::cached::partition_statistics(&entry.schema, &batches)));
-            let channel = self.channels().flight(&store_url)?;
-            let put = store::put(channel, &store_url, &part, entry.schema.clone(), batches).await;
-            let shm = match put {
-                Ok(shm) => shm,
-                Err(e) => {
-                    // Not appended: its snapshot must not bring it back after a restart.
-                    if let Some(dir) = self.snapshot_dir(name) {
-                        let _ = std::fs::remove_file(snapshot_path(&dir, partition));
-                    }
-                    return Err(Error::Unavailable(format!("cannot append to `{name}`: {e}")));
-                }
-            };
-            let placement = Placement { store: store_url, part, rows, bytes, shm, stats };
-            entry.state.lock().expect("live table").parts.push(placement);
+            let ingest = entry.state.lock().expect("live table").next_ingest;
+            let ingests = (ingest, ingest);
+            let from: Vec<SourceOffsets> = from.iter().cloned().collect();
+            let placement = self
+                .keep(&entry, ingests, batches, &from, stores)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot append to `{name}`: {e}")))?;
+            let mut state = entry.state.lock().expect("live table");
+            state.parts.push(LivePart { placement, ingests, from });
+            state.next_ingest += 1;
         }
         if let Some(from) = from {
             let mut state = entry.state.lock().expect("live table");
@@ -237,15 +275,8 @@ impl SqlEngine {
         }
         // Any column may be null: later ingests are checked by name and type only.
         let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
-        let entry = Arc::new(LiveEntry {
-            name: name.to_string(),
-            schema: Arc::new(Schema::new(fields)),
-            version: self.next_cache_version(),
-            created_ms: crate::cached::now_ms(),
-            state: Mutex::default(),
-            appending: tokio::sync::Mutex::new(()),
-            usage: Usage::new(crate::cached::now_ms()),
-        });
+        let schema = Arc::new(Schema::new(fields));
+        let entry = Arc::new(LiveEntry::new(name, schema, self.next_cache_version(), LiveState::default()));
         self.context().register_table(name, Arc::new(LiveTable(entry.clone())))?;
         self.live_registry().lock().expect("live tables").insert(name.to_string(), entry.clone());
         tracing::info!(table = name, "live table created");
@@ -258,6 +289,8 @@ impl SqlEngine {
             return Ok(false);
         };
         self.context().deregister_table(name)?;
+        // An ingest or a compaction under way ends first: neither may write its file after the directory is gone.
+        let _after_any_change = entry.appending.lock().await;
         self.drop_from_stores(name, entry.parts().into_iter().map(|p| p.store).filter(|s| !s.is_empty())).await;
         if let Some(dir) = self.snapshot_dir(name) {
             std::fs::remove_dir_all(&dir)
@@ -291,55 +324,57 @@ impl SqlEngine {
     }
 
     fn restore_one(&self, name: &str, dir: &Path) -> Result<()> {
-        let mut files: Vec<(u32, PathBuf)> = std::fs::read_dir(dir)?
+        let mut files: Vec<((u64, u64), PathBuf)> = std::fs::read_dir(dir)?
             .flatten()
             .filter_map(|f| {
                 let path = f.path();
-                let number = path.file_name()?.to_str()?.strip_suffix(".arrow")?.parse().ok()?;
-                Some((number, path))
+                Some((ingests_of(path.file_name()?.to_str()?)?, path))
             })
             .collect();
-        files.sort();
+        // The widest file first where a compaction's output and its inputs are both there.
+        files.sort_by_key(|((first, last), _)| (*first, std::cmp::Reverse(*last)));
         let Some((_, first)) = files.first() else { return Ok(()) };
         let schema = read_snapshot(first)?.0;
         let version = self.next_cache_version();
         let mut state = LiveState::default();
-        for (expected, (number, path)) in files.iter().enumerate() {
-            if *number != expected as u32 {
-                return Err(Error::Invalid(format!("{}: partition {expected} is missing", dir.display())));
+        for ((first, last), path) in files {
+            if last < state.next_ingest {
+                // A compaction ended before it removed its inputs: its output holds their rows.
+                tracing::info!(file = %path.display(), "removing a snapshot a compaction replaced");
+                let _ = std::fs::remove_file(&path);
+                continue;
             }
-            let (_, batches, from) = read_snapshot(path)?;
-            state.parts.push(Placement {
+            if first != state.next_ingest {
+                return Err(Error::Invalid(format!("{}: ingest {} is missing", dir.display(), state.next_ingest)));
+            }
+            let (_, batches, from) = read_snapshot(&path)?;
+            let placement = Placement {
                 store: String::new(),
-                part: PartId { table: name.to_string(), version, partition: *number },
+                part: PartId { table: name.to_string(), version, partition: state.next_partition },
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 bytes: batches.iter().map(store::rows_bytes).sum(),
                 shm: None,
                 stats: Some(Arc::new(crate::cached::partition_statistics(&schema, &batches))),
-            });
-            if let Some(from) = from {
-                let applied = state.applied.entry(from.source).or_default();
-                for (partition, (_, next)) in from.ranges {
-                    let at = applied.entry(partition).or_default();
-                    *at = (*at).max(next);
+            };
+            for from in &from {
+                let applied = state.applied.entry(from.source.clone()).or_default();
+                for (partition, (_, next)) in &from.ranges {
+                    let at = applied.entry(*partition).or_default();
+                    *at = (*at).max(*next);
                 }
             }
+            state.parts.push(LivePart { placement, ingests: (first, last), from });
+            state.next_ingest = last + 1;
+            state.next_partition += 1;
         }
         if self.context().table_exist(name)? {
             return Err(Error::Invalid(format!("a table `{name}` exists already")));
         }
-        let entry = Arc::new(LiveEntry {
-            name: name.to_string(),
-            schema,
-            version,
-            created_ms: crate::cached::now_ms(),
-            state: Mutex::new(state),
-            appending: tokio::sync::Mutex::new(()),
-            usage: Usage::new(crate::cached::now_ms()),
-        });
+        let partitions = state.parts.len();
+        let entry = Arc::new(LiveEntry::new(name, schema, version, state));
         self.context().register_table(name, Arc::new(LiveTable(entry.clone())))?;
         self.live_registry().lock().expect("live tables").insert(name.to_string(), entry.clone());
-        tracing::info!(table = name, partitions = files.len(), rows = entry.rows(), "live table restored from disk");
+        tracing::info!(table = name, partitions, rows = entry.rows(), "live table restored from disk");
         Ok(())
     }
 
@@ -348,7 +383,7 @@ impl SqlEngine {
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return true;
         };
-        self.lost_stores(&entry).await.is_empty()
+        missing_from_stores(self.channels(), name, &entry.parts()).await.is_empty()
     }
 
     /// Puts back, from its snapshots, what live table `name` lost with a
@@ -358,7 +393,7 @@ impl SqlEngine {
             return Ok(0);
         };
         let _one_at_a_time = entry.appending.lock().await;
-        let lost = self.lost_stores(&entry).await;
+        let lost = missing_from_stores(self.channels(), name, &entry.parts()).await;
         if lost.is_empty() {
             return Ok(0);
         }
@@ -371,11 +406,11 @@ impl SqlEngine {
         let mut repaired = 0;
         let count = entry.state.lock().expect("live table").parts.len();
         for i in 0..count {
-            let placement = entry.state.lock().expect("live table").parts[i].clone();
+            let LivePart { placement, ingests, .. } = entry.state.lock().expect("live table").parts[i].clone();
             if !lost.contains(&placement.store) {
                 continue;
             }
-            let path = snapshot_path(&dir, placement.part.partition);
+            let path = snapshot_path(&dir, ingests);
             let (_, batches, _) = tokio::task::spawn_blocking(move || read_snapshot(&path))
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))??;
@@ -385,31 +420,183 @@ impl SqlEngine {
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot put back a partition of `{name}`: {e}")))?;
             let mut state = entry.state.lock().expect("live table");
-            state.parts[i].store = target;
-            state.parts[i].shm = shm;
+            state.parts[i].placement.store = target;
+            state.parts[i].placement.shm = shm;
             repaired += 1;
         }
         tracing::warn!(table = name, partitions = repaired, "live table partitions put back from disk");
         Ok(repaired)
     }
 
-    /// The stores (by URL; "" for none) that do not hold all they should of `entry`.
-    async fn lost_stores(&self, entry: &LiveEntry) -> Vec<String> {
-        let mut expected: BTreeMap<String, usize> = BTreeMap::new();
-        for p in entry.parts() {
-            *expected.entry(p.store).or_default() += 1;
+    /// Whether live table `name` has partitions to merge ([`SqlEngine::compact_live`]).
+    pub fn live_needs_compaction(&self, name: &str) -> bool {
+        let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
+            return false;
+        };
+        run_to_merge(&entry.state.lock().expect("live table").parts).is_some()
+    }
+
+    /// Merges live table `name`'s small partitions, [`COMPACT_FANOUT`] of a
+    /// level at a time, until none are left to merge; then, once the queries
+    /// that may read the replaced partitions have ended, drops those from
+    /// their stores. How many partitions were merged. Ingests wait while a
+    /// merge is written, not while replaced partitions wait for readers.
+    pub async fn compact_live(&self, name: &str, stores: &[Url]) -> Result<usize> {
+        let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
+            return Ok(0);
+        };
+        if entry.compacting.swap(true, Ordering::AcqRel) {
+            return Ok(0);
         }
-        let mut lost = Vec::new();
-        for (url, count) in expected {
-            let held = match self.channels().flight(&url) {
-                Ok(channel) if !url.is_empty() => store::holds(channel, &url, &entry.name, entry.version).await.ok(),
-                _ => None,
+        let mut replaced = Vec::new();
+        let merged = self.merge_runs(&entry, stores, &mut replaced).await;
+        entry.compacting.store(false, Ordering::Release);
+        if !replaced.is_empty() {
+            self.drop_when_unread(&entry, replaced).await;
+        }
+        merged
+    }
+
+    async fn merge_runs(&self, entry: &Arc<LiveEntry>, stores: &[Url], replaced: &mut Vec<Placement>) -> Result<usize> {
+        let name = entry.name.as_str();
+        let mut merged = 0;
+        loop {
+            let _one_at_a_time = entry.appending.lock().await;
+            let current = self.live_registry().lock().expect("live tables").get(name).cloned();
+            if !current.is_some_and(|c| Arc::ptr_eq(&c, entry)) {
+                return Ok(merged); // dropped meanwhile
+            }
+            let run = {
+                let state = entry.state.lock().expect("live table");
+                match run_to_merge(&state.parts) {
+                    Some(range) => state.parts[range].to_vec(),
+                    None => return Ok(merged),
+                }
             };
-            if held != Some(count) {
-                lost.push(url);
+            if stores.is_empty() {
+                return Err(Error::Unavailable("no store executor is serving".into()));
+            }
+            let mut batches = Vec::new();
+            for part in &run {
+                batches.extend(self.read_live_part(entry, part).await?);
+            }
+            let batches = coalesce(&entry.schema, batches)?;
+            let ingests = (run[0].ingests.0, run[run.len() - 1].ingests.1);
+            let from = merge_offsets(&run);
+            // Its file holds the same rows as its inputs' files: either may stay after a restart, not both.
+            let placement = self
+                .keep(entry, ingests, batches, &from, stores)
+                .await
+                .map_err(|e| Error::Unavailable(format!("cannot compact `{name}`: {e}")))?;
+            let rows = placement.rows;
+            {
+                let mut state = entry.state.lock().expect("live table");
+                let at = state.parts.iter().position(|p| p.ingests.0 == ingests.0).expect("a merged run stays put");
+                state.parts.splice(at..at + run.len(), [LivePart { placement, ingests, from }]);
+            }
+            if let Some(dir) = self.snapshot_dir(name) {
+                for part in &run {
+                    let _ = std::fs::remove_file(snapshot_path(&dir, part.ingests));
+                }
+            }
+            tracing::debug!(table = name, first = ingests.0, last = ingests.1, rows, "live table partitions merged");
+            merged += run.len();
+            replaced.extend(run.into_iter().map(|p| p.placement));
+        }
+    }
+
+    /// Keeps `batches`, the rows of `ingests`, as a new partition: on disk
+    /// first (what a store loses, or a restarted coordinator forgot, is put
+    /// back from there), then in the store among `stores` that holds the
+    /// least of the table. Not kept at all if the store refuses them.
+    async fn keep(
+        &self,
+        entry: &LiveEntry,
+        ingests: (u64, u64),
+        batches: Vec<RecordBatch>,
+        from: &[SourceOffsets],
+        stores: &[Url],
+    ) -> Result<Placement> {
+        let dir = self.snapshot_dir(&entry.name);
+        if let Some(dir) = dir.clone() {
+            let (schema, batches, from) = (entry.schema.clone(), batches.clone(), from.to_vec());
+            tokio::task::spawn_blocking(move || write_snapshot(&dir, ingests, &schema, &batches, &from))
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+        }
+        let (partition, store_url) = {
+            let mut state = entry.state.lock().expect("live table");
+            state.next_partition += 1;
+            (state.next_partition - 1, least_loaded(&state.parts, stores))
+        };
+        let part = PartId { table: entry.name.clone(), version: entry.version, partition };
+        let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
+        let bytes = batches.iter().map(store::rows_bytes).sum();
+        let stats = Some(Arc::new(crate::cached::partition_statistics(&entry.schema, &batches)));
+        let put = match self.channels().flight(&store_url) {
+            Ok(channel) => store::put(channel, &store_url, &part, entry.schema.clone(), batches).await,
+            Err(e) => Err(e),
+        };
+        match put {
+            Ok(shm) => Ok(Placement { store: store_url, part, rows, bytes, shm, stats }),
+            Err(e) => {
+                if let Some(dir) = dir {
+                    let _ = std::fs::remove_file(snapshot_path(&dir, ingests));
+                }
+                Err(e.into())
             }
         }
-        lost
+    }
+
+    /// One partition's rows: mapped from shared memory, else from its
+    /// snapshot, else from its store.
+    async fn read_live_part(&self, entry: &LiveEntry, part: &LivePart) -> Result<Vec<RecordBatch>> {
+        if let Some(path) = &part.placement.shm
+            && let Some((_, batches)) = crate::shm::read(Path::new(path), None)?
+        {
+            return Ok(batches);
+        }
+        if let Some(dir) = self.snapshot_dir(&entry.name) {
+            let path = snapshot_path(&dir, part.ingests);
+            if path.exists() {
+                let (_, batches, _) = tokio::task::spawn_blocking(move || read_snapshot(&path))
+                    .await
+                    .map_err(|e| Error::Invalid(e.to_string()))??;
+                return Ok(batches);
+            }
+        }
+        let placement = &part.placement;
+        let channel = self.channels().flight(&placement.store)?;
+        let stream = store::get(channel, &placement.store, &placement.part, None).await?;
+        Ok(futures::TryStreamExt::try_collect(stream).await?)
+    }
+
+    /// Drops `replaced` from their stores once every query that started
+    /// before now has ended (at most [`READER_GRACE`] from now).
+    async fn drop_when_unread(&self, entry: &LiveEntry, replaced: Vec<Placement>) {
+        let horizon = self.in_flight().horizon();
+        let since = Instant::now();
+        while self.in_flight().any_before(horizon) {
+            if since.elapsed() > READER_GRACE {
+                tracing::warn!(table = %entry.name, "replaced partitions dropped while a query that may read them runs");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut by_store: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for p in replaced.into_iter().filter(|p| !p.store.is_empty()) {
+            by_store.entry(p.store).or_default().push(p.part.partition);
+        }
+        for (url, partitions) in by_store {
+            let dropped = match self.channels().flight(&url) {
+                Ok(channel) => store::drop_parts(channel, &url, &entry.name, entry.version, partitions).await,
+                Err(e) => Err(e),
+            };
+            // A store that is gone holds nothing anyway.
+            if let Err(e) = dropped {
+                tracing::warn!(table = %entry.name, store = %url, error = %e, "cannot drop replaced partitions");
+            }
+        }
     }
 
     /// Whether `name` is a live table.
@@ -428,10 +615,83 @@ impl SqlEngine {
     }
 }
 
-/// The store among `stores` that holds the fewest bytes of `parts`.
-fn least_loaded(parts: &[Placement], stores: &[Url]) -> String {
-    let mut held: BTreeMap<&str, u64> = stores.iter().map(|s| (s.as_str(), 0)).collect();
+/// The stores (by URL; "" for none) that lack some of `parts` of table `table`.
+pub(crate) async fn missing_from_stores(channels: &crate::Channels, table: &str, parts: &[Placement]) -> Vec<String> {
+    let mut expected: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
     for p in parts {
+        expected.entry((p.store.as_str(), p.part.version)).or_default().push(p.part.partition);
+    }
+    let mut lost = Vec::new();
+    for ((url, version), partitions) in expected {
+        let held = match channels.flight(url) {
+            Ok(channel) if !url.is_empty() => store::holds(channel, url, table, version).await.ok(),
+            _ => None,
+        };
+        if !held.is_some_and(|held| partitions.iter().all(|p| held.binary_search(p).is_ok())) {
+            lost.push(url.to_string());
+        }
+    }
+    lost.dedup();
+    lost
+}
+
+/// The first [`COMPACT_FANOUT`] neighbouring partitions of one level, each
+/// below [`COMPACT_BELOW_BYTES`]: the oldest are merged first.
+fn run_to_merge(parts: &[LivePart]) -> Option<std::ops::Range<usize>> {
+    parts
+        .windows(COMPACT_FANOUT)
+        .position(|run| {
+            let level = run[0].level();
+            run.iter().all(|p| p.level() == level && p.placement.bytes < COMPACT_BELOW_BYTES)
+        })
+        .map(|at| at..at + COMPACT_FANOUT)
+}
+
+/// Per source and Kafka partition, the offsets `run`'s ingests cover together.
+fn merge_offsets(run: &[LivePart]) -> Vec<SourceOffsets> {
+    let mut merged: BTreeMap<&str, BTreeMap<i32, (i64, i64)>> = BTreeMap::new();
+    for from in run.iter().flat_map(|p| &p.from) {
+        let ranges = merged.entry(from.source.as_str()).or_default();
+        for (partition, &(first, next)) in &from.ranges {
+            let range = ranges.entry(*partition).or_insert((first, next));
+            *range = (range.0.min(first), range.1.max(next));
+        }
+    }
+    merged.into_iter().map(|(source, ranges)| SourceOffsets { source: source.to_string(), ranges }).collect()
+}
+
+/// Rows per batch of a merged partition: each ingest's rows are read in
+/// batches of their own size, which may be one row.
+const MERGED_BATCH_ROWS: usize = 64 * 1024;
+
+/// `batches` in batches of about [`MERGED_BATCH_ROWS`]; bigger ones as they are.
+fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>> {
+    let mut out = Vec::new();
+    let mut pending: Vec<RecordBatch> = Vec::new();
+    let mut pending_rows = 0;
+    let flush = |pending: &mut Vec<RecordBatch>, out: &mut Vec<RecordBatch>| -> Result<()> {
+        if !pending.is_empty() {
+            out.push(arrow::compute::concat_batches(schema, pending.iter()).map_err(|e| Error::DataFusion(e.into()))?);
+            pending.clear();
+        }
+        Ok(())
+    };
+    for batch in batches {
+        if pending_rows + batch.num_rows() > MERGED_BATCH_ROWS {
+            flush(&mut pending, &mut out)?;
+            pending_rows = 0;
+        }
+        pending_rows += batch.num_rows();
+        pending.push(batch);
+    }
+    flush(&mut pending, &mut out)?;
+    Ok(out)
+}
+
+/// The store among `stores` that holds the fewest bytes of `parts`.
+fn least_loaded(parts: &[LivePart], stores: &[Url]) -> String {
+    let mut held: BTreeMap<&str, u64> = stores.iter().map(|s| (s.as_str(), 0)).collect();
+    for p in parts.iter().map(|p| &p.placement) {
         if let Some(h) = held.get_mut(p.store.as_str()) {
             *h += p.bytes;
         }
@@ -439,11 +699,23 @@ fn least_loaded(parts: &[Placement], stores: &[Url]) -> String {
     held.iter().min_by_key(|(_, b)| **b).map(|(s, _)| s.to_string()).unwrap_or_default()
 }
 
-/// The key, in a snapshot's footer, of the offsets its rows cover.
+/// The key, in a snapshot's footer, of the offsets its rows cover: one
+/// source's (an ingest's), or a list of them (a merged partition's).
 const SNAPSHOT_OFFSETS: &str = "cohort.offsets";
 
-fn snapshot_path(dir: &Path, partition: u32) -> PathBuf {
-    dir.join(format!("{partition:08}.arrow"))
+/// `NNNNNNNN.arrow` holds ingest N; `FFFFFFFF-LLLLLLLL.arrow` ingests F to L, merged.
+fn snapshot_path(dir: &Path, (first, last): (u64, u64)) -> PathBuf {
+    if first == last { dir.join(format!("{first:08}.arrow")) } else { dir.join(format!("{first:08}-{last:08}.arrow")) }
+}
+
+/// The ingests a snapshot file holds, by its name.
+fn ingests_of(file_name: &str) -> Option<(u64, u64)> {
+    let stem = file_name.strip_suffix(".arrow")?;
+    let (first, last) = match stem.split_once('-') {
+        Some((first, last)) => (first.parse().ok()?, last.parse().ok()?),
+        None => (stem.parse().ok()?, stem.parse().ok()?),
+    };
+    (first <= last).then_some((first, last))
 }
 
 /// Writes one partition's snapshot: an Arrow IPC file, synced, then
@@ -451,23 +723,28 @@ fn snapshot_path(dir: &Path, partition: u32) -> PathBuf {
 /// and how far they go are kept or lost together.
 fn write_snapshot(
     dir: &Path,
-    partition: u32,
+    ingests: (u64, u64),
     schema: &SchemaRef,
     batches: &[RecordBatch],
-    from: Option<&SourceOffsets>,
+    from: &[SourceOffsets],
 ) -> Result<()> {
     let io = |what: &str, path: &Path| {
         let context = format!("cannot {what} {}", path.display());
         move |source| Error::Io { context, source }
     };
     std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let path = snapshot_path(dir, partition);
+    let path = snapshot_path(dir, ingests);
     let tmp = path.with_extension("tmp");
     let file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
     let mut writer = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), schema)
         .map_err(|e| Error::DataFusion(e.into()))?;
-    if let Some(from) = from {
-        writer.write_metadata(SNAPSHOT_OFFSETS, serde_json::to_string(from).expect("offsets serialize"));
+    let offsets = match from {
+        [] => None,
+        [one] => Some(serde_json::to_string(one)),
+        many => Some(serde_json::to_string(many)),
+    };
+    if let Some(json) = offsets {
+        writer.write_metadata(SNAPSHOT_OFFSETS, json.expect("offsets serialize"));
     }
     for batch in batches {
         writer.write(batch).map_err(|e| Error::DataFusion(e.into()))?;
@@ -481,15 +758,16 @@ fn write_snapshot(
     std::fs::rename(&tmp, &path).map_err(io("publish", &path))
 }
 
-fn read_snapshot(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>, Option<SourceOffsets>)> {
+fn read_snapshot(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<SourceOffsets>)> {
     let file = std::fs::File::open(path)
         .map_err(|source| Error::Io { context: format!("cannot read {}", path.display()), source })?;
     let bad =
         |e: &dyn std::fmt::Display| Error::Invalid(format!("{} is not a live table snapshot: {e}", path.display()));
     let reader = arrow::ipc::reader::FileReader::try_new(std::io::BufReader::new(file), None).map_err(|e| bad(&e))?;
     let from = match reader.custom_metadata().get(SNAPSHOT_OFFSETS) {
-        Some(json) => Some(serde_json::from_str(json).map_err(|e| bad(&e))?),
-        None => None,
+        Some(json) if json.starts_with('[') => serde_json::from_str(json).map_err(|e| bad(&e))?,
+        Some(json) => vec![serde_json::from_str(json).map_err(|e| bad(&e))?],
+        None => Vec::new(),
     };
     let schema = reader.schema();
     let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
@@ -679,6 +957,108 @@ mod tests {
         assert!(e.await.unwrap_err().to_string().contains("--sql-cache-memory"));
         assert!(engine.drop_live("clicks").await.unwrap());
         assert!(!engine.context().table_exist("clicks").unwrap());
+    }
+
+    async fn held(engine: &SqlEngine, store: &Url) -> Vec<u32> {
+        let channel = engine.channels().flight(store.as_str()).unwrap();
+        let version = engine.live()[0].version;
+        store::holds(channel, store.as_str(), "clicks", version).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_ingests_are_merged_and_what_they_replace_waits_for_its_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EngineSettings { live_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+        let engine = Arc::new(SqlEngine::new(settings.clone()).unwrap());
+        let stores = vec![store().await];
+        let append = IngestMode { create: true, if_exists: IfExists::Append };
+        // Given a live table of 20 ingests of 100 rows
+        for i in 0..20 {
+            let rows = ingest(append, vec![batch(i * 100, 60), batch(i * 100 + 60, 40)], from(i * 100, i * 100 + 100));
+            engine.append_live("clicks", rows, &stores, 1 << 30).await.unwrap();
+        }
+        let files = |dir: &Path| std::fs::read_dir(dir).unwrap().count();
+        let table_dir = dir.path().join("clicks");
+        let leftover = std::fs::read(table_dir.join("00000003.arrow")).unwrap();
+        assert!(engine.live_needs_compaction("clicks"));
+        // and a query that started before the compaction, its rows not yet read
+        let plan = engine.plan("SELECT sum(id) FROM clicks", None).await.unwrap();
+        let reading = engine.run(plan, &NoWorkers).await.unwrap();
+
+        // When the table is compacted
+        let compaction = {
+            let (engine, stores) = (engine.clone(), stores.clone());
+            tokio::spawn(async move { engine.compact_live("clicks", &stores).await })
+        };
+        let mut waited = 0;
+        while engine.live()[0].parts().len() != 6 {
+            waited += 1;
+            assert!(waited < 500, "the merged partitions never replaced the ingests");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Then two runs of 8 became one partition each, on disk too, and the 4 newest wait for more
+        assert_eq!(files(&table_dir), 6);
+        // And the replaced partitions stay in their store while the earlier query may read them
+        assert_eq!(held(&engine, &stores[0]).await.len(), 22, "20 ingests and 2 merged");
+        assert!(!compaction.is_finished());
+        let rows: Vec<RecordBatch> = reading.stream.try_collect().await.unwrap();
+        let sum = rows[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().value(0);
+        assert_eq!(sum, (0..2000).sum::<i64>(), "the earlier query read the ingests whole");
+        let merged = tokio::time::timeout(std::time::Duration::from_secs(30), compaction).await;
+        assert_eq!(merged.expect("the compaction waits for that query only").unwrap().unwrap(), 16);
+        assert_eq!(held(&engine, &stores[0]).await.len(), 6, "then they are dropped");
+        assert_eq!(count(&engine, "SELECT count(DISTINCT id) FROM clicks").await, 2000);
+        assert!(!engine.live_needs_compaction("clicks"));
+
+        // Given a coordinator killed after a merged file was in, before an input was removed
+        std::fs::write(table_dir.join("00000003.arrow"), leftover).unwrap();
+        let again = SqlEngine::new(settings).unwrap();
+        assert!(again.restore_live().is_empty());
+        // Then the merged file wins and the leftover goes; offsets are known through the merged footers
+        assert_eq!(files(&table_dir), 6);
+        assert_eq!(again.repair_live("clicks", &stores).await.unwrap(), 6);
+        assert_eq!(count(&again, "SELECT count(*) FROM clicks").await, 2000);
+        assert_eq!(count(&again, "SELECT count(DISTINCT id) FROM clicks").await, 2000);
+        let replay = ingest(append, vec![batch(300, 100)], from(300, 400));
+        assert!(again.append_live("clicks", replay, &stores, 1 << 30).await.unwrap().duplicate);
+    }
+
+    #[test]
+    fn merges_take_eight_neighbours_of_one_level_and_leave_big_partitions_alone() {
+        let part = |first: u64, last: u64, bytes: u64| LivePart {
+            placement: Placement {
+                store: String::new(),
+                part: PartId { table: "t".into(), version: 1, partition: first as u32 },
+                rows: 1,
+                bytes,
+                shm: None,
+                stats: None,
+            },
+            ingests: (first, last),
+            from: Vec::new(),
+        };
+        let small = |n: u64| part(n, n, 1);
+        // Seven ingests: nothing yet; the eighth makes a run
+        let mut parts: Vec<LivePart> = (0..7).map(small).collect();
+        assert_eq!(run_to_merge(&parts), None);
+        parts.push(small(7));
+        assert_eq!(run_to_merge(&parts), Some(0..8));
+        // Levels do not mix: a merged partition and seven ingests make no run
+        let mut parts = vec![part(0, 7, 8)];
+        parts.extend((8..15).map(small));
+        assert_eq!(run_to_merge(&parts), None);
+        parts.push(small(15));
+        assert_eq!(run_to_merge(&parts), Some(1..9));
+        // Eight merged partitions of eight make one of 64; a big one is left as it is
+        let level_one: Vec<LivePart> = (0..8).map(|i| part(i * 8, i * 8 + 7, 8)).collect();
+        assert_eq!(run_to_merge(&level_one), Some(0..8));
+        assert_eq!(part(0, 63, 64).level(), 2);
+        let mut with_big = level_one.clone();
+        with_big[3].placement.bytes = COMPACT_BELOW_BYTES;
+        assert_eq!(run_to_merge(&with_big), None);
+        assert_eq!(ingests_of("00000008-00000015.arrow"), Some((8, 15)));
+        assert_eq!(ingests_of("00000003.arrow"), Some((3, 3)));
+        assert_eq!(ingests_of("00000003.tmp"), None);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -48,6 +48,9 @@ struct GetTicket {
 #[derive(Serialize, Deserialize)]
 struct DropBody {
     table: String,
+    /// Only these partitions of this version (else: every one of the table).
+    #[serde(default)]
+    only: Option<(u64, Vec<u32>)>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -268,19 +271,27 @@ impl FlightService for Store {
         match action.r#type.as_str() {
             "drop" => {
                 let body: DropBody = json("drop request", &action.body)?;
-                self.parts.lock().expect("store parts").retain(|id, _| id.table != body.table);
+                let dropped = |id: &PartId| match &body.only {
+                    None => id.table == body.table,
+                    Some((version, partitions)) => {
+                        id.table == body.table && id.version == *version && partitions.contains(&id.partition)
+                    }
+                };
+                self.parts.lock().expect("store parts").retain(|id, _| !dropped(id));
                 Ok(Response::new(futures::stream::empty().boxed()))
             }
             "holds" => {
                 let body: HoldsBody = json("holds request", &action.body)?;
-                let held = self
+                let mut held: Vec<u32> = self
                     .parts
                     .lock()
                     .expect("store parts")
                     .keys()
                     .filter(|id| id.table == body.table && id.version == body.version)
-                    .count();
-                let reply = arrow_flight::Result { body: held.to_string().into() };
+                    .map(|id| id.partition)
+                    .collect();
+                held.sort_unstable();
+                let reply = arrow_flight::Result { body: serde_json::to_vec(&held).expect("numbers serialize").into() };
                 Ok(Response::new(futures::stream::once(async { Ok(reply) }).boxed()))
             }
             other => Err(Status::invalid_argument(format!("unknown store action `{other}` (known: drop, holds)"))),
@@ -289,11 +300,11 @@ impl FlightService for Store {
 
     async fn list_actions(&self, _: Request<Empty>) -> Result<Response<Self::ListActionsStream>, Status> {
         let actions = [
-            ActionType { r#type: "drop".into(), description: "forget every partition of a table".into() },
             ActionType {
-                r#type: "holds".into(),
-                description: "how many partitions of a table's version it holds".into(),
+                r#type: "drop".into(),
+                description: "forget every partition of a table, or the listed ones of a version".into(),
             },
+            ActionType { r#type: "holds".into(), description: "which partitions of a table's version it holds".into() },
         ];
         Ok(Response::new(futures::stream::iter(actions.map(Ok)).boxed()))
     }
@@ -373,27 +384,44 @@ pub async fn get(
 
 /// Makes the store at `store` forget every partition of `table`.
 pub async fn drop_table(channel: tonic::transport::Channel, store: &str, table: &str) -> Result<(), DataFusionError> {
-    let body = serde_json::to_vec(&DropBody { table: table.to_string() }).expect("a drop request serializes");
+    drop_action(channel, store, DropBody { table: table.to_string(), only: None }).await
+}
+
+/// Makes the store at `store` forget some partitions of one version of `table`.
+pub async fn drop_parts(
+    channel: tonic::transport::Channel,
+    store: &str,
+    table: &str,
+    version: u64,
+    partitions: Vec<u32>,
+) -> Result<(), DataFusionError> {
+    drop_action(channel, store, DropBody { table: table.to_string(), only: Some((version, partitions)) }).await
+}
+
+async fn drop_action(channel: tonic::transport::Channel, store: &str, body: DropBody) -> Result<(), DataFusionError> {
+    let body = serde_json::to_vec(&body).expect("a drop request serializes");
     let mut client = FlightClient::new(channel);
     let results = client.do_action(Action::new("drop", body)).await.map_err(|e| flight_error(store, e))?;
     results.try_collect::<Vec<_>>().await.map_err(|e| flight_error(store, e))?;
     Ok(())
 }
 
-/// How many partitions of `table`'s `version` the store at `store` holds.
+/// Which partitions of `table`'s `version` the store at `store` holds, in order.
 pub async fn holds(
     channel: tonic::transport::Channel,
     store: &str,
     table: &str,
     version: u64,
-) -> Result<usize, DataFusionError> {
+) -> Result<Vec<u32>, DataFusionError> {
     let body =
         serde_json::to_vec(&HoldsBody { table: table.to_string(), version }).expect("a holds request serializes");
     let mut client = FlightClient::new(channel);
     let results = client.do_action(Action::new("holds", body)).await.map_err(|e| flight_error(store, e))?;
     let results: Vec<bytes::Bytes> = results.try_collect().await.map_err(|e| flight_error(store, e))?;
-    let count = results.first().and_then(|b| std::str::from_utf8(b).ok()).and_then(|t| t.parse().ok());
-    count.ok_or_else(|| DataFusionError::Execution(format!("store at {store}: a `holds` answer that is not a count")))
+    let held = results.first().and_then(|b| serde_json::from_slice(b).ok());
+    held.ok_or_else(|| {
+        DataFusionError::Execution(format!("store at {store}: a `holds` answer that is not a list of partitions"))
+    })
 }
 
 #[cfg(test)]
@@ -452,10 +480,14 @@ mod tests {
         };
         assert!(missing.to_string().contains("not held here"), "{missing}");
 
-        assert_eq!(holds(channel.clone(), &url, "t", 1).await.unwrap(), 2);
-        assert_eq!(holds(channel.clone(), &url, "t", 2).await.unwrap(), 0, "another version is not held");
-        drop_table(channel.clone(), &url, "t").await.unwrap();
+        assert_eq!(holds(channel.clone(), &url, "t", 1).await.unwrap(), [0, 1]);
+        assert!(holds(channel.clone(), &url, "t", 2).await.unwrap().is_empty(), "another version is not held");
+        drop_parts(channel.clone(), &url, "t", 2, vec![1]).await.unwrap();
+        assert_eq!(holds(channel.clone(), &url, "t", 1).await.unwrap(), [0, 1], "another version's drop keeps these");
+        drop_parts(channel.clone(), &url, "t", 1, vec![1]).await.unwrap();
+        assert_eq!(holds(channel.clone(), &url, "t", 1).await.unwrap(), [0], "only the listed partition is gone");
         assert!(!file.exists(), "a dropped partition's file is gone");
+        drop_table(channel.clone(), &url, "t").await.unwrap();
         assert!(match get(channel.clone(), &url, &part(0), None).await {
             Ok(s) => s.try_collect::<Vec<_>>().await.is_err(),
             Err(_) => true,

@@ -324,14 +324,29 @@ impl SqlFront {
         Ok(entry.rows())
     }
 
-    /// Appends rows to a live table (Flight SQL bulk ingest).
-    pub async fn ingest(&self, table: &str, ingest: Ingest) -> Result<cohort_batch::live::Appended> {
+    /// Appends rows to a live table (Flight SQL bulk ingest), and merges
+    /// its small partitions in the background when there are enough.
+    pub async fn ingest(self: &Arc<Self>, table: &str, ingest: Ingest) -> Result<cohort_batch::live::Appended> {
         let rows = ingest.batches.iter().any(|b| b.num_rows() > 0);
         let stores = if rows { self.stores.urls().await? } else { Vec::new() };
         let budget = self.stores.cache_budget(stores.len());
-        // Catalog changes and evictions happen one at a time.
-        let _one_at_a_time = self.catalog_lock.lock().await;
-        self.engine.append_live(table, ingest, &stores, budget).await
+        let appended = {
+            // Catalog changes and evictions happen one at a time.
+            let _one_at_a_time = self.catalog_lock.lock().await;
+            self.engine.append_live(table, ingest, &stores, budget).await?
+        };
+        if rows && self.engine.live_needs_compaction(table) {
+            let (front, table) = (self.clone(), table.to_string());
+            tokio::spawn(async move {
+                match front.engine.compact_live(&table, &stores).await {
+                    Ok(0) => {}
+                    Ok(merged) => tracing::info!(table, merged, "live table partitions merged"),
+                    // It is tried again after the next ingest.
+                    Err(e) => tracing::warn!(table, error = %e, "cannot compact a live table"),
+                }
+            });
+        }
+        Ok(appended)
     }
 
     async fn write(&self, sql: &str) -> Result<u64> {
