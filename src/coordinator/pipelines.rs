@@ -61,7 +61,7 @@ pub async fn view(core: &CoreHandle, id: u64, progress: bool) -> Result<Pipeline
     let sink = match &config.sink {
         cohort_stream::SinkConfig::Parquet { path, .. } => format!("parquet:{path}"),
         cohort_stream::SinkConfig::Kafka { topic, .. } => format!("kafka:{topic}"),
-        cohort_stream::SinkConfig::Store { table } => format!("store:{table}"),
+        cohort_stream::SinkConfig::Store { table, .. } => format!("store:{table}"),
     };
     let (b, topic, group) = (brokers.clone(), config.topic.clone(), config.group.clone());
     let lag = tokio::task::spawn_blocking(move || group_lag(&b, &topic, &group, LAG_TIMEOUT))

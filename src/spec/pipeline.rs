@@ -85,6 +85,8 @@ struct RawSink {
 #[serde(deny_unknown_fields)]
 struct RawStoreSink {
     table: Spanned<String>,
+    #[serde(default)]
+    key: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -223,6 +225,21 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
         futures::executor::block_on(config.output_schema())
             .map_err(|e| errors.at(Some(t.sql.span()), "transform.sql", message_of(&e)))?;
     }
+    if let Some(key) = raw.sink.store.as_ref().and_then(|s| s.get_ref().key.as_ref()) {
+        let output = futures::executor::block_on(config.output_schema())
+            .map_err(|e| errors.at(Some(key.span()), "sink.store.key", message_of(&e)))?;
+        let columns: Vec<&str> = output.fields().iter().map(|f| f.name().as_str()).collect();
+        let key_at = |message: String| errors.at(Some(key.span()), "sink.store.key", message);
+        if key.get_ref().is_empty() {
+            return Err(key_at("names the columns to upsert by, e.g. [\"user_id\"]; leave it out to append".into()));
+        }
+        if let Some(missing) = key.get_ref().iter().find(|c| !columns.contains(&c.as_str())) {
+            return Err(key_at(format!(
+                "`{missing}` is not a column of the transform's output ({})",
+                columns.join(", ")
+            )));
+        }
+    }
     let gang = gang(errors, &name, raw.priority.as_deref(), raw.queue.as_deref(), raw.parallelism.as_ref())?;
     let service = ServiceSpec {
         instances: gang.max,
@@ -273,7 +290,8 @@ fn sink(errors: &Errors, raw: &RawSink) -> Result<SinkConfig, SpecError> {
                 format!("`{table}` is not a plain table name (lower case letters, digits and _)"),
             ));
         }
-        return Ok(SinkConfig::Store { table: table.to_string() });
+        let key = store.get_ref().key.as_ref().map(|k| k.get_ref().clone()).unwrap_or_default();
+        return Ok(SinkConfig::Store { table: table.to_string(), key });
     }
     match (&raw.parquet, &raw.kafka) {
         (Some(p), None) => {
@@ -447,7 +465,13 @@ max = 4
         let live = GOOD.replace("[sink.parquet]\npath = \"/data/checkouts/\"", "[sink.store]\ntable = \"checkouts\"");
         let spec = parse_job("p.toml", &live).unwrap();
         let JobKind::Pipeline { config, .. } = spec.kind else { panic!("a pipeline") };
-        assert_eq!(config.sink, SinkConfig::Store { table: "checkouts".into() });
+        assert_eq!(config.sink, SinkConfig::Store { table: "checkouts".into(), key: Vec::new() });
+        let keyed = live.replace("table = \"checkouts\"", "table = \"checkouts\"\nkey = [\"user_id\"]");
+        let JobKind::Pipeline { config, .. } = parse_job("p.toml", &keyed).unwrap().kind else { panic!("a pipeline") };
+        assert_eq!(config.sink, SinkConfig::Store { table: "checkouts".into(), key: vec!["user_id".into()] });
+        let e = parse_job("p.toml", &keyed.replace("[\"user_id\"]", "[\"ts\"]")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (12, "sink.store.key"), "{e}");
+        assert!(e.message.contains("`ts` is not a column of the transform's output (user_id, url)"), "{e}");
         let e = parse_job("p.toml", &live.replace("\"checkouts\"", "\"Check-outs\"")).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (11, "sink.store.table"), "{e}");
         let both = format!("{GOOD}\n[sink.store]\ntable = \"checkouts\"\n");

@@ -269,6 +269,15 @@ fn a_pipeline_feeds_a_live_table_that_sql_reads_with_nothing_lost_or_repeated() 
         .replace("max_records = 500", "max_records = 100");
     let created = up.cli(&["pipeline", "create", &write(&up, "live.toml", &live)]);
     assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
+    // and one that upserts: the latest checkout per bucket of user ids
+    let latest = spec("latest-checkouts", "views", "", 1)
+        .replace(
+            "[sink.parquet]\npath = \"\"\nroll_every = \"1s\"",
+            "[sink.store]\ntable = \"latest\"\nkey = [\"bucket\"]",
+        )
+        .replace("SELECT user_id, url FROM", "SELECT user_id % 10 AS bucket, user_id FROM");
+    let created = up.cli(&["pipeline", "create", &write(&up, "latest.toml", &latest)]);
+    assert!(created.status.success(), "{}", String::from_utf8_lossy(&created.stderr));
     let bad = live.replace("checkouts_live", "Checkouts-Live");
     let refused = up.cli(&["pipeline", "create", &write(&up, "bad-live.toml", &bad)]);
     let err = String::from_utf8_lossy(&refused.stderr);
@@ -322,6 +331,12 @@ fn a_pipeline_feeds_a_live_table_that_sql_reads_with_nothing_lost_or_repeated() 
     produce(&brokers, "views", 4_000..5_000);
     up.wait_until("the live table holds all 2,500 checkouts", WAIT, |u| sql_number(u, count) == Some(2_500));
     assert_eq!(sql_number(&up, "SELECT count(DISTINCT user_id) AS n FROM checkouts_live"), Some(2_500));
+    // And the upserting pipeline holds one row per bucket (even ids: 5 buckets), through all of it
+    let newest = "SELECT max(user_id) AS n FROM latest";
+    up.wait_until("the upserts reach the last checkouts", WAIT, |u| sql_number(u, newest).is_some_and(|n| n >= 4_990));
+    assert_eq!(sql_number(&up, "SELECT count(*) AS n FROM latest"), Some(5));
+    assert_eq!(sql_number(&up, "SELECT count(*) AS n FROM latest WHERE user_id % 10 <> bucket"), Some(0));
+    assert!(up.cli(&["pipeline", "delete", "latest-checkouts"]).status.success());
 
     // And it is dropped like any table once its pipeline is gone
     assert!(up.cli(&["pipeline", "delete", "live-checkouts"]).status.success());

@@ -57,6 +57,66 @@ pub struct Placement {
     /// scan shipped to a worker is planned already.
     #[serde(skip)]
     pub stats: Option<Arc<Statistics>>,
+    /// Its rows that a later upsert replaced (a keyed live table's):
+    /// stored still, never read. The set a query planned with travels with
+    /// its scan, so a later upsert does not change what it reads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<Arc<DeletedRows>>,
+}
+
+/// Rows of one stored partition, by their position in it, as a bitmap.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeletedRows {
+    words: Vec<u64>,
+    count: u64,
+}
+
+impl DeletedRows {
+    pub fn insert(&mut self, row: u32) {
+        let (word, bit) = (row as usize / 64, row % 64);
+        if word >= self.words.len() {
+            self.words.resize(word + 1, 0);
+        }
+        if self.words[word] & (1 << bit) == 0 {
+            self.words[word] |= 1 << bit;
+            self.count += 1;
+        }
+    }
+
+    pub fn contains(&self, row: u64) -> bool {
+        self.words.get(row as usize / 64).is_some_and(|w| w & (1 << (row % 64)) != 0)
+    }
+
+    pub fn len(&self) -> u64 {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// `batch`, whose first row is row `first` of the partition, without the deleted rows.
+    pub fn drop_from(&self, batch: &RecordBatch, first: u64) -> Result<RecordBatch, arrow::error::ArrowError> {
+        let rows = first..first + batch.num_rows() as u64;
+        let keep: arrow::array::BooleanArray = rows.map(|row| Some(!self.contains(row))).collect();
+        arrow::compute::filter_record_batch(batch, &keep)
+    }
+}
+
+/// `batches`, the rows of one partition in order, without its `deleted` rows.
+pub(crate) fn without_deleted(
+    batches: BoxStream<'static, Result<RecordBatch>>,
+    deleted: Option<Arc<DeletedRows>>,
+) -> BoxStream<'static, Result<RecordBatch>> {
+    let Some(deleted) = deleted.filter(|d| !d.is_empty()) else { return batches };
+    let mut at = 0u64;
+    batches
+        .map(move |batch| {
+            let batch = batch?;
+            at += batch.num_rows() as u64;
+            Ok(deleted.drop_from(&batch, at - batch.num_rows() as u64)?)
+        })
+        .boxed()
 }
 
 /// Statistics of one partition's rows, exact.
@@ -328,7 +388,7 @@ impl CachedScanExec {
         if let Some(path) = &placement.shm
             && let Some((_, batches)) = crate::shm::read(std::path::Path::new(path), self.projection.as_deref())?
         {
-            return Ok(futures::stream::iter(batches.into_iter().map(Ok)).boxed());
+            return Ok(without_deleted(futures::stream::iter(batches.into_iter().map(Ok)).boxed(), placement.deleted));
         }
         let channels = channels.ok_or_else(|| {
             DataFusionError::Internal("this session cannot reach stores (no channels in its config)".into())
@@ -341,10 +401,11 @@ impl CachedScanExec {
             ))
         };
         let explain_too = explain.clone();
+        let deleted = placement.deleted.clone();
         let read = async move {
             store::get(channel, &placement.store, &placement.part, projection).await.map(|s| s.map_err(explain_too))
         };
-        Ok(futures::stream::once(read.map_err(explain)).try_flatten().boxed())
+        Ok(without_deleted(futures::stream::once(read.map_err(explain)).try_flatten().boxed(), deleted))
     }
 }
 
@@ -481,6 +542,7 @@ mod tests {
             bytes: 640,
             shm: Some("/dev/shm/cohort-store-7/t-7-3.arrow".into()),
             stats: None,
+            deleted: None,
         }];
         let scan = Arc::new(CachedScanExec::new("t".into(), schema.clone(), Some(vec![2]), 3, 1, parts.clone()));
         let mut buf = Vec::new();
@@ -525,6 +587,7 @@ mod tests {
             bytes: 64,
             shm: None,
             stats: Some(Arc::new(stats)),
+            deleted: None,
         };
         let projected = Arc::new(schema.project(&[0]).unwrap());
         let scan = CachedScanExec::new(

@@ -167,6 +167,7 @@ impl SqlEngine {
                 bytes: batches.iter().map(store::rows_bytes).sum(),
                 shm: None,
                 stats: Some(Arc::new(crate::cached::partition_statistics(schema, batches))),
+                deleted: None,
             });
             let channel = self.channels().flight(&store_url)?;
             let (schema, batches) = (schema.clone(), batches.clone());

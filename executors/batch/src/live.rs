@@ -13,6 +13,15 @@
 //! pipeline member that restarts from older committed offsets appends
 //! nothing twice: it skips what the table already holds.
 //!
+//! A table made with a key (ingest option `cohort.key`, or a pipeline's
+//! `[sink.store] key`) takes upserts: an ingest's row replaces the row of
+//! the same key, whichever partition holds it. Stored partitions are never
+//! rewritten for that; the replaced row is marked deleted in its
+//! partition's bitmap ([`DeletedRows`](crate::cached::DeletedRows)), which a query takes with the
+//! partition list when it is planned, and a compaction leaves it out. A
+//! table keeps, per key, where its row is now; at a restart that is made
+//! again by reading the snapshots in order.
+//!
 //! Ingests are compacted in the background, tiered as an LSM tree is:
 //! [`COMPACT_FANOUT`] neighbouring partitions of one level (one ingest,
 //! then 8, 64, ...) and below [`COMPACT_BELOW_BYTES`] become one, so a
@@ -22,7 +31,7 @@
 //! the ones it holds, all at once; those stay in their stores until the
 //! queries that may read them have ended ([`crate::readers`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,6 +40,7 @@ use std::time::{Duration, Instant};
 use arrow::array::{ArrayRef, Int32Array, Int64Array, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
+use arrow::row::{RowConverter, SortField};
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::datasource::TableType;
@@ -87,6 +97,8 @@ pub struct Ingest {
     pub schema: SchemaRef,
     pub batches: Vec<RecordBatch>,
     pub from: Option<SourceOffsets>,
+    /// Upsert by these columns (the table's key, set when it is made).
+    pub key: Option<Vec<String>>,
 }
 
 /// What an ingest did.
@@ -106,6 +118,8 @@ pub struct LiveEntry {
     /// dropped and made again never reads the old one's partitions.
     version: u64,
     pub created_ms: i64,
+    /// The columns it upserts by; none: it takes appends.
+    pub key: Option<TableKey>,
     state: Mutex<LiveState>,
     /// One change at a time (ingest, compaction, repair, drop):
     /// partitions are numbered and offsets checked in order.
@@ -124,6 +138,27 @@ struct LiveState {
     next_ingest: u64,
     /// The next stored partition's number.
     next_partition: u32,
+    /// A keyed table's rows: per key (in the row format), the stored
+    /// partition and the row in it that holds it now.
+    keys: HashMap<Key, (u32, u32)>,
+}
+
+impl LiveState {
+    /// Records that partition `partition` (already in `parts`) holds the
+    /// rows of `keys`, in order, and marks the rows it replaces deleted.
+    fn upsert(&mut self, partition: u32, keys: Vec<Key>) {
+        let mut replaced: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+        for (row, key) in keys.into_iter().enumerate() {
+            if let Some((was_in, was_row)) = self.keys.insert(key, (partition, row as u32)) {
+                replaced.entry(was_in).or_default().push(was_row);
+            }
+        }
+        for (was_in, rows) in replaced {
+            if let Some(part) = self.parts.iter_mut().find(|p| p.placement.part.partition == was_in) {
+                part.delete(&rows);
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -133,12 +168,107 @@ struct LivePart {
     ingests: (u64, u64),
     /// Where those ingests came from.
     from: Vec<SourceOffsets>,
+    /// Rows stored, deleted ones too (`placement.rows` counts the others).
+    stored_rows: u64,
 }
 
 impl LivePart {
     /// 0 for one ingest, 1 for [`COMPACT_FANOUT`] of them, 2 for its square...
     fn level(&self) -> u32 {
         (self.ingests.1 - self.ingests.0 + 1).ilog(COMPACT_FANOUT as u64)
+    }
+
+    /// Marks `rows` deleted: copied on write, so that the queries planned
+    /// before keep reading what they planned with.
+    fn delete(&mut self, rows: &[u32]) {
+        let deleted = Arc::make_mut(self.placement.deleted.get_or_insert_with(Default::default));
+        for row in rows {
+            deleted.insert(*row);
+        }
+        let live = self.stored_rows - deleted.len();
+        self.placement.rows = live;
+        // Bounds and null counts still hold, no longer exactly; the row count does.
+        if let Some(stats) = &self.placement.stats {
+            let mut stats = stats.as_ref().clone().to_inexact();
+            stats.num_rows = datafusion::common::stats::Precision::Exact(live as usize);
+            self.placement.stats = Some(Arc::new(stats));
+        }
+    }
+}
+
+/// A key of a keyed live table, in Arrow's row format: comparable as bytes.
+type Key = Box<[u8]>;
+
+/// The columns a keyed live table upserts by.
+#[derive(Debug)]
+pub struct TableKey {
+    pub columns: Vec<String>,
+    indices: Vec<usize>,
+    rows: RowConverter,
+}
+
+impl TableKey {
+    fn new(table: &str, schema: &Schema, columns: &[String]) -> Result<TableKey> {
+        if columns.is_empty() || columns.iter().collect::<HashSet<_>>().len() != columns.len() {
+            return Err(Error::Invalid(format!(
+                "live table `{table}`: a key names one column or more, each once (got ({}))",
+                columns.join(", ")
+            )));
+        }
+        let indices = columns
+            .iter()
+            .map(|c| {
+                schema.index_of(c).map_err(|_| {
+                    let have: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                    Error::Invalid(format!(
+                        "live table `{table}`: key column `{c}` is not one of its columns ({})",
+                        have.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let fields = indices.iter().map(|i| SortField::new(schema.field(*i).data_type().clone())).collect();
+        let rows = RowConverter::new(fields).map_err(|e| {
+            Error::Invalid(format!("live table `{table}`: its key ({}) cannot be compared: {e}", columns.join(", ")))
+        })?;
+        Ok(TableKey { columns: columns.to_vec(), indices, rows })
+    }
+
+    /// Each row's key; none where a key column is null.
+    fn of(&self, batch: &RecordBatch) -> Result<Vec<Option<Key>>> {
+        let columns: Vec<ArrayRef> = self.indices.iter().map(|i| batch.column(*i).clone()).collect();
+        let rows = self.rows.convert_columns(&columns).map_err(|e| Error::DataFusion(e.into()))?;
+        let null = |row: usize| columns.iter().any(|c| c.is_null(row));
+        Ok((0..batch.num_rows()).map(|row| (!null(row)).then(|| rows.row(row).as_ref().into())).collect())
+    }
+
+    /// The keys of rows that all have one, in order.
+    fn of_all(&self, batches: &[RecordBatch]) -> Result<Vec<Key>> {
+        let mut keys = Vec::new();
+        for batch in batches {
+            keys.extend(self.of(batch)?.into_iter().flatten());
+        }
+        Ok(keys)
+    }
+
+    /// `batches` as one batch with each key's last row only, and its keys;
+    /// rows whose key is null are left out, and counted.
+    fn latest(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<Key>, usize)> {
+        let batch = arrow::compute::concat_batches(schema, batches).map_err(|e| Error::DataFusion(e.into()))?;
+        let keys = self.of(&batch)?;
+        let mut seen = HashSet::new();
+        let mut keep = vec![false; keys.len()];
+        for (row, key) in keys.iter().enumerate().rev() {
+            if let Some(key) = key {
+                keep[row] = seen.insert(key.clone());
+            }
+        }
+        let null_keys = keys.iter().filter(|k| k.is_none()).count();
+        let kept: Vec<Key> =
+            keys.into_iter().zip(&keep).filter_map(|(key, keep)| if *keep { key } else { None }).collect();
+        let batch =
+            arrow::compute::filter_record_batch(&batch, &keep.into()).map_err(|e| Error::DataFusion(e.into()))?;
+        Ok((batch, kept, null_keys))
     }
 }
 
@@ -155,12 +285,13 @@ impl LiveEntry {
         self.state.lock().expect("live table").parts.iter().map(|p| p.placement.bytes).sum()
     }
 
-    fn new(name: &str, schema: SchemaRef, version: u64, state: LiveState) -> LiveEntry {
+    fn new(name: &str, schema: SchemaRef, key: Option<TableKey>, version: u64, state: LiveState) -> LiveEntry {
         LiveEntry {
             name: name.to_string(),
             schema,
             version,
             created_ms: crate::cached::now_ms(),
+            key,
             state: Mutex::new(state),
             appending: tokio::sync::Mutex::new(()),
             compacting: AtomicBool::new(false),
@@ -206,8 +337,8 @@ impl SqlEngine {
     /// cached tables hold at most `budget` bytes together: cached tables
     /// are evicted to make room, live ones never are.
     pub async fn append_live(&self, name: &str, ingest: Ingest, stores: &[Url], budget: u64) -> Result<Appended> {
-        let Ingest { mode, schema, batches, from } = ingest;
-        let entry = self.live_entry_for(name, mode, &schema).await?;
+        let Ingest { mode, schema, batches, from, key } = ingest;
+        let entry = self.live_entry_for(name, mode, &schema, key.as_deref()).await?;
         let _one_at_a_time = entry.appending.lock().await;
         let batches = conform(&entry, &schema, batches)?;
         if let Some(from) = &from
@@ -215,6 +346,16 @@ impl SqlEngine {
         {
             return Ok(Appended { rows: 0, duplicate: true });
         }
+        let (batches, keys) = match &entry.key {
+            Some(key) => {
+                let (batch, keys, null_keys) = key.latest(&entry.schema, &batches)?;
+                if null_keys > 0 {
+                    tracing::warn!(table = name, rows = null_keys, "rows with a null key left out of an upsert");
+                }
+                (vec![batch], Some(keys))
+            }
+            None => (batches, None),
+        };
         let rows: u64 = batches.iter().map(|b| b.num_rows() as u64).sum();
         if rows > 0 {
             if stores.is_empty() {
@@ -232,13 +373,23 @@ impl SqlEngine {
             let ingest = entry.state.lock().expect("live table").next_ingest;
             let ingests = (ingest, ingest);
             let from: Vec<SourceOffsets> = from.iter().cloned().collect();
-            let placement = self
-                .keep(&entry, ingests, batches, &from, stores)
-                .await
-                .map_err(|e| Error::Unavailable(format!("cannot append to `{name}`: {e}")))?;
+            let placement = match self.keep(&entry, ingests, batches, &from, stores).await {
+                Ok(placement) => placement,
+                Err(e) => {
+                    // Not appended: its snapshot must not bring it back after a restart.
+                    if let Some(dir) = self.snapshot_dir(name) {
+                        let _ = std::fs::remove_file(snapshot_path(&dir, ingests));
+                    }
+                    return Err(Error::Unavailable(format!("cannot append to `{name}`: {e}")));
+                }
+            };
+            let (partition, stored_rows) = (placement.part.partition, placement.rows);
             let mut state = entry.state.lock().expect("live table");
-            state.parts.push(LivePart { placement, ingests, from });
+            state.parts.push(LivePart { placement, ingests, from, stored_rows });
             state.next_ingest += 1;
+            if let Some(keys) = keys {
+                state.upsert(partition, keys);
+            }
         }
         if let Some(from) = from {
             let mut state = entry.state.lock().expect("live table");
@@ -253,10 +404,30 @@ impl SqlEngine {
     }
 
     /// The live table `name`, made now if `mode` allows.
-    async fn live_entry_for(&self, name: &str, mode: IngestMode, schema: &SchemaRef) -> Result<Arc<LiveEntry>> {
+    async fn live_entry_for(
+        &self,
+        name: &str,
+        mode: IngestMode,
+        schema: &SchemaRef,
+        key: Option<&[String]>,
+    ) -> Result<Arc<LiveEntry>> {
         let existing = self.live_registry().lock().expect("live tables").get(name).cloned();
         match (existing, mode.if_exists) {
-            (Some(entry), IfExists::Append) => return Ok(entry),
+            (Some(entry), IfExists::Append) => {
+                let has = entry.key.as_ref().map(|k| k.columns.as_slice());
+                return match (has, key) {
+                    (Some(has), Some(key)) if has != key => Err(Error::Invalid(format!(
+                        "live table `{name}` upserts by ({}); this ingest by ({})",
+                        has.join(", "),
+                        key.join(", ")
+                    ))),
+                    (None, Some(key)) => Err(Error::Invalid(format!(
+                        "live table `{name}` was made without a key and takes appends; this ingest upserts by ({})",
+                        key.join(", ")
+                    ))),
+                    _ => Ok(entry),
+                };
+            }
             (Some(_), IfExists::Fail) => {
                 return Err(Error::Invalid(format!("live table `{name}` exists (ingest with mode append or replace)")));
             }
@@ -276,7 +447,8 @@ impl SqlEngine {
         // Any column may be null: later ingests are checked by name and type only.
         let fields: Vec<Field> = schema.fields().iter().map(|f| f.as_ref().clone().with_nullable(true)).collect();
         let schema = Arc::new(Schema::new(fields));
-        let entry = Arc::new(LiveEntry::new(name, schema, self.next_cache_version(), LiveState::default()));
+        let key = key.map(|key| TableKey::new(name, &schema, key)).transpose()?;
+        let entry = Arc::new(LiveEntry::new(name, schema, key, self.next_cache_version(), LiveState::default()));
         self.context().register_table(name, Arc::new(LiveTable(entry.clone())))?;
         self.live_registry().lock().expect("live tables").insert(name.to_string(), entry.clone());
         tracing::info!(table = name, "live table created");
@@ -334,7 +506,8 @@ impl SqlEngine {
         // The widest file first where a compaction's output and its inputs are both there.
         files.sort_by_key(|((first, last), _)| (*first, std::cmp::Reverse(*last)));
         let Some((_, first)) = files.first() else { return Ok(()) };
-        let schema = read_snapshot(first)?.0;
+        let Snapshot { schema, key, .. } = read_snapshot(first)?;
+        let key = key.map(|key| TableKey::new(name, &schema, &key)).transpose()?;
         let version = self.next_cache_version();
         let mut state = LiveState::default();
         for ((first, last), path) in files {
@@ -347,14 +520,16 @@ impl SqlEngine {
             if first != state.next_ingest {
                 return Err(Error::Invalid(format!("{}: ingest {} is missing", dir.display(), state.next_ingest)));
             }
-            let (_, batches, from) = read_snapshot(&path)?;
+            let Snapshot { batches, from, .. } = read_snapshot(&path)?;
+            let partition = state.next_partition;
             let placement = Placement {
                 store: String::new(),
-                part: PartId { table: name.to_string(), version, partition: state.next_partition },
+                part: PartId { table: name.to_string(), version, partition },
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 bytes: batches.iter().map(store::rows_bytes).sum(),
                 shm: None,
                 stats: Some(Arc::new(crate::cached::partition_statistics(&schema, &batches))),
+                deleted: None,
             };
             for from in &from {
                 let applied = state.applied.entry(from.source.clone()).or_default();
@@ -363,15 +538,20 @@ impl SqlEngine {
                     *at = (*at).max(*next);
                 }
             }
-            state.parts.push(LivePart { placement, ingests: (first, last), from });
+            let stored_rows = placement.rows;
+            state.parts.push(LivePart { placement, ingests: (first, last), from, stored_rows });
             state.next_ingest = last + 1;
             state.next_partition += 1;
+            // Replayed in order, the upserts mark the same rows deleted as they did.
+            if let Some(key) = &key {
+                state.upsert(partition, key.of_all(&batches)?);
+            }
         }
         if self.context().table_exist(name)? {
             return Err(Error::Invalid(format!("a table `{name}` exists already")));
         }
         let partitions = state.parts.len();
-        let entry = Arc::new(LiveEntry::new(name, schema, version, state));
+        let entry = Arc::new(LiveEntry::new(name, schema, key, version, state));
         self.context().register_table(name, Arc::new(LiveTable(entry.clone())))?;
         self.live_registry().lock().expect("live tables").insert(name.to_string(), entry.clone());
         tracing::info!(table = name, partitions, rows = entry.rows(), "live table restored from disk");
@@ -411,9 +591,10 @@ impl SqlEngine {
                 continue;
             }
             let path = snapshot_path(&dir, ingests);
-            let (_, batches, _) = tokio::task::spawn_blocking(move || read_snapshot(&path))
+            let batches = tokio::task::spawn_blocking(move || read_snapshot(&path))
                 .await
-                .map_err(|e| Error::Invalid(e.to_string()))??;
+                .map_err(|e| Error::Invalid(e.to_string()))??
+                .batches;
             let target = least_loaded(&entry.state.lock().expect("live table").parts, stores);
             let channel = self.channels().flight(&target)?;
             let shm = store::put(channel, &target, &placement.part, entry.schema.clone(), batches)
@@ -478,24 +659,32 @@ impl SqlEngine {
             }
             let mut batches = Vec::new();
             for part in &run {
-                batches.extend(self.read_live_part(entry, part).await?);
+                batches.extend(self.live_rows_of(entry, part).await?);
             }
             let batches = coalesce(&entry.schema, batches)?;
+            let keys = entry.key.as_ref().map(|key| key.of_all(&batches)).transpose()?;
             let ingests = (run[0].ingests.0, run[run.len() - 1].ingests.1);
             let from = merge_offsets(&run);
-            // Its file holds the same rows as its inputs' files: either may stay after a restart, not both.
+            // Its file holds what its inputs' files hold, less replaced rows: a restart that finds
+            // both keeps it (even if the store refuses it now), and replaying later ingests marks the rest.
             let placement = self
                 .keep(entry, ingests, batches, &from, stores)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot compact `{name}`: {e}")))?;
-            let rows = placement.rows;
+            let (rows, partition) = (placement.rows, placement.part.partition);
             {
                 let mut state = entry.state.lock().expect("live table");
                 let at = state.parts.iter().position(|p| p.ingests.0 == ingests.0).expect("a merged run stays put");
-                state.parts.splice(at..at + run.len(), [LivePart { placement, ingests, from }]);
+                let merged = LivePart { placement, ingests, from, stored_rows: rows };
+                state.parts.splice(at..at + run.len(), [merged]);
+                // Every key it holds was in the run, whose partitions are gone: nothing else is marked.
+                if let Some(keys) = keys {
+                    state.upsert(partition, keys);
+                }
             }
             if let Some(dir) = self.snapshot_dir(name) {
-                for part in &run {
+                // A partition rewritten alone was replaced in place, by its file's rename.
+                for part in run.iter().filter(|p| p.ingests != ingests) {
                     let _ = std::fs::remove_file(snapshot_path(&dir, part.ingests));
                 }
             }
@@ -508,7 +697,7 @@ impl SqlEngine {
     /// Keeps `batches`, the rows of `ingests`, as a new partition: on disk
     /// first (what a store loses, or a restarted coordinator forgot, is put
     /// back from there), then in the store among `stores` that holds the
-    /// least of the table. Not kept at all if the store refuses them.
+    /// least of the table. If the store refuses them, the file stays.
     async fn keep(
         &self,
         entry: &LiveEntry,
@@ -517,10 +706,10 @@ impl SqlEngine {
         from: &[SourceOffsets],
         stores: &[Url],
     ) -> Result<Placement> {
-        let dir = self.snapshot_dir(&entry.name);
-        if let Some(dir) = dir.clone() {
+        if let Some(dir) = self.snapshot_dir(&entry.name) {
             let (schema, batches, from) = (entry.schema.clone(), batches.clone(), from.to_vec());
-            tokio::task::spawn_blocking(move || write_snapshot(&dir, ingests, &schema, &batches, &from))
+            let key = entry.key.as_ref().map(|k| k.columns.clone());
+            tokio::task::spawn_blocking(move || write_snapshot(&dir, ingests, &schema, &batches, &from, key))
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))??;
         }
@@ -537,20 +726,25 @@ impl SqlEngine {
             Ok(channel) => store::put(channel, &store_url, &part, entry.schema.clone(), batches).await,
             Err(e) => Err(e),
         };
-        match put {
-            Ok(shm) => Ok(Placement { store: store_url, part, rows, bytes, shm, stats }),
-            Err(e) => {
-                if let Some(dir) = dir {
-                    let _ = std::fs::remove_file(snapshot_path(&dir, ingests));
-                }
-                Err(e.into())
-            }
-        }
+        Ok(Placement { store: store_url, part, rows, bytes, shm: put?, stats, deleted: None })
     }
 
-    /// One partition's rows: mapped from shared memory, else from its
-    /// snapshot, else from its store.
-    async fn read_live_part(&self, entry: &LiveEntry, part: &LivePart) -> Result<Vec<RecordBatch>> {
+    /// One partition's rows, less those an upsert replaced.
+    async fn live_rows_of(&self, entry: &LiveEntry, part: &LivePart) -> Result<Vec<RecordBatch>> {
+        let stored = self.stored_rows_of(entry, part).await?;
+        let Some(deleted) = &part.placement.deleted else { return Ok(stored) };
+        let mut first = 0;
+        let mut live = Vec::with_capacity(stored.len());
+        for batch in stored {
+            live.push(deleted.drop_from(&batch, first).map_err(|e| Error::DataFusion(e.into()))?);
+            first += batch.num_rows() as u64;
+        }
+        Ok(live)
+    }
+
+    /// One partition's stored rows: mapped from shared memory, else from
+    /// its snapshot, else from its store.
+    async fn stored_rows_of(&self, entry: &LiveEntry, part: &LivePart) -> Result<Vec<RecordBatch>> {
         if let Some(path) = &part.placement.shm
             && let Some((_, batches)) = crate::shm::read(Path::new(path), None)?
         {
@@ -559,10 +753,10 @@ impl SqlEngine {
         if let Some(dir) = self.snapshot_dir(&entry.name) {
             let path = snapshot_path(&dir, part.ingests);
             if path.exists() {
-                let (_, batches, _) = tokio::task::spawn_blocking(move || read_snapshot(&path))
+                return Ok(tokio::task::spawn_blocking(move || read_snapshot(&path))
                     .await
-                    .map_err(|e| Error::Invalid(e.to_string()))??;
-                return Ok(batches);
+                    .map_err(|e| Error::Invalid(e.to_string()))??
+                    .batches);
             }
         }
         let placement = &part.placement;
@@ -636,15 +830,16 @@ pub(crate) async fn missing_from_stores(channels: &crate::Channels, table: &str,
 }
 
 /// The first [`COMPACT_FANOUT`] neighbouring partitions of one level, each
-/// below [`COMPACT_BELOW_BYTES`]: the oldest are merged first.
+/// below [`COMPACT_BELOW_BYTES`]: the oldest are merged first. Else a
+/// partition upserts have emptied by half or more, rewritten alone.
 fn run_to_merge(parts: &[LivePart]) -> Option<std::ops::Range<usize>> {
-    parts
-        .windows(COMPACT_FANOUT)
-        .position(|run| {
-            let level = run[0].level();
-            run.iter().all(|p| p.level() == level && p.placement.bytes < COMPACT_BELOW_BYTES)
-        })
-        .map(|at| at..at + COMPACT_FANOUT)
+    let run = parts.windows(COMPACT_FANOUT).position(|run| {
+        let level = run[0].level();
+        run.iter().all(|p| p.level() == level && p.placement.bytes < COMPACT_BELOW_BYTES)
+    });
+    let hollow =
+        || parts.iter().position(|p| p.placement.rows * 2 <= p.stored_rows && p.placement.rows < p.stored_rows);
+    run.map(|at| at..at + COMPACT_FANOUT).or_else(|| hollow().map(|at| at..at + 1))
 }
 
 /// Per source and Kafka partition, the offsets `run`'s ingests cover together.
@@ -702,6 +897,16 @@ fn least_loaded(parts: &[LivePart], stores: &[Url]) -> String {
 /// The key, in a snapshot's footer, of the offsets its rows cover: one
 /// source's (an ingest's), or a list of them (a merged partition's).
 const SNAPSHOT_OFFSETS: &str = "cohort.offsets";
+/// The key, in a snapshot's footer, of the table's key columns (a JSON list).
+const SNAPSHOT_KEY: &str = "cohort.key";
+
+/// One snapshot file's contents.
+struct Snapshot {
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+    from: Vec<SourceOffsets>,
+    key: Option<Vec<String>>,
+}
 
 /// `NNNNNNNN.arrow` holds ingest N; `FFFFFFFF-LLLLLLLL.arrow` ingests F to L, merged.
 fn snapshot_path(dir: &Path, (first, last): (u64, u64)) -> PathBuf {
@@ -727,6 +932,7 @@ fn write_snapshot(
     schema: &SchemaRef,
     batches: &[RecordBatch],
     from: &[SourceOffsets],
+    key: Option<Vec<String>>,
 ) -> Result<()> {
     let io = |what: &str, path: &Path| {
         let context = format!("cannot {what} {}", path.display());
@@ -746,6 +952,9 @@ fn write_snapshot(
     if let Some(json) = offsets {
         writer.write_metadata(SNAPSHOT_OFFSETS, json.expect("offsets serialize"));
     }
+    if let Some(key) = key {
+        writer.write_metadata(SNAPSHOT_KEY, serde_json::to_string(&key).expect("a key serializes"));
+    }
     for batch in batches {
         writer.write(batch).map_err(|e| Error::DataFusion(e.into()))?;
     }
@@ -758,7 +967,7 @@ fn write_snapshot(
     std::fs::rename(&tmp, &path).map_err(io("publish", &path))
 }
 
-fn read_snapshot(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<SourceOffsets>)> {
+fn read_snapshot(path: &Path) -> Result<Snapshot> {
     let file = std::fs::File::open(path)
         .map_err(|source| Error::Io { context: format!("cannot read {}", path.display()), source })?;
     let bad =
@@ -769,9 +978,13 @@ fn read_snapshot(path: &Path) -> Result<(SchemaRef, Vec<RecordBatch>, Vec<Source
         Some(json) => vec![serde_json::from_str(json).map_err(|e| bad(&e))?],
         None => Vec::new(),
     };
+    let key = match reader.custom_metadata().get(SNAPSHOT_KEY) {
+        Some(json) => Some(serde_json::from_str(json).map_err(|e| bad(&e))?),
+        None => None,
+    };
     let schema = reader.schema();
     let batches = reader.collect::<std::result::Result<Vec<_>, _>>().map_err(|e| bad(&e))?;
-    Ok((schema, batches, from))
+    Ok(Snapshot { schema, batches, from, key })
 }
 
 /// `batches` with the table's schema, or an error naming the column that differs.
@@ -896,7 +1109,7 @@ mod tests {
     }
 
     fn ingest(mode: IngestMode, batches: Vec<RecordBatch>, from: Option<SourceOffsets>) -> Ingest {
-        Ingest { mode, schema: batches[0].schema(), batches, from }
+        Ingest { mode, schema: batches[0].schema(), batches, from, key: None }
     }
 
     fn from(first: i64, next: i64) -> Option<SourceOffsets> {
@@ -1023,6 +1236,84 @@ mod tests {
         assert!(again.append_live("clicks", replay, &stores, 1 << 30).await.unwrap().duplicate);
     }
 
+    /// 100 rows over ids 0..50 (each twice) and one without an id; `v` says which ingest and row.
+    fn versions(ingest: i64) -> RecordBatch {
+        let ids = (0..100).map(|j| Some(j % 50)).chain([None]);
+        let v = (0..101).map(|j| ingest * 1000 + j);
+        RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from_iter(ids)) as ArrayRef),
+            ("v", Arc::new(Int64Array::from_iter_values(v)) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    fn keyed(batch: RecordBatch, key: &str) -> Ingest {
+        let mode = IngestMode { create: true, if_exists: IfExists::Append };
+        Ingest { mode, schema: batch.schema(), batches: vec![batch], from: None, key: Some(vec![key.into()]) }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_keyed_table_holds_each_keys_latest_row_through_compaction_and_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EngineSettings { live_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+        let engine = Arc::new(SqlEngine::new(settings.clone()).unwrap());
+        let stores = vec![store().await];
+        // Given a table keyed by id, upserted 20 times with every id while a reader counts it
+        let writer = {
+            let (engine, stores) = (engine.clone(), stores.clone());
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    engine.append_live("latest", keyed(versions(i), "id"), &stores, 1 << 30).await.unwrap();
+                }
+            })
+        };
+        // (made empty by the first ingest, which publishes its rows once they are held)
+        while engine.live().first().is_none_or(|table| table.rows() == 0) {
+            tokio::task::yield_now().await;
+        }
+        // Then a reader sees one row per id, never two
+        while !writer.is_finished() {
+            assert_eq!(count(&engine, "SELECT count(*) FROM latest").await, 50, "one row per key, by statistics");
+            assert_eq!(count(&engine, "SELECT count(*) FROM latest WHERE v >= 0").await, 50, "and by reading");
+        }
+        writer.await.unwrap();
+        // And each id's row is its last ingest's last row; a row without an id was left out
+        let latest: i64 = (0..50).map(|id| 19_000 + 50 + id).sum();
+        assert_eq!(count(&engine, "SELECT sum(v) FROM latest").await, latest);
+        assert_eq!(engine.live()[0].rows(), 50);
+
+        // When it is compacted (two runs of 8, and 3 ingests emptied by the next, rewritten alone),
+        // then upserted again for some ids
+        assert_eq!(engine.compact_live("latest", &stores).await.unwrap(), 19);
+        assert_eq!(count(&engine, "SELECT sum(v) FROM latest").await, latest, "merged: the same rows");
+        let some = RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from_iter_values(0..10)) as ArrayRef),
+            ("v", Arc::new(Int64Array::from_iter_values(std::iter::repeat_n(1_000_000, 10))) as ArrayRef),
+        ])
+        .unwrap();
+        engine.append_live("latest", keyed(some, "id"), &stores, 1 << 30).await.unwrap();
+        let now = latest - (0..10).map(|id| 19_050 + id).sum::<i64>() + 10_000_000;
+        assert_eq!(count(&engine, "SELECT sum(v) FROM latest").await, now);
+        assert_eq!(count(&engine, "SELECT count(*) FROM latest").await, 50);
+
+        // And a restarted engine replays its snapshots to the same rows
+        let again = SqlEngine::new(settings).unwrap();
+        assert!(again.restore_live().is_empty());
+        again.repair_live("latest", &stores).await.unwrap();
+        assert_eq!(count(&again, "SELECT sum(v) FROM latest").await, now);
+        assert_eq!(count(&again, "SELECT count(*) FROM latest").await, 50);
+
+        // And keys that do not fit are refused by name
+        let e = engine.append_live("other", keyed(versions(0), "nope"), &stores, 1 << 30).await.unwrap_err();
+        assert!(e.to_string().contains("key column `nope` is not one of its columns (id, v)"), "{e}");
+        let e = engine.append_live("latest", keyed(versions(0), "v"), &stores, 1 << 30).await.unwrap_err();
+        assert!(e.to_string().contains("upserts by (id); this ingest by (v)"), "{e}");
+        let append = IngestMode { create: true, if_exists: IfExists::Append };
+        engine.append_live("plain", ingest(append, vec![batch(0, 1)], None), &stores, 1 << 30).await.unwrap();
+        let e = engine.append_live("plain", keyed(batch(0, 1), "id"), &stores, 1 << 30).await.unwrap_err();
+        assert!(e.to_string().contains("made without a key"), "{e}");
+    }
+
     #[test]
     fn merges_take_eight_neighbours_of_one_level_and_leave_big_partitions_alone() {
         let part = |first: u64, last: u64, bytes: u64| LivePart {
@@ -1033,9 +1324,11 @@ mod tests {
                 bytes,
                 shm: None,
                 stats: None,
+                deleted: None,
             },
             ingests: (first, last),
             from: Vec::new(),
+            stored_rows: 1,
         };
         let small = |n: u64| part(n, n, 1);
         // Seven ingests: nothing yet; the eighth makes a run
@@ -1056,6 +1349,10 @@ mod tests {
         let mut with_big = level_one.clone();
         with_big[3].placement.bytes = COMPACT_BELOW_BYTES;
         assert_eq!(run_to_merge(&with_big), None);
+        // A partition upserts emptied by half is rewritten alone
+        let mut hollow = with_big.clone();
+        hollow[5].stored_rows = 2;
+        assert_eq!(run_to_merge(&hollow), Some(5..6));
         assert_eq!(ingests_of("00000008-00000015.arrow"), Some((8, 15)));
         assert_eq!(ingests_of("00000003.arrow"), Some((3, 3)));
         assert_eq!(ingests_of("00000003.tmp"), None);

@@ -168,6 +168,7 @@ mod tests {
             bytes,
             shm: None,
             stats: None,
+            deleted: None,
         }
     }
 

@@ -54,6 +54,10 @@ pub enum SinkConfig {
     /// A live table: each micro-batch appended whole, readable by SQL at once.
     Store {
         table: String,
+        /// Upsert by these columns of the transform's output (the last row
+        /// of each key wins); empty: append.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        key: Vec<String>,
     },
 }
 

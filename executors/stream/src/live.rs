@@ -23,6 +23,7 @@ use crate::{Error, Result};
 /// `do_put_statement_ingest`).
 const SOURCE_OPTION: &str = "cohort.source";
 const OFFSETS_OPTION: &str = "cohort.offsets";
+const KEY_OPTION: &str = "cohort.key";
 
 /// Tries at one append before the member gives up (and is restarted).
 const INGEST_ATTEMPTS: u32 = 4;
@@ -40,6 +41,8 @@ pub struct LiveSink {
     table: String,
     /// `group@topic`: whose offsets these are.
     source: String,
+    /// The columns the table upserts by; empty: it takes appends.
+    key: Vec<String>,
     /// Per Kafka partition, the next offset the table lacks, as last read.
     applied: BTreeMap<i32, i64>,
     /// The assignment `applied` was read for.
@@ -51,7 +54,13 @@ fn failed(what: &str, e: impl std::fmt::Display) -> Error {
 }
 
 impl LiveSink {
-    pub fn open(runtime: &Runtime, coordinator: &Coordinator, table: &str, source: String) -> LiveSink {
+    pub fn open(
+        runtime: &Runtime,
+        coordinator: &Coordinator,
+        table: &str,
+        source: String,
+        key: Vec<String>,
+    ) -> LiveSink {
         let channel = {
             let _in_runtime = runtime.enter();
             coordinator.endpoint.clone().connect_lazy()
@@ -60,7 +69,7 @@ impl LiveSink {
         if let Some(token) = &coordinator.token {
             client.set_token(token.clone());
         }
-        LiveSink { client, table: table.to_string(), source, applied: BTreeMap::new(), read_for: None }
+        LiveSink { client, table: table.to_string(), source, key, applied: BTreeMap::new(), read_for: None }
     }
 
     /// Reads how far the table got for this source, if the member's
@@ -131,6 +140,10 @@ impl LiveSink {
                 (OFFSETS_OPTION.to_string(), serde_json::to_string(&ranges).expect("offsets serialize")),
             ]),
         };
+        let mut command = command;
+        if !self.key.is_empty() {
+            command.options.insert(KEY_OPTION.to_string(), self.key.join(","));
+        }
         // An ingest whose answer was lost (the coordinator restarted, say)
         // is sent again: the table drops it if it has those offsets already.
         let mut attempt = 1;

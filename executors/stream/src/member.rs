@@ -210,13 +210,13 @@ pub fn run(
                 Sink::Kafka(KafkaSink::open(to, topic, id)?)
             }
         }
-        SinkConfig::Store { table } => {
+        SinkConfig::Store { table, key } => {
             let coordinator = coordinator.ok_or_else(|| Error::Invalid {
                 field: "sink.store".into(),
                 message: "this member has no coordinator to append to".into(),
             })?;
             let source = format!("{}@{}", config.group, config.topic);
-            Sink::Store(Box::new(LiveSink::open(&runtime, coordinator, table, source)))
+            Sink::Store(Box::new(LiveSink::open(&runtime, coordinator, table, source, key.clone())))
         }
     };
     let dead_letters = match config.on_error {

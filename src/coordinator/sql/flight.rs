@@ -211,14 +211,17 @@ fn count_schema() -> SchemaRef {
 
 /// The gRPC status for a SQL error: the client's mistake is
 /// InvalidArgument or NotFound with DataFusion's own words.
-/// The options Cohort reads from a bulk ingest: what to do with the
-/// table, and (from pipelines) where the rows came from.
+/// The options Cohort reads from a bulk ingest: (from pipelines) where
+/// the rows came from, and the columns a new table upserts by
+/// (comma-separated).
 pub const INGEST_SOURCE: &str = "cohort.source";
 pub const INGEST_OFFSETS: &str = "cohort.offsets";
+pub const INGEST_KEY: &str = "cohort.key";
 
-fn ingest_of(
-    command: &CommandStatementIngest,
-) -> Result<(cohort_batch::live::IngestMode, Option<cohort_batch::live::SourceOffsets>), Status> {
+/// What an ingest asks for, less its rows.
+type IngestOptions = (cohort_batch::live::IngestMode, Option<cohort_batch::live::SourceOffsets>, Option<Vec<String>>);
+
+fn ingest_of(command: &CommandStatementIngest) -> Result<IngestOptions, Status> {
     use arrow_flight::sql::{TableExistsOption, TableNotExistOption};
     use cohort_batch::live::{IfExists, IngestMode, SourceOffsets};
     if command.table.is_empty() {
@@ -246,7 +249,8 @@ fn ingest_of(
         (None, None) => None,
         _ => return Err(Status::invalid_argument(format!("options {INGEST_SOURCE} and {INGEST_OFFSETS} go together"))),
     };
-    Ok((IngestMode { create, if_exists }, from))
+    let key = command.options.get(INGEST_KEY).map(|key| key.split(',').map(|c| c.trim().to_string()).collect());
+    Ok((IngestMode { create, if_exists }, from, key))
 }
 
 pub fn status_of(e: &SqlError) -> Status {
@@ -527,7 +531,7 @@ impl FlightSqlService for FlightSql {
         command: CommandStatementIngest,
         request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        let (mode, from) = ingest_of(&command)?;
+        let (mode, from, key) = ingest_of(&command)?;
         let data = request.into_inner().into_peekable().map_err(FlightError::from);
         let mut decoded = FlightRecordBatchStream::new_from_flight_data(data);
         let mut batches = Vec::new();
@@ -538,7 +542,7 @@ impl FlightSqlService for FlightSql {
         }
         let schema =
             decoded.schema().cloned().ok_or_else(|| Status::invalid_argument("an ingest carries its rows' schema"))?;
-        let ingest = cohort_batch::live::Ingest { mode, schema, batches, from };
+        let ingest = cohort_batch::live::Ingest { mode, schema, batches, from, key };
         let appended = self.front.ingest(&command.table, ingest).await.map_err(|e| status_of(&e))?;
         Ok(appended.rows as i64)
     }
