@@ -5,9 +5,12 @@
 //! - `services.rs`: healing a killed instance, a rolling update;
 //! - `tpch.rs`: the 22 TPC-H-derived queries through Flight SQL against
 //!   single-process DataFusion;
-//! - `stream.rs`: a pipeline member against a bare Kafka consumer.
+//! - `stream.rs`: a pipeline member against a bare Kafka consumer;
+//! - `live.rs`: live tables fed by many small ingests, appending and
+//!   upserting, against the same rows cached.
 
 pub mod control_plane;
+pub mod live;
 pub mod services;
 pub mod stream;
 pub mod tpch;

@@ -319,6 +319,8 @@ enum BenchCommand {
     Tpch(bench::tpch::Args),
     /// A pipeline (JSON → filter → Parquet) against a bare Kafka consumer.
     Stream(bench::stream::Args),
+    /// Live tables fed by many small ingests against the same rows cached.
+    Live(bench::live::Args),
 }
 
 /// Runs the command line; returns the process exit code.
@@ -569,6 +571,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
         Command::Bench(BenchCommand::Services(args)) => bench::services::run(args).await,
         Command::Bench(BenchCommand::Tpch(args)) => bench::tpch::run(args).await,
         Command::Bench(BenchCommand::Stream(args)) => bench::stream::run(args).await,
+        Command::Bench(BenchCommand::Live(args)) => bench::live::run(args).await,
         Command::Executor { .. } | Command::Simulate(_) => unreachable!("handled before the runtime starts"),
     }
 }

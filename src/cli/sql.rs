@@ -120,6 +120,28 @@ impl Session {
         Ok(())
     }
 
+    /// Appends `batches` to live table `table` (made if missing) by Flight
+    /// SQL bulk ingest, upserting by `key` if given; the rows it took.
+    pub(crate) async fn ingest(&mut self, table: &str, batches: Vec<RecordBatch>, key: Option<&str>) -> Result<i64> {
+        use arrow_flight::sql::{
+            CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption,
+        };
+        let command = CommandStatementIngest {
+            table_definition_options: Some(TableDefinitionOptions {
+                if_not_exist: TableNotExistOption::Create.into(),
+                if_exists: TableExistsOption::Append.into(),
+            }),
+            table: table.to_string(),
+            schema: None,
+            catalog: None,
+            temporary: false,
+            transaction_id: None,
+            options: key.map(|k| [("cohort.key".to_string(), k.to_string())].into()).unwrap_or_default(),
+        };
+        let rows = futures::stream::iter(batches.into_iter().map(Ok));
+        self.client.execute_ingest(command, rows).await.map_err(readable)
+    }
+
     /// Runs one statement over Flight SQL: its schema and every batch.
     pub(crate) async fn query(&mut self, sql: &str) -> Result<(arrow::datatypes::SchemaRef, Vec<RecordBatch>)> {
         let info = self.client.execute(sql.to_string(), None).await.map_err(readable)?;

@@ -145,10 +145,12 @@ struct LiveState {
 
 impl LiveState {
     /// Records that partition `partition` (already in `parts`) holds the
-    /// rows of `keys`, in order, and marks the rows it replaces deleted.
-    fn upsert(&mut self, partition: u32, keys: Vec<Key>) {
+    /// rows of `keys`, in order (none: a row without a key), and marks the
+    /// rows they replace deleted.
+    fn upsert(&mut self, partition: u32, keys: Vec<Option<Key>>) {
         let mut replaced: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
         for (row, key) in keys.into_iter().enumerate() {
+            let Some(key) = key else { continue };
             if let Some((was_in, was_row)) = self.keys.insert(key, (partition, row as u32)) {
                 replaced.entry(was_in).or_default().push(was_row);
             }
@@ -242,18 +244,18 @@ impl TableKey {
         Ok((0..batch.num_rows()).map(|row| (!null(row)).then(|| rows.row(row).as_ref().into())).collect())
     }
 
-    /// The keys of rows that all have one, in order.
-    fn of_all(&self, batches: &[RecordBatch]) -> Result<Vec<Key>> {
+    /// The keys of the rows of `batches`, in order.
+    fn of_all(&self, batches: &[RecordBatch]) -> Result<Vec<Option<Key>>> {
         let mut keys = Vec::new();
         for batch in batches {
-            keys.extend(self.of(batch)?.into_iter().flatten());
+            keys.extend(self.of(batch)?);
         }
         Ok(keys)
     }
 
     /// `batches` as one batch with each key's last row only, and its keys;
     /// rows whose key is null are left out, and counted.
-    fn latest(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<Key>, usize)> {
+    fn latest(&self, schema: &SchemaRef, batches: &[RecordBatch]) -> Result<(RecordBatch, Vec<Option<Key>>, usize)> {
         let batch = arrow::compute::concat_batches(schema, batches).map_err(|e| Error::DataFusion(e.into()))?;
         let keys = self.of(&batch)?;
         let mut seen = HashSet::new();
@@ -264,8 +266,7 @@ impl TableKey {
             }
         }
         let null_keys = keys.iter().filter(|k| k.is_none()).count();
-        let kept: Vec<Key> =
-            keys.into_iter().zip(&keep).filter_map(|(key, keep)| if *keep { key } else { None }).collect();
+        let kept: Vec<Option<Key>> = keys.into_iter().zip(&keep).filter(|(_, keep)| **keep).map(|(key, _)| key).collect();
         let batch =
             arrow::compute::filter_record_batch(&batch, &keep.into()).map_err(|e| Error::DataFusion(e.into()))?;
         Ok((batch, kept, null_keys))
@@ -505,11 +506,10 @@ impl SqlEngine {
             .collect();
         // The widest file first where a compaction's output and its inputs are both there.
         files.sort_by_key(|((first, last), _)| (*first, std::cmp::Reverse(*last)));
-        let Some((_, first)) = files.first() else { return Ok(()) };
-        let Snapshot { schema, key, .. } = read_snapshot(first)?;
-        let key = key.map(|key| TableKey::new(name, &schema, &key)).transpose()?;
         let version = self.next_cache_version();
         let mut state = LiveState::default();
+        // The table's columns and key, as its first snapshot says.
+        let mut table: Option<(SchemaRef, Option<TableKey>)> = None;
         for ((first, last), path) in files {
             if last < state.next_ingest {
                 // A compaction ended before it removed its inputs: its output holds their rows.
@@ -520,7 +520,13 @@ impl SqlEngine {
             if first != state.next_ingest {
                 return Err(Error::Invalid(format!("{}: ingest {} is missing", dir.display(), state.next_ingest)));
             }
-            let Snapshot { batches, from, .. } = read_snapshot(&path)?;
+            let snapshot = read_snapshot(&path)?;
+            if table.is_none() {
+                let key = snapshot.key.as_ref().map(|key| TableKey::new(name, &snapshot.schema, key)).transpose()?;
+                table = Some((snapshot.schema.clone(), key));
+            }
+            let (schema, key) = table.as_ref().expect("read above");
+            let Snapshot { batches, from, .. } = snapshot;
             let partition = state.next_partition;
             let placement = Placement {
                 store: String::new(),
@@ -528,7 +534,7 @@ impl SqlEngine {
                 rows: batches.iter().map(|b| b.num_rows() as u64).sum(),
                 bytes: batches.iter().map(store::rows_bytes).sum(),
                 shm: None,
-                stats: Some(Arc::new(crate::cached::partition_statistics(&schema, &batches))),
+                stats: Some(Arc::new(crate::cached::partition_statistics(schema, &batches))),
                 deleted: None,
             };
             for from in &from {
@@ -543,10 +549,11 @@ impl SqlEngine {
             state.next_ingest = last + 1;
             state.next_partition += 1;
             // Replayed in order, the upserts mark the same rows deleted as they did.
-            if let Some(key) = &key {
+            if let Some(key) = key {
                 state.upsert(partition, key.of_all(&batches)?);
             }
         }
+        let Some((schema, key)) = table else { return Ok(()) };
         if self.context().table_exist(name)? {
             return Err(Error::Invalid(format!("a table `{name}` exists already")));
         }
