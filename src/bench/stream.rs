@@ -36,6 +36,9 @@ pub struct Args {
     /// Seconds the latency phase produces for.
     #[arg(long, default_value_t = 5)]
     seconds: u64,
+    /// Milliseconds after which the pipeline's Parquet files roll (are committed).
+    #[arg(long, default_value_t = 1000)]
+    roll_ms: u64,
 }
 
 const MESSAGE_BYTES: usize = 200;
@@ -138,9 +141,9 @@ fn pipeline_config(topic: &str, sink: SinkConfig, group: &str) -> PipelineConfig
     }
 }
 
-/// Into Parquet files under `out`, rolled every second.
-fn parquet_sink(out: &std::path::Path) -> SinkConfig {
-    SinkConfig::Parquet { path: out.display().to_string(), roll_bytes: 64 << 20, roll_ms: 1000 }
+/// Into Parquet files under `out`, rolled every `roll_ms`.
+fn parquet_sink(out: &std::path::Path, roll_ms: u64) -> SinkConfig {
+    SinkConfig::Parquet { path: out.display().to_string(), roll_bytes: 64 << 20, roll_ms }
 }
 
 /// A pipeline member until `n` records' offsets are committed.
@@ -229,7 +232,7 @@ fn measure(args: &Args) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let bare_phase = bare(&brokers, &topic, n, None)?;
-    let pipeline_phase = pipeline(&brokers, &topic, n, parquet_sink(&dir.path().join("throughput")))?;
+    let pipeline_phase = pipeline(&brokers, &topic, n, parquet_sink(&dir.path().join("throughput"), args.roll_ms))?;
     let to_kafka = SinkConfig::Kafka { brokers: None, topic: forwarded, exactly_once: true };
     let kafka_phase = pipeline(&brokers, &topic, n, to_kafka)?;
 
@@ -248,7 +251,8 @@ fn measure(args: &Args) -> Result<()> {
     let live_out = dir.path().join("live");
     let pipeline_reader = {
         let (brokers, topic, out) = (brokers.clone(), live_pipeline.clone(), live_out.clone());
-        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, parquet_sink(&out)))
+        let roll_ms = args.roll_ms;
+        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, parquet_sink(&out, roll_ms)))
     };
     std::thread::sleep(JOIN_TIME);
     produce(&brokers, &live_pipeline, 0..live_n, Some(args.rate))?;
@@ -268,7 +272,7 @@ fn measure(args: &Args) -> Result<()> {
         "pipeline: JSON → filter → Parquet".to_string(),
         format!("{:.0}", pipeline_phase.per_second()),
         format!("{:.1}", pipeline_phase.mb_per_second()),
-        format!("{:.1} ms (in a committed file; files roll every 1 s)", p99_ms(pipeline_latencies)),
+        format!("{:.1} ms (in a committed file; files roll every {} ms)", p99_ms(pipeline_latencies), args.roll_ms),
     ]);
     table.add_row([
         "pipeline: JSON → filter → Kafka, exactly-once".to_string(),

@@ -266,7 +266,8 @@ impl TableKey {
             }
         }
         let null_keys = keys.iter().filter(|k| k.is_none()).count();
-        let kept: Vec<Option<Key>> = keys.into_iter().zip(&keep).filter(|(_, keep)| **keep).map(|(key, _)| key).collect();
+        let kept: Vec<Option<Key>> =
+            keys.into_iter().zip(&keep).filter(|(_, keep)| **keep).map(|(key, _)| key).collect();
         let batch =
             arrow::compute::filter_record_batch(&batch, &keep.into()).map_err(|e| Error::DataFusion(e.into()))?;
         Ok((batch, kept, null_keys))
