@@ -27,8 +27,9 @@
 //! then 8, 64, ...) and below [`COMPACT_BELOW_BYTES`] become one, so a
 //! table fed a micro-batch a second for a day holds tens of partitions,
 //! not 86,400, and a row is rewritten a few times at most. The merged
-//! partition is written to disk and put into a store before it replaces
-//! the ones it holds, all at once; those stay in their stores until the
+//! partition is written to disk and put into a store while ingests go on,
+//! then replaces the ones it holds, all at once (a row an upsert replaced
+//! meanwhile is marked then); those stay in their stores until the
 //! queries that may read them have ended ([`crate::readers`]).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -196,6 +197,18 @@ impl LivePart {
             self.placement.stats = Some(Arc::new(stats));
         }
     }
+}
+
+/// A merge written and stored, not yet swapped in for its run.
+struct Merge {
+    run: Vec<LivePart>,
+    part: LivePart,
+    /// A keyed table's: each merged row's key, and the partition and row
+    /// it was read from (to tell, at the swap, which are still current).
+    keys: Vec<Option<Key>>,
+    origins: Vec<(u32, u32)>,
+    /// Its snapshot, under a name a restart ignores.
+    staged: Option<PathBuf>,
 }
 
 /// A key of a keyed live table, in Arrow's row format: comparable as bytes.
@@ -372,15 +385,33 @@ impl SqlEngine {
                      {budget} (--sql-cache-memory), and only cached tables are evicted"
                 ))));
             }
-            let ingest = entry.state.lock().expect("live table").next_ingest;
+            let (ingest, partition) = {
+                let mut state = entry.state.lock().expect("live table");
+                state.next_partition += 1;
+                (state.next_ingest, state.next_partition - 1)
+            };
             let ingests = (ingest, ingest);
             let from: Vec<SourceOffsets> = from.iter().cloned().collect();
-            let placement = match self.keep(&entry, ingests, batches, &from, stores).await {
+            // On disk first: what a store loses, or a restarted coordinator forgot, is put back from there.
+            let snapshot = self.snapshot_dir(name).map(|dir| snapshot_path(&dir, ingests));
+            if let Some(path) = snapshot.clone() {
+                let (schema, batches, from) = (entry.schema.clone(), batches.clone(), from.clone());
+                let key = entry.key.as_ref().map(|k| k.columns.clone());
+                tokio::task::spawn_blocking(move || {
+                    let dir = path.parent().expect("a snapshot is in its table's directory");
+                    std::fs::create_dir_all(dir)
+                        .map_err(|source| Error::Io { context: format!("cannot create {}", dir.display()), source })?;
+                    write_snapshot(&path, &schema, &batches, &from, key)
+                })
+                .await
+                .map_err(|e| Error::Invalid(e.to_string()))??;
+            }
+            let placement = match self.put_part(&entry, partition, stores, batches).await {
                 Ok(placement) => placement,
                 Err(e) => {
                     // Not appended: its snapshot must not bring it back after a restart.
-                    if let Some(dir) = self.snapshot_dir(name) {
-                        let _ = std::fs::remove_file(snapshot_path(&dir, ingests));
+                    if let Some(path) = &snapshot {
+                        let _ = std::fs::remove_file(path);
                     }
                     return Err(Error::Unavailable(format!("cannot append to `{name}`: {e}")));
                 }
@@ -498,13 +529,16 @@ impl SqlEngine {
     }
 
     fn restore_one(&self, name: &str, dir: &Path) -> Result<()> {
-        let mut files: Vec<((u64, u64), PathBuf)> = std::fs::read_dir(dir)?
-            .flatten()
-            .filter_map(|f| {
-                let path = f.path();
-                Some((ingests_of(path.file_name()?.to_str()?)?, path))
-            })
-            .collect();
+        let mut files: Vec<((u64, u64), PathBuf)> = Vec::new();
+        for path in std::fs::read_dir(dir)?.flatten().map(|f| f.path()) {
+            match path.extension().and_then(|e| e.to_str()) {
+                // Written by an ingest or a merge that never finished.
+                Some("tmp" | "merging") => {
+                    let _ = std::fs::remove_file(&path);
+                }
+                _ => files.extend(path.file_name().and_then(|n| n.to_str()).and_then(ingests_of).map(|i| (i, path))),
+            }
+        }
         // The widest file first where a compaction's output and its inputs are both there.
         files.sort_by_key(|((first, last), _)| (*first, std::cmp::Reverse(*last)));
         let version = self.next_cache_version();
@@ -603,9 +637,8 @@ impl SqlEngine {
                 .await
                 .map_err(|e| Error::Invalid(e.to_string()))??
                 .batches;
-            let target = least_loaded(&entry.state.lock().expect("live table").parts, stores);
-            let channel = self.channels().flight(&target)?;
-            let shm = store::put(channel, &target, &placement.part, entry.schema.clone(), batches)
+            let (target, shm) = self
+                .put_somewhere(&entry, &placement.part, stores, batches)
                 .await
                 .map_err(|e| Error::Unavailable(format!("cannot put back a partition of `{name}`: {e}")))?;
             let mut state = entry.state.lock().expect("live table");
@@ -628,8 +661,8 @@ impl SqlEngine {
     /// Merges live table `name`'s small partitions, [`COMPACT_FANOUT`] of a
     /// level at a time, until none are left to merge; then, once the queries
     /// that may read the replaced partitions have ended, drops those from
-    /// their stores. How many partitions were merged. Ingests wait while a
-    /// merge is written, not while replaced partitions wait for readers.
+    /// their stores. How many partitions were merged. Ingests wait only
+    /// while a merge is chosen and swapped in.
     pub async fn compact_live(&self, name: &str, stores: &[Url]) -> Result<usize> {
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return Ok(0);
@@ -647,107 +680,200 @@ impl SqlEngine {
     }
 
     async fn merge_runs(&self, entry: &Arc<LiveEntry>, stores: &[Url], replaced: &mut Vec<Placement>) -> Result<usize> {
-        let name = entry.name.as_str();
         let mut merged = 0;
-        loop {
-            let _one_at_a_time = entry.appending.lock().await;
-            let current = self.live_registry().lock().expect("live tables").get(name).cloned();
-            if !current.is_some_and(|c| Arc::ptr_eq(&c, entry)) {
-                return Ok(merged); // dropped meanwhile
-            }
-            let run = {
-                let state = entry.state.lock().expect("live table");
-                match run_to_merge(&state.parts) {
-                    Some(range) => state.parts[range].to_vec(),
-                    None => return Ok(merged),
-                }
-            };
-            if stores.is_empty() {
-                return Err(Error::Unavailable("no store executor is serving".into()));
-            }
-            let mut batches = Vec::new();
-            for part in &run {
-                batches.extend(self.live_rows_of(entry, part).await?);
-            }
-            let batches = coalesce(&entry.schema, batches)?;
-            let keys = entry.key.as_ref().map(|key| key.of_all(&batches)).transpose()?;
-            let ingests = (run[0].ingests.0, run[run.len() - 1].ingests.1);
-            let from = merge_offsets(&run);
-            // Its file holds what its inputs' files hold, less replaced rows: a restart that finds
-            // both keeps it (even if the store refuses it now), and replaying later ingests marks the rest.
-            let placement = self
-                .keep(entry, ingests, batches, &from, stores)
-                .await
-                .map_err(|e| Error::Unavailable(format!("cannot compact `{name}`: {e}")))?;
-            let (rows, partition) = (placement.rows, placement.part.partition);
-            {
-                let mut state = entry.state.lock().expect("live table");
-                let at = state.parts.iter().position(|p| p.ingests.0 == ingests.0).expect("a merged run stays put");
-                let merged = LivePart { placement, ingests, from, stored_rows: rows };
-                state.parts.splice(at..at + run.len(), [merged]);
-                // Every key it holds was in the run, whose partitions are gone: nothing else is marked.
-                if let Some(keys) = keys {
-                    state.upsert(partition, keys);
-                }
-            }
-            if let Some(dir) = self.snapshot_dir(name) {
-                // A partition rewritten alone was replaced in place, by its file's rename.
-                for part in run.iter().filter(|p| p.ingests != ingests) {
-                    let _ = std::fs::remove_file(snapshot_path(&dir, part.ingests));
-                }
-            }
-            tracing::debug!(table = name, first = ingests.0, last = ingests.1, rows, "live table partitions merged");
+        while let Some(merge) = self.prepare_merge(entry, stores).await? {
+            let Some(run) = self.finish_merge(entry, merge).await else { break };
             merged += run.len();
             replaced.extend(run.into_iter().map(|p| p.placement));
         }
+        Ok(merged)
     }
 
-    /// Keeps `batches`, the rows of `ingests`, as a new partition: on disk
-    /// first (what a store loses, or a restarted coordinator forgot, is put
-    /// back from there), then in the store among `stores` that holds the
-    /// least of the table. If the store refuses them, the file stays.
-    async fn keep(
+    /// Whether `entry` is still the live table of its name (not dropped).
+    fn is_current(&self, entry: &Arc<LiveEntry>) -> bool {
+        let current = self.live_registry().lock().expect("live tables").get(&entry.name).cloned();
+        current.is_some_and(|c| Arc::ptr_eq(&c, entry))
+    }
+
+    /// Reads, writes and stores the merge of the first run to merge, while
+    /// ingests go on: only choosing the run holds them up. None: nothing
+    /// to merge, or the table is gone.
+    async fn prepare_merge(&self, entry: &Arc<LiveEntry>, stores: &[Url]) -> Result<Option<Merge>> {
+        if stores.is_empty() {
+            return Err(Error::Unavailable("no store executor is serving".into()));
+        }
+        let (run, partition) = {
+            let _one_at_a_time = entry.appending.lock().await;
+            if !self.is_current(entry) {
+                return Ok(None);
+            }
+            let mut state = entry.state.lock().expect("live table");
+            let Some(range) = run_to_merge(&state.parts) else { return Ok(None) };
+            state.next_partition += 1;
+            (state.parts[range].to_vec(), state.next_partition - 1)
+        };
+        // The run's rows as they are now; what an upsert replaces meanwhile is marked at the swap.
+        let (mut batches, mut origins) = (Vec::new(), Vec::new());
+        for part in &run {
+            let deleted = part.placement.deleted.as_deref();
+            let mut first = 0;
+            for batch in self.stored_rows_of(entry, part).await? {
+                let rows = first..first + batch.num_rows() as u64;
+                first = rows.end;
+                if entry.key.is_some() {
+                    let kept = rows.clone().filter(|r| !deleted.is_some_and(|d| d.contains(*r)));
+                    origins.extend(kept.map(|r| (part.placement.part.partition, r as u32)));
+                }
+                batches.push(match deleted {
+                    Some(deleted) => deleted.drop_from(&batch, rows.start).map_err(|e| Error::DataFusion(e.into()))?,
+                    None => batch,
+                });
+            }
+        }
+        let batches = coalesce(&entry.schema, batches)?;
+        let keys = entry.key.as_ref().map(|key| key.of_all(&batches)).transpose()?.unwrap_or_default();
+        let ingests = (run[0].ingests.0, run[run.len() - 1].ingests.1);
+        let from = merge_offsets(&run);
+        // Under a name a restart ignores, until it is renamed in at the swap.
+        let staged = match self.snapshot_dir(&entry.name) {
+            Some(dir) => {
+                let path = snapshot_path(&dir, ingests).with_extension("merging");
+                let (schema, batches, from, staged) =
+                    (entry.schema.clone(), batches.clone(), from.clone(), path.clone());
+                let key = entry.key.as_ref().map(|k| k.columns.clone());
+                tokio::task::spawn_blocking(move || write_snapshot(&staged, &schema, &batches, &from, key))
+                    .await
+                    .map_err(|e| Error::Invalid(e.to_string()))??;
+                Some(path)
+            }
+            None => None,
+        };
+        let placement = match self.put_part(entry, partition, stores, batches).await {
+            Ok(placement) => placement,
+            Err(e) => {
+                if let Some(staged) = &staged {
+                    let _ = std::fs::remove_file(staged);
+                }
+                return Err(Error::Unavailable(format!("cannot compact `{}`: {e}", entry.name)));
+            }
+        };
+        let stored_rows = placement.rows;
+        let part = LivePart { placement, ingests, from, stored_rows };
+        Ok(Some(Merge { run, part, keys, origins, staged }))
+    }
+
+    /// Swaps `merge` in for its run, at once, if the run is still there;
+    /// the replaced partitions, or none if the table changed under it.
+    async fn finish_merge(&self, entry: &Arc<LiveEntry>, merge: Merge) -> Option<Vec<LivePart>> {
+        let Merge { run, mut part, keys, origins, staged } = merge;
+        let ingests = part.ingests;
+        let _one_at_a_time = entry.appending.lock().await;
+        let at = {
+            let state = entry.state.lock().expect("live table");
+            let at = state.parts.iter().position(|p| p.ingests.0 == ingests.0);
+            at.filter(|at| {
+                let now = state.parts[*at..].iter().map(|p| &p.placement.part);
+                now.take(run.len()).eq(run.iter().map(|p| &p.placement.part))
+            })
+        };
+        // Renamed in, the merge is what a restart reads (the widest file wins).
+        let renamed = match (&staged, self.snapshot_dir(&entry.name)) {
+            (Some(staged), Some(dir)) if at.is_some() && self.is_current(entry) => {
+                std::fs::rename(staged, snapshot_path(&dir, ingests)).map_err(|e| e.to_string())
+            }
+            (None, _) if at.is_some() && self.is_current(entry) => Ok(()),
+            _ => Err("the table changed".to_string()),
+        };
+        let (Some(at), Ok(())) = (at, &renamed) else {
+            tracing::info!(table = %entry.name, why = ?renamed.err(), "a merge is dropped");
+            if let Some(staged) = &staged {
+                let _ = std::fs::remove_file(staged);
+            }
+            let placement = &part.placement;
+            if let Ok(channel) = self.channels().flight(&placement.store) {
+                let dropped = store::drop_parts(
+                    channel,
+                    &placement.store,
+                    &entry.name,
+                    entry.version,
+                    vec![placement.part.partition],
+                );
+                let _ = dropped.await;
+            }
+            return None;
+        };
+        {
+            let mut state = entry.state.lock().expect("live table");
+            let partition = part.placement.part.partition;
+            // A row an upsert replaced while the merge was written is marked; the others are found here now.
+            let mut replaced_meanwhile = Vec::new();
+            for (row, (key, origin)) in keys.into_iter().zip(&origins).enumerate() {
+                let Some(key) = key else { continue };
+                if state.keys.get(&key) == Some(origin) {
+                    state.keys.insert(key, (partition, row as u32));
+                } else {
+                    replaced_meanwhile.push(row as u32);
+                }
+            }
+            if !replaced_meanwhile.is_empty() {
+                part.delete(&replaced_meanwhile);
+            }
+            let rows = part.placement.rows;
+            state.parts.splice(at..at + run.len(), [part]);
+            tracing::debug!(table = %entry.name, first = ingests.0, last = ingests.1, rows, "live table partitions merged");
+        }
+        if let Some(dir) = self.snapshot_dir(&entry.name) {
+            // A partition rewritten alone was replaced in place, by the rename.
+            for replaced in run.iter().filter(|p| p.ingests != ingests) {
+                let _ = std::fs::remove_file(snapshot_path(&dir, replaced.ingests));
+            }
+        }
+        Some(run)
+    }
+
+    /// Puts `batches` into a store as partition `partition` ([`SqlEngine::put_somewhere`]).
+    async fn put_part(
         &self,
         entry: &LiveEntry,
-        ingests: (u64, u64),
-        batches: Vec<RecordBatch>,
-        from: &[SourceOffsets],
+        partition: u32,
         stores: &[Url],
-    ) -> Result<Placement> {
-        if let Some(dir) = self.snapshot_dir(&entry.name) {
-            let (schema, batches, from) = (entry.schema.clone(), batches.clone(), from.to_vec());
-            let key = entry.key.as_ref().map(|k| k.columns.clone());
-            tokio::task::spawn_blocking(move || write_snapshot(&dir, ingests, &schema, &batches, &from, key))
-                .await
-                .map_err(|e| Error::Invalid(e.to_string()))??;
-        }
-        let (partition, store_url) = {
-            let mut state = entry.state.lock().expect("live table");
-            state.next_partition += 1;
-            (state.next_partition - 1, least_loaded(&state.parts, stores))
-        };
+        batches: Vec<RecordBatch>,
+    ) -> Result<Placement, DataFusionError> {
         let part = PartId { table: entry.name.clone(), version: entry.version, partition };
         let rows = batches.iter().map(|b| b.num_rows() as u64).sum();
         let bytes = batches.iter().map(store::rows_bytes).sum();
         let stats = Some(Arc::new(crate::cached::partition_statistics(&entry.schema, &batches)));
-        let put = match self.channels().flight(&store_url) {
-            Ok(channel) => store::put(channel, &store_url, &part, entry.schema.clone(), batches).await,
-            Err(e) => Err(e),
-        };
-        Ok(Placement { store: store_url, part, rows, bytes, shm: put?, stats, deleted: None })
+        let (store, shm) = self.put_somewhere(entry, &part, stores, batches).await?;
+        Ok(Placement { store, part, rows, bytes, shm, stats, deleted: None })
     }
 
-    /// One partition's rows, less those an upsert replaced.
-    async fn live_rows_of(&self, entry: &LiveEntry, part: &LivePart) -> Result<Vec<RecordBatch>> {
-        let stored = self.stored_rows_of(entry, part).await?;
-        let Some(deleted) = &part.placement.deleted else { return Ok(stored) };
-        let mut first = 0;
-        let mut live = Vec::with_capacity(stored.len());
-        for batch in stored {
-            live.push(deleted.drop_from(&batch, first).map_err(|e| Error::DataFusion(e.into()))?);
-            first += batch.num_rows() as u64;
+    /// Puts `batches` as `part` into the store among `stores` that holds
+    /// the least of the table or, if it cannot take them (it is gone, or
+    /// full), into the next: a killed store does not fail ingests while the
+    /// coordinator still lists it. Where it went, and its file in shared memory.
+    async fn put_somewhere(
+        &self,
+        entry: &LiveEntry,
+        part: &PartId,
+        stores: &[Url],
+        batches: Vec<RecordBatch>,
+    ) -> Result<(String, Option<String>), DataFusionError> {
+        let by_load = by_load(&entry.state.lock().expect("live table").parts, stores);
+        let mut refused = None;
+        for url in by_load {
+            let put = match self.channels().flight(&url) {
+                Ok(channel) => store::put(channel, &url, part, entry.schema.clone(), batches.clone()).await,
+                Err(e) => Err(e),
+            };
+            match put {
+                Ok(shm) => return Ok((url, shm)),
+                Err(e) => {
+                    tracing::warn!(table = %entry.name, store = %url, error = %e, "a store refused a partition; trying another");
+                    refused = Some(e);
+                }
+            }
         }
-        Ok(live)
+        Err(refused.unwrap_or_else(|| DataFusionError::Execution("no store executor is serving".into())))
     }
 
     /// One partition's stored rows: mapped from shared memory, else from
@@ -891,15 +1017,17 @@ fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordB
     Ok(out)
 }
 
-/// The store among `stores` that holds the fewest bytes of `parts`.
-fn least_loaded(parts: &[LivePart], stores: &[Url]) -> String {
+/// `stores`, those that hold the fewest bytes of `parts` first.
+fn by_load(parts: &[LivePart], stores: &[Url]) -> Vec<String> {
     let mut held: BTreeMap<&str, u64> = stores.iter().map(|s| (s.as_str(), 0)).collect();
     for p in parts.iter().map(|p| &p.placement) {
         if let Some(h) = held.get_mut(p.store.as_str()) {
             *h += p.bytes;
         }
     }
-    held.iter().min_by_key(|(_, b)| **b).map(|(s, _)| s.to_string()).unwrap_or_default()
+    let mut order: Vec<(&str, u64)> = held.into_iter().collect();
+    order.sort_by_key(|(_, bytes)| *bytes);
+    order.into_iter().map(|(store, _)| store.to_string()).collect()
 }
 
 /// The key, in a snapshot's footer, of the offsets its rows cover: one
@@ -935,8 +1063,7 @@ fn ingests_of(file_name: &str) -> Option<(u64, u64)> {
 /// renamed in, with the offsets it covers in its footer, so that the rows
 /// and how far they go are kept or lost together.
 fn write_snapshot(
-    dir: &Path,
-    ingests: (u64, u64),
+    path: &Path,
     schema: &SchemaRef,
     batches: &[RecordBatch],
     from: &[SourceOffsets],
@@ -946,8 +1073,6 @@ fn write_snapshot(
         let context = format!("cannot {what} {}", path.display());
         move |source| Error::Io { context, source }
     };
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
-    let path = snapshot_path(dir, ingests);
     let tmp = path.with_extension("tmp");
     let file = std::fs::File::create(&tmp).map_err(io("write", &tmp))?;
     let mut writer = arrow::ipc::writer::FileWriter::try_new(std::io::BufWriter::new(file), schema)
@@ -972,7 +1097,7 @@ fn write_snapshot(
         .map_err(|e| Error::Io { context: format!("cannot write {}", tmp.display()), source: e.into_error() })?
         .sync_all()
         .map_err(io("sync", &tmp))?;
-    std::fs::rename(&tmp, &path).map_err(io("publish", &path))
+    std::fs::rename(&tmp, path).map_err(io("publish", path))
 }
 
 fn read_snapshot(path: &Path) -> Result<Snapshot> {
@@ -1173,6 +1298,15 @@ mod tests {
         let only_append = IngestMode { create: false, if_exists: IfExists::Append };
         let e = engine.append_live("nope", ingest(only_append, vec![batch(0, 1)], None), &stores, 1 << 30);
         assert!(e.await.unwrap_err().to_string().contains("not found"));
+        // And an ingest goes to another store when the one holding least of the table is gone
+        let gone = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap()
+        };
+        let with_gone = [gone, stores[0].clone(), stores[1].clone()];
+        let more = ingest(append, vec![batch(2000, 100)], from(2000, 2100));
+        assert_eq!(engine.append_live("clicks", more, &with_gone, 1 << 30).await.unwrap().rows, 100);
+        assert_eq!(count(&engine, "SELECT count(*) FROM clicks").await, 2100);
         // And a budget too small refuses the ingest whole
         let e = engine.append_live("clicks", ingest(append, vec![batch(5000, 1000)], None), &stores, 100);
         assert!(e.await.unwrap_err().to_string().contains("--sql-cache-memory"));
@@ -1320,6 +1454,58 @@ mod tests {
         engine.append_live("plain", ingest(append, vec![batch(0, 1)], None), &stores, 1 << 30).await.unwrap();
         let e = engine.append_live("plain", keyed(batch(0, 1), "id"), &stores, 1 << 30).await.unwrap_err();
         assert!(e.to_string().contains("made without a key"), "{e}");
+    }
+
+    /// `ids` with `v`, for a table keyed by `id`.
+    fn values(ids: std::ops::Range<i64>, v: i64) -> RecordBatch {
+        RecordBatch::try_from_iter([
+            ("id", Arc::new(Int64Array::from_iter_values(ids.clone())) as ArrayRef),
+            ("v", Arc::new(Int64Array::from_iter_values(ids.map(|_| v))) as ArrayRef),
+        ])
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ingests_go_on_while_a_merge_is_written_and_what_they_replace_stays_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EngineSettings { live_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+        let engine = SqlEngine::new(settings.clone()).unwrap();
+        let stores = vec![store().await];
+        // Given a keyed table of 8 ingests of 10 ids each, v = 0
+        for i in 0..8 {
+            engine.append_live("mid", keyed(values(i * 10..i * 10 + 10, 0), "id"), &stores, 1 << 30).await.unwrap();
+        }
+        let entry = engine.live_registry().lock().unwrap().get("mid").cloned().unwrap();
+        // When a merge of the 8 is written, then ids 0..5 are upserted (v = 1) before it is swapped in
+        let merge = engine.prepare_merge(&entry, &stores).await.unwrap().expect("a run of 8");
+        engine.append_live("mid", keyed(values(0..5, 1), "id"), &stores, 1 << 30).await.unwrap();
+        assert_eq!(engine.finish_merge(&entry, merge).await.map(|run| run.len()), Some(8));
+        // Then the merge replaced the run, and the upserted rows stay replaced in it
+        assert_eq!(entry.parts().len(), 2, "the merge and the upsert");
+        assert_eq!(count(&engine, "SELECT count(*) FROM mid").await, 80);
+        assert_eq!(count(&engine, "SELECT sum(v) FROM mid").await, 5);
+        assert_eq!(count(&engine, "SELECT count(*) FROM mid WHERE id < 5 AND v = 0").await, 0);
+        // And an upsert after the swap finds the rows in the merge
+        engine.append_live("mid", keyed(values(70..80, 2), "id"), &stores, 1 << 30).await.unwrap();
+        assert_eq!(count(&engine, "SELECT sum(v) FROM mid").await, 25);
+        assert_eq!(count(&engine, "SELECT count(*) FROM mid").await, 80);
+        // And a restart replays the same
+        let again = SqlEngine::new(settings).unwrap();
+        assert!(again.restore_live().is_empty());
+        again.repair_live("mid", &stores).await.unwrap();
+        assert_eq!(count(&again, "SELECT sum(v) FROM mid").await, 25);
+        assert_eq!(count(&again, "SELECT count(*) FROM mid").await, 80);
+
+        // Given a merge written for a table that is then dropped
+        for i in 0..8 {
+            engine.append_live("gone", keyed(values(i * 10..i * 10 + 10, 0), "id"), &stores, 1 << 30).await.unwrap();
+        }
+        let entry = engine.live_registry().lock().unwrap().get("gone").cloned().unwrap();
+        let merge = engine.prepare_merge(&entry, &stores).await.unwrap().expect("a run of 8");
+        assert!(engine.drop_live("gone").await.unwrap());
+        // Then it is not swapped in, and leaves nothing on disk
+        assert!(engine.finish_merge(&entry, merge).await.is_none());
+        assert!(!dir.path().join("gone").exists());
     }
 
     #[test]

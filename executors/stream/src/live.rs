@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use arrow::array::{Int32Array, Int64Array};
 use arrow::record_batch::RecordBatch;
+use arrow_flight::error::FlightError;
 use arrow_flight::sql::client::FlightSqlServiceClient;
 use arrow_flight::sql::{CommandStatementIngest, TableDefinitionOptions, TableExistsOption, TableNotExistOption};
 use futures::TryStreamExt;
@@ -25,8 +26,13 @@ const SOURCE_OPTION: &str = "cohort.source";
 const OFFSETS_OPTION: &str = "cohort.offsets";
 const KEY_OPTION: &str = "cohort.key";
 
-/// Tries at one append before the member gives up (and is restarted).
-const INGEST_ATTEMPTS: u32 = 4;
+/// How long an append is tried again while the coordinator or its
+/// stores cannot take it (restarting, say) before the member gives up and
+/// is restarted; an ingest the table refuses is not tried again.
+const INGEST_RETRY_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+/// The first pause between tries; it doubles up to [`INGEST_PAUSE_MAX`].
+const INGEST_PAUSE: std::time::Duration = std::time::Duration::from_millis(250);
+const INGEST_PAUSE_MAX: std::time::Duration = std::time::Duration::from_secs(4);
 
 /// How a member reaches the coordinator that keeps live tables.
 #[derive(Clone, Debug)]
@@ -47,6 +53,24 @@ pub struct LiveSink {
     applied: BTreeMap<i32, i64>,
     /// The assignment `applied` was read for.
     read_for: Option<Vec<i32>>,
+}
+
+/// Whether an ingest may succeed if sent again: the coordinator or a
+/// store could not be reached or was full, rather than refusing the rows.
+fn is_transient(e: &FlightError) -> bool {
+    match e {
+        FlightError::Tonic(status) => !matches!(
+            status.code(),
+            tonic::Code::InvalidArgument
+                | tonic::Code::NotFound
+                | tonic::Code::AlreadyExists
+                | tonic::Code::PermissionDenied
+                | tonic::Code::Unauthenticated
+                | tonic::Code::FailedPrecondition
+                | tonic::Code::Unimplemented
+        ),
+        _ => true,
+    }
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> Error {
@@ -146,16 +170,16 @@ impl LiveSink {
         }
         // An ingest whose answer was lost (the coordinator restarted, say)
         // is sent again: the table drops it if it has those offsets already.
-        let mut attempt = 1;
+        let started = std::time::Instant::now();
+        let (mut attempt, mut pause) = (1, INGEST_PAUSE);
         loop {
             let rows = futures::stream::iter(batches.clone().into_iter().map(Ok));
             match runtime.block_on(self.client.execute_ingest(command.clone(), rows)) {
                 Ok(_) => break,
-                Err(e) if attempt < INGEST_ATTEMPTS => {
+                Err(e) if is_transient(&e) && started.elapsed() < INGEST_RETRY_FOR => {
                     tracing::warn!(table = %self.table, attempt, error = %e, "append failed; sending it again");
-                    let pause = std::time::Duration::from_millis(250 * u64::from(attempt));
                     runtime.block_on(async { tokio::time::sleep(pause).await });
-                    attempt += 1;
+                    (attempt, pause) = (attempt + 1, (pause * 2).min(INGEST_PAUSE_MAX));
                 }
                 Err(e) => return Err(failed(&format!("cannot append to live table `{}`", self.table), e)),
             }
