@@ -149,7 +149,7 @@ impl LiveSink {
         batches: Vec<RecordBatch>,
         ranges: BTreeMap<i32, (i64, i64)>,
     ) -> Result<()> {
-        let command = CommandStatementIngest {
+        let mut command = CommandStatementIngest {
             table_definition_options: Some(TableDefinitionOptions {
                 if_not_exist: TableNotExistOption::Create.into(),
                 if_exists: TableExistsOption::Append.into(),
@@ -164,7 +164,6 @@ impl LiveSink {
                 (OFFSETS_OPTION.to_string(), serde_json::to_string(&ranges).expect("offsets serialize")),
             ]),
         };
-        let mut command = command;
         if !self.key.is_empty() {
             command.options.insert(KEY_OPTION.to_string(), self.key.join(","));
         }

@@ -209,8 +209,6 @@ fn count_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![Field::new("count", DataType::UInt64, false)]))
 }
 
-/// The gRPC status for a SQL error: the client's mistake is
-/// InvalidArgument or NotFound with DataFusion's own words.
 /// The options Cohort reads from a bulk ingest: (from pipelines) where
 /// the rows came from, and the columns a new table upserts by
 /// (comma-separated).
@@ -253,6 +251,8 @@ fn ingest_of(command: &CommandStatementIngest) -> Result<IngestOptions, Status> 
     Ok((IngestMode { create, if_exists }, from, key))
 }
 
+/// The gRPC status for a SQL error: the client's mistake is
+/// InvalidArgument or NotFound with DataFusion's own words.
 pub fn status_of(e: &SqlError) -> Status {
     let message = e.to_string();
     match e {
