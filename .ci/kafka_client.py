@@ -16,6 +16,22 @@ from confluent_kafka import Producer
 N = 1000
 
 
+def run_pipeline(binary, address, spec_path, name, spec):
+    """Creates pipeline `name` from `spec` and waits until it has committed every message."""
+    with open(spec_path, "w") as f:
+        f.write(spec)
+    cohort(binary, address, "pipeline", "create", spec_path)
+    deadline = time.time() + 120
+    while True:
+        got = json.loads(cohort(binary, address, "pipeline", "get", name, "--output", "json"))
+        parts = got.get("partitions", [])
+        if parts and got["lag"] == 0 and all(p["committed"] is not None or p["end"] == 0 for p in parts):
+            return
+        if time.time() > deadline:
+            raise SystemExit(f"pipeline {name} did not catch up in 120 s: {got}")
+        time.sleep(0.5)
+
+
 def main(binary, address, data_dir):
     status = json.loads(cohort(binary, address, "status", "--output", "json"))
     bootstrap = status["kafka_bootstrap"]
@@ -30,8 +46,7 @@ def main(binary, address, data_dir):
 
     out = f"{data_dir}/ci-checkouts/"
     spec = f"{data_dir}/ci-pipeline.toml"
-    with open(spec, "w") as f:
-        f.write(f"""name = "ci-checkouts"
+    run_pipeline(binary, address, spec, "ci-checkouts", f"""name = "ci-checkouts"
 [source.kafka]
 topic = "ci-clicks"
 schema = {{ user_id = "Int64", url = "Utf8", ts = "Int64" }}
@@ -44,16 +59,6 @@ roll_every = "1s"
 cpu = "250m"
 memory = "256MiB"
 """)
-    cohort(binary, address, "pipeline", "create", spec)
-    deadline = time.time() + 120
-    while True:
-        got = json.loads(cohort(binary, address, "pipeline", "get", "ci-checkouts", "--output", "json"))
-        parts = got.get("partitions", [])
-        if parts and got["lag"] == 0 and all(p["committed"] is not None or p["end"] == 0 for p in parts):
-            break
-        if time.time() > deadline:
-            raise SystemExit(f"the pipeline did not catch up in 120 s: {got}")
-        time.sleep(0.5)
 
     table = ds.dataset(out, format="parquet").to_table()  # hidden in-progress files are ignored
     ids = sorted(set(table.column("user_id").to_pylist()))
@@ -63,8 +68,7 @@ memory = "256MiB"
     cohort(binary, address, "pipeline", "delete", "ci-checkouts")
 
     # The same messages upserted into a keyed live table: one row per bucket.
-    with open(spec, "w") as f:
-        f.write("""name = "ci-latest"
+    run_pipeline(binary, address, spec, "ci-latest", """name = "ci-latest"
 [source.kafka]
 topic = "ci-clicks"
 schema = { user_id = "Int64", url = "Utf8", ts = "Int64" }
@@ -77,15 +81,6 @@ key = ["bucket"]
 cpu = "250m"
 memory = "256MiB"
 """)
-    cohort(binary, address, "pipeline", "create", spec)
-    deadline = time.time() + 120
-    while True:
-        got = json.loads(cohort(binary, address, "pipeline", "get", "ci-latest", "--output", "json"))
-        if got.get("partitions") and got["lag"] == 0:
-            break
-        if time.time() > deadline:
-            raise SystemExit(f"the keyed pipeline did not catch up in 120 s: {got}")
-        time.sleep(0.5)
     rows = json.loads(cohort(binary, address, "sql", "-e", "SELECT bucket, user_id FROM ci_latest", "--output", "json"))
     assert sorted(r["bucket"] for r in rows) == list(range(10)), rows
     assert all(r["user_id"] % 10 == r["bucket"] for r in rows), rows

@@ -136,7 +136,9 @@ impl Session {
             catalog: None,
             temporary: false,
             transaction_id: None,
-            options: key.map(|k| [("cohort.key".to_string(), k.to_string())].into()).unwrap_or_default(),
+            options: key
+                .map(|k| [(crate::coordinator::sql::flight::INGEST_KEY.to_string(), k.to_string())].into())
+                .unwrap_or_default(),
         };
         let rows = futures::stream::iter(batches.into_iter().map(Ok));
         self.client.execute_ingest(command, rows).await.map_err(readable)

@@ -10,6 +10,7 @@
 //! partition it no longer holds, fails the query with an error saying
 //! which, and `UNCACHE TABLE` makes the table read its source again.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -117,6 +118,26 @@ pub(crate) fn without_deleted(
             Ok(deleted.drop_from(&batch, at - batch.num_rows() as u64)?)
         })
         .boxed()
+}
+
+/// The stores (by URL; "" for none) that lack some of `parts` of table `table`.
+pub(crate) async fn missing_from_stores(channels: &Channels, table: &str, parts: &[Placement]) -> Vec<String> {
+    let mut expected: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
+    for p in parts {
+        expected.entry((p.store.as_str(), p.part.version)).or_default().push(p.part.partition);
+    }
+    let mut lost = Vec::new();
+    for ((url, version), partitions) in expected {
+        let held = match channels.flight(url) {
+            Ok(channel) if !url.is_empty() => store::holds(channel, url, table, version).await.ok(),
+            _ => None,
+        };
+        if !held.is_some_and(|held| partitions.iter().all(|p| held.binary_search(p).is_ok())) {
+            lost.push(url.to_string());
+        }
+    }
+    lost.dedup();
+    lost
 }
 
 /// Statistics of one partition's rows, exact.

@@ -302,7 +302,7 @@ impl SqlEngine {
         if entry.is_evicted() {
             return true;
         }
-        crate::live::missing_from_stores(self.channels(), name, &entry.parts).await.is_empty()
+        crate::cached::missing_from_stores(self.channels(), name, &entry.parts).await.is_empty()
     }
 
     /// How cached table `name` is made again: from its source (none), or

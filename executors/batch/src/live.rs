@@ -605,7 +605,7 @@ impl SqlEngine {
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return true;
         };
-        missing_from_stores(self.channels(), name, &entry.parts()).await.is_empty()
+        crate::cached::missing_from_stores(self.channels(), name, &entry.parts()).await.is_empty()
     }
 
     /// Puts back, from its snapshots, what live table `name` lost with a
@@ -615,7 +615,7 @@ impl SqlEngine {
             return Ok(0);
         };
         let _one_at_a_time = entry.appending.lock().await;
-        let lost = missing_from_stores(self.channels(), name, &entry.parts()).await;
+        let lost = crate::cached::missing_from_stores(self.channels(), name, &entry.parts()).await;
         if lost.is_empty() {
             return Ok(0);
         }
@@ -941,26 +941,6 @@ impl SqlEngine {
     pub(crate) fn live_bytes(&self, except: &str) -> u64 {
         self.live().iter().filter(|e| e.name != except).map(|e| e.bytes()).sum()
     }
-}
-
-/// The stores (by URL; "" for none) that lack some of `parts` of table `table`.
-pub(crate) async fn missing_from_stores(channels: &crate::Channels, table: &str, parts: &[Placement]) -> Vec<String> {
-    let mut expected: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
-    for p in parts {
-        expected.entry((p.store.as_str(), p.part.version)).or_default().push(p.part.partition);
-    }
-    let mut lost = Vec::new();
-    for ((url, version), partitions) in expected {
-        let held = match channels.flight(url) {
-            Ok(channel) if !url.is_empty() => store::holds(channel, url, table, version).await.ok(),
-            _ => None,
-        };
-        if !held.is_some_and(|held| partitions.iter().all(|p| held.binary_search(p).is_ok())) {
-            lost.push(url.to_string());
-        }
-    }
-    lost.dedup();
-    lost
 }
 
 /// The first [`COMPACT_FANOUT`] neighbouring partitions of one level, each
