@@ -49,8 +49,9 @@ pub async fn run(coordinator: &str, args: Args, output: Output) -> Result<()> {
             let statements = cohort_batch::split_statements(&script)?;
             for (i, sql) in statements.iter().enumerate() {
                 if let Err(e) = session.run(sql, output).await {
+                    let file = args.file.as_ref().map(|p| format!("{}: ", p.display())).unwrap_or_default();
                     let which = if statements.len() > 1 { format!("statement {}: ", i + 1) } else { String::new() };
-                    bail!("{which}{e}");
+                    bail!("{file}{which}{e}");
                 }
             }
             Ok(())
