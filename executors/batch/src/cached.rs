@@ -407,7 +407,7 @@ impl CachedScanExec {
         channels: Option<&Channels>,
     ) -> Result<BoxStream<'static, Result<RecordBatch>>> {
         if let Some(path) = &placement.shm
-            && let Some((_, batches)) = crate::shm::read(std::path::Path::new(path), self.projection.as_deref())?
+            && let Some((_, batches)) = crate::shm::read_kept(std::path::Path::new(path), self.projection.as_deref())?
         {
             return Ok(without_deleted(futures::stream::iter(batches.into_iter().map(Ok)).boxed(), placement.deleted));
         }

@@ -3,8 +3,9 @@
 //! under `/dev/shm` (tmpfs: memory, charged to the store's own cgroup),
 //! and holds the batches decoded from a mapping of that file, so the rows
 //! are in memory once. A reader on the same host maps the file and decodes
-//! it without copying (arrow's `FileDecoder` over the mapping); a reader
-//! elsewhere, or one that cannot open the file, reads over Flight.
+//! it without copying (arrow's `FileDecoder` over the mapping), and keeps
+//! the mapping for its next query ([`read_kept`]); a reader elsewhere, or
+//! one that cannot open the file, reads over Flight.
 //!
 //! A published file is never written again (it is written beside and
 //! renamed in), only unlinked, which leaves existing mappings valid. The
@@ -113,6 +114,82 @@ fn map(file: &File) -> std::io::Result<Mapping> {
     Ok(Mapping { at: NonNull::new(at).expect("mmap returned a mapping"), len })
 }
 
+/// What identifies one published file at a path: tmpfs reuses inode
+/// numbers, so the change time and length are compared too.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+struct Identity {
+    inode: u64,
+    changed_ns: i128,
+    len: u64,
+}
+
+impl Identity {
+    fn of(path: &Path) -> Option<Identity> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let changed_ns = i128::from(meta.ctime()) * 1_000_000_000 + i128::from(meta.ctime_nsec());
+        Some(Identity { inode: meta.ino(), changed_ns, len: meta.len() })
+    }
+}
+
+/// A published file, mapped and decoded whole.
+struct Mapped {
+    identity: Identity,
+    schema: SchemaRef,
+    batches: Vec<RecordBatch>,
+}
+
+/// Files this process has mapped for readers, by path. Decoding validates
+/// every offset and string (a third of a cached scan's cost, profiled on
+/// TPC-H), and mapping faults every page in: both are paid once per file
+/// and process, not once per query. A file its store has dropped is
+/// forgotten within [`SWEEP_EVERY`], which releases its memory.
+static MAPPED: std::sync::LazyLock<std::sync::Mutex<std::collections::HashMap<PathBuf, Arc<Mapped>>>> =
+    std::sync::LazyLock::new(|| {
+        let sweep = std::thread::Builder::new().name("shm-sweep".into()).spawn(|| {
+            loop {
+                std::thread::sleep(SWEEP_EVERY);
+                let mapped: Vec<(PathBuf, Identity)> =
+                    MAPPED.lock().expect("mapped files").iter().map(|(p, m)| (p.clone(), m.identity)).collect();
+                let gone: Vec<PathBuf> =
+                    mapped.into_iter().filter(|(path, id)| Identity::of(path) != Some(*id)).map(|(p, _)| p).collect();
+                if !gone.is_empty() {
+                    let mut mapped = MAPPED.lock().expect("mapped files");
+                    gone.iter().for_each(|path| drop(mapped.remove(path)));
+                }
+            }
+        });
+        if let Err(e) = sweep {
+            tracing::warn!(error = %e, "cannot start the sweeper of mapped partitions: they stay mapped");
+        }
+        std::sync::Mutex::new(std::collections::HashMap::new())
+    });
+
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Like [`read`], for readers that come back: the file is mapped and
+/// decoded once per process and kept while it is published (see [`MAPPED`]).
+pub fn read_kept(path: &Path, projection: Option<&[usize]>) -> Result<Option<(SchemaRef, Vec<RecordBatch>)>> {
+    let Some(identity) = Identity::of(path) else { return Ok(None) };
+    let kept = MAPPED.lock().expect("mapped files").get(path).filter(|m| m.identity == identity).cloned();
+    let mapped = match kept {
+        Some(mapped) => mapped,
+        None => {
+            let Some((schema, batches)) = read(path, None)? else { return Ok(None) };
+            let mapped = Arc::new(Mapped { identity, schema, batches });
+            MAPPED.lock().expect("mapped files").insert(path.to_path_buf(), mapped.clone());
+            mapped
+        }
+    };
+    match projection {
+        None => Ok(Some((mapped.schema.clone(), mapped.batches.clone()))),
+        Some(columns) => Ok(Some((
+            Arc::new(mapped.schema.project(columns)?),
+            mapped.batches.iter().map(|b| b.project(columns)).collect::<std::result::Result<_, _>>()?,
+        ))),
+    }
+}
+
 /// The batches of the file at `path` (only `projection`'s columns), decoded
 /// over a mapping of it without copying; none when it cannot be opened
 /// (another host's, or another user's).
@@ -190,5 +267,48 @@ mod tests {
         assert!(read(&dir.path().join("nope.arrow"), None).unwrap().is_none());
         std::fs::write(dir.path().join("bad.arrow"), b"not arrow at all").unwrap();
         assert!(read(&dir.path().join("bad.arrow"), None).is_err());
+    }
+
+    #[test]
+    fn a_kept_mapping_serves_readers_until_its_file_is_dropped_or_published_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("name", DataType::Utf8, false),
+        ]));
+        let rows = |from: i64| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![
+                    Arc::new(Int64Array::from_iter_values(from..from + 100)),
+                    Arc::new(StringArray::from_iter_values((from..from + 100).map(|i| format!("row {i}")))),
+                ],
+            )
+            .unwrap()
+        };
+        let part = PartId { table: "kept".into(), version: 1, partition: 0 };
+        let path = write(dir.path(), &part, &schema, &[rows(0)]).unwrap();
+        let ids = |batches: &[RecordBatch]| batches[0].column(0).as_any().downcast_ref::<Int64Array>().unwrap().clone();
+
+        let (_, first) = read_kept(&path, Some(&[0])).unwrap().unwrap();
+        let (_, again) = read_kept(&path, None).unwrap().unwrap();
+        assert_eq!(first[0].num_columns(), 1);
+        assert_eq!(again[0].num_columns(), 2);
+        // The same decoded rows, not a second mapping.
+        assert_eq!(ids(&first).values().as_ptr(), ids(&again).values().as_ptr());
+
+        // Published again under the same name (a new file, renamed in): the new rows.
+        write(dir.path(), &part, &schema, &[rows(1000)]).unwrap();
+        let (_, replaced) = read_kept(&path, None).unwrap().unwrap();
+        assert_eq!(ids(&replaced).value(0), 1000);
+
+        std::fs::remove_file(&path).unwrap();
+        assert!(read_kept(&path, None).unwrap().is_none());
+        // Dropped by its store: the sweeper lets the mapping go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while MAPPED.lock().unwrap().contains_key(&path) {
+            assert!(std::time::Instant::now() < deadline, "a dropped file stayed mapped for 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 }
