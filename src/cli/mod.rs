@@ -333,10 +333,7 @@ pub fn main() -> i32 {
         .init();
     let cli = Cli::parse();
     if cli.command.is_client() {
-        // A client piped into `head` ends quietly when the pipe closes, as
-        // Unix tools do, instead of failing on every later print.
-        // SAFETY: restoring the default disposition of a signal.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        end_quietly_when_stdout_closes();
     }
     let result = match client_settings(&cli) {
         Ok(coordinator) => run(cli, &coordinator),
@@ -344,11 +341,47 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
+        Err(err) if is_broken_pipe(&err) => STDOUT_CLOSED,
         Err(err) => {
             eprintln!("error: {err:#}");
             1
         }
     }
+}
+
+/// How a command whose reader went away ends: as a Unix tool killed by
+/// SIGPIPE would (128 + 13), but without a message.
+const STDOUT_CLOSED: i32 = 141;
+
+/// A command piped into `head` ends quietly when the pipe closes, as Unix
+/// tools do. SIGPIPE itself stays ignored (Rust's default): restored, it
+/// would also kill the process on a socket write to a peer that died
+/// (hyper writes with `writev`, which has no `MSG_NOSIGNAL`), and `bench`
+/// runs a cluster in-process, whose executors it kills on purpose.
+fn end_quietly_when_stdout_closes() {
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        // What `println!` panics with when stdout is a closed pipe.
+        if message.starts_with("failed printing to stdout") && message.contains("Broken pipe") {
+            std::process::exit(STDOUT_CLOSED);
+        }
+        default_hook(info);
+    }));
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || cause.downcast_ref::<arrow::error::ArrowError>().is_some_and(
+                |e| matches!(e, arrow::error::ArrowError::IoError(_, e) if e.kind() == std::io::ErrorKind::BrokenPipe),
+            )
+    })
 }
 
 /// The coordinator address clients use; sets the token their calls carry.

@@ -174,3 +174,16 @@ fn a_cli_piped_into_head_ends_quietly() {
     assert!(out.status.success() && err.is_empty(), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("{\"node\""));
 }
+
+#[test]
+fn a_cli_whose_reader_went_away_ends_quietly_with_the_sigpipe_status() {
+    // `set -o pipefail` reports the writer's status, as for any Unix tool.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(format!("set -o pipefail; {} simulate --generate --nodes 10 --jobs 20000 | head -1", cohort()))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(141), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
