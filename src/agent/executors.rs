@@ -248,16 +248,19 @@ impl Executors {
 
     /// An executor ended: report what its supervisor recorded.
     fn exited(&self, alloc: u64, over: Option<String>) {
-        let executor = self.table.lock().expect("executor table").remove(&alloc);
+        let mut report = self.exit_report(alloc);
+        // Its shared memory is charged to its cgroup: gone first.
+        self.forget(alloc);
         self.isolation.cleanup(alloc);
+        // Out of the table only once cleaned up: `stop_all` waits for an
+        // empty table, and the agent may end right after it.
+        let executor = self.table.lock().expect("executor table").remove(&alloc);
         let stopped = executor.as_ref().is_some_and(|e| e.stop_requested);
         let killed_for = executor.and_then(|e| e.killed_for);
-        let mut report = self.exit_report(alloc);
         report.stopped = stopped && killed_for.is_none();
         report.reason = over.or(killed_for).unwrap_or(report.reason);
         tracing::info!(alloc, exit_code = report.exit_code, signal = %report.signal, stopped, "executor exited");
         self.send(pb::agent_message::Body::Exited(report));
-        self.forget(alloc);
     }
 
     /// Removes an ended executor's allocation dir, its scratch dir if it
