@@ -341,7 +341,7 @@ pub fn main() -> i32 {
     };
     match result {
         Ok(code) => code,
-        Err(err) if is_broken_pipe(&err) => STDOUT_CLOSED,
+        Err(err) if is_broken_pipe(&err) && stdout_is_closed() => STDOUT_CLOSED,
         Err(err) => {
             eprintln!("error: {err:#}");
             1
@@ -373,6 +373,16 @@ fn end_quietly_when_stdout_closes() {
         }
         default_hook(info);
     }));
+}
+
+/// Whether nobody reads stdout any more (a pipe whose reader ended), as
+/// opposed to a broken pipe elsewhere, such as a connection to a peer
+/// that died, which deserves its error message.
+fn stdout_is_closed() -> bool {
+    let mut stdout = libc::pollfd { fd: libc::STDOUT_FILENO, events: libc::POLLOUT, revents: 0 };
+    // SAFETY: polls one valid pollfd without waiting.
+    let ready = unsafe { libc::poll(&mut stdout, 1, 0) };
+    ready == 1 && stdout.revents & libc::POLLERR != 0
 }
 
 fn is_broken_pipe(err: &anyhow::Error) -> bool {
