@@ -38,12 +38,72 @@ pub fn store_dir(alloc_dir: &Path) -> PathBuf {
     use std::hash::{Hash, Hasher};
     let mut hasher = std::hash::DefaultHasher::new();
     alloc_dir.hash(&mut hasher);
-    PathBuf::from("/dev/shm").join(format!("cohort-store-{:016x}", hasher.finish()))
+    PathBuf::from(SHM_ROOT).join(format!("{STORE_DIR_PREFIX}{:016x}", hasher.finish()))
 }
 
-/// Makes the store's directory, private to its user.
-pub fn create_dir(dir: &Path) -> std::io::Result<()> {
-    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+/// Where every store's directory lives, each named `cohort-store-*`.
+const SHM_ROOT: &str = "/dev/shm";
+const STORE_DIR_PREFIX: &str = "cohort-store-";
+
+/// The lock a living store holds on its directory.
+const OWNER_FILE: &str = ".owner";
+
+/// A store's directory, owned while this lives: its `.owner` file is
+/// locked (`flock`, which the kernel releases however the process ends,
+/// and which works across PID namespaces).
+#[derive(Debug)]
+pub struct OwnedDir {
+    _owner: File,
+}
+
+/// Makes the store's directory, private to its user, and takes its lock.
+pub fn create_dir(dir: &Path) -> std::io::Result<OwnedDir> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let lock = |file: &File| {
+        // SAFETY: flock on a file descriptor the caller owns.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            return Err(std::io::Error::other(format!("{} belongs to a living store", dir.display())));
+        }
+        Ok(())
+    };
+    let owner_path = dir.join(OWNER_FILE);
+    if let Ok(owner) = File::open(&owner_path) {
+        lock(&owner)?;
+    }
+    // Locked before it is visible: a sweeper never sees an unlocked owner.
+    let staged = dir.join(format!("{OWNER_FILE}.{}", std::process::id()));
+    let owner = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&staged)?;
+    lock(&owner)?;
+    std::fs::rename(&staged, &owner_path)?;
+    Ok(OwnedDir { _owner: owner })
+}
+
+/// Removes the directories of stores that ended without cleaning up (a
+/// whole cluster killed with -9 leaves them, and their memory stays
+/// charged to cgroups a later cluster may reuse); the names of those
+/// removed. A directory whose lock is held, or that has no lock yet (a
+/// store starting), is left alone.
+pub fn remove_abandoned() -> Vec<PathBuf> {
+    remove_abandoned_in(Path::new(SHM_ROOT))
+}
+
+fn remove_abandoned_in(root: &Path) -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir(root) else { return Vec::new() };
+    let mut removed = Vec::new();
+    for entry in entries.flatten() {
+        let dir = entry.path();
+        if !entry.file_name().to_string_lossy().starts_with(STORE_DIR_PREFIX) {
+            continue;
+        }
+        let Ok(owner) = File::open(dir.join(OWNER_FILE)) else { continue };
+        // SAFETY: flock on a file descriptor this function owns.
+        if unsafe { libc::flock(owner.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+            && std::fs::remove_dir_all(&dir).is_ok()
+        {
+            removed.push(dir);
+        }
+    }
+    removed
 }
 
 fn file_name(part: &PartId) -> String {
@@ -267,6 +327,25 @@ mod tests {
         assert!(read(&dir.path().join("nope.arrow"), None).unwrap().is_none());
         std::fs::write(dir.path().join("bad.arrow"), b"not arrow at all").unwrap();
         assert!(read(&dir.path().join("bad.arrow"), None).is_err());
+    }
+
+    #[test]
+    fn directories_of_stores_that_ended_are_removed_and_living_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let living = root.path().join("cohort-store-living");
+        let _owned = create_dir(&living).unwrap();
+        assert!(create_dir(&living).is_err(), "a second store cannot take a living store's directory");
+        let ended = root.path().join("cohort-store-ended");
+        drop(create_dir(&ended).unwrap());
+        std::fs::write(ended.join("t-1-0.arrow"), b"rows").unwrap();
+        let starting = root.path().join("cohort-store-starting");
+        std::fs::create_dir(&starting).unwrap();
+        let other = root.path().join("not-ours");
+        std::fs::create_dir(&other).unwrap();
+
+        assert_eq!(remove_abandoned_in(root.path()), vec![ended.clone()]);
+        assert!(!ended.exists());
+        assert!(living.exists() && starting.exists() && other.exists());
     }
 
     #[test]

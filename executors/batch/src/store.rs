@@ -100,9 +100,14 @@ struct Store {
 
 /// Serves a store until `shutdown` resolves.
 pub async fn serve_store(settings: StoreSettings, shutdown: impl Future<Output = ()>) -> crate::Result<()> {
-    if let Some(dir) = &settings.shm_dir {
-        crate::shm::create_dir(dir)?;
+    let removed = crate::shm::remove_abandoned();
+    if !removed.is_empty() {
+        tracing::info!(?removed, "removed the shared memory of stores that ended without cleaning up");
     }
+    let _owned = match &settings.shm_dir {
+        Some(dir) => Some(crate::shm::create_dir(dir)?),
+        None => None,
+    };
     let store = Store {
         parts: Arc::default(),
         reserved: Arc::default(),
