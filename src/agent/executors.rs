@@ -408,6 +408,17 @@ impl Executors {
         self.send(pb::agent_message::Body::Health(pb::HealthChanged { alloc_id: alloc, healthy, detail }));
     }
 
+    /// Where health checks reach an instance: the address its host
+    /// advertises when that is an IP (executors bind it, so a probe of
+    /// 127.0.0.1 would fail on an agent listening on one interface), else
+    /// loopback.
+    pub fn probe_host(&self) -> std::net::IpAddr {
+        self.env
+            .get("COHORT_HOST")
+            .and_then(|host| host.parse().ok())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+    }
+
     pub fn is_running(&self, alloc: u64) -> bool {
         self.table.lock().expect("executor table").contains_key(&alloc)
     }

@@ -19,6 +19,7 @@ pub(super) fn watch(executors: Executors, alloc: u64, spec: HealthSpec, ports: B
     tokio::spawn(async move {
         let started = tokio::time::Instant::now();
         let port = spec.port.as_ref().and_then(|p| ports.get(p)).copied().or_else(|| ports.values().next().copied());
+        let host = executors.probe_host();
         let mut healthy = None;
         let mut failures = 0u32;
         let mut every = tokio::time::interval(spec.interval);
@@ -28,7 +29,7 @@ pub(super) fn watch(executors: Executors, alloc: u64, spec: HealthSpec, ports: B
             if !executors.is_running(alloc) {
                 return;
             }
-            let outcome = tokio::time::timeout(spec.timeout, probe(&spec.probe, port, &ports))
+            let outcome = tokio::time::timeout(spec.timeout, probe(&spec.probe, host, port, &ports))
                 .await
                 .unwrap_or_else(|_| Err(format!("no answer within {:?}", spec.timeout)));
             match outcome {
@@ -61,14 +62,19 @@ pub(super) fn watch(executors: Executors, alloc: u64, spec: HealthSpec, ports: B
     });
 }
 
-async fn probe(probe: &Probe, port: Option<u16>, ports: &BTreeMap<String, u16>) -> Result<(), String> {
+async fn probe(
+    probe: &Probe,
+    host: std::net::IpAddr,
+    port: Option<u16>,
+    ports: &BTreeMap<String, u16>,
+) -> Result<(), String> {
     match probe {
         Probe::Http(path) => {
             let port = port.ok_or("no port to check")?;
-            let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map_err(|e| format!("cannot connect to port {port}: {e}"))?;
-            let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
+            let at = std::net::SocketAddr::new(host, port);
+            let mut stream =
+                tokio::net::TcpStream::connect(at).await.map_err(|e| format!("cannot connect to {at}: {e}"))?;
+            let request = format!("GET {path} HTTP/1.1\r\nHost: {at}\r\nConnection: close\r\n\r\n");
             stream.write_all(request.as_bytes()).await.map_err(|e| format!("cannot send the request: {e}"))?;
             let mut head = [0u8; 64];
             let n = stream.read(&mut head).await.map_err(|e| format!("cannot read the answer: {e}"))?;
@@ -79,10 +85,8 @@ async fn probe(probe: &Probe, port: Option<u16>, ports: &BTreeMap<String, u16>) 
         }
         Probe::Tcp => {
             let port = port.ok_or("no port to check")?;
-            tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("cannot connect to port {port}: {e}"))
+            let at = std::net::SocketAddr::new(host, port);
+            tokio::net::TcpStream::connect(at).await.map(|_| ()).map_err(|e| format!("cannot connect to {at}: {e}"))
         }
         Probe::Command(argv) => {
             let (program, args) = argv.split_first().ok_or("no command")?;
@@ -95,5 +99,24 @@ async fn probe(probe: &Probe, port: Option<u16>, ports: &BTreeMap<String, u16>) 
             let status = cmd.status().await.map_err(|e| format!("cannot run `{program}`: {e}"))?;
             if status.success() { Ok(()) } else { Err(format!("`{program}` exited with {status}")) }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_probe_reaches_an_instance_on_the_address_its_host_advertises() {
+        // An executor binds its host's advertised IP, not every interface.
+        let advertised: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+        let listener = tokio::net::TcpListener::bind((advertised, 0)).await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let ports = BTreeMap::from([("flight".to_string(), port)]);
+
+        assert_eq!(probe(&Probe::Tcp, advertised, Some(port), &ports).await, Ok(()));
+        let loopback = "127.0.0.1".parse().unwrap();
+        let missed = probe(&Probe::Tcp, loopback, Some(port), &ports).await.unwrap_err();
+        assert!(missed.contains(&format!("127.0.0.1:{port}")), "{missed}");
     }
 }
