@@ -208,6 +208,23 @@ fn missing_tables_bad_sql_and_vanished_files_get_clear_errors() {
 
     // Errors change nothing: the good table still answers.
     assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM events")[0]["n"], 100);
+
+    // A reader that goes away is not an error: CSV (which loses the I/O
+    // error's kind on the way) piped into `head` ends quietly, as SIGPIPE would.
+    let piped = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; {} sql --output csv -e \"SELECT i, md5(CAST(i AS VARCHAR)) AS h FROM generate_series(1, 200000) t(i)\" | head -1",
+            cohort()
+        ))
+        .env("COHORT_COORDINATOR", &c.address)
+        .env("COHORT_TOKEN", crate::harness::token_for(&c.address))
+        .env("COHORT_CA", crate::harness::ca_for(&c.address))
+        .env("COHORT_CONFIG", "/nonexistent/cohort-config.toml")
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&piped).trim(), "i,h");
+    assert_eq!((piped.status.code(), stderr(&piped).as_str()), (Some(141), ""));
 }
 
 #[test]
