@@ -59,23 +59,27 @@ pub struct OwnedDir {
 /// Makes the store's directory, private to its user, and takes its lock.
 pub fn create_dir(dir: &Path) -> std::io::Result<OwnedDir> {
     std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
-    let lock = |file: &File| {
-        // SAFETY: flock on a file descriptor the caller owns.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            return Err(std::io::Error::other(format!("{} belongs to a living store", dir.display())));
-        }
-        Ok(())
-    };
+    let taken = || std::io::Error::other(format!("{} belongs to a living store", dir.display()));
     let owner_path = dir.join(OWNER_FILE);
-    if let Ok(owner) = File::open(&owner_path) {
-        lock(&owner)?;
+    if let Ok(owner) = File::open(&owner_path)
+        && !try_lock(&owner)
+    {
+        return Err(taken());
     }
     // Locked before it is visible: a sweeper never sees an unlocked owner.
     let staged = dir.join(format!("{OWNER_FILE}.{}", std::process::id()));
     let owner = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&staged)?;
-    lock(&owner)?;
+    if !try_lock(&owner) {
+        return Err(taken());
+    }
     std::fs::rename(&staged, &owner_path)?;
     Ok(OwnedDir { _owner: owner })
+}
+
+/// Takes `file`'s exclusive lock if nobody holds it.
+fn try_lock(file: &File) -> bool {
+    // SAFETY: flock on a file descriptor the caller owns.
+    unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) == 0 }
 }
 
 /// Removes the directories of stores that ended without cleaning up (a
@@ -96,10 +100,7 @@ fn remove_abandoned_in(root: &Path) -> Vec<PathBuf> {
             continue;
         }
         let Ok(owner) = File::open(dir.join(OWNER_FILE)) else { continue };
-        // SAFETY: flock on a file descriptor this function owns.
-        if unsafe { libc::flock(owner.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
-            && std::fs::remove_dir_all(&dir).is_ok()
-        {
+        if try_lock(&owner) && std::fs::remove_dir_all(&dir).is_ok() {
             removed.push(dir);
         }
     }
