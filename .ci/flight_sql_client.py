@@ -78,10 +78,19 @@ def main(address, data_dir, token):
         # A prepared statement with a bound parameter.
         cur.execute("SELECT count(*) AS n FROM ci_events WHERE k = $1", parameters=(1,))
         assert cur.fetchone()[0] == 334
+        # ... and with `?`, as JDBC and most ADBC users write it.
+        cur.execute("SELECT count(*) AS n FROM ci_events WHERE k = ? AND id > ?", parameters=(1, 0))
+        assert cur.fetchone()[0] == 334
 
         cur.adbc_prepare("SELECT id FROM ci_events WHERE id <= 3 ORDER BY id")
         cur.execute("SELECT id FROM ci_events WHERE id <= 3 ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == [1, 2, 3]
+
+        # One statement, many rows of parameters (executemany): it runs once
+        # per row, and the next query sees the files those rows were written to.
+        cur.executemany("INSERT INTO ci_events VALUES (?, ?)", [(1001, 1), (1002, 1)])
+        cur.execute("SELECT count(*) AS n FROM ci_events WHERE k = 1")
+        assert cur.fetchone()[0] == 336
 
         # Errors carry the server's words.
         try:

@@ -14,8 +14,11 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 #[derive(clap::Args)]
 pub struct Args {
     /// Trace to replay: SWF, Alibaba CSV or Cohort JSONL.
-    #[arg(long, required_unless_present = "generate")]
+    #[arg(long, required_unless_present_any = ["generate", "trace_file"])]
     trace: Option<PathBuf>,
+    /// The trace, as `cohort simulate FILE`: the same as `--trace FILE`.
+    #[arg(value_name = "TRACE", conflicts_with_all = ["trace", "generate"])]
+    trace_file: Option<PathBuf>,
     /// Trace format; guessed from the file when omitted.
     #[arg(long, value_parser = ["swf", "alibaba-batch", "alibaba-openb", "jsonl"])]
     format: Option<String>,
@@ -94,7 +97,7 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
         print!("{out}");
         return Ok(());
     }
-    let path = args.trace.as_deref().expect("clap requires --trace without --generate");
+    let path = args.trace.as_deref().or(args.trace_file.as_deref()).expect("clap requires a trace without --generate");
     if let Some(plot) = &args.plot {
         crate::plot::Format::of(plot)?;
     }

@@ -161,7 +161,7 @@ impl Driver {
             }
             Statement::Cache { .. } | Statement::Uncache { .. } => anyhow::bail!(crate::spec::CACHING_IN_JOBS),
             Statement::Copy | Statement::Insert { .. } => {
-                let (plan, write) = engine.stage_write(sql, tag, self.attempt).await?;
+                let (plan, write) = engine.stage_write(sql, None, tag, self.attempt).await?;
                 let target = write.target_url.clone();
                 staged.push(write);
                 let batches = collect(engine, plan, workers).await?;

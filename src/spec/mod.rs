@@ -424,6 +424,22 @@ fn quantity(
     }
 }
 
+/// The line of a dotted field (`priority`, `source.kafka.topic`) in a spec,
+/// for errors found after the spec parsed: by the scheduler (an unknown
+/// priority class) or against the broker (a topic that does not exist).
+/// Line 1 when the field is not written out, i.e. took its default.
+pub fn line_of_field(text: &str, field: &str) -> usize {
+    let Ok(doc) = toml_edit::ImDocument::parse(text) else { return 1 };
+    let mut item = doc.as_item();
+    for key in field.split('.') {
+        match item.as_table_like().and_then(|table| table.get(key)) {
+            Some(next) => item = next,
+            None => return 1,
+        }
+    }
+    item.span().map_or(1, |span| line_of(text, span.start))
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|b| *b == b'\n').count() + 1
 }
@@ -498,5 +514,15 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert_eq!(e.line, 2, "{e}");
         let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
         assert_eq!(e.field, "command");
+    }
+
+    #[test]
+    fn fields_found_wrong_after_parsing_are_located_by_their_dotted_name() {
+        assert_eq!(line_of_field(GOOD, "priority"), 4);
+        assert_eq!(line_of_field(GOOD, "gang.memory"), 11);
+        let inline = "name = \"p\"\nsource = { kafka = { topic = \"t\" } }\n";
+        assert_eq!(line_of_field(inline, "source.kafka.topic"), 2);
+        assert_eq!(line_of_field(GOOD, "queue"), 1, "a field left to its default");
+        assert_eq!(line_of_field("not toml [", "priority"), 1);
     }
 }

@@ -191,8 +191,8 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
             ));
         }
     };
-    if kafka.topic.get_ref().trim().is_empty() {
-        return Err(errors.at(Some(kafka.topic.span()), "source.kafka.topic", "must name a topic"));
+    if let Err(why) = check_topic_name(kafka.topic.get_ref()) {
+        return Err(errors.at(Some(kafka.topic.span()), "source.kafka.topic", why));
     }
     let on_error = match &raw.on_error {
         None => OnError::DeadLetter,
@@ -326,8 +326,8 @@ fn sink(errors: &Errors, raw: &RawSink) -> Result<SinkConfig, SpecError> {
         }
         (None, Some(k)) => {
             let k = k.get_ref();
-            if k.topic.get_ref().trim().is_empty() {
-                return Err(errors.at(Some(k.topic.span()), "sink.kafka.topic", "must name a topic"));
+            if let Err(why) = check_topic_name(k.topic.get_ref()) {
+                return Err(errors.at(Some(k.topic.span()), "sink.kafka.topic", why));
             }
             let exactly_once = match k.delivery.as_ref().map(|d| (d, d.get_ref().trim())) {
                 None | Some((_, "exactly-once")) => true,
@@ -411,6 +411,26 @@ fn gang(
     Ok(spec)
 }
 
+/// Kafka's own rule for topic names: brokers refuse any other, and a
+/// consumer of a name they refuse would only ever hear "unknown topic".
+fn check_topic_name(topic: &str) -> Result<(), String> {
+    if topic.is_empty() {
+        return Err("must name a topic".into());
+    }
+    if topic == "." || topic == ".." {
+        return Err(format!("`{topic}` is not a valid topic name"));
+    }
+    if topic.len() > 249 {
+        return Err(format!("a topic name has at most 249 characters, this one {}", topic.len()));
+    }
+    match topic.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
+        Some(c) => Err(format!(
+            "`{topic}` is not a valid topic name: {c:?} is not allowed (use letters, digits, `.`, `_` and `-`)"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse_job;
@@ -458,6 +478,10 @@ max = 4
         assert_eq!(e.field, "parallelism.max", "{e}");
         let e = parse_job("p.toml", &GOOD.replace("sql = \"SELECT", "sql = \"DROP TABLE source; SELECT")).unwrap_err();
         assert_eq!(e.field, "transform.sql", "{e}");
+        let e = parse_job("p.toml", &GOOD.replace("\"clicks\"", "\"web clicks\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (4, "source.kafka.topic"), "{e}");
+        assert!(e.message.contains("' ' is not allowed"), "{e}");
+        assert!(parse_job("p.toml", &GOOD.replace("\"clicks\"", "\"web.clicks_v2-eu\"")).is_ok());
     }
 
     #[test]

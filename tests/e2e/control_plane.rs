@@ -59,7 +59,7 @@ fn malformed_and_invalid_specs_get_clear_errors_and_change_nothing() {
     );
     let out = c.cli(&["submit", unknown.to_str().unwrap()]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("unknown priority class `gold`"),
+        String::from_utf8_lossy(&out.stderr).contains("gold.toml:2: priority: unknown priority class `gold`"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );

@@ -126,6 +126,14 @@ fn the_json_api_serves_what_the_cli_prints_and_the_ui_is_served() {
     let (code, missing) = http(&address, &c.token, "GET", "/api/v1/jobs/nope", None);
     assert_eq!(code, 404, "{missing}");
     assert!(missing.contains("no job named `nope`"), "{missing}");
+    // A mistyped path or method gets JSON that says what is served.
+    let (code, body) = http(&address, &c.token, "GET", "/api/v1/job", None);
+    let error: Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(code, 404, "{body}");
+    assert!(error["error"].as_str().unwrap().contains("no such path `/api/v1/job`"), "{body}");
+    let (code, body) = http(&address, &c.token, "GET", "/api/v1/sql", None);
+    assert_eq!(code, 405, "{body}");
+    assert!(body.contains("use POST"), "{body}");
 
     let queues = get("/api/v1/queues");
     assert!(queues.as_array().unwrap().iter().any(|q| q["pending"] == 1), "{queues}");

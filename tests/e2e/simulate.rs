@@ -66,7 +66,8 @@ fn a_log_is_replayed_under_three_policies_with_json_and_pictures() {
     let png = std::fs::read(dir.path().join("run.png")).expect("the PNG was written");
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "a PNG file");
 
-    let out = simulate(dir.path(), &["--trace", "log.swf", "--plot", "run.svg"]);
+    // The trace may also be named as `cohort simulate FILE`.
+    let out = simulate(dir.path(), &["log.swf", "--plot", "run.svg"]);
     assert!(out.status.success(), "simulate failed: {}", String::from_utf8_lossy(&out.stderr));
     let svg = std::fs::read_to_string(dir.path().join("run.svg")).expect("the SVG was written");
     assert!(svg.contains("<svg") && svg.contains("wait-time distribution"), "an SVG with its charts");

@@ -126,6 +126,15 @@ fn an_sql_job_writes_exactly_its_rows_and_a_failed_one_leaves_nothing() {
     assert_eq!(got, expected);
     assert_eq!(visible_entries(&out), vec!["report"], "nothing but the committed output");
 
+    // Files that appear in a table's directory are seen by the next query:
+    // one an INSERT wrote, and one a pipeline or anyone else put there.
+    let count = |c: &Cluster| sql_json(&c.address, "SELECT count(*) AS n FROM report")[0]["n"].as_i64().unwrap();
+    sql_ok(&c.address, "INSERT INTO report VALUES (99, 1, 1)");
+    assert_eq!(count(&c), 11, "the inserted row");
+    let written = visible_entries(&out.join("report")).into_iter().next().expect("a file in report/");
+    std::fs::copy(out.join("report").join(&written), out.join("report").join("from-elsewhere.parquet")).unwrap();
+    assert!(count(&c) > 11, "a file put there from outside");
+
     // A job that writes, then fails: its output never appears, and it says why.
     let failing = c.submit_file(
         "broken.toml",
@@ -361,6 +370,16 @@ fn a_cached_table_is_served_from_the_stores_memory_until_it_is_uncached() {
     let query = "SELECT k, count(*) AS n, sum(id) AS s, max(pad) AS p FROM events GROUP BY k ORDER BY k";
     let from_files = sql_json(&c.address, query);
     assert_eq!(from_files.len(), 10);
+
+    // A mistyped name or a bad query is refused before any store starts
+    for (bad, says) in
+        [("CACHE TABLE evnets", "`evnets` not found"), ("CACHE TABLE t AS SELECT nope FROM events", "nope")]
+    {
+        let out = cli_at(&c.address, &["sql", "-e", bad]);
+        assert!(!out.status.success() && stderr(&out).contains(says), "{bad}: {}", stderr(&out));
+    }
+    let jobs = c.json(&["jobs"]);
+    assert!(!jobs.as_array().unwrap().iter().any(|j| j["name"] == "sql-store"), "no store started: {jobs}");
 
     // Given the table cached
     let out = cli_at(&c.address, &["sql", "-e", "CACHE TABLE events;"]);

@@ -57,7 +57,30 @@ pub(crate) fn register_system_tables(
     Ok(())
 }
 
+fn not_found(name: &str) -> Error {
+    Error::DataFusion(DataFusionError::Plan(format!("table `{name}` not found")))
+}
+
 impl SqlEngine {
+    /// What [`SqlEngine::cache_table`] refuses before it needs a store: a
+    /// live table, a name that is no table, a query that does not plan.
+    /// The front door asks first, so a mistyped name starts no store.
+    pub async fn check_cacheable(&self, name: &str, query: Option<&str>) -> Result<()> {
+        self.refuse_live(name)?;
+        match query {
+            Some(sql) => self.plan(sql, None).await.map(drop),
+            None if !self.context().table_exist(name)? => Err(not_found(name)),
+            None => Ok(()),
+        }
+    }
+
+    fn refuse_live(&self, name: &str) -> Result<()> {
+        match self.is_live(name) {
+            true => Err(Error::Invalid(format!("`{name}` is a live table: it is in memory already"))),
+            false => Ok(()),
+        }
+    }
+
     /// Caches `name`: its rows (or, with `query`, that query's rows as a
     /// new table called `name`) computed on `workers` and spread over
     /// `stores`. Caching a cached table again refreshes it from its source
@@ -74,9 +97,7 @@ impl SqlEngine {
         if stores.is_empty() {
             return Err(Error::Unavailable("no store executor is serving".into()));
         }
-        if self.is_live(name) {
-            return Err(Error::Invalid(format!("`{name}` is a live table: it is in memory already")));
-        }
+        self.refuse_live(name)?;
         let ctx = self.context();
         // A table cached AS SELECT is made again from its query.
         let query = match (query, self.cached_definition(name)) {
@@ -96,9 +117,7 @@ impl SqlEngine {
                 )));
             }
             Some(_) => None,
-            None if !exists => {
-                return Err(Error::DataFusion(DataFusionError::Plan(format!("table `{name}` not found"))));
-            }
+            None if !exists => return Err(not_found(name)),
             None => {
                 // Read the source, not an older copy of itself.
                 self.uncache_table(name, true).await?;

@@ -331,8 +331,14 @@ impl SqlEngine {
     /// to go beside its target: the plan writes to staging, and the
     /// returned [`Staged`] moves the files in at commit. `job` and
     /// `attempt` name the staging (see [`Staged::beside`]).
-    pub async fn stage_write(&self, sql: &str, job: &str, attempt: u32) -> Result<(LogicalPlan, Staged)> {
-        match self.plan(sql, None).await? {
+    pub async fn stage_write(
+        &self,
+        sql: &str,
+        params: Option<ParamValues>,
+        job: &str,
+        attempt: u32,
+    ) -> Result<(LogicalPlan, Staged)> {
+        match self.plan(sql, params).await? {
             LogicalPlan::Copy(copy) => {
                 let staged = Staged::beside(&copy.output_url, job, attempt, &self.ctx.runtime_env()).await?;
                 let plan = LogicalPlan::Copy(CopyTo::new(

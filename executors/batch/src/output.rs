@@ -56,8 +56,12 @@ impl Staged {
         let staging_url =
             if single_file { format!("{parent}/{staged_name}") } else { format!("{parent}/{staged_name}/") };
         let staging = ListingTableUrl::parse(&staging_url)?.prefix().clone();
-        let local_dir =
-            (parsed.scheme() == "file").then(|| std::path::PathBuf::from(format!("{parent}/{staged_name}")));
+        // From the URL, not the text: an INSERT's target is a table's
+        // location, `file:///...`, which is no path as written.
+        let local_dir = match parsed.scheme() {
+            "file" => parsed.get_url().to_file_path().ok().and_then(|path| Some(path.parent()?.join(&staged_name))),
+            _ => None,
+        };
         let staged = Staged {
             store,
             staging_url,
@@ -194,6 +198,22 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("out/report/k=1/a.parquet")).unwrap(), b"x");
         assert_eq!(std::fs::read(dir.path().join("out/report/b.parquet")).unwrap(), b"y");
         assert!(!dir.path().join("out/.report.cohort-job7-2").exists());
+    }
+
+    #[tokio::test]
+    async fn a_target_named_by_its_url_leaves_no_staging_behind() {
+        // An INSERT stages beside its table's location, which is a URL.
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeEnv::default();
+        std::fs::create_dir_all(dir.path().join("t/.events.cohort-sql1-1")).unwrap();
+        let target = format!("file://{}/t/events/", dir.path().display());
+        let staged = Staged::beside(&target, "sql1", 1, &runtime).await.unwrap();
+        assert!(!dir.path().join("t/.events.cohort-sql1-1").exists(), "a stale attempt is swept");
+        std::fs::create_dir_all(dir.path().join("t/.events.cohort-sql1-1")).unwrap();
+        std::fs::write(dir.path().join("t/.events.cohort-sql1-1/a.parquet"), b"x").unwrap();
+        assert_eq!(staged.commit().await.unwrap(), 1);
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("t")).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left, vec!["events"], "the staging directory is gone");
     }
 
     #[tokio::test]

@@ -34,8 +34,14 @@ pub struct WorkerSettings {
 /// A runtime whose memory pool is `memory_bytes`, shared fairly among the
 /// operators that can spill, spilling into `spill_dir`, reading local
 /// files and S3 buckets ([`crate::Stores`]).
+///
+/// A table's directory is listed afresh by every query: DataFusion's list
+/// cache (on by default, kept forever) never saw files that workers,
+/// pipelines or anyone else added, so an `INSERT INTO` or a pipeline's new
+/// Parquet file stayed invisible to the process that had listed it once.
 pub fn runtime(memory_bytes: usize, spill_dir: PathBuf) -> Result<Arc<RuntimeEnv>, DataFusionError> {
     RuntimeEnvBuilder::new()
+        .with_object_list_cache_limit(0)
         .with_object_store_registry(Arc::new(crate::Stores::default()))
         .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
         .with_disk_manager_builder(

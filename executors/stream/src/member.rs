@@ -13,6 +13,9 @@
 //!   before it lets go, so members joining or leaving repeat nothing
 //!   (where the broker takes a commit at that point, as Kafka does; the
 //!   embedded broker refuses it, and then the next owner reads again).
+//! - a member whose commit was refused remembers what its sink made safe
+//!   ([`MadeSafe`]): when it is given the partition back, it skips the
+//!   records it re-reads up to there instead of writing them twice.
 //! - a stop request (SIGTERM: preemption, pause, delete, scale-down)
 //!   finishes the micro-batch in hand, commits the open file and the
 //!   offsets, and exits cleanly, so a paused or preempted pipeline resumes
@@ -52,7 +55,8 @@ pub struct Counters {
     pub bad: u64,
     pub dead_lettered: u64,
     pub skipped: u64,
-    /// Records a live table held already (read again after a restart).
+    /// Records read again that the sink holds already: a live table's
+    /// after a restart, or any sink's after a refused commit ([`MadeSafe`]).
     pub replayed: u64,
     pub commits: u64,
 }
@@ -73,6 +77,7 @@ struct Delivery {
     dead_letters: Option<KafkaSink>,
     /// Next offsets of records handed to the sink but not yet committed.
     pending: Offsets,
+    made_safe: MadeSafe,
     pending_records: u64,
     committed_records: u64,
     commits: u64,
@@ -151,6 +156,7 @@ impl Delivery {
         if let Some(dlq) = &self.dead_letters {
             dlq.deliver(DELIVERY_TIMEOUT)?;
         }
+        self.made_safe.extend(&self.pending);
         match kafka::commit(consumer, topic, &self.pending) {
             Ok(()) => self.committed(),
             // Kept, and tried again for the partitions still held (see `run`).
@@ -163,9 +169,36 @@ impl Delivery {
         if !self.pending.is_empty() {
             self.commits += 1;
         }
+        self.made_safe.committed(&self.pending);
         self.committed_records += self.pending_records;
         self.pending.clear();
         self.pending_records = 0;
+    }
+}
+
+/// Next offsets, per partition, up to which this member's sink made rows
+/// safe while the group's committed offset stayed behind: the broker
+/// refused the commit (the embedded one does during every rebalance). A
+/// member given such a partition back re-reads from the committed offset;
+/// the records below its own mark are in its sink already and are skipped.
+/// A mark goes once a commit reaches it, so it never outlives the refusal.
+#[derive(Debug, Default)]
+struct MadeSafe(Offsets);
+
+impl MadeSafe {
+    fn extend(&mut self, safe: &Offsets) {
+        for (&partition, &next) in safe {
+            let mark = self.0.entry(partition).or_insert(next);
+            *mark = (*mark).max(next);
+        }
+    }
+
+    fn committed(&mut self, committed: &Offsets) {
+        self.0.retain(|partition, mark| committed.get(partition).is_none_or(|next| next < mark));
+    }
+
+    fn holds(&self, partition: i32, offset: i64) -> bool {
+        self.0.get(&partition).is_some_and(|mark| offset < *mark)
     }
 }
 
@@ -227,6 +260,7 @@ pub fn run(
         sink,
         dead_letters,
         pending: Offsets::new(),
+        made_safe: MadeSafe::default(),
         pending_records: 0,
         committed_records: 0,
         commits: 0,
@@ -255,13 +289,14 @@ pub fn run(
             if !messages.is_empty() {
                 counters.records_in += messages.len() as u64;
                 let mut d = delivery.lock().expect("delivery lock");
-                // What a live table holds already is not appended again.
+                // What the sink holds already is not written again.
+                let d = &mut *d;
                 let kept: Vec<&BorrowedMessage> = match &mut d.sink {
                     Sink::Store(live) => {
                         live.sync(&runtime, source.assigned())?;
                         messages.iter().filter(|m| !live.holds(m.partition(), m.offset())).collect()
                     }
-                    _ => messages.iter().collect(),
+                    _ => messages.iter().filter(|m| !d.made_safe.holds(m.partition(), m.offset())).collect(),
                 };
                 counters.replayed += (messages.len() - kept.len()) as u64;
                 let payloads: Vec<&[u8]> = kept.iter().map(|m| m.payload().unwrap_or_default()).collect();
@@ -400,6 +435,26 @@ pub fn parse_progress(line: &str) -> Option<Vec<(String, f64)>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_skips_what_its_sink_made_safe_until_a_commit_catches_up() {
+        // Given rows of partitions 0 and 1 made safe, and the commit refused
+        let mut made_safe = MadeSafe::default();
+        made_safe.extend(&Offsets::from([(0, 100), (1, 50)]));
+        // When the member is given partition 0 back and re-reads it, then
+        // what it wrote is skipped and what follows is not
+        assert!(made_safe.holds(0, 0) && made_safe.holds(0, 99));
+        assert!(!made_safe.holds(0, 100) && !made_safe.holds(2, 0));
+        // A later refusal moves the mark forward only
+        made_safe.extend(&Offsets::from([(0, 80)]));
+        assert!(made_safe.holds(0, 99));
+        // A commit that reaches a mark removes it; one short of it does not
+        made_safe.committed(&Offsets::from([(0, 100), (1, 49)]));
+        assert!(!made_safe.holds(0, 10), "partition 0 is the group's again");
+        assert!(made_safe.holds(1, 48));
+        made_safe.committed(&Offsets::from([(1, 60)]));
+        assert!(!made_safe.holds(1, 48));
+    }
 
     #[test]
     fn progress_lines_read_back() {

@@ -179,20 +179,23 @@ impl Api {
     /// A pipeline's topics must exist before members wait on them forever.
     /// (A spec that does not parse is left for the core to refuse, with
     /// its line.)
-    async fn check_topics(&self, file: &str, spec: &crate::spec::JobSpec) -> Result<(), Status> {
+    async fn check_topics(&self, file: &str, text: &str, spec: &crate::spec::JobSpec) -> Result<(), Status> {
         let crate::spec::JobKind::Pipeline { config, .. } = &spec.kind else { return Ok(()) };
         let bootstrap = self.read(|core| core.status().kafka_bootstrap).await?;
         let brokers = config.brokers.clone().unwrap_or(bootstrap);
         if brokers.is_empty() {
             return Err(Status::failed_precondition(format!(
-                "{file}: source.kafka.brokers: not set, and this cluster has no embedded broker"
+                "{file}:{}: source.kafka.brokers: not set, and this cluster has no embedded broker",
+                crate::spec::line_of_field(text, "source.kafka")
             )));
         }
-        let (topic, file) = (config.topic.clone(), file.to_string());
+        let field = "source.kafka.topic";
+        let at = format!("{file}:{}: {field}", crate::spec::line_of_field(text, field));
+        let topic = config.topic.clone();
         tokio::task::spawn_blocking(move || {
             cohort_connectors::kafka::topic_partitions(&brokers, &topic, std::time::Duration::from_secs(5))
                 .map(|_| ())
-                .map_err(|e| Status::failed_precondition(format!("{file}: source.kafka.topic: {e}")))
+                .map_err(|e| Status::failed_precondition(format!("{at}: {e}")))
         })
         .await
         .map_err(|e| Status::internal(e.to_string()))?
@@ -280,7 +283,7 @@ impl pb::jobs_server::Jobs for Api {
         let queue = spec.gang.queue.clone();
         let check = (who.clone(), queue.clone());
         self.ask(move |core| core.check_queue(&check.0, &check.1)).await?;
-        self.check_topics(&file, &spec).await?;
+        self.check_topics(&file, &req.spec_toml, &spec).await?;
         let id = self.ask(move |core| core.submit_parsed(&file, &req.spec_toml, spec)).await?;
         self.record(&who, format!("submit job {id} to queue {queue}")).await;
         Ok(Response::new(pb::SubmitResponse { job_id: id }))

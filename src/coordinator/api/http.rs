@@ -111,6 +111,8 @@ impl HttpServer {
             .route("/healthz", get(|| async { "ok\n" }))
             .route("/readyz", get(readyz))
             .merge(guarded)
+            .fallback(no_route)
+            .method_not_allowed_fallback(wrong_method)
             .with_state(state.clone());
         HttpServer { sql: state.sql.clone(), router, state }
     }
@@ -152,6 +154,22 @@ impl IntoResponse for ApiError {
 }
 
 type ApiResult<T> = Result<T, ApiError>;
+
+/// What a script that mistyped a path gets: JSON, like every other answer.
+async fn no_route(uri: axum::http::Uri) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no such path `{}`: the API is /api/v1/ status, nodes, jobs, jobs/ID, jobs/ID/logs, services, pipelines, queues, utilization, queries, sql (POST), targets; and /metrics, /healthz, /readyz",
+            uri.path()
+        ),
+    )
+}
+
+async fn wrong_method(method: axum::http::Method, uri: axum::http::Uri) -> ApiError {
+    let allowed = if uri.path() == "/api/v1/sql" { "POST" } else { "GET" };
+    ApiError(StatusCode::METHOD_NOT_ALLOWED, format!("`{method} {}` is not served: use {allowed}", uri.path()))
+}
 
 impl Http {
     async fn read<R: Send + 'static>(
@@ -441,7 +459,7 @@ async fn run_sql(
     let started = std::time::Instant::now();
     match front.describe(&req.sql, None).await.map_err(bad)? {
         Described::Effect(statement) => {
-            let rows = front.execute(&req.sql, statement).await.map_err(bad)?;
+            let rows = front.execute(&req.sql, statement, None).await.map_err(bad)?;
             Ok(Json(json!({ "rows_affected": rows, "duration_ms": started.elapsed().as_secs_f64() * 1000.0 })))
         }
         Described::Query(schema) => {

@@ -8,6 +8,17 @@ use super::{Core, Job};
 use crate::coordinator::store::{JobRecord, SlotRecord};
 use crate::spec::parse_job;
 
+/// A spec the scheduler refused, as `file:line: field: why` where the
+/// refusal is about one field.
+fn located(file: &str, text: &str, e: &EngineError) -> String {
+    let field = match e {
+        EngineError::UnknownClass(..) => "priority",
+        EngineError::UnknownQueue(_) => "queue",
+        _ => return format!("{file}: {e}"),
+    };
+    format!("{file}:{}: {field}: {e}", crate::spec::line_of_field(text, field))
+}
+
 impl Core {
     /// Accepts a job spec (TOML as written; `file` names it in errors) and
     /// returns the job's id. A service spec whose name matches a running
@@ -36,7 +47,7 @@ impl Core {
         let id = self.next_job;
         self.engine
             .apply(Event::GangSubmitted { gang: GangId(id), spec: spec.gang.clone() })
-            .map_err(|e| CoordinatorError::InvalidInput(format!("{file}: {e}")))?;
+            .map_err(|e| CoordinatorError::InvalidInput(located(file, text, &e)))?;
         self.next_job += 1;
         self.turn.next_job = true;
         let record = JobRecord {

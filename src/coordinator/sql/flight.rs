@@ -43,6 +43,42 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{Described, SqlFront};
 
+/// `?` placeholders, as JDBC and ADBC users write them, numbered `$1`,
+/// `$2`, ... in the order they appear (and `?3` as `$3`), which is how
+/// DataFusion names parameters. A `?` in a string, a quoted name or a
+/// comment is left alone; SQL that does not tokenize is returned as it is,
+/// for the planner to report.
+fn numbered_placeholders(sql: &str) -> String {
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, tokenizer::Token, tokenizer::Tokenizer};
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize_with_location() else {
+        return sql.to_string();
+    };
+    let line_starts: Vec<usize> = std::iter::once(0).chain(sql.match_indices('\n').map(|(i, _)| i + 1)).collect();
+    // Locations count lines and characters from 1.
+    let byte_at = |line: u64, column: u64| {
+        let start = *line_starts.get(line.checked_sub(1)? as usize)?;
+        sql[start..].char_indices().nth(column.checked_sub(1)? as usize).map(|(i, _)| start + i)
+    };
+    let (mut out, mut copied, mut next) = (String::with_capacity(sql.len() + 8), 0, 0);
+    for token in tokens {
+        let Token::Placeholder(name) = &token.token else { continue };
+        let Some(digits) = name.strip_prefix('?') else { continue };
+        let Some(at) = byte_at(token.span.start.line, token.span.start.column) else { return sql.to_string() };
+        let number = if digits.is_empty() {
+            next += 1;
+            next.to_string()
+        } else {
+            digits.to_string()
+        };
+        out.push_str(&sql[copied..at]);
+        out.push('$');
+        out.push_str(&number);
+        copied = at + name.len();
+    }
+    out.push_str(&sql[copied..]);
+    out
+}
+
 /// The service, ready for a tonic server.
 pub fn service(front: Arc<SqlFront>) -> FlightServiceServer<FlightSql> {
     FlightServiceServer::new(FlightSql { front }).max_decoding_message_size(64 << 20)
@@ -136,6 +172,28 @@ fn check_framing(mut bytes: &[u8]) -> Result<(), String> {
         bytes = &bytes[body..];
     }
     Ok(())
+}
+
+/// The parameter rows a client sent with a DoPut.
+async fn parameter_batches(request: Request<PeekableFlightDataStream>) -> Result<Vec<RecordBatch>, Status> {
+    // The peeked first message is the parameters' schema: keep it.
+    let data = request.into_inner().into_peekable().map_err(FlightError::from);
+    FlightRecordBatchStream::new_from_flight_data(data)
+        .try_collect()
+        .await
+        .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))
+}
+
+/// Batches as one Arrow IPC stream, as a handle carries its parameters.
+fn ipc_stream(schema: &SchemaRef, batches: &[RecordBatch]) -> Result<Vec<u8>, Status> {
+    let mut ipc = Vec::new();
+    let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, schema).map_err(internal)?;
+    for b in batches {
+        writer.write(b).map_err(internal)?;
+    }
+    writer.finish().map_err(internal)?;
+    drop(writer);
+    Ok(ipc)
 }
 
 /// One row of parameters, by position (`$1`, `$2`, ... or `?`) or name.
@@ -350,13 +408,13 @@ impl FlightSql {
     /// anything else runs now.
     async fn info_for(&self, handle: Handle, descriptor: FlightDescriptor) -> Result<Response<FlightInfo>, Status> {
         let params = handle.param_values()?;
-        match self.front.describe(&handle.sql, params).await.map_err(st)? {
+        match self.front.describe(&handle.sql, params.clone()).await.map_err(st)? {
             Described::Query(schema) => {
                 let ticket = TicketStatementQuery { statement_handle: handle.encode() }.as_any().encode_to_vec();
                 flight_info(&client_schema(&schema), ticket.into(), descriptor)
             }
             Described::Effect(statement) => {
-                let count = self.front.execute(&handle.sql, statement).await.map_err(st)?;
+                let count = self.front.execute(&handle.sql, statement, params).await.map_err(st)?;
                 let schema = if count.is_some() { count_schema() } else { Arc::new(Schema::empty()) };
                 let done = Handle { sql: handle.sql, params: None, done: Some(Done { count }) };
                 let ticket = TicketStatementQuery { statement_handle: done.encode() }.as_any().encode_to_vec();
@@ -367,9 +425,9 @@ impl FlightSql {
 
     async fn update(&self, handle: Handle) -> Result<i64, Status> {
         let params = handle.param_values()?;
-        match self.front.describe(&handle.sql, params).await.map_err(st)? {
+        match self.front.describe(&handle.sql, params.clone()).await.map_err(st)? {
             Described::Effect(statement) => {
-                Ok(self.front.execute(&handle.sql, statement).await.map_err(st)?.unwrap_or(0) as i64)
+                Ok(self.front.execute(&handle.sql, statement, params).await.map_err(st)?.unwrap_or(0) as i64)
             }
             Described::Query(_) => {
                 Err(Status::invalid_argument("this statement is a query: run it as one to read its rows"))
@@ -465,12 +523,27 @@ impl FlightSqlService for FlightSql {
         self.update(Handle { sql: command.query, ..Default::default() }).await
     }
 
+    /// Runs the statement once per row of parameters the client sent with
+    /// it (ADBC's `executemany`, JDBC's batches), or once with those bound
+    /// before (or none), and answers the rows changed in all.
     async fn do_put_prepared_statement_update(
         &self,
         query: CommandPreparedStatementUpdate,
-        _request: Request<PeekableFlightDataStream>,
+        request: Request<PeekableFlightDataStream>,
     ) -> Result<i64, Status> {
-        self.update(Handle::decode(&query.prepared_statement_handle)?).await
+        let handle = Handle::decode(&query.prepared_statement_handle)?;
+        let batches = parameter_batches(request).await?;
+        if batches.iter().all(|b| b.num_rows() == 0) {
+            return self.update(handle).await;
+        }
+        let mut changed = 0;
+        for batch in &batches {
+            for row in 0..batch.num_rows() {
+                let params = Some(ipc_stream(&batch.schema(), &[batch.slice(row, 1)])?);
+                changed += self.update(Handle { sql: handle.sql.clone(), params, done: None }).await?;
+            }
+        }
+        Ok(changed)
     }
 
     async fn do_action_create_prepared_statement(
@@ -478,7 +551,7 @@ impl FlightSqlService for FlightSql {
         query: ActionCreatePreparedStatementRequest,
         _request: Request<Action>,
     ) -> Result<ActionCreatePreparedStatementResult, Status> {
-        let handle = Handle { sql: query.query, ..Default::default() };
+        let handle = Handle { sql: numbered_placeholders(&query.query), ..Default::default() };
         let (dataset, parameters) = match cohort_batch::classify(&handle.sql).map_err(st)? {
             Statement::Query => {
                 let plan = self.front.engine().plan(&handle.sql, None).await.map_err(st)?;
@@ -506,23 +579,10 @@ impl FlightSqlService for FlightSql {
         request: Request<PeekableFlightDataStream>,
     ) -> Result<DoPutPreparedStatementResult, Status> {
         let mut handle = Handle::decode(&query.prepared_statement_handle)?;
-        // The peeked first message is the parameters' schema: keep it.
-        let data = request.into_inner().into_peekable().map_err(FlightError::from);
-        let batches: Vec<RecordBatch> = FlightRecordBatchStream::new_from_flight_data(data)
-            .try_collect()
-            .await
-            .map_err(|e| Status::invalid_argument(format!("cannot read the parameters: {e}")))?;
+        let batches = parameter_batches(request).await?;
         params_from(&batches)?;
         let schema = batches.first().map(RecordBatch::schema).unwrap_or_else(|| Arc::new(Schema::empty()));
-        let mut ipc = Vec::new();
-        {
-            let mut writer = arrow::ipc::writer::StreamWriter::try_new(&mut ipc, &schema).map_err(internal)?;
-            for b in &batches {
-                writer.write(b).map_err(internal)?;
-            }
-            writer.finish().map_err(internal)?;
-        }
-        handle.params = Some(ipc);
+        handle.params = Some(ipc_stream(&schema, &batches)?);
         Ok(DoPutPreparedStatementResult { prepared_statement_handle: Some(handle.encode()) })
     }
 
@@ -744,6 +804,22 @@ mod tests {
             let handle = Handle { sql: "SELECT $1".into(), params: Some(ipc), done: None };
             let _ = Handle::decode(&handle.encode()).unwrap().param_values();
         }
+    }
+
+    #[test]
+    fn question_marks_are_numbered_as_datafusion_names_parameters() {
+        assert_eq!(
+            numbered_placeholders("SELECT * FROM t WHERE a = ? AND b IN (?, ?) LIMIT ?"),
+            "SELECT * FROM t WHERE a = $1 AND b IN ($2, $3) LIMIT $4"
+        );
+        assert_eq!(
+            numbered_placeholders("SELECT 'é?', \"c?\", ? -- why?\nFROM t WHERE x = ?"),
+            "SELECT 'é?', \"c?\", $1 -- why?\nFROM t WHERE x = $2",
+            "strings, quoted names and comments keep theirs, also after a multi-byte character"
+        );
+        assert_eq!(numbered_placeholders("SELECT ?2, ?1"), "SELECT $2, $1");
+        assert_eq!(numbered_placeholders("SELECT $1"), "SELECT $1");
+        assert_eq!(numbered_placeholders("SELECT 'unterminated ?"), "SELECT 'unterminated ?");
     }
 
     #[test]

@@ -225,11 +225,12 @@ impl SqlFront {
     }
 
     /// Applies a statement that is not a query: a catalog change (no
-    /// count), a write (the rows written) or a caching (the rows cached).
-    pub async fn execute(&self, sql: &str, statement: Statement) -> Result<Option<u64>> {
+    /// count), a write (the rows written, with `params` bound to its
+    /// placeholders) or a caching (the rows cached).
+    pub async fn execute(&self, sql: &str, statement: Statement, params: Option<ParamValues>) -> Result<Option<u64>> {
         match statement {
             Statement::Catalog(change) => self.change_catalog(sql, change).await.map(|()| None),
-            Statement::Copy | Statement::Insert { .. } => self.write(sql).await.map(Some),
+            Statement::Copy | Statement::Insert { .. } => self.write(sql, params).await.map(Some),
             Statement::Cache { table, query } => self.cache(&table, query.as_deref()).await.map(Some),
             Statement::Uncache { table, if_exists } => {
                 let _one_at_a_time = self.catalog_lock.lock().await;
@@ -314,6 +315,7 @@ impl SqlFront {
     /// `CACHE TABLE`: computed on the warm pool, held by the stores.
     async fn cache(&self, table: &str, query: Option<&str>) -> Result<u64> {
         let _one_at_a_time = self.catalog_lock.lock().await;
+        self.engine.check_cacheable(table, query).await?;
         let stores = self.stores.urls().await?;
         tracing::debug!(table, stores = stores.len(), "caching: stores serving");
         let _in_use = self.pool.enter();
@@ -349,9 +351,9 @@ impl SqlFront {
         Ok(appended)
     }
 
-    async fn write(&self, sql: &str) -> Result<u64> {
+    async fn write(&self, sql: &str, params: Option<ParamValues>) -> Result<u64> {
         let tag = format!("sql{}x{}", std::process::id(), self.writes.fetch_add(1, Ordering::Relaxed));
-        let (plan, staged) = self.engine.stage_write(sql, &tag, 1).await?;
+        let (plan, staged) = self.engine.stage_write(sql, params, &tag, 1).await?;
         let _in_use = self.pool.enter();
         let counted = async {
             let outcome = self.engine.run(plan, self.pool.as_ref()).await?;
