@@ -176,11 +176,20 @@ fn history_path() -> PathBuf {
     crate::up::default_data_dir().join("sql_history")
 }
 
+/// The REPL; with SQL piped in (`cohort sql < file.sql`) the same loop
+/// reads it as psql does: no banner on stdout (it would land in the
+/// output), a last statement without `;` still runs, and the status says
+/// whether every statement succeeded.
 async fn repl(session: &mut Session, output: Output) -> Result<()> {
+    use std::io::IsTerminal;
+    let interactive = std::io::stdin().is_terminal();
     let mut editor = rustyline::DefaultEditor::new()?;
     let history = history_path();
     let _ = editor.load_history(&history);
-    println!("Connected. End statements with `;`; \\d lists tables, \\d NAME describes one, \\q quits.");
+    if interactive {
+        println!("Connected. End statements with `;`; \\d lists tables, \\d NAME describes one, \\q quits.");
+    }
+    let mut failed = 0;
     let mut buffer = String::new();
     loop {
         let prompt = if buffer.is_empty() { "cohort> " } else { "     -> " };
@@ -204,6 +213,7 @@ async fn repl(session: &mut Session, output: Output) -> Result<()> {
                 let _ = editor.add_history_entry(trimmed);
                 if let Err(e) = session.run(&sql, output).await {
                     eprintln!("error: {e}");
+                    failed += 1;
                 }
                 continue;
             }
@@ -218,21 +228,37 @@ async fn repl(session: &mut Session, output: Output) -> Result<()> {
         }
         let text = std::mem::take(&mut buffer);
         let _ = editor.add_history_entry(text.trim());
-        match cohort_batch::split_statements(&text) {
-            Ok(statements) => {
-                for sql in statements {
-                    if let Err(e) = session.run(&sql, output).await {
-                        eprintln!("error: {e}");
-                        break;
-                    }
-                }
-            }
-            Err(e) => eprintln!("error: {e}"),
+        failed += run_all(session, &text, output).await;
+    }
+    if !interactive && !buffer.trim().is_empty() {
+        failed += run_all(session, &buffer, output).await;
+    }
+    if interactive {
+        if let Some(dir) = history.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = editor.save_history(&history);
+    }
+    if !interactive && failed > 0 {
+        bail!("{failed} statement(s) failed");
+    }
+    Ok(())
+}
+
+/// Runs the statements of `text` until one fails; how many failed (0 or 1).
+async fn run_all(session: &mut Session, text: &str, output: Output) -> usize {
+    let statements = match cohort_batch::split_statements(text) {
+        Ok(statements) => statements,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
+        }
+    };
+    for sql in statements {
+        if let Err(e) = session.run(&sql, output).await {
+            eprintln!("error: {e}");
+            return 1;
         }
     }
-    if let Some(dir) = history.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    let _ = editor.save_history(&history);
-    Ok(())
+    0
 }

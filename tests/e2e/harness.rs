@@ -51,16 +51,33 @@ pub fn cli_at(address: &str, args: &[&str]) -> Output {
 
 /// Runs a client command with this token (empty: none).
 pub fn cli_with_token(address: &str, token: &str, args: &[&str]) -> Output {
-    Command::new(cohort())
+    client(address, token, args).output().expect("run the cli")
+}
+
+/// Runs a client command with `input` piped into its stdin.
+pub fn cli_with_stdin(address: &str, args: &[&str], input: &str) -> Output {
+    use std::io::Write;
+    let mut child = client(address, &token_for(address), args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the cli");
+    child.stdin.take().expect("a stdin").write_all(input.as_bytes()).expect("write the cli's stdin");
+    child.wait_with_output().expect("the cli ends")
+}
+
+fn client(address: &str, token: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(cohort());
+    command
         .args(args)
         .env("COHORT_COORDINATOR", address)
         .env("COHORT_TOKEN", token)
         .env("COHORT_CA", ca_for(address))
         // Never the user's own client config.
         .env("COHORT_CONFIG", "/nonexistent/cohort-config.toml")
-        .env("COHORT_LOG", "warn")
-        .output()
-        .expect("run the cli")
+        .env("COHORT_LOG", "warn");
+    command
 }
 
 /// Runs a client command with `--output json`; null when it fails.

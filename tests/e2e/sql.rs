@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{Cluster, Up, cli_at, cohort, kill9, pids_of};
+use crate::harness::{Cluster, Up, cli_at, cli_with_stdin, cohort, kill9, pids_of};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -201,6 +201,15 @@ fn missing_tables_bad_sql_and_vanished_files_get_clear_errors() {
     let bad = c.cli(&["sql", "-e", "SELEC 1"]);
     assert!(!bad.status.success());
     assert!(stderr(&bad).contains("SELEC"), "{}", stderr(&bad));
+
+    // SQL piped in reads as psql reads it: only the rows on stdout, a last
+    // statement without `;` runs, a failed one is reported and the rest run.
+    let piped = cli_with_stdin(&c.address, &["sql", "--output", "csv"], "SELECT 1 AS a;\nSELECT 2 AS b\n");
+    assert!(piped.status.success(), "{}", stderr(&piped));
+    assert_eq!(stdout(&piped), "a\n1\nb\n2\n");
+    let piped = cli_with_stdin(&c.address, &["sql", "--output", "csv"], "SELEC 1;\nSELECT 3 AS c;\n");
+    assert!(!piped.status.success() && stderr(&piped).contains("1 statement(s) failed"), "{}", stderr(&piped));
+    assert_eq!(stdout(&piped), "c\n3\n");
 
     let relative = c.cli(&["sql", "-e", "CREATE EXTERNAL TABLE r STORED AS PARQUET LOCATION 'data/'"]);
     assert!(stderr(&relative).contains("relative"), "{}", stderr(&relative));
