@@ -159,10 +159,7 @@ type ApiResult<T> = Result<T, ApiError>;
 async fn no_route(uri: axum::http::Uri) -> ApiError {
     ApiError(
         StatusCode::NOT_FOUND,
-        format!(
-            "no such path `{}`: the API is /api/v1/ status, nodes, jobs, jobs/ID, jobs/ID/logs, services, pipelines, queues, utilization, queries, sql (POST), targets; and /metrics, /healthz, /readyz",
-            uri.path()
-        ),
+        format!("no such path `{}`: the JSON API is under /api/v1/ (see the README's web UI section)", uri.path()),
     )
 }
 
