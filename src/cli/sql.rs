@@ -200,7 +200,8 @@ async fn repl(session: &mut Session, output: Output) -> Result<()> {
                 continue;
             }
             Err(rustyline::error::ReadlineError::Eof) => break,
-            Err(e) => return Err(e.into()),
+            // Its source is the same I/O error: not chained, said once.
+            Err(e) => bail!("cannot read SQL from standard input: {e}"),
         };
         let trimmed = line.trim();
         if buffer.is_empty() {
