@@ -8,6 +8,7 @@ is a Cohort token; the handshake answers with the bearer token to use),
 over TLS checked against the cluster CA that `cohort up` made.
 """
 
+import os
 import sys
 
 import adbc_driver_flightsql.dbapi as flight_sql
@@ -86,11 +87,14 @@ def main(address, data_dir, token):
         cur.execute("SELECT id FROM ci_events WHERE id <= 3 ORDER BY id")
         assert [r[0] for r in cur.fetchall()] == [1, 2, 3]
 
-        # One statement, many rows of parameters (executemany): it runs once
-        # per row, and the next query sees the files those rows were written to.
-        cur.executemany("INSERT INTO ci_events VALUES (?, ?)", [(1001, 1), (1002, 1)])
-        cur.execute("SELECT count(*) AS n FROM ci_events WHERE k = 1")
-        assert cur.fetchone()[0] == 336
+        # One statement, many rows of parameters (executemany): the rows go
+        # in as one INSERT, so one new file, and the next query sees them.
+        files_before = len(os.listdir(f"{data_dir}/ci_events"))
+        cur.executemany("INSERT INTO ci_events VALUES (?, ?)", [(1000 + i, 1) for i in range(1, 501)])
+        cur.execute("SELECT count(*) AS n, sum(id) AS s FROM ci_events WHERE k = 1 AND id > 1000")
+        assert cur.fetchone() == (500, sum(1000 + i for i in range(1, 501)))
+        files_after = len(os.listdir(f"{data_dir}/ci_events"))
+        assert files_after == files_before + 1, (files_before, files_after)
 
         # Errors carry the server's words.
         try:

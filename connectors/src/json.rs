@@ -19,6 +19,10 @@ use crate::Result;
 /// Decodes batches of messages into record batches of one schema.
 pub struct JsonDecoder {
     schema: SchemaRef,
+    /// The last batch's decoder, flushed, with its capacity in rows: its
+    /// buffers (megabytes for a micro-batch) are used again rather than
+    /// allocated, faulted in and freed per batch.
+    reusable: Option<(Decoder, usize)>,
 }
 
 /// One batch, decoded.
@@ -32,17 +36,20 @@ pub struct Decoded {
 
 impl JsonDecoder {
     pub fn new(schema: SchemaRef) -> JsonDecoder {
-        JsonDecoder { schema }
+        JsonDecoder { schema, reusable: None }
     }
 
     fn decoder(&self, capacity: usize) -> Result<Decoder> {
         Ok(ReaderBuilder::new(self.schema.clone()).with_batch_size(capacity.max(1)).build_decoder()?)
     }
 
-    pub fn decode(&self, messages: &[&[u8]]) -> Result<Decoded> {
+    pub fn decode(&mut self, messages: &[&[u8]]) -> Result<Decoded> {
         let mut bad = Vec::new();
         let mut good = Vec::with_capacity(messages.len());
-        let mut decoder = self.decoder(messages.len())?;
+        let (mut decoder, capacity) = match self.reusable.take() {
+            Some((decoder, capacity)) if capacity >= messages.len() => (decoder, capacity),
+            _ => (self.decoder(messages.len())?, messages.len()),
+        };
         for (i, message) in messages.iter().enumerate() {
             if let Err(why) = one_object(message) {
                 bad.push((i, why));
@@ -67,6 +74,9 @@ impl JsonDecoder {
         match decoder.flush() {
             Ok(batch) => {
                 let batch = batch.unwrap_or_else(|| RecordBatch::new_empty(self.schema.clone()));
+                if bad.is_empty() {
+                    self.reusable = Some((decoder, capacity));
+                }
                 bad.sort_unstable_by_key(|(i, _)| *i);
                 Ok(Decoded { batch, bad })
             }
@@ -151,6 +161,22 @@ mod tests {
         let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
         assert_eq!(ids.values(), &[1, 4]);
         assert!(out.bad[2].1.to_lowercase().contains("three") || out.bad[2].1.contains("Int64"), "{}", out.bad[2].1);
+    }
+
+    #[test]
+    fn a_decoder_used_again_gives_each_batch_only_its_own_rows() {
+        let mut decoder = decoder();
+        let ids = |out: &Decoded| out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec();
+        let first: Vec<&[u8]> = vec![br#"{"id": 1}"#, br#"{"id": 2}"#];
+        assert_eq!(ids(&decoder.decode(&first).unwrap()), [1, 2]);
+        // Larger than the decoder was built for, then with a bad message
+        let larger: Vec<&[u8]> = vec![br#"{"id": 3}"#, br#"{"id": 4}"#, br#"{"id": 5}"#];
+        assert_eq!(ids(&decoder.decode(&larger).unwrap()), [3, 4, 5]);
+        let with_bad: Vec<&[u8]> = vec![br#"{"id": 6}"#, br#"{"id": "seven"}"#, br#"{"id": 8"#];
+        let out = decoder.decode(&with_bad).unwrap();
+        assert_eq!((ids(&out), out.bad.len()), (vec![6], 2));
+        let last: Vec<&[u8]> = vec![br#"{"id": 9}"#];
+        assert_eq!(ids(&decoder.decode(&last).unwrap()), [9]);
     }
 
     /// A message: JSON objects with the declared keys and values of any

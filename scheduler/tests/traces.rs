@@ -96,6 +96,33 @@ task_create_time, task_end_time, job_id, task_id,number_of_instances, status, nu
 }
 
 #[test]
+fn alibaba_2018_batch_tasks_are_read_by_their_own_columns() {
+    // Given rows of the 2018 trace (no header, as it is published)
+    let csv = "\
+M1,10,j_3,1,Terminated,86517,86524,50.0,0.5
+R2_1,1,j_3,1,Terminated,86525,86530,100.0,1.0
+task_Nzg3ODAwNjgzODc3MjEzNjQ1Ng==,2,j_17,1,Running,86530,0,100.0,0.49
+M1,3,j_17,1,Terminated,86540,86600,,
+";
+    assert_eq!(trace::Format::guess("batch_task.csv", csv.lines().next().unwrap()), Some(trace::Format::AlibabaBatch));
+    assert_eq!(trace::Format::guess("tasks.csv", csv.lines().next().unwrap()), Some(trace::Format::AlibabaBatch));
+    // When read, then each finished task is an elastic gang on 4,034 nodes of 96 cores
+    let t = trace::parse_alibaba_batch("batch_task.csv", csv, None).unwrap();
+    assert_eq!((t.nodes.len(), t.nodes[0].capacity.cpu_millis), (4034, 96_000));
+    assert_eq!(t.skipped, BTreeMap::from([("no cpu request".into(), 1), ("not finished in the trace".into(), 1)]));
+    let names: Vec<&str> = t.jobs.iter().map(|j| j.spec.name.as_str()).collect();
+    assert_eq!(names, ["j_3/M1", "j_3/R2_1"]);
+    let first = &t.jobs[0];
+    assert_eq!((first.spec.max, first.submit, first.runtime), (10, 86_517_000, 7_000));
+    // plan_mem is a percentage of a node's memory
+    assert_eq!(first.spec.slot, Resources::new(500, trace::alibaba_2018_cluster()[0].capacity.memory_bytes / 200));
+    assert_eq!(first.spec.queue, "tenant-3");
+    // A row short of the 2018 columns is named by its line
+    let err = trace::parse_alibaba_batch("b.csv", "M1,10,j_3,1,Terminated,1,2,50,0.5\nM2,1,j_3\n", None).unwrap_err();
+    assert!(err.to_string().starts_with("b.csv:2: expected 9 comma-separated columns"), "{err}");
+}
+
+#[test]
 fn alibaba_openb_pods_carry_qos_and_gpus() {
     let nodes = trace::parse_openb_nodes(
         "nodes.csv",

@@ -22,6 +22,7 @@ use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::TableProvider;
 use datafusion::common::ParamValues;
+use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::ViewTable;
 use datafusion::datasource::listing::{ListingTable, ListingTableConfig, ListingTableUrl};
@@ -293,7 +294,10 @@ impl SqlEngine {
     pub async fn plan(&self, sql: &str, params: Option<ParamValues>) -> Result<LogicalPlan> {
         let plan = self.ctx.state().create_logical_plan(sql).await?;
         Ok(match params {
-            Some(p) => plan.with_param_values(p)?,
+            Some(p) => {
+                let p = fit_parameters(&plan, p)?;
+                plan.with_param_values(p)?
+            }
             None => plan,
         })
     }
@@ -589,9 +593,58 @@ pub fn is_worker_loss(e: &DataFusionError) -> bool {
     SIGNS.iter().any(|sign| text.contains(sign))
 }
 
+/// Parameter values as the statement's placeholders expect them, where
+/// the plan knows (an `INSERT`'s from its columns, a comparison's from the
+/// other side): a value of another type is cast (a client's Int64 into an
+/// Int32 column) or refused, naming the parameter. DataFusion binds them
+/// unchecked, so a string bound to a number column would otherwise only
+/// fail inside the file writer, or be compared as a string.
+pub fn fit_parameters(plan: &LogicalPlan, params: ParamValues) -> Result<ParamValues> {
+    let expected = plan.get_parameter_types()?;
+    let fit = |name: String, mut bound: ScalarAndMetadata| -> Result<ScalarAndMetadata> {
+        if let Some(Some(wanted)) = expected.get(&name)
+            && bound.value.data_type() != *wanted
+        {
+            let given = bound.value.data_type();
+            bound.value = bound.value.cast_to(wanted).map_err(|e| {
+                Error::Invalid(format!(
+                    "parameter {name}: a {given} value does not fit its place, which takes {wanted}: {e}"
+                ))
+            })?;
+        }
+        Ok(bound)
+    };
+    Ok(match params {
+        ParamValues::List(values) => ParamValues::List(
+            values.into_iter().enumerate().map(|(i, v)| fit(format!("${}", i + 1), v)).collect::<Result<_>>()?,
+        ),
+        ParamValues::Map(values) => ParamValues::Map(
+            values.into_iter().map(|(k, v)| Ok((k.clone(), fit(format!("${k}"), v)?))).collect::<Result<_>>()?,
+        ),
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use datafusion::common::ScalarValue;
+
     use super::*;
+
+    #[tokio::test]
+    async fn bound_parameters_are_cast_to_their_place_or_refused_by_name() {
+        let engine = SqlEngine::new(EngineSettings::default()).unwrap();
+        engine.apply_ddl("CREATE TABLE t (a INT, b VARCHAR)").await.unwrap();
+        let insert = "INSERT INTO t VALUES ($1, $2)";
+        let bound = |a: ScalarValue| Some(ParamValues::from(vec![a, ScalarValue::from("x")]));
+        // An Int64, as Python and JDBC clients send integers, into an INT column
+        let plan = engine.plan(insert, bound(ScalarValue::Int64(Some(7)))).await.unwrap();
+        assert!(plan.display_indent().to_string().contains("Int32(7)"), "{}", plan.display_indent());
+        // A string that is no number, refused before anything runs
+        let refused = engine.plan(insert, bound(ScalarValue::from("seven"))).await.unwrap_err().to_string();
+        assert!(refused.contains("parameter $1") && refused.contains("Int32"), "{refused}");
+        // Where the plan cannot tell a type, the value binds as it came
+        engine.plan("SELECT $1", bound(ScalarValue::from("seven"))).await.unwrap();
+    }
 
     fn def(name: &str, ddl: &str) -> TableDef {
         TableDef { name: name.into(), ddl: ddl.into() }

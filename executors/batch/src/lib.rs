@@ -49,7 +49,9 @@ pub mod tpch;
 mod worker;
 
 pub use channels::{CONNECT_TIMEOUT, Channels};
-pub use engine::{EngineSettings, Footprint, QueryOutcome, SqlEngine, WorkerSource, footprint, is_worker_loss};
+pub use engine::{
+    EngineSettings, Footprint, QueryOutcome, SqlEngine, WorkerSource, fit_parameters, footprint, is_worker_loss,
+};
 pub use output::{Staged, commit_all, discard_all};
 pub use statements::{CacheDef, CatalogChange, Statement, TableDef, classify, same_definition, split_statements};
 pub use stores::Stores;

@@ -5,7 +5,9 @@
 //! `max_records`, waiting at most `max_latency`), decode its JSON into
 //! Arrow, run the transform SQL over it (`FROM source`) in-process with
 //! DataFusion, hand the rows to the sink, and commit the offsets once the
-//! sink has made them safe. See [`member`] for the delivery rules.
+//! sink has made them safe. Decoding and the transform run on a second
+//! thread, one micro-batch behind the polling. See [`member`] for the
+//! delivery rules.
 //!
 //! - [`config`]: what a member runs (built by the spec parser, passed as
 //!   JSON), and its validation: the schema, the SQL against it;

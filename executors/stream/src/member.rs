@@ -25,7 +25,9 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use arrow::json::LineDelimitedWriter;
@@ -75,6 +77,11 @@ enum Sink {
 struct Delivery {
     sink: Sink,
     dead_letters: Option<KafkaSink>,
+    on_error: OnError,
+    transformer: Transformer,
+    /// The micro-batch the transform thread has, not yet in the sink.
+    in_flight: Option<InFlight>,
+    counters: Counters,
     /// Next offsets of records handed to the sink but not yet committed.
     pending: Offsets,
     made_safe: MadeSafe,
@@ -165,6 +172,43 @@ impl Delivery {
         Ok(())
     }
 
+    /// Hands the micro-batch the transform thread has to the sink, once
+    /// it is done with it; its offsets become pending.
+    fn finish_in_flight(&mut self, runtime: &Runtime) -> Result<()> {
+        let Some(in_flight) = self.in_flight.take() else { return Ok(()) };
+        let Transformed { polled, bad, out } = self.transformer.receive()?;
+        for (i, why) in &bad {
+            self.counters.bad += 1;
+            match (self.on_error, &mut self.dead_letters) {
+                (OnError::DeadLetter, Some(dlq)) => {
+                    dlq.send(polled.key(*i), polled.payload(*i), Some(("cohort.error", why)))?;
+                    self.counters.dead_lettered += 1;
+                }
+                (OnError::Fail, _) => {
+                    let (partition, offset) = polled.positions[*i];
+                    return Err(Error::BadRecord(format!("partition {partition} offset {offset}: {why}")));
+                }
+                _ => self.counters.skipped += 1,
+            }
+        }
+        self.counters.records_out += out.iter().map(|b| b.num_rows() as u64).sum::<u64>();
+        match &mut self.sink {
+            Sink::Parquet(p) => out.iter().try_for_each(|b| p.write(b))?,
+            Sink::Kafka(k) => out.iter().try_for_each(|b| send_json(k, b))?,
+            Sink::Store(live) if out.iter().any(|b| b.num_rows() > 0) => live.append(runtime, out, in_flight.ranges)?,
+            Sink::Store(_) => {}
+        }
+        // Only rows the sink took are its to make safe: a member
+        // that fails above is closed, and its revoke hook commits
+        // what is pending, which must not include these offsets.
+        self.pending_records += in_flight.polled;
+        for (partition, next) in in_flight.next_offsets {
+            let at = self.pending.entry(partition).or_insert(0);
+            *at = (*at).max(next);
+        }
+        Ok(())
+    }
+
     fn committed(&mut self) {
         if !self.pending.is_empty() {
             self.commits += 1;
@@ -173,6 +217,136 @@ impl Delivery {
         self.committed_records += self.pending_records;
         self.pending.clear();
         self.pending_records = 0;
+    }
+}
+
+/// A micro-batch copied out of the consumer's buffers (which only the
+/// polling thread may touch), for the transform thread.
+struct Polled {
+    payloads: Vec<u8>,
+    payload_ends: Vec<usize>,
+    keys: Vec<u8>,
+    key_spans: Vec<Option<(usize, usize)>>,
+    /// (partition, offset) of each record, to name a bad one.
+    positions: Vec<(i32, i64)>,
+}
+
+impl Polled {
+    /// Room for `messages`, so copying them moves each byte once.
+    fn with_capacity(messages: &[&BorrowedMessage]) -> Polled {
+        let (mut payload_bytes, mut key_bytes) = (0, 0);
+        for m in messages {
+            payload_bytes += m.payload_len();
+            key_bytes += m.key().map_or(0, <[u8]>::len);
+        }
+        Polled {
+            payloads: Vec::with_capacity(payload_bytes),
+            payload_ends: Vec::with_capacity(messages.len()),
+            keys: Vec::with_capacity(key_bytes),
+            key_spans: Vec::with_capacity(messages.len()),
+            positions: Vec::with_capacity(messages.len()),
+        }
+    }
+
+    fn push(&mut self, message: &BorrowedMessage) {
+        self.payloads.extend_from_slice(message.payload().unwrap_or_default());
+        self.payload_ends.push(self.payloads.len());
+        let key = message.key().map(|key| {
+            let start = self.keys.len();
+            self.keys.extend_from_slice(key);
+            (start, self.keys.len())
+        });
+        self.key_spans.push(key);
+        self.positions.push((message.partition(), message.offset()));
+    }
+
+    fn payload(&self, i: usize) -> &[u8] {
+        let start = if i == 0 { 0 } else { self.payload_ends[i - 1] };
+        &self.payloads[start..self.payload_ends[i]]
+    }
+
+    fn key(&self, i: usize) -> Option<&[u8]> {
+        self.key_spans[i].map(|(start, end)| &self.keys[start..end])
+    }
+
+    fn payloads(&self) -> Vec<&[u8]> {
+        (0..self.payload_ends.len()).map(|i| self.payload(i)).collect()
+    }
+}
+
+/// What a micro-batch in the transform thread's hands will commit.
+struct InFlight {
+    /// Records polled, the ones skipped as already held included.
+    polled: u64,
+    next_offsets: Offsets,
+    /// `[first, next)` per partition of the records kept (a live table's).
+    ranges: BTreeMap<i32, (i64, i64)>,
+}
+
+/// A micro-batch decoded and transformed, with what it was made from (a
+/// bad record is dead-lettered as it came).
+struct Transformed {
+    polled: Polled,
+    bad: Vec<(usize, String)>,
+    out: Vec<RecordBatch>,
+}
+
+/// The thread that decodes JSON and runs the transform, one micro-batch
+/// behind the polling thread: while it works on one, the member polls the
+/// next, so librdkafka's share of the work and ours overlap on two cores.
+/// One micro-batch at most is in its hands.
+struct Transformer {
+    to_thread: Option<SyncSender<Polled>>,
+    from_thread: Receiver<Result<Transformed>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Transformer {
+    fn start(mut decoder: JsonDecoder, sql: Option<String>) -> Result<Transformer> {
+        let invalid = |e: std::io::Error| Error::Invalid { field: "runtime".into(), message: e.to_string() };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(invalid)?;
+        let (to_thread, inbox) = sync_channel::<Polled>(1);
+        let (outbox, from_thread) = sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("transform".into())
+            .spawn(move || {
+                // One micro-batch is one partition: no repartitioning across threads.
+                let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
+                for polled in inbox {
+                    let transformed = decoder.decode(&polled.payloads()).map_err(Error::from).and_then(|decoded| {
+                        let out = transform(&runtime, &ctx, sql.as_deref(), decoded.batch)?;
+                        Ok(Transformed { polled, bad: decoded.bad, out })
+                    });
+                    if outbox.send(transformed).is_err() {
+                        return;
+                    }
+                }
+            })
+            .map_err(invalid)?;
+        Ok(Transformer { to_thread: Some(to_thread), from_thread, thread: Some(thread) })
+    }
+
+    fn send(&self, polled: Polled) -> Result<()> {
+        let to_thread = self.to_thread.as_ref().expect("the transform thread runs until the member drops it");
+        to_thread.send(polled).map_err(|_| self.died())
+    }
+
+    fn receive(&self) -> Result<Transformed> {
+        self.from_thread.recv().map_err(|_| self.died())?
+    }
+
+    fn died(&self) -> Error {
+        Error::Invalid { field: "transform".into(), message: "the transform thread died".into() }
+    }
+}
+
+impl Drop for Transformer {
+    fn drop(&mut self) {
+        // Closing its inbox ends the thread's loop.
+        self.to_thread = None;
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -259,6 +433,10 @@ pub fn run(
     let delivery = Arc::new(Mutex::new(Delivery {
         sink,
         dead_letters,
+        on_error: config.on_error,
+        transformer: Transformer::start(decoder, config.sql.clone())?,
+        in_flight: None,
+        counters: Counters::default(),
         pending: Offsets::new(),
         made_safe: MadeSafe::default(),
         pending_records: 0,
@@ -270,15 +448,15 @@ pub fn run(
         let (delivery, runtime, topic) = (delivery.clone(), runtime.clone(), config.topic.clone());
         source.on_revoke(Box::new(move |consumer| {
             let mut d = delivery.lock().expect("delivery lock");
+            if let Err(e) = d.finish_in_flight(&runtime) {
+                d.broken.get_or_insert_with(|| e.to_string());
+            }
             if let Err(e) = d.settle(&runtime, true, consumer, &topic) {
                 tracing::warn!(error = %e, "could not settle before a rebalance; the next owner re-reads");
             }
         }));
     }
-    // One member is one core: no repartitioning of a micro-batch across threads.
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));
-    let mut counters = Counters::default();
-    let mut reported = (Instant::now(), counters.clone());
+    let mut reported = (Instant::now(), Counters::default());
     tracing::info!(pipeline = %config.name, member = id, topic = %config.topic, group = %config.group, "member started");
 
     loop {
@@ -286,81 +464,60 @@ pub fn run(
         if !stopping {
             // The revoke hook may run in here: the delivery lock is not held.
             let messages = source.poll_batch(config.max_records, config.max_latency());
-            if !messages.is_empty() {
-                counters.records_in += messages.len() as u64;
-                let mut d = delivery.lock().expect("delivery lock");
+            let mut d = delivery.lock().expect("delivery lock");
+            let d = &mut *d;
+            if messages.is_empty() {
+                d.finish_in_flight(&runtime)?;
+            } else {
+                d.counters.records_in += messages.len() as u64;
                 // What the sink holds already is not written again.
-                let d = &mut *d;
                 let kept: Vec<&BorrowedMessage> = match &mut d.sink {
-                    Sink::Store(live) => {
+                    Sink::Store(_) => {
+                        // The table's offsets are read with its appends all made.
+                        d.finish_in_flight(&runtime)?;
+                        let Sink::Store(live) = &mut d.sink else { unreachable!("matched above") };
                         live.sync(&runtime, source.assigned())?;
                         messages.iter().filter(|m| !live.holds(m.partition(), m.offset())).collect()
                     }
                     _ => messages.iter().filter(|m| !d.made_safe.holds(m.partition(), m.offset())).collect(),
                 };
-                counters.replayed += (messages.len() - kept.len()) as u64;
-                let payloads: Vec<&[u8]> = kept.iter().map(|m| m.payload().unwrap_or_default()).collect();
-                let decoded = decoder.decode(&payloads)?;
-                for (i, why) in &decoded.bad {
-                    counters.bad += 1;
-                    let m = kept[*i];
-                    match (config.on_error, &mut d.dead_letters) {
-                        (OnError::DeadLetter, Some(dlq)) => {
-                            dlq.send(m.key(), payloads[*i], Some(("cohort.error", why)))?;
-                            counters.dead_lettered += 1;
-                        }
-                        (OnError::Fail, _) => {
-                            return Err(Error::BadRecord(format!(
-                                "partition {} offset {}: {why}",
-                                m.partition(),
-                                m.offset()
-                            )));
-                        }
-                        _ => counters.skipped += 1,
-                    }
+                d.counters.replayed += (messages.len() - kept.len()) as u64;
+                let mut polled = Polled::with_capacity(&kept);
+                let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+                for m in &kept {
+                    polled.push(m);
+                    let range = ranges.entry(m.partition()).or_insert((m.offset(), m.offset() + 1));
+                    *range = (range.0.min(m.offset()), range.1.max(m.offset() + 1));
                 }
-                let mut next_offsets: BTreeMap<i32, i64> = BTreeMap::new();
+                let mut next_offsets = Offsets::new();
                 for m in &messages {
                     let next = next_offsets.entry(m.partition()).or_insert(0);
                     *next = (*next).max(m.offset() + 1);
                 }
-                let polled = messages.len() as u64;
-                let mut ranges: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
-                for m in &kept {
-                    let range = ranges.entry(m.partition()).or_insert((m.offset(), m.offset() + 1));
-                    *range = (range.0.min(m.offset()), range.1.max(m.offset() + 1));
-                }
+                let in_flight = InFlight { polled: messages.len() as u64, next_offsets, ranges };
                 drop(kept);
                 drop(messages);
-                let out = transform(&runtime, &ctx, config.sql.as_deref(), decoded.batch)?;
-                counters.records_out += out.iter().map(|b| b.num_rows() as u64).sum::<u64>();
-                match &mut d.sink {
-                    Sink::Parquet(p) => out.iter().try_for_each(|b| p.write(b))?,
-                    Sink::Kafka(k) => out.iter().try_for_each(|b| send_json(k, b))?,
-                    Sink::Store(live) if out.iter().any(|b| b.num_rows() > 0) => live.append(&runtime, out, ranges)?,
-                    Sink::Store(_) => {}
-                }
-                // Only rows the sink took are its to make safe: a member
-                // that fails above is closed, and its revoke hook commits
-                // what is pending, which must not include these offsets.
-                d.pending_records += polled;
-                for (partition, next) in next_offsets {
-                    let at = d.pending.entry(partition).or_insert(0);
-                    *at = (*at).max(next);
-                }
+                // The previous micro-batch goes to the sink, this one to the transform thread.
+                d.finish_in_flight(&runtime)?;
+                d.transformer.send(polled)?;
+                d.in_flight = Some(in_flight);
             }
         }
-        {
+        let counters = {
             let mut d = delivery.lock().expect("delivery lock");
+            if stopping {
+                d.finish_in_flight(&runtime)?;
+            }
             if !d.pending.is_empty() {
                 // Offsets of partitions lost in a rebalance are the new owner's to commit.
                 let held = source.assigned();
                 d.pending.retain(|p, _| held.contains(p));
             }
             d.settle(&runtime, stopping, source.consumer(), &config.topic)?;
-            counters.commits = d.commits;
+            d.counters.commits = d.commits;
             committed.store(d.committed_records, Ordering::SeqCst);
-        }
+            d.counters.clone()
+        };
         if reported.0.elapsed() >= REPORT_EVERY || stopping {
             report(&config.name, id, &reported, &counters);
             reported = (Instant::now(), counters.clone());

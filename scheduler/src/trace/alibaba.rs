@@ -1,11 +1,16 @@
 //! Alibaba's public cluster traces.
 //!
-//! - `batch_task.csv` of cluster-trace-v2017: a task is a set of identical
+//! - `batch_task.csv` of cluster-trace-v2017 and of cluster-trace-v2018
+//!   (told apart by their columns): a task is a set of identical
 //!   instances, read as an elastic gang (min 1, max = completions = the
-//!   instance count; each instance runs the task's duration). The trace
-//!   names no machines: the cluster is 1,300 nodes of 64 cores and
-//!   128 GiB unless `--cluster` says otherwise, and `plan_mem` is a
-//!   fraction of that node memory.
+//!   instance count; each instance runs the task's duration). The traces
+//!   name no machines: the cluster is 1,300 nodes of 64 cores and 128 GiB
+//!   for 2017 and 4,034 nodes of 96 cores for 2018 unless `--cluster`
+//!   says otherwise; `plan_mem` is a fraction (2017) or a percentage
+//!   (2018) of that node memory. The 2018 trace's task names carry the
+//!   job's DAG (`R3_1_2` waits for tasks 1 and 2); its start times already
+//!   follow it, so a task arrives at its start time and the DAG is not
+//!   enforced again.
 //! - `openb_pod_list_*.csv` of cluster-trace-gpu-v2023: a pod is a one-slot
 //!   gang with cpu, memory and GPUs (scalar slot 0, in thousandths of a
 //!   GPU); QoS gives the class (`LS`, `Guaranteed` → service; `Burstable`
@@ -22,10 +27,22 @@ use crate::trace::{Trace, TraceError, TraceJob, secs};
 pub const ALIBABA_2017_NODE_MEMORY: u64 = 128 << 30;
 /// Default cluster for the 2017 batch trace.
 pub fn alibaba_2017_cluster() -> Vec<NodeSpec> {
-    (0..1300)
+    uniform_cluster(1300, 64_000, ALIBABA_2017_NODE_MEMORY)
+}
+
+/// The 2018 trace gives memory only as a percentage of a machine's, so
+/// this size is nominal: decisions depend on the percentages alone.
+pub const ALIBABA_2018_NODE_MEMORY: u64 = 512 << 30;
+/// Default cluster for the 2018 batch trace: its 4,034 machines of 96 cores.
+pub fn alibaba_2018_cluster() -> Vec<NodeSpec> {
+    uniform_cluster(4034, 96_000, ALIBABA_2018_NODE_MEMORY)
+}
+
+fn uniform_cluster(nodes: usize, millicores: u64, memory: u64) -> Vec<NodeSpec> {
+    (0..nodes)
         .map(|i| NodeSpec {
             name: format!("m{i}"),
-            capacity: Resources::new(64_000, ALIBABA_2017_NODE_MEMORY),
+            capacity: Resources::new(millicores, memory),
             labels: BTreeMap::new(),
         })
         .collect()
@@ -34,24 +51,79 @@ pub fn alibaba_2017_cluster() -> Vec<NodeSpec> {
 /// A task with more instances than this is refused (one gang of that many slots).
 const MAX_TASK_INSTANCES: f64 = 1_000_000.0;
 
-/// Tenants the 2017 batch jobs are hashed into (the trace has none).
+/// Tenants the batch jobs are hashed into (the traces have none).
 const TENANTS: u64 = 8;
 
+/// Which release of `batch_task.csv` a file is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Layout {
+    /// `task_create_time,task_end_time,job_id,task_id,instances,status,plan_cpu,plan_mem`
+    V2017,
+    /// `task_name,instance_num,job_name,task_type,status,start_time,end_time,plan_cpu,plan_mem`
+    V2018,
+}
+
+impl Layout {
+    fn columns(self) -> usize {
+        match self {
+            Layout::V2017 => 8,
+            Layout::V2018 => 9,
+        }
+    }
+}
+
+fn is_header(line: &str) -> bool {
+    line.starts_with("task_create_time") || line.starts_with("task_name")
+}
+
+/// The layout of the first row: 2017's starts with a time, 2018's with a task name.
+fn layout_of(text: &str) -> Layout {
+    let first = text.lines().find(|l| !l.trim().is_empty() && !is_header(l)).unwrap_or("");
+    let fields: Vec<&str> = first.split(',').map(str::trim).collect();
+    if fields.len() >= 9 && fields[0].parse::<f64>().is_err() { Layout::V2018 } else { Layout::V2017 }
+}
+
+/// One row, whichever the layout.
+struct Row<'a> {
+    arrival: f64,
+    end: f64,
+    job: &'a str,
+    task: &'a str,
+    instances: f64,
+    /// Hundredths of a core.
+    plan_cpu: f64,
+    /// Fraction of a node's memory.
+    plan_mem: f64,
+}
+
 pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result<Trace, TraceError> {
+    let layout = layout_of(text);
+    let default_cluster = match layout {
+        Layout::V2017 => alibaba_2017_cluster,
+        Layout::V2018 => alibaba_2018_cluster,
+    };
     let mut trace =
-        Trace { format: "alibaba-batch".into(), nodes: nodes.unwrap_or_else(alibaba_2017_cluster), ..Trace::default() };
+        Trace { format: "alibaba-batch".into(), nodes: nodes.unwrap_or_else(default_cluster), ..Trace::default() };
     let node_memory = trace.nodes.iter().map(|n| n.capacity.memory_bytes).max().unwrap_or(ALIBABA_2017_NODE_MEMORY);
     for (i, line) in text.lines().enumerate() {
         let line_no = i + 1;
-        if line.trim().is_empty() || line.starts_with("task_create_time") {
+        if line.trim().is_empty() || is_header(line) {
             continue;
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        if f.len() < 8 {
+        if f.len() < layout.columns() {
+            let first = match layout {
+                Layout::V2017 => "the 2017 trace's `task_create_time,task_end_time,job_id,task_id,...`",
+                Layout::V2018 => "the 2018 trace's `task_name,instance_num,job_name,task_type,...`",
+            };
             return Err(TraceError::line(
                 file,
                 line_no,
-                format!("expected 8 comma-separated columns, found {}", f.len()),
+                format!(
+                    "expected {} comma-separated columns, as in the first row ({first}), found {}",
+                    layout.columns(),
+                    f.len()
+                ),
             ));
         }
         let num = |k: usize, what: &str| -> Result<f64, TraceError> {
@@ -59,58 +131,101 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
                 TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k]))
             })
         };
-        if f[6].is_empty() {
+        let (cpu_column, mem_column) = match layout {
+            Layout::V2017 => (6, 7),
+            Layout::V2018 => (7, 8),
+        };
+        if f[cpu_column].is_empty() {
             trace.skip("no cpu request");
             continue;
         }
-        let create = num(0, "task_create_time")?;
-        let end = num(1, "task_end_time")?;
-        let job = num(2, "job_id")? as u64;
-        let task = num(3, "task_id")? as u64;
-        let instances = num(4, "number_of_instances")?;
-        let plan_cpu = num(6, "plan_cpu")?;
-        let plan_mem = if f[7].is_empty() { 0.0 } else { num(7, "plan_mem")? };
-        if instances < 1.0 {
+        let plan_mem = if f[mem_column].is_empty() { 0.0 } else { num(mem_column, "plan_mem")? };
+        let row = match layout {
+            Layout::V2017 => Row {
+                arrival: num(0, "task_create_time")?,
+                end: num(1, "task_end_time")?,
+                job: f[2],
+                task: f[3],
+                instances: num(4, "number_of_instances")?,
+                plan_cpu: num(6, "plan_cpu")?,
+                plan_mem,
+            },
+            Layout::V2018 => Row {
+                arrival: num(5, "start_time")?,
+                end: num(6, "end_time")?,
+                job: f[2],
+                task: f[0],
+                instances: num(1, "instance_num")?,
+                plan_cpu: num(7, "plan_cpu")?,
+                plan_mem: plan_mem / 100.0,
+            },
+        };
+        if layout == Layout::V2017 {
+            // Ids are numbers in 2017's rows.
+            num(2, "job_id")?;
+            num(3, "task_id")?;
+        }
+        if row.instances < 1.0 {
             trace.skip("no instances");
             continue;
         }
-        if plan_cpu <= 0.0 {
+        if row.plan_cpu <= 0.0 {
             trace.skip("no cpu request");
             continue;
         }
-        let duration = end - create;
+        if layout == Layout::V2018 && row.end <= 0.0 {
+            trace.skip("not finished in the trace");
+            continue;
+        }
+        let duration = row.end - row.arrival;
         if duration < 0.0 {
             trace.skip("negative runtime");
             continue;
         }
-        if instances > MAX_TASK_INSTANCES {
+        if row.instances > MAX_TASK_INSTANCES {
             return Err(TraceError::line(
                 file,
                 line_no,
-                format!("the task has {instances} instances; at most {MAX_TASK_INSTANCES} are read"),
+                format!("the task has {} instances; at most {MAX_TASK_INSTANCES} are read", row.instances),
             ));
         }
-        let n = instances as u32;
-        let slot = Resources::new((plan_cpu * 10.0).round() as u64, (plan_mem * node_memory as f64).round() as u64);
+        let n = row.instances as u32;
+        let slot =
+            Resources::new((row.plan_cpu * 10.0).round() as u64, (row.plan_mem * node_memory as f64).round() as u64);
         let runtime = secs(duration.max(1.0));
+        let (id, name) = match layout {
+            Layout::V2017 => (num(3, "task_id")? as u64, format!("job-{}/task-{}", row.job, row.task)),
+            // Task names repeat across jobs: the row is the id.
+            Layout::V2018 => (line_no as u64, format!("{}/{}", row.job, row.task)),
+        };
         let spec = GangSpec {
-            name: format!("job-{job}/task-{task}"),
+            name,
             slot,
             min: 1,
             max: n,
             completions: Some(n),
             priority: "batch".into(),
-            queue: format!("tenant-{}", job % TENANTS),
+            queue: format!("tenant-{}", tenant_of(row.job)),
             constraints: Default::default(),
             locality: Vec::new(),
             estimated_runtime: Some(runtime),
             max_attempts: 1,
             restart: crate::model::Restart::OnFailure,
         };
-        trace.jobs.push(TraceJob { id: task, submit: secs(create.max(0.0)), runtime, spec });
+        trace.jobs.push(TraceJob { id, submit: secs(row.arrival.max(0.0)), runtime, spec });
     }
     trace.sort();
     Ok(trace)
+}
+
+/// The tenant a job is hashed into: by its number (`3`, `j_3`), else by
+/// its name's bytes (FNV-1a), so a replay is the same on every machine.
+fn tenant_of(job: &str) -> u64 {
+    let digits = job.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let key = digits.parse::<u64>().unwrap_or_else(|_| {
+        job.bytes().fold(0xcbf2_9ce4_8422_2325, |h: u64, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    });
+    key % TENANTS
 }
 
 /// Reads the openb node list: `sn,cpu_milli,memory_mib,gpu,model`.

@@ -18,7 +18,9 @@ use serde::Serialize;
 
 use crate::model::{GangSpec, NodeSpec, PriorityClass, Time};
 
-pub use alibaba::{alibaba_2017_cluster, parse_alibaba_batch, parse_alibaba_openb, parse_openb_nodes};
+pub use alibaba::{
+    alibaba_2017_cluster, alibaba_2018_cluster, parse_alibaba_batch, parse_alibaba_openb, parse_openb_nodes,
+};
 pub use generate::{GenerateOptions, generate};
 pub use jsonl::{parse_jsonl, write_jsonl};
 pub use swf::{parse_swf, parse_swf_machines};
@@ -86,7 +88,11 @@ impl Format {
             Some(Format::Swf)
         } else if file_name.ends_with(".jsonl") || first.starts_with('{') {
             Some(Format::Jsonl)
-        } else if first.starts_with("task_create_time") {
+        } else if file_name.ends_with("batch_task.csv")
+            || first.starts_with("task_create_time")
+            || first.starts_with("task_name,")
+            || is_batch_task_row(first)
+        {
             Some(Format::AlibabaBatch)
         } else if first.starts_with("name,cpu_milli") {
             Some(Format::AlibabaOpenb)
@@ -94,6 +100,19 @@ impl Format {
             None
         }
     }
+}
+
+/// A headerless row of Alibaba's `batch_task.csv`: a task status in the
+/// 6th column of 8 (2017) or the 5th of 9 (2018).
+fn is_batch_task_row(line: &str) -> bool {
+    const STATUSES: [&str; 7] = ["Terminated", "Failed", "Waiting", "Running", "Ready", "Cancelled", "Interrupted"];
+    let fields: Vec<&str> = line.split(',').map(str::trim).collect();
+    let status = match fields.len() {
+        8 => fields[5],
+        9 => fields[4],
+        _ => return false,
+    };
+    STATUSES.contains(&status)
 }
 
 /// Why a trace could not be read.

@@ -79,6 +79,79 @@ fn numbered_placeholders(sql: &str) -> String {
     out
 }
 
+/// At most this many rows of parameters go into one `INSERT` (one job, one file).
+const ROWS_PER_INSERT: usize = 4096;
+
+/// `INSERT ... VALUES (<one row of $1..$P>)` for `rows` rows of parameters
+/// at once: the row repeated with its placeholders numbered on (`$P+1`..
+/// `$2P` for the second, and so on), and P. So `executemany` writes one
+/// job and one file per few thousand rows instead of one per row. `None`
+/// for any other statement (it runs once per row), or where placeholders
+/// are not all `$n` inside the one row.
+fn insert_for_rows(sql: &str, rows: usize) -> Option<(String, usize)> {
+    use datafusion::sql::sqlparser::ast::{Expr, SetExpr, Statement as Ast, Value, visit_expressions_mut};
+    use datafusion::sql::sqlparser::{dialect::GenericDialect, parser::Parser};
+
+    if rows < 2 {
+        return None;
+    }
+    let mut statements = Parser::parse_sql(&GenericDialect {}, sql).ok()?;
+    let [Ast::Insert(insert)] = statements.as_mut_slice() else { return None };
+    let in_statement = placeholder_numbers(&*insert)?;
+    let SetExpr::Values(values) = insert.source.as_mut()?.body.as_mut() else { return None };
+    let [row] = values.rows.as_slice() else { return None };
+    let in_row = placeholder_numbers(&row.content)?;
+    let per_row = *in_row.iter().max()?;
+    if in_row.len() != in_statement.len() {
+        return None;
+    }
+    let row = row.clone();
+    values.rows = (0..rows)
+        .map(|i| {
+            let mut copy = row.clone();
+            let _ = visit_expressions_mut(&mut copy.content, |e| {
+                if let Expr::Value(v) = e
+                    && let Value::Placeholder(name) = &v.value
+                    && let Some(n) = placeholder_number(name)
+                {
+                    v.value = Value::Placeholder(format!("${}", n + i * per_row));
+                }
+                std::ops::ControlFlow::<()>::Continue(())
+            });
+            copy
+        })
+        .collect();
+    Some((statements[0].to_string(), per_row))
+}
+
+/// `n` of a placeholder `$n`.
+fn placeholder_number(name: &str) -> Option<usize> {
+    name.strip_prefix('$')?.parse().ok()
+}
+
+/// The numbers of the placeholders under `node`; `None` if one is not `$n`.
+fn placeholder_numbers<V: datafusion::sql::sqlparser::ast::Visit>(node: &V) -> Option<Vec<usize>> {
+    use std::ops::ControlFlow;
+
+    use datafusion::sql::sqlparser::ast::{Expr, Value, visit_expressions};
+
+    let mut numbers = Vec::new();
+    let flow = visit_expressions(node, |e| match e {
+        Expr::Value(v) => match &v.value {
+            Value::Placeholder(name) => match placeholder_number(name) {
+                Some(n) => {
+                    numbers.push(n);
+                    ControlFlow::Continue(())
+                }
+                None => ControlFlow::Break(()),
+            },
+            _ => ControlFlow::Continue(()),
+        },
+        _ => ControlFlow::Continue(()),
+    });
+    flow.is_continue().then_some(numbers)
+}
+
 /// The service, ready for a tonic server.
 pub fn service(front: Arc<SqlFront>) -> FlightServiceServer<FlightSql> {
     FlightServiceServer::new(FlightSql { front }).max_decoding_message_size(64 << 20)
@@ -213,17 +286,19 @@ fn params_from(batches: &[RecordBatch]) -> Result<ParamValues, Status> {
         .map(|(f, c)| ScalarValue::try_from_array(c, 0).map(|v| (f.name().clone(), v)))
         .collect::<Result<_, _>>()
         .map_err(|e| Status::invalid_argument(format!("bad parameter value: {e}")))?;
-    // Clients name positional parameters `$1`, `1`, `0` or nothing; only
-    // names that are all words bind by name.
-    let positional =
-        values.iter().any(|(name, _)| name.is_empty() || name.trim_start_matches('$').parse::<usize>().is_ok());
-    Ok(if positional {
+    Ok(if binds_by_position(&batch.schema()) {
         ParamValues::from(values.into_iter().map(|(_, v)| v).collect::<Vec<_>>())
     } else {
         ParamValues::from(
             values.into_iter().map(|(k, v)| (k.trim_start_matches('$').to_string(), v)).collect::<Vec<_>>(),
         )
     })
+}
+
+/// Clients name positional parameters `$1`, `1`, `0` or nothing; only
+/// names that are all words bind by name.
+fn binds_by_position(parameters: &Schema) -> bool {
+    parameters.fields().iter().any(|f| f.name().is_empty() || f.name().trim_start_matches('$').parse::<usize>().is_ok())
 }
 
 /// The schema clients see: view types (DataFusion's internal string and
@@ -424,10 +499,13 @@ impl FlightSql {
     }
 
     async fn update(&self, handle: Handle) -> Result<i64, Status> {
-        let params = handle.param_values()?;
-        match self.front.describe(&handle.sql, params.clone()).await.map_err(st)? {
+        self.update_with(&handle.sql, handle.param_values()?).await
+    }
+
+    async fn update_with(&self, sql: &str, params: Option<ParamValues>) -> Result<i64, Status> {
+        match self.front.describe(sql, params.clone()).await.map_err(st)? {
             Described::Effect(statement) => {
-                Ok(self.front.execute(&handle.sql, statement, params).await.map_err(st)?.unwrap_or(0) as i64)
+                Ok(self.front.execute(sql, statement, params).await.map_err(st)?.unwrap_or(0) as i64)
             }
             Described::Query(_) => {
                 Err(Status::invalid_argument("this statement is a query: run it as one to read its rows"))
@@ -537,6 +615,45 @@ impl FlightSqlService for FlightSql {
             return self.update(handle).await;
         }
         let mut changed = 0;
+        let batched = batches.first().filter(|b| binds_by_position(&b.schema())).and_then(|first| {
+            let columns = first.num_columns();
+            let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
+            insert_for_rows(&handle.sql, rows.min(ROWS_PER_INSERT))
+                .filter(|(_, per_row)| *per_row == columns && batches.iter().all(|b| b.num_columns() == columns))
+        });
+        if batched.is_some() {
+            // Each row's values fitted to the statement's types (so a bad one
+            // is named by its row), then a few thousand rows to a statement.
+            let plan = self.front.engine().plan(&handle.sql, None).await.map_err(st)?;
+            let (mut values, mut numbered) = (Vec::new(), 0);
+            for (i, batch) in batches.iter().enumerate() {
+                for row in 0..batch.num_rows() {
+                    numbered += 1;
+                    let row_values = batch
+                        .columns()
+                        .iter()
+                        .map(|column| ScalarValue::try_from_array(column, row))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|e| Status::invalid_argument(format!("row {numbered}: bad parameter value: {e}")))?;
+                    let ParamValues::List(fitted) = cohort_batch::fit_parameters(&plan, ParamValues::from(row_values))
+                        .map_err(|e| Status::invalid_argument(format!("row {numbered}: {e}")))?
+                    else {
+                        unreachable!("a list stays a list")
+                    };
+                    values.extend(fitted);
+                    let last = i + 1 == batches.len() && row + 1 == batch.num_rows();
+                    if values.len() == ROWS_PER_INSERT * batch.num_columns() || last {
+                        let rows = values.len() / batch.num_columns();
+                        let sql = match insert_for_rows(&handle.sql, rows) {
+                            Some((sql, _)) => sql,
+                            None => handle.sql.clone(),
+                        };
+                        changed += self.update_with(&sql, Some(ParamValues::List(std::mem::take(&mut values)))).await?;
+                    }
+                }
+            }
+            return Ok(changed);
+        }
         for batch in &batches {
             for row in 0..batch.num_rows() {
                 let params = Some(ipc_stream(&batch.schema(), &[batch.slice(row, 1)])?);
@@ -820,6 +937,32 @@ mod tests {
         assert_eq!(numbered_placeholders("SELECT ?2, ?1"), "SELECT $2, $1");
         assert_eq!(numbered_placeholders("SELECT $1"), "SELECT $1");
         assert_eq!(numbered_placeholders("SELECT 'unterminated ?"), "SELECT 'unterminated ?");
+    }
+
+    #[test]
+    fn an_insert_of_one_row_of_parameters_takes_many_rows_at_once() {
+        assert_eq!(
+            insert_for_rows("INSERT INTO t VALUES ($1, $2 + 1)", 3),
+            Some(("INSERT INTO t VALUES ($1, $2 + 1), ($3, $4 + 1), ($5, $6 + 1)".to_string(), 2))
+        );
+        assert_eq!(
+            insert_for_rows("insert into t (b, a) values ($2, $1)", 2),
+            Some(("INSERT INTO t (b, a) VALUES ($2, $1), ($4, $3)".to_string(), 2))
+        );
+        // Run once per row instead: placeholders outside the row, named
+        // ones, a query as the source, two rows already, other statements
+        for sql in [
+            "INSERT INTO t SELECT $1",
+            "INSERT INTO t VALUES ($1), ($2)",
+            "INSERT INTO t VALUES ($a)",
+            "INSERT INTO t VALUES (1)",
+            "DELETE FROM t WHERE a = $1",
+            "INSERT INTO t VALUES ($1); INSERT INTO u VALUES ($1)",
+            "not sql",
+        ] {
+            assert_eq!(insert_for_rows(sql, 2), None, "{sql}");
+        }
+        assert_eq!(insert_for_rows("INSERT INTO t VALUES ($1)", 1), None, "one row needs no rewriting");
     }
 
     #[test]
