@@ -33,6 +33,7 @@ use arrow_flight::{
 };
 use bytes::Bytes;
 use cohort_batch::{Error as SqlError, Statement};
+use datafusion::common::metadata::ScalarAndMetadata;
 use datafusion::common::{ParamValues, ScalarValue};
 use datafusion::error::DataFusionError;
 use datafusion::logical_expr::TableType;
@@ -502,6 +503,16 @@ impl FlightSql {
         self.update_with(&handle.sql, handle.param_values()?).await
     }
 
+    /// `sql`, an `INSERT` of one row of `per_row` placeholders, for all
+    /// the rows `values` hold, as one statement.
+    async fn insert_rows(&self, sql: &str, per_row: usize, values: Vec<ScalarAndMetadata>) -> Result<i64, Status> {
+        let sql = match insert_for_rows(sql, values.len() / per_row) {
+            Some((sql, _)) => sql,
+            None => sql.to_string(),
+        };
+        self.update_with(&sql, Some(ParamValues::List(values))).await
+    }
+
     async fn update_with(&self, sql: &str, params: Option<ParamValues>) -> Result<i64, Status> {
         match self.front.describe(sql, params.clone()).await.map_err(st)? {
             Described::Effect(statement) => {
@@ -626,7 +637,7 @@ impl FlightSqlService for FlightSql {
             // is named by its row), then a few thousand rows to a statement.
             let plan = self.front.engine().plan(&handle.sql, None).await.map_err(st)?;
             let (mut values, mut numbered) = (Vec::new(), 0);
-            for (i, batch) in batches.iter().enumerate() {
+            for batch in &batches {
                 for row in 0..batch.num_rows() {
                     numbered += 1;
                     let row_values = batch
@@ -641,16 +652,14 @@ impl FlightSqlService for FlightSql {
                         unreachable!("a list stays a list")
                     };
                     values.extend(fitted);
-                    let last = i + 1 == batches.len() && row + 1 == batch.num_rows();
-                    if values.len() == ROWS_PER_INSERT * batch.num_columns() || last {
-                        let rows = values.len() / batch.num_columns();
-                        let sql = match insert_for_rows(&handle.sql, rows) {
-                            Some((sql, _)) => sql,
-                            None => handle.sql.clone(),
-                        };
-                        changed += self.update_with(&sql, Some(ParamValues::List(std::mem::take(&mut values)))).await?;
+                    if values.len() == ROWS_PER_INSERT * batch.num_columns() {
+                        changed +=
+                            self.insert_rows(&handle.sql, batch.num_columns(), std::mem::take(&mut values)).await?;
                     }
                 }
+            }
+            if let Some(first) = batches.first().filter(|_| !values.is_empty()) {
+                changed += self.insert_rows(&handle.sql, first.num_columns(), values).await?;
             }
             return Ok(changed);
         }
