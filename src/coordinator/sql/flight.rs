@@ -612,9 +612,11 @@ impl FlightSqlService for FlightSql {
         self.update(Handle { sql: command.query, ..Default::default() }).await
     }
 
-    /// Runs the statement once per row of parameters the client sent with
-    /// it (ADBC's `executemany`, JDBC's batches), or once with those bound
-    /// before (or none), and answers the rows changed in all.
+    /// Runs the statement for each row of parameters the client sent with
+    /// it (ADBC's `executemany`, JDBC's batches): an `INSERT ... VALUES` of
+    /// one row as one multi-row `INSERT` per `ROWS_PER_INSERT` rows, any
+    /// other once per row; or once with the parameters bound before (or
+    /// none). Answers the rows changed in all.
     async fn do_put_prepared_statement_update(
         &self,
         query: CommandPreparedStatementUpdate,
