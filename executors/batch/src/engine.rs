@@ -418,11 +418,18 @@ impl SqlEngine {
     /// ([`crate::readers`]).
     pub async fn run(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
         let ticket = self.in_flight.enter();
+        let insert_into = InsertTarget::of(&plan);
         let mut outcome = self.run_unheld(plan, source).await?;
         let schema = outcome.stream.schema();
-        let rows = outcome.stream.inspect(move |_| {
-            let _running = &ticket;
-        });
+        let rows = outcome
+            .stream
+            .inspect(move |_| {
+                let _running = &ticket;
+            })
+            .map_err(move |e| match &insert_into {
+                Some(target) => target.name_refused_null(e),
+                None => e,
+            });
         outcome.stream = Box::pin(RecordBatchStreamAdapter::new(schema, rows));
         Ok(outcome)
     }
@@ -593,6 +600,40 @@ pub fn is_worker_loss(e: &DataFusionError) -> bool {
     SIGNS.iter().any(|sign| text.contains(sign))
 }
 
+/// The table an `INSERT` writes, to name what it refuses.
+struct InsertTarget {
+    table: String,
+    columns: Vec<String>,
+}
+
+impl InsertTarget {
+    fn of(plan: &LogicalPlan) -> Option<InsertTarget> {
+        let LogicalPlan::Dml(dml) = plan else { return None };
+        let columns = dml.target.schema().fields().iter().map(|f| f.name().clone()).collect();
+        Some(InsertTarget { table: dml.table_name.to_string(), columns })
+    }
+
+    /// DataFusion refuses a NULL for a non-nullable column by its position
+    /// in the table (`Invalid batch column at '1' has null but schema
+    /// specifies non-nullable`), also when the refusal comes back from a
+    /// worker as text: this names the column.
+    fn name_refused_null(&self, e: DataFusionError) -> DataFusionError {
+        let message = e.to_string();
+        let position = message
+            .contains("has null but schema specifies non-nullable")
+            .then(|| message.split("column at '").nth(1)?.split('\'').next()?.parse::<usize>().ok())
+            .flatten();
+        match position.and_then(|i| self.columns.get(i)) {
+            Some(column) => DataFusionError::Execution(format!(
+                "INSERT INTO {}: a row has NULL in column `{column}`, which the table declares non-nullable \
+                 (as its files do)",
+                self.table
+            )),
+            None => e,
+        }
+    }
+}
+
 /// Parameter values as the statement's placeholders expect them, where
 /// the plan knows (an `INSERT`'s from its columns, a comparison's from the
 /// other side): a value of another type is cast (a client's Int64 into an
@@ -629,6 +670,36 @@ mod tests {
     use datafusion::common::ScalarValue;
 
     use super::*;
+
+    struct NoWorkers;
+
+    #[async_trait]
+    impl WorkerSource for NoWorkers {
+        async fn workers(&self, _: u32) -> Result<Vec<Url>> {
+            Err(Error::NoWorkers("none in this test".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn an_insert_of_null_into_a_non_nullable_column_names_the_column() {
+        // Given a table whose file declares `name` non-nullable
+        let dir = tempfile::tempdir().unwrap();
+        let location = format!("{}/t/", dir.path().display());
+        let engine = SqlEngine::new(EngineSettings::default()).unwrap();
+        engine
+            .apply_ddl(&format!("COPY (SELECT 1 AS id, 'a' AS name) TO '{location}' STORED AS PARQUET"))
+            .await
+            .unwrap();
+        engine.apply_ddl(&format!("CREATE EXTERNAL TABLE t STORED AS PARQUET LOCATION '{location}'")).await.unwrap();
+        // When a row with NULL there is inserted, bound as clients bind it
+        let row = ParamValues::from(vec![ScalarValue::Int64(Some(2)), ScalarValue::Utf8(None)]);
+        let (plan, staged) = engine.stage_write("INSERT INTO t VALUES ($1, $2)", Some(row), "test", 1).await.unwrap();
+        let outcome = engine.run(plan, &NoWorkers).await.unwrap();
+        let refused = outcome.stream.try_collect::<Vec<_>>().await.unwrap_err().to_string();
+        staged.discard().await;
+        // Then the column is named, not its position
+        assert!(refused.contains("INSERT INTO t: a row has NULL in column `name`"), "{refused}");
+    }
 
     #[tokio::test]
     async fn bound_parameters_are_cast_to_their_place_or_refused_by_name() {
