@@ -63,11 +63,49 @@ enum Layout {
     V2018,
 }
 
+/// Where a layout keeps what a task is read from: (column, its name).
+struct Fields {
+    count: usize,
+    arrival: (usize, &'static str),
+    end: (usize, &'static str),
+    job: usize,
+    task: usize,
+    instances: (usize, &'static str),
+    plan_cpu: usize,
+    plan_mem: usize,
+    /// What `plan_mem` counts a node's memory as.
+    node_memory_is: f64,
+    /// How the first columns read, for a row that has too few.
+    shape: &'static str,
+}
+
 impl Layout {
-    fn columns(self) -> usize {
+    fn fields(self) -> Fields {
         match self {
-            Layout::V2017 => 8,
-            Layout::V2018 => 9,
+            Layout::V2017 => Fields {
+                count: 8,
+                arrival: (0, "task_create_time"),
+                end: (1, "task_end_time"),
+                job: 2,
+                task: 3,
+                instances: (4, "number_of_instances"),
+                plan_cpu: 6,
+                plan_mem: 7,
+                node_memory_is: 1.0,
+                shape: "the 2017 trace's `task_create_time,task_end_time,job_id,task_id,...`",
+            },
+            Layout::V2018 => Fields {
+                count: 9,
+                arrival: (5, "start_time"),
+                end: (6, "end_time"),
+                job: 2,
+                task: 0,
+                instances: (1, "instance_num"),
+                plan_cpu: 7,
+                plan_mem: 8,
+                node_memory_is: 100.0,
+                shape: "the 2018 trace's `task_name,instance_num,job_name,task_type,...`",
+            },
         }
     }
 }
@@ -81,19 +119,6 @@ fn layout_of(text: &str) -> Layout {
     let first = text.lines().find(|l| !l.trim().is_empty() && !is_header(l)).unwrap_or("");
     let fields: Vec<&str> = first.split(',').map(str::trim).collect();
     if fields.len() >= 9 && fields[0].parse::<f64>().is_err() { Layout::V2018 } else { Layout::V2017 }
-}
-
-/// One row, whichever the layout.
-struct Row<'a> {
-    arrival: f64,
-    end: f64,
-    job: &'a str,
-    task: &'a str,
-    instances: f64,
-    /// Hundredths of a core.
-    plan_cpu: f64,
-    /// Fraction of a node's memory.
-    plan_mem: f64,
 }
 
 pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result<Trace, TraceError> {
@@ -111,93 +136,69 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
             continue;
         }
         let f: Vec<&str> = line.split(',').map(str::trim).collect();
-        if f.len() < layout.columns() {
-            let first = match layout {
-                Layout::V2017 => "the 2017 trace's `task_create_time,task_end_time,job_id,task_id,...`",
-                Layout::V2018 => "the 2018 trace's `task_name,instance_num,job_name,task_type,...`",
-            };
+        let at = layout.fields();
+        if f.len() < at.count {
             return Err(TraceError::line(
                 file,
                 line_no,
                 format!(
-                    "expected {} comma-separated columns, as in the first row ({first}), found {}",
-                    layout.columns(),
+                    "expected {} comma-separated columns, as in the first row ({}), found {}",
+                    at.count,
+                    at.shape,
                     f.len()
                 ),
             ));
         }
-        let num = |k: usize, what: &str| -> Result<f64, TraceError> {
+        let num = |(k, what): (usize, &str)| -> Result<f64, TraceError> {
             f[k].parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| {
                 TraceError::line(file, line_no, format!("column {} ({what}) is `{}`, not a number", k + 1, f[k]))
             })
         };
-        let (cpu_column, mem_column) = match layout {
-            Layout::V2017 => (6, 7),
-            Layout::V2018 => (7, 8),
-        };
-        if f[cpu_column].is_empty() {
+        if f[at.plan_cpu].is_empty() {
             trace.skip("no cpu request");
             continue;
         }
-        let plan_mem = if f[mem_column].is_empty() { 0.0 } else { num(mem_column, "plan_mem")? };
-        let row = match layout {
-            Layout::V2017 => Row {
-                arrival: num(0, "task_create_time")?,
-                end: num(1, "task_end_time")?,
-                job: f[2],
-                task: f[3],
-                instances: num(4, "number_of_instances")?,
-                plan_cpu: num(6, "plan_cpu")?,
-                plan_mem,
-            },
-            Layout::V2018 => Row {
-                arrival: num(5, "start_time")?,
-                end: num(6, "end_time")?,
-                job: f[2],
-                task: f[0],
-                instances: num(1, "instance_num")?,
-                plan_cpu: num(7, "plan_cpu")?,
-                plan_mem: plan_mem / 100.0,
-            },
+        let arrival = num(at.arrival)?;
+        let end = num(at.end)?;
+        // 2017's ids are numbers; 2018's task names repeat across jobs, so the row is the id.
+        let (id, name) = match layout {
+            Layout::V2017 => {
+                num((at.job, "job_id"))?;
+                (num((at.task, "task_id"))? as u64, format!("job-{}/task-{}", f[at.job], f[at.task]))
+            }
+            Layout::V2018 => (line_no as u64, format!("{}/{}", f[at.job], f[at.task])),
         };
-        if layout == Layout::V2017 {
-            // Ids are numbers in 2017's rows.
-            num(2, "job_id")?;
-            num(3, "task_id")?;
-        }
-        if row.instances < 1.0 {
+        let instances = num(at.instances)?;
+        let plan_cpu = num((at.plan_cpu, "plan_cpu"))?;
+        let plan_mem =
+            if f[at.plan_mem].is_empty() { 0.0 } else { num((at.plan_mem, "plan_mem"))? / at.node_memory_is };
+        if instances < 1.0 {
             trace.skip("no instances");
             continue;
         }
-        if row.plan_cpu <= 0.0 {
+        if plan_cpu <= 0.0 {
             trace.skip("no cpu request");
             continue;
         }
-        if layout == Layout::V2018 && row.end <= 0.0 {
+        if layout == Layout::V2018 && end <= 0.0 {
             trace.skip("not finished in the trace");
             continue;
         }
-        let duration = row.end - row.arrival;
+        let duration = end - arrival;
         if duration < 0.0 {
             trace.skip("negative runtime");
             continue;
         }
-        if row.instances > MAX_TASK_INSTANCES {
+        if instances > MAX_TASK_INSTANCES {
             return Err(TraceError::line(
                 file,
                 line_no,
-                format!("the task has {} instances; at most {MAX_TASK_INSTANCES} are read", row.instances),
+                format!("the task has {instances} instances; at most {MAX_TASK_INSTANCES} are read"),
             ));
         }
-        let n = row.instances as u32;
-        let slot =
-            Resources::new((row.plan_cpu * 10.0).round() as u64, (row.plan_mem * node_memory as f64).round() as u64);
+        let n = instances as u32;
+        let slot = Resources::new((plan_cpu * 10.0).round() as u64, (plan_mem * node_memory as f64).round() as u64);
         let runtime = secs(duration.max(1.0));
-        let (id, name) = match layout {
-            Layout::V2017 => (num(3, "task_id")? as u64, format!("job-{}/task-{}", row.job, row.task)),
-            // Task names repeat across jobs: the row is the id.
-            Layout::V2018 => (line_no as u64, format!("{}/{}", row.job, row.task)),
-        };
         let spec = GangSpec {
             name,
             slot,
@@ -205,14 +206,14 @@ pub fn parse_alibaba_batch(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>)
             max: n,
             completions: Some(n),
             priority: "batch".into(),
-            queue: format!("tenant-{}", tenant_of(row.job)),
+            queue: format!("tenant-{}", tenant_of(f[at.job])),
             constraints: Default::default(),
             locality: Vec::new(),
             estimated_runtime: Some(runtime),
             max_attempts: 1,
             restart: crate::model::Restart::OnFailure,
         };
-        trace.jobs.push(TraceJob { id, submit: secs(row.arrival.max(0.0)), runtime, spec });
+        trace.jobs.push(TraceJob { id, submit: secs(arrival.max(0.0)), runtime, spec });
     }
     trace.sort();
     Ok(trace)

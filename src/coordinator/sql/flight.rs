@@ -628,13 +628,13 @@ impl FlightSqlService for FlightSql {
             return self.update(handle).await;
         }
         let mut changed = 0;
-        let batched = batches.first().filter(|b| binds_by_position(&b.schema())).and_then(|first| {
+        let batched = batches.first().filter(|b| binds_by_position(&b.schema())).is_some_and(|first| {
             let columns = first.num_columns();
             let rows = batches.iter().map(RecordBatch::num_rows).sum::<usize>();
             insert_for_rows(&handle.sql, rows.min(ROWS_PER_INSERT))
-                .filter(|(_, per_row)| *per_row == columns && batches.iter().all(|b| b.num_columns() == columns))
+                .is_some_and(|(_, per_row)| per_row == columns && batches.iter().all(|b| b.num_columns() == columns))
         });
-        if batched.is_some() {
+        if batched {
             // Each row's values fitted to the statement's types (so a bad one
             // is named by its row), then a few thousand rows to a statement.
             let plan = self.front.engine().plan(&handle.sql, None).await.map_err(st)?;
