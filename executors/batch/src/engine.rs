@@ -32,7 +32,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::LogicalPlan;
 use datafusion::logical_expr::dml::{CopyTo, InsertOp};
-use datafusion::logical_expr::{DmlStatement, WriteOp};
+use datafusion::logical_expr::{DmlStatement, Expr, WriteOp};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use datafusion_distributed::{DistributedExt, SessionStateBuilderExt, WorkerResolver};
@@ -419,7 +419,10 @@ impl SqlEngine {
     pub async fn run(&self, plan: LogicalPlan, source: &dyn WorkerSource) -> Result<QueryOutcome> {
         let ticket = self.in_flight.enter();
         let insert_into = InsertTarget::of(&plan);
-        let mut outcome = self.run_unheld(plan, source).await?;
+        let mut outcome = self.run_unheld(plan, source).await.map_err(|e| match (&insert_into, e) {
+            (Some(target), Error::DataFusion(e)) => Error::DataFusion(target.name_refused_null(e)),
+            (_, e) => e,
+        })?;
         let schema = outcome.stream.schema();
         let rows = outcome
             .stream
@@ -604,26 +607,52 @@ pub fn is_worker_loss(e: &DataFusionError) -> bool {
 struct InsertTarget {
     table: String,
     columns: Vec<String>,
+    /// The table's column each `VALUES` column (`column1`, ...) fills.
+    filled_by_values: Vec<(String, String)>,
 }
 
 impl InsertTarget {
     fn of(plan: &LogicalPlan) -> Option<InsertTarget> {
         let LogicalPlan::Dml(dml) = plan else { return None };
-        let columns = dml.target.schema().fields().iter().map(|f| f.name().clone()).collect();
-        Some(InsertTarget { table: dml.table_name.to_string(), columns })
+        let columns: Vec<String> = dml.target.schema().fields().iter().map(|f| f.name().clone()).collect();
+        // DataFusion fills the table's columns, in order, by a projection
+        // of the source: `CAST(column2 AS Utf8) AS name`.
+        let filled_by_values = match dml.input.as_ref() {
+            LogicalPlan::Projection(projection) => projection
+                .expr
+                .iter()
+                .zip(&columns)
+                .filter_map(|(expr, column)| Some((source_column(expr)?, column.clone())))
+                .collect(),
+            _ => Vec::new(),
+        };
+        Some(InsertTarget { table: dml.table_name.to_string(), columns, filled_by_values })
     }
 
     /// DataFusion refuses a NULL for a non-nullable column by its position
     /// in the table (`Invalid batch column at '1' has null but schema
     /// specifies non-nullable`), also when the refusal comes back from a
-    /// worker as text: this names the column.
+    /// worker as text, and a literal NULL by its place in `VALUES`
+    /// (`Column 'column2' is declared as non-nullable but contains null
+    /// values`): this names the table's column.
     fn name_refused_null(&self, e: DataFusionError) -> DataFusionError {
         let message = e.to_string();
-        let position = message
-            .contains("has null but schema specifies non-nullable")
-            .then(|| message.split("column at '").nth(1)?.split('\'').next()?.parse::<usize>().ok())
-            .flatten();
-        match position.and_then(|i| self.columns.get(i)) {
+        let by_position = || {
+            let position = message.split("column at '").nth(1)?.split('\'').next()?.parse::<usize>().ok()?;
+            self.columns.get(position)
+        };
+        let by_values_column = || {
+            let values_column = message.split("Column '").nth(1)?.split('\'').next()?;
+            self.filled_by_values.iter().find(|(from, _)| from == values_column).map(|(_, column)| column)
+        };
+        let column = if message.contains("has null but schema specifies non-nullable") {
+            by_position()
+        } else if message.contains("is declared as non-nullable but contains null values") {
+            by_values_column()
+        } else {
+            None
+        };
+        match column {
             Some(column) => DataFusionError::Execution(format!(
                 "INSERT INTO {}: a row has NULL in column `{column}`, which the table declares non-nullable \
                  (as its files do)",
@@ -631,6 +660,17 @@ impl InsertTarget {
             )),
             None => e,
         }
+    }
+}
+
+/// The column an expression passes on, looking through casts and aliases.
+fn source_column(expr: &Expr) -> Option<String> {
+    match expr {
+        Expr::Column(column) => Some(column.name.clone()),
+        Expr::Alias(alias) => source_column(&alias.expr),
+        Expr::Cast(cast) => source_column(&cast.expr),
+        Expr::TryCast(cast) => source_column(&cast.expr),
+        _ => None,
     }
 }
 
@@ -699,6 +739,16 @@ mod tests {
         staged.discard().await;
         // Then the column is named, not its position
         assert!(refused.contains("INSERT INTO t: a row has NULL in column `name`"), "{refused}");
+        // And so it is for a literal NULL, also with the columns listed in another order
+        for insert in ["INSERT INTO t VALUES (3, NULL)", "INSERT INTO t (name, id) VALUES (NULL, 3)"] {
+            let (plan, staged) = engine.stage_write(insert, None, "test", 1).await.unwrap();
+            let refused = match engine.run(plan, &NoWorkers).await {
+                Ok(outcome) => outcome.stream.try_collect::<Vec<_>>().await.unwrap_err().to_string(),
+                Err(e) => e.to_string(),
+            };
+            staged.discard().await;
+            assert!(refused.contains("INSERT INTO t: a row has NULL in column `name`"), "{insert}: {refused}");
+        }
     }
 
     #[tokio::test]
