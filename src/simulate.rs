@@ -1,6 +1,7 @@
 //! `cohort simulate`: replay a trace (or several policies on it) and report.
 
 use std::fmt::Write as _;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -13,7 +14,7 @@ use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Trace to replay: SWF, Alibaba CSV or Cohort JSONL.
+    /// Trace to replay: SWF, Alibaba CSV or Cohort JSONL, gzipped (`.gz`) or not.
     #[arg(long, required_unless_present_any = ["generate", "trace_file"])]
     trace: Option<PathBuf>,
     /// The trace, as `cohort simulate FILE`: the same as `--trace FILE`.
@@ -139,11 +140,16 @@ pub fn run(args: Args, output: crate::cli::Output) -> Result<()> {
 
 /// Reads a trace file and the cluster it replays on.
 pub fn load_trace(path: &Path, format: Option<&str>, cluster: Option<&Path>) -> Result<Trace> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read trace {}", path.display()))?;
+    let text = read_log(path)?;
     let name = path.display().to_string();
+    if text.trim().is_empty() {
+        bail!("{name} is empty: there is nothing to replay");
+    }
+    // Archives publish their logs gzipped: `x.swf.gz` is read as `x.swf`.
+    let unpacked_name = name.strip_suffix(".gz").unwrap_or(&name);
     let format = match format {
         Some(f) => Format::parse(f).expect("clap checked the format"),
-        None => Format::guess(&name, text.lines().next().unwrap_or("")).with_context(|| {
+        None => Format::guess(unpacked_name, text.lines().next().unwrap_or("")).with_context(|| {
             format!("cannot tell the format of {name}: pass --format swf|alibaba-batch|alibaba-openb|jsonl")
         })?,
     };
@@ -154,7 +160,7 @@ pub fn load_trace(path: &Path, format: Option<&str>, cluster: Option<&Path>) -> 
     let trace = match format {
         Format::Swf => {
             // The machines: --cluster, else FILE.machines beside it, else the log's header.
-            let beside = PathBuf::from(format!("{name}.machines"));
+            let beside = PathBuf::from(format!("{unpacked_name}.machines"));
             let (nodes, from) = match nodes {
                 Some(n) => (Some(n), cluster.map(|c| c.display().to_string())),
                 None if beside.exists() => (Some(load_cluster(&beside)?), Some(beside.display().to_string())),
@@ -196,9 +202,44 @@ pub fn load_trace(path: &Path, format: Option<&str>, cluster: Option<&Path>) -> 
     Ok(trace)
 }
 
+/// A log's text, gunzipped if it is gzip (as the Parallel Workloads Archive
+/// and Google publish theirs); other packings are named, not misread.
+fn read_log(path: &Path) -> Result<String> {
+    let name = path.display();
+    let mut bytes = std::fs::read(path).with_context(|| format!("cannot read {name}"))?;
+    if bytes.starts_with(&[0x1f, 0x8b]) {
+        let mut unpacked = Vec::new();
+        flate2::read::MultiGzDecoder::new(bytes.as_slice())
+            .read_to_end(&mut unpacked)
+            .with_context(|| format!("cannot gunzip {name}"))?;
+        bytes = unpacked;
+    }
+    const PACKINGS: [(&[u8], &str); 4] = [
+        (b"\xfd7zXZ\0", "xz-compressed: unxz it first"),
+        (b"\x28\xb5\x2f\xfd", "zstd-compressed: unzstd it first"),
+        (b"BZh", "bzip2-compressed: bunzip2 it first"),
+        (b"PK\x03\x04", "a zip archive: unzip it first"),
+    ];
+    if let Some((_, what)) = PACKINGS.iter().find(|(magic, _)| bytes.starts_with(magic)) {
+        bail!("{name} is {what}");
+    }
+    if bytes.get(257..262) == Some(b"ustar") {
+        bail!("{name} is a tar archive: extract the log from it first (tar xf)");
+    }
+    // Not UTF-8 (a Latin-1 comment in a header): kept as U+FFFD, so a
+    // comment reads on and a field fails by its line as any bad value does.
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => text,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    })
+}
+
 fn load_cluster(path: &Path) -> Result<Vec<NodeSpec>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read cluster file {}", path.display()))?;
+    let text = read_log(path)?;
     let name = path.display().to_string();
+    if text.trim().is_empty() {
+        bail!("{name} is empty: there is nothing to replay");
+    }
     let first = text.lines().next().unwrap_or("");
     if first.starts_with("sn,") {
         Ok(trace::parse_openb_nodes(&name, &text)?)

@@ -97,6 +97,53 @@ fn bad_input_names_what_is_wrong_and_where() {
     assert!(!out.status.success() && err.contains("bad.swf:8: field 4 (run time) is `soon`"), "{err}");
 }
 
+#[test]
+fn a_gzipped_log_is_read_as_archives_publish_it_and_other_packings_are_named() {
+    use std::io::Write as _;
+    // Given the sample gzipped beside its plain copy (the machines file
+    // is found for `log.swf.gz` as for `log.swf`)
+    let dir = sample();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(SWF.as_bytes()).unwrap();
+    std::fs::write(dir.path().join("log.swf.gz"), gz.finish().unwrap()).unwrap();
+    // When both are replayed, then the decisions are the same
+    let report = |file: &str| -> Value {
+        let out = simulate(dir.path(), &[file, "--output", "json"]);
+        assert!(out.status.success(), "{file}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("a JSON report")
+    };
+    let (plain, gzipped) = (report("log.swf"), report("log.swf.gz"));
+    for field in ["jobs", "completed", "skipped", "wait_s", "makespan_s", "utilization_cpu"] {
+        assert_eq!(plain[field], gzipped[field], "`{field}` differs");
+    }
+    // Packings it cannot read, and bytes that are no text, are named
+    let refused = |file: &str, bytes: &[u8]| -> String {
+        std::fs::write(dir.path().join(file), bytes).unwrap();
+        let out = simulate(dir.path(), &[file]);
+        assert!(!out.status.success(), "{file} was accepted");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = refused("empty.swf", b"\n");
+    assert!(err.contains("empty.swf is empty"), "{err}");
+    let err = refused("log.swf.xz", b"\xfd7zXZ\0\0\x04");
+    assert!(err.contains("log.swf.xz is xz-compressed: unxz it first"), "{err}");
+    let mut tar = vec![0u8; 512];
+    tar[257..262].copy_from_slice(b"ustar");
+    let err = refused("logs.tar", &tar);
+    assert!(err.contains("logs.tar is a tar archive"), "{err}");
+    // A Latin-1 byte in a header comment is no reason to refuse a log; in a field it is that field's error
+    let row = b"1 0 0 10 1 -1 -1 1 10 -1 1 1 1 1 1 1 -1 -1\n";
+    std::fs::write(dir.path().join("latin1.swf"), [b"; MaxNodes: 4\n; Note: caf\xe9\n".as_slice(), row].concat())
+        .unwrap();
+    let out = simulate(dir.path(), &["latin1.swf"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = refused(
+        "latin1-field.swf",
+        &[b"; MaxNodes: 4\n".as_slice(), row, b"2 5 0 1\xe9 1 -1 -1 1 10 -1 1 1 1 1 1 1 -1 -1\n"].concat(),
+    );
+    assert!(err.contains("latin1-field.swf:3: field 4 (run time)"), "{err}");
+}
+
 /// Issue scenario: 600 gangs no node can hold, then 100 small ones behind them.
 #[test]
 fn hopeless_gangs_at_the_head_block_nothing_under_any_policy() {

@@ -7,7 +7,7 @@
 //!   nodes, each slot with column 10 (requested memory, KB per processor)
 //!   when given; column 7 (used memory) is never a request. The machine is
 //!   the machines file if there is one, else the header's `MaxNodes` nodes
-//!   of `MaxProcs / MaxNodes` cores (1 when `MaxProcs` is absent).
+//!   sharing `MaxProcs` cores (1 each when `MaxProcs` is absent).
 //! - **Alea's MetaCentrum dialect** (21 fields: queue name and the PBS node
 //!   spec `N:ppn=P[:property...][#excl]`), following the wagap-2013
 //!   README's node model: a job is a rigid gang of N slots of P cores, one
@@ -235,8 +235,8 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
     Ok(trace)
 }
 
-/// The machine of a plain log without a machines file: `MaxNodes` nodes of
-/// `MaxProcs / MaxNodes` cores, with memory enough for any job's request
+/// The machine of a plain log without a machines file: `MaxNodes` nodes
+/// sharing `MaxProcs` cores, with memory enough for any job's request
 /// (the log gives no node memory, so memory never decides).
 fn header_machine(file: &str, text: &str, trace: &mut Trace) -> Result<Vec<NodeSpec>, TraceError> {
     let header = Header::read(text);
@@ -248,22 +248,31 @@ fn header_machine(file: &str, text: &str, trace: &mut Trace) -> Result<Vec<NodeS
                 .into(),
         });
     };
-    let cores = match (header.max_nodes, header.max_procs) {
-        (Some(n), Some(p)) => (p / n).max(1),
-        _ => 1,
+    // MaxProcs cores in all: where they do not divide evenly (100 nodes,
+    // 256 processors), the first nodes take one more, so the widest job fits.
+    let (cores, one_more) = match (header.max_nodes, header.max_procs) {
+        (Some(n), Some(p)) if p >= n => (p / n, p % n),
+        _ => (1, 0),
     };
     let per_core = trace.jobs.iter().map(|j| j.spec.slot.memory_bytes).max().unwrap_or(0);
+    let sizes = match one_more {
+        0 => format!("of {cores} core(s)"),
+        _ => format!("({one_more} of {} cores, {} of {cores})", cores + 1, nodes - one_more),
+    };
     trace.notes.push(format!(
-        "machine from the log header: {nodes} node(s) of {cores} core(s) (MaxNodes {}, MaxProcs {}); no node memory \
+        "machine from the log header: {nodes} node(s) {sizes} (MaxNodes {}, MaxProcs {}); no node memory \
          is given, so memory never decides",
         header.max_nodes.map_or("absent".to_string(), |n| n.to_string()),
         header.max_procs.map_or("absent".to_string(), |n| n.to_string()),
     ));
     Ok((0..nodes)
-        .map(|i| NodeSpec {
-            name: format!("node{i}"),
-            capacity: Resources::new(cores.saturating_mul(1000), per_core.saturating_mul(cores)),
-            labels: BTreeMap::new(),
+        .map(|i| {
+            let cores = cores + u64::from(i < one_more);
+            NodeSpec {
+                name: format!("node{i}"),
+                capacity: Resources::new(cores.saturating_mul(1000), per_core.saturating_mul(cores)),
+                labels: BTreeMap::new(),
+            }
         })
         .collect())
 }
@@ -344,6 +353,17 @@ mod tests {
         let only_nodes = format!("; MaxNodes: 3\n{body}");
         let t = parse_swf("log.swf", &only_nodes, None).unwrap();
         assert_eq!((t.nodes.len(), t.nodes[0].capacity.cpu_millis), (3, 1000), "one core per node without MaxProcs");
+    }
+
+    #[test]
+    fn a_header_machine_whose_processors_do_not_divide_evenly_keeps_them_all() {
+        // Given 3 nodes and 8 processors, when the log is read
+        let log = PLAIN.replace("MaxNodes: 4", "MaxNodes: 3");
+        let t = parse_swf("log.swf", &log, None).unwrap();
+        // Then two nodes have 3 cores and one 2: the 8 the header names
+        let cores: Vec<u64> = t.nodes.iter().map(|n| n.capacity.cpu_millis / 1000).collect();
+        assert_eq!(cores, [3, 3, 2]);
+        assert!(t.notes.iter().any(|n| n.contains("3 node(s) (2 of 3 cores, 1 of 2)")), "{:?}", t.notes);
     }
 
     #[test]
