@@ -520,3 +520,117 @@ fn a_cache_over_its_memory_evicts_the_least_recently_used_tables_and_answers_sta
     let out = cli_at(&c.address, &["sql", "-e", "SELECT * FROM hot"]);
     assert!(!out.status.success(), "hot is gone");
 }
+
+/// A Flight SQL client as JDBC and ODBC drivers are: TLS under the
+/// cluster's CA, the admin token on each call.
+async fn flight_sql_client(
+    address: &str,
+) -> arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel> {
+    let ca = std::fs::read_to_string(crate::harness::ca_for(address)).expect("the cluster's CA");
+    let channel = tonic::transport::Endpoint::from_shared(cohort::tls::https(address))
+        .unwrap()
+        .tls_config(cohort::tls::coordinator_client(&ca))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to Flight SQL");
+    let mut client = arrow_flight::sql::client::FlightSqlServiceClient::new(channel);
+    client.set_token(crate::harness::token_for(address));
+    client
+}
+
+/// Every batch a metadata request's ticket gives.
+async fn fetch(
+    client: &mut arrow_flight::sql::client::FlightSqlServiceClient<tonic::transport::Channel>,
+    info: arrow_flight::FlightInfo,
+) -> arrow::record_batch::RecordBatch {
+    use futures::TryStreamExt;
+    let schema = std::sync::Arc::new(info.clone().try_decode_schema().expect("a schema"));
+    let ticket = info.endpoint[0].ticket.clone().expect("a ticket");
+    let batches: Vec<_> = client.do_get(ticket).await.expect("do_get").try_collect().await.expect("batches");
+    assert!(batches.iter().all(|b| b.schema().fields() == schema.fields()), "the data has the schema announced");
+    arrow::compute::concat_batches(&schema, &batches).expect("one batch")
+}
+
+#[test]
+fn sql_tools_get_the_type_table_and_each_tables_keys() {
+    use arrow::array::AsArray;
+    use arrow::datatypes::Int32Type;
+    use arrow_flight::sql::{
+        CommandGetCrossReference, CommandGetExportedKeys, CommandGetImportedKeys, CommandGetPrimaryKeys,
+        CommandGetXdbcTypeInfo, XdbcDataType,
+    };
+    // Given a table over files, and a live table made with a key by bulk ingest
+    let c = Cluster::start(&[("a", 2)]);
+    make_table(&c.address, "events", &c.dir.path().join("events"), 10);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut client = flight_sql_client(&c.address).await;
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(vec![
+            arrow::datatypes::Field::new("id", arrow::datatypes::DataType::Int64, false),
+            arrow::datatypes::Field::new("v", arrow::datatypes::DataType::Utf8, true),
+        ]));
+        let rows = arrow::record_batch::RecordBatch::try_new(
+            schema,
+            vec![
+                std::sync::Arc::new(arrow::array::Int64Array::from(vec![1, 2])),
+                std::sync::Arc::new(arrow::array::StringArray::from(vec!["a", "b"])),
+            ],
+        )
+        .unwrap();
+        let ingest = arrow_flight::sql::CommandStatementIngest {
+            table_definition_options: Some(arrow_flight::sql::TableDefinitionOptions {
+                if_not_exist: arrow_flight::sql::TableNotExistOption::Create.into(),
+                if_exists: arrow_flight::sql::TableExistsOption::Append.into(),
+            }),
+            table: "kv".into(),
+            options: [("cohort.key".to_string(), "id".to_string())].into(),
+            ..Default::default()
+        };
+        let taken = client.execute_ingest(ingest, futures::stream::iter([Ok(rows)])).await.expect("ingest");
+        assert_eq!(taken, 2);
+
+        // When a tool asks for the type table (getTypeInfo), then it lists
+        // the SQL types the engine takes; narrowed to one, only that one
+        let info = client.get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: None }).await.expect("type info");
+        let types = fetch(&mut client, info).await;
+        let names: Vec<&str> = types.column_by_name("type_name").unwrap().as_string::<i32>().iter().flatten().collect();
+        for wanted in ["BOOLEAN", "INTEGER", "BIGINT", "DOUBLE", "DECIMAL", "VARCHAR", "DATE", "TIMESTAMP"] {
+            assert!(names.contains(&wanted), "{wanted} missing from {names:?}");
+        }
+        let bigint = Some(XdbcDataType::XdbcBigint as i32);
+        let info = client.get_xdbc_type_info(CommandGetXdbcTypeInfo { data_type: bigint }).await.unwrap();
+        let only = fetch(&mut client, info).await;
+        assert_eq!(only.column_by_name("type_name").unwrap().as_string::<i32>().value(0), "BIGINT");
+        assert_eq!(only.num_rows(), 1);
+
+        // And for primary keys (getPrimaryKeys): the live table's key, none for the other
+        let keys = |table: &str| CommandGetPrimaryKeys { table: table.into(), catalog: None, db_schema: None };
+        let info = client.get_primary_keys(keys("kv")).await.expect("primary keys");
+        let kv = fetch(&mut client, info).await;
+        assert_eq!(kv.num_rows(), 1);
+        assert_eq!(kv.column_by_name("column_name").unwrap().as_string::<i32>().value(0), "id");
+        assert_eq!(kv.column_by_name("key_sequence").unwrap().as_primitive::<Int32Type>().value(0), 1);
+        let info = client.get_primary_keys(keys("events")).await.unwrap();
+        assert_eq!(fetch(&mut client, info).await.num_rows(), 0);
+
+        // And for foreign keys, either way: none, with the columns the protocol names
+        let table = "events".to_string();
+        let infos = [
+            client.get_imported_keys(CommandGetImportedKeys { table: table.clone(), ..Default::default() }).await,
+            client.get_exported_keys(CommandGetExportedKeys { table: table.clone(), ..Default::default() }).await,
+            client
+                .get_cross_reference(CommandGetCrossReference {
+                    pk_table: "kv".into(),
+                    fk_table: table,
+                    ..Default::default()
+                })
+                .await,
+        ];
+        for info in infos {
+            let none = fetch(&mut client, info.expect("foreign keys")).await;
+            assert_eq!(none.num_rows(), 0);
+            assert!(none.schema().field_with_name("fk_column_name").is_ok() && none.schema().fields().len() == 13);
+        }
+    });
+}

@@ -13,6 +13,7 @@
 //! INSERT) are staged and committed like a job's.
 
 pub mod flight;
+pub mod metadata;
 pub mod pool;
 pub mod queries;
 pub mod stores;
