@@ -13,6 +13,7 @@ import sys
 
 import adbc_driver_flightsql.dbapi as flight_sql
 import pyarrow as pa
+import pyarrow.flight as flight
 
 
 def tables_named(objects, name):
@@ -121,7 +122,38 @@ def main(address, data_dir, token):
 
         info = conn.adbc_get_info()
         assert info["vendor_name"] == "Cohort", info
+    jdbc_metadata(address, data_dir, token)
     print(f"ADBC Flight SQL client against {address}: ok (pyarrow {pa.__version__})")
+
+
+def command(name, fields=b""):
+    """A Flight SQL command as a descriptor carries it: a protobuf `Any`."""
+    url = f"type.googleapis.com/arrow.flight.protocol.sql.{name}".encode()
+    return b"\x0a" + bytes([len(url)]) + url + (b"\x12" + bytes([len(fields)]) + fields if fields else b"")
+
+
+def jdbc_metadata(address, data_dir, token):
+    """What JDBC's DatabaseMetaData asks (drivers before 2026 fail on a
+    missing SqlInfo item), read by Arrow C++ through pyarrow.flight."""
+    with open(f"{data_dir}/cluster/coordinator/ca.pem", "rb") as f:
+        client = flight.FlightClient(f"grpc+tls://{address}", tls_root_certs=f.read())
+    options = flight.FlightCallOptions(headers=[(b"authorization", f"Bearer {token}".encode())])
+
+    def fetch(cmd):
+        info = client.get_flight_info(flight.FlightDescriptor.for_command(cmd), options)
+        return client.do_get(info.endpoints[0].ticket, options).read_all()
+
+    items = {row["info_name"]: row["value"] for row in fetch(command("CommandGetSqlInfo")).to_pylist()}
+    for item in [0, 504, 508, 509, 515, 517, 541, 563, 567, 572]:
+        assert item in items, f"SqlInfo {item} missing from {sorted(items)}"
+    assert "SELECT" in items[508], items[508][:10]
+    types = fetch(command("CommandGetXdbcTypeInfo")).column("type_name").to_pylist()
+    assert "BIGINT" in types and "VARCHAR" in types, types
+    table = b"ci_events"
+    keys = fetch(command("CommandGetPrimaryKeys", b"\x1a" + bytes([len(table)]) + table))
+    assert keys.num_rows == 0 and "key_sequence" in keys.schema.names, keys
+    imported = fetch(command("CommandGetImportedKeys", b"\x1a" + bytes([len(table)]) + table))
+    assert imported.num_rows == 0 and len(imported.schema) == 13, imported.schema
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@
 //! builders, whose schemas clients check exactly.
 
 use std::pin::Pin;
-use std::sync::{Arc, LazyLock};
+use std::sync::Arc;
 
 use arrow::array::{ArrayRef, UInt64Array};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -19,7 +19,6 @@ use arrow_flight::decode::FlightRecordBatchStream;
 use arrow_flight::encode::FlightDataEncoderBuilder;
 use arrow_flight::error::FlightError;
 use arrow_flight::flight_service_server::FlightServiceServer;
-use arrow_flight::sql::metadata::{SqlInfoData, SqlInfoDataBuilder};
 use arrow_flight::sql::server::{FlightSqlService, PeekableFlightDataStream};
 use arrow_flight::sql::{
     ActionClosePreparedStatementRequest, ActionCreatePreparedStatementRequest, ActionCreatePreparedStatementResult,
@@ -455,22 +454,6 @@ fn one_batch(batch: Result<RecordBatch, FlightError>, schema: SchemaRef) -> Resp
     batches_stream(schema, futures::stream::once(async move { batch }))
 }
 
-static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
-    let mut b = SqlInfoDataBuilder::new();
-    b.append(SqlInfo::FlightSqlServerName, "Cohort");
-    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
-    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
-    b.append(SqlInfo::FlightSqlServerReadOnly, false);
-    b.append(SqlInfo::FlightSqlServerSql, true);
-    b.append(SqlInfo::FlightSqlServerSubstrait, false);
-    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
-    b.append(SqlInfo::FlightSqlServerCancel, false);
-    b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
-    b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
-    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
-    b.build().expect("valid SQL info")
-});
-
 /// DataFusion's table types under the names SQL tools expect.
 fn table_type_name(t: TableType) -> &'static str {
     match t {
@@ -855,7 +838,7 @@ impl FlightSqlService for FlightSql {
         request: Request<FlightDescriptor>,
     ) -> Result<Response<FlightInfo>, Status> {
         flight_info(
-            &query.clone().into_builder(&SQL_INFO).schema(),
+            &query.clone().into_builder(&metadata::SQL_INFO).schema(),
             query.as_any().encode_to_vec().into(),
             request.into_inner(),
         )
@@ -866,7 +849,7 @@ impl FlightSqlService for FlightSql {
         query: CommandGetSqlInfo,
         _request: Request<Ticket>,
     ) -> Result<Response<DoGetStream>, Status> {
-        let builder = query.into_builder(&SQL_INFO);
+        let builder = query.into_builder(&metadata::SQL_INFO);
         let schema = builder.schema();
         Ok(one_batch(builder.build(), schema))
     }

@@ -1,18 +1,204 @@
-//! The catalog metadata JDBC and ODBC tools ask for beyond tables: the
-//! SQL types the engine takes (`DatabaseMetaData.getTypeInfo`), primary
+//! The catalog metadata JDBC and ODBC tools ask for beyond tables: what
+//! the server's SQL supports (`GetSqlInfo`), the SQL types the engine takes (`DatabaseMetaData.getTypeInfo`), primary
 //! keys (`getPrimaryKeys`: a keyed live table's key) and foreign keys
 //! (`getImportedKeys`, `getExportedKeys`, `getCrossReference`: Cohort has
 //! none, so those answer with no rows rather than an error, which tools
 //! such as DBeaver would show on every table they open).
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock};
 
 use arrow::array::{ArrayRef, Int32Array, RecordBatch, StringArray};
 use arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use arrow_flight::sql::metadata::{XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder};
-use arrow_flight::sql::{Nullable, Searchable, XdbcDataType, XdbcDatetimeSubcode};
+use arrow_flight::sql::metadata::{
+    SqlInfoData, SqlInfoDataBuilder, XdbcTypeInfo, XdbcTypeInfoData, XdbcTypeInfoDataBuilder,
+};
+use arrow_flight::sql::{
+    Nullable, Searchable, SqlInfo, SqlNullOrdering, SqlOuterJoinsSupportLevel, SqlSupportedCaseSensitivity,
+    SqlSupportedGroupBy, SqlSupportedResultSetConcurrency, SqlSupportedResultSetType, SqlSupportedSubqueries,
+    SqlSupportedUnions, SqlTransactionIsolationLevel, SupportedSqlGrammar, XdbcDataType, XdbcDatetimeSubcode,
+};
 use cohort_batch::live::LiveTable;
 use datafusion::prelude::SessionContext;
+
+/// What the server is and what its SQL does, as `DatabaseMetaData` asks
+/// it: JDBC drivers before 2026 fail with a NullPointerException on an
+/// item a server leaves out (DBeaver asks for the keywords as it connects).
+pub static SQL_INFO: LazyLock<SqlInfoData> = LazyLock::new(|| {
+    let mut b = SqlInfoDataBuilder::new();
+    b.append(SqlInfo::FlightSqlServerName, "Cohort");
+    b.append(SqlInfo::FlightSqlServerVersion, env!("CARGO_PKG_VERSION"));
+    b.append(SqlInfo::FlightSqlServerArrowVersion, "1.3");
+    b.append(SqlInfo::FlightSqlServerReadOnly, false);
+    b.append(SqlInfo::FlightSqlServerSql, true);
+    b.append(SqlInfo::FlightSqlServerSubstrait, false);
+    b.append(SqlInfo::FlightSqlServerTransaction, 0i32);
+    b.append(SqlInfo::FlightSqlServerCancel, false);
+    b.append(SqlInfo::FlightSqlServerBulkIngestion, true);
+    b.append(SqlInfo::FlightSqlServerIngestTransactionsSupported, false);
+    // No timeouts: a query runs until it ends or its client cancels.
+    b.append(SqlInfo::FlightSqlServerStatementTimeout, 0i32);
+    b.append(SqlInfo::FlightSqlServerTransactionTimeout, 0i32);
+    // The dialect: DataFusion's.
+    b.append(SqlInfo::SqlDdlCatalog, false);
+    b.append(SqlInfo::SqlDdlSchema, false);
+    b.append(SqlInfo::SqlDdlTable, true);
+    b.append(SqlInfo::SqlIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityLowercase as i32);
+    b.append(SqlInfo::SqlIdentifierQuoteChar, "\"");
+    b.append(SqlInfo::SqlQuotedIdentifierCase, SqlSupportedCaseSensitivity::SqlCaseSensitivityUnknown as i32);
+    b.append(SqlInfo::SqlAllTablesAreSelectable, true);
+    b.append(SqlInfo::SqlNullOrdering, SqlNullOrdering::SqlNullsSortedHigh as i32);
+    b.append(SqlInfo::SqlKeywords, datafusion::sql::sqlparser::keywords::ALL_KEYWORDS);
+    b.append(SqlInfo::SqlNumericFunctions, NUMERIC_FUNCTIONS);
+    b.append(SqlInfo::SqlStringFunctions, STRING_FUNCTIONS);
+    b.append(SqlInfo::SqlSystemFunctions, SYSTEM_FUNCTIONS);
+    b.append(SqlInfo::SqlDatetimeFunctions, DATETIME_FUNCTIONS);
+    b.append(SqlInfo::SqlSearchStringEscape, "\\");
+    b.append(SqlInfo::SqlExtraNameCharacters, "");
+    b.append(SqlInfo::SqlSupportsColumnAliasing, true);
+    b.append(SqlInfo::SqlNullPlusNullIsNull, true);
+    b.append(SqlInfo::SqlSupportsConvert, BTreeMap::<i32, Vec<i32>>::new());
+    b.append(SqlInfo::SqlSupportsTableCorrelationNames, true);
+    b.append(SqlInfo::SqlSupportsDifferentTableCorrelationNames, true);
+    b.append(SqlInfo::SqlSupportsExpressionsInOrderBy, true);
+    b.append(SqlInfo::SqlSupportsOrderByUnrelated, true);
+    b.append(
+        SqlInfo::SqlSupportedGroupBy,
+        bits(&[SqlSupportedGroupBy::SqlGroupByUnrelated as i32, SqlSupportedGroupBy::SqlGroupByBeyondSelect as i32]),
+    );
+    b.append(SqlInfo::SqlSupportsLikeEscapeClause, true);
+    b.append(SqlInfo::SqlSupportsNonNullableColumns, true);
+    b.append(
+        SqlInfo::SqlSupportedGrammar,
+        bits(&[SupportedSqlGrammar::SqlMinimumGrammar as i32, SupportedSqlGrammar::SqlCoreGrammar as i32]),
+    );
+    // SupportedAnsi92SqlGrammarLevel (not exported by arrow-flight): entry (0) and intermediate (1).
+    b.append(SqlInfo::SqlAnsi92SupportedLevel, bits(&[0, 1]));
+    b.append(SqlInfo::SqlSupportsIntegrityEnhancementFacility, false);
+    b.append(SqlInfo::SqlOuterJoinsSupportLevel, SqlOuterJoinsSupportLevel::SqlFullOuterJoins as i32);
+    b.append(SqlInfo::SqlSchemaTerm, "schema");
+    b.append(SqlInfo::SqlProcedureTerm, "procedure");
+    b.append(SqlInfo::SqlCatalogTerm, "catalog");
+    b.append(SqlInfo::SqlCatalogAtStart, true);
+    b.append(SqlInfo::SqlSchemasSupportedActions, 0i32);
+    b.append(SqlInfo::SqlCatalogsSupportedActions, 0i32);
+    b.append(SqlInfo::SqlSupportedPositionedCommands, 0i32);
+    b.append(SqlInfo::SqlSelectForUpdateSupported, false);
+    b.append(SqlInfo::SqlStoredProceduresSupported, false);
+    b.append(
+        SqlInfo::SqlSupportedSubqueries,
+        bits(&[
+            SqlSupportedSubqueries::SqlSubqueriesInComparisons as i32,
+            SqlSupportedSubqueries::SqlSubqueriesInExists as i32,
+            SqlSupportedSubqueries::SqlSubqueriesInIns as i32,
+        ]),
+    );
+    b.append(SqlInfo::SqlCorrelatedSubqueriesSupported, true);
+    b.append(
+        SqlInfo::SqlSupportedUnions,
+        bits(&[SqlSupportedUnions::SqlUnion as i32, SqlSupportedUnions::SqlUnionAll as i32]),
+    );
+    // No limits but memory: JDBC reads 0 as none or unknown.
+    for limit in [
+        SqlInfo::SqlMaxBinaryLiteralLength,
+        SqlInfo::SqlMaxCharLiteralLength,
+        SqlInfo::SqlMaxColumnNameLength,
+        SqlInfo::SqlMaxColumnsInGroupBy,
+        SqlInfo::SqlMaxColumnsInIndex,
+        SqlInfo::SqlMaxColumnsInOrderBy,
+        SqlInfo::SqlMaxColumnsInSelect,
+        SqlInfo::SqlMaxColumnsInTable,
+        SqlInfo::SqlMaxConnections,
+        SqlInfo::SqlMaxCursorNameLength,
+        SqlInfo::SqlMaxIndexLength,
+        SqlInfo::SqlDbSchemaNameLength,
+        SqlInfo::SqlMaxProcedureNameLength,
+        SqlInfo::SqlMaxCatalogNameLength,
+        SqlInfo::SqlMaxRowSize,
+        SqlInfo::SqlMaxStatementLength,
+        SqlInfo::SqlMaxStatements,
+        SqlInfo::SqlMaxTableNameLength,
+        SqlInfo::SqlMaxTablesInSelect,
+        SqlInfo::SqlMaxUsernameLength,
+    ] {
+        b.append(limit, 0i64);
+    }
+    b.append(SqlInfo::SqlMaxRowSizeIncludesBlobs, false);
+    // No transactions: each statement commits alone.
+    b.append(SqlInfo::SqlDefaultTransactionIsolation, SqlTransactionIsolationLevel::SqlTransactionNone as i32);
+    b.append(SqlInfo::SqlTransactionsSupported, false);
+    b.append(SqlInfo::SqlSupportedTransactionsIsolationLevels, 0i32);
+    b.append(SqlInfo::SqlDataDefinitionCausesTransactionCommit, false);
+    b.append(SqlInfo::SqlDataDefinitionsInTransactionsIgnored, false);
+    // Results stream once, forward, read-only.
+    b.append(
+        SqlInfo::SqlSupportedResultSetTypes,
+        bits(&[SqlSupportedResultSetType::SqlResultSetTypeForwardOnly as i32]),
+    );
+    let read_only = bits(&[SqlSupportedResultSetConcurrency::SqlResultSetConcurrencyReadOnly as i32]);
+    b.append(SqlInfo::SqlSupportedConcurrenciesForResultSetUnspecified, 0i32);
+    b.append(SqlInfo::SqlSupportedConcurrenciesForResultSetForwardOnly, read_only);
+    b.append(SqlInfo::SqlSupportedConcurrenciesForResultSetScrollSensitive, 0i32);
+    b.append(SqlInfo::SqlSupportedConcurrenciesForResultSetScrollInsensitive, 0i32);
+    b.append(SqlInfo::SqlBatchUpdatesSupported, true);
+    b.append(SqlInfo::SqlSavepointsSupported, false);
+    b.append(SqlInfo::SqlNamedParametersSupported, false);
+    b.append(SqlInfo::SqlLocatorsUpdateCopy, false);
+    b.append(SqlInfo::SqlStoredFunctionsUsingCallSyntaxSupported, false);
+    b.build().expect("valid SQL info")
+});
+
+/// A set of protocol enum values as the bitmask SqlInfo carries.
+fn bits(values: &[i32]) -> i32 {
+    values.iter().fold(0, |mask, v| mask | (1 << v))
+}
+
+const NUMERIC_FUNCTIONS: &[&str] = &[
+    "abs", "acos", "asin", "atan", "atan2", "cbrt", "ceil", "cos", "cot", "degrees", "exp", "floor", "gcd", "lcm",
+    "ln", "log", "log10", "log2", "pi", "power", "radians", "random", "round", "signum", "sin", "sqrt", "tan", "trunc",
+];
+const STRING_FUNCTIONS: &[&str] = &[
+    "ascii",
+    "btrim",
+    "char_length",
+    "chr",
+    "concat",
+    "concat_ws",
+    "initcap",
+    "left",
+    "length",
+    "lower",
+    "lpad",
+    "ltrim",
+    "md5",
+    "octet_length",
+    "repeat",
+    "replace",
+    "reverse",
+    "right",
+    "rpad",
+    "rtrim",
+    "split_part",
+    "starts_with",
+    "strpos",
+    "substr",
+    "translate",
+    "upper",
+];
+const SYSTEM_FUNCTIONS: &[&str] = &["arrow_typeof", "coalesce", "nullif", "version"];
+const DATETIME_FUNCTIONS: &[&str] = &[
+    "current_date",
+    "current_time",
+    "date_bin",
+    "date_part",
+    "date_trunc",
+    "from_unixtime",
+    "make_date",
+    "now",
+    "to_char",
+    "to_date",
+    "to_timestamp",
+];
 
 /// The SQL types DataFusion takes in `CREATE TABLE` and `CAST`, as
 /// `getTypeInfo` lists them.
@@ -147,4 +333,32 @@ pub async fn primary_keys(
             Arc::new(Int32Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
         ],
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_item_jdbc_asks_for_is_answered() {
+        // The server's items and the SQL's (500..=576), which JDBC's
+        // DatabaseMetaData reads; Substrait's versions (6, 7) only matter
+        // to a server that takes Substrait plans
+        let server = (0..=11).chain(100..=101).filter(|i| ![6, 7].contains(i));
+        let wanted: Vec<u32> = server.chain(500..=576).filter(|i| SqlInfo::try_from(*i as i32).is_ok()).collect();
+        let batch = SQL_INFO.record_batch(wanted.iter().copied()).unwrap();
+        let ids = batch.column(0).as_any().downcast_ref::<arrow::array::UInt32Array>().unwrap();
+        let answered: Vec<u32> = ids.values().to_vec();
+        let missing: Vec<_> = wanted.iter().filter(|i| !answered.contains(i)).collect();
+        assert!(missing.is_empty(), "unanswered SqlInfo items: {missing:?}");
+    }
+
+    #[test]
+    fn the_functions_advertised_are_datafusions() {
+        use datafusion::execution::FunctionRegistry;
+        let ctx = SessionContext::new();
+        for name in [NUMERIC_FUNCTIONS, STRING_FUNCTIONS, SYSTEM_FUNCTIONS, DATETIME_FUNCTIONS].concat() {
+            assert!(ctx.udf(name).is_ok(), "`{name}` is not a DataFusion function");
+        }
+    }
 }
