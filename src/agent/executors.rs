@@ -249,6 +249,15 @@ impl Executors {
     /// An executor ended: report what its supervisor recorded.
     fn exited(&self, alloc: u64, over: Option<String>) {
         let mut report = self.exit_report(alloc);
+        // A supervisor killed with -9 leaves its workload running, which
+        // must not outlive it (nor keep a port, a Kafka partition, a file).
+        if !self.isolation.kill_all(alloc)
+            && let Some(pid) = self.table.lock().expect("executor table").get(&alloc).map(|e| e.pid)
+        {
+            // Without cgroups, its process group: the supervisor was just
+            // reaped, and its pid stays reserved while the group has members.
+            signal_group(pid, libc::SIGKILL);
+        }
         // Its shared memory is charged to its cgroup: gone first.
         self.forget(alloc);
         self.isolation.cleanup(alloc);
@@ -331,7 +340,11 @@ impl Executors {
                     "an executor ended while the agent was down"
                 );
                 ended.push(report);
+                // What its workload left running dies with it (by cgroup:
+                // its pid may belong to another process by now).
+                self.isolation.kill_all(r.alloc);
                 self.forget(r.alloc);
+                self.isolation.cleanup(r.alloc);
                 continue;
             }
             tracing::info!(alloc = r.alloc, pid = r.pid, "re-adopting a running executor");

@@ -10,6 +10,7 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// How limits are enforced on this host.
 #[derive(Clone, Debug)]
@@ -130,20 +131,52 @@ impl Isolation {
         }
     }
 
-    /// Removes an ended executor's cgroups.
-    pub fn cleanup(&self, alloc: u64) {
-        let name = format!("alloc-{alloc}");
-        match self {
-            Isolation::CgroupV2 { base, .. } => {
-                let _ = fs::remove_dir(base.join(name));
-            }
-            Isolation::CgroupV1 { memory, cpu } => {
-                let _ = fs::remove_dir(memory.join(&name));
-                if let Some((cpu, _)) = cpu {
-                    let _ = fs::remove_dir(cpu.join(&name));
+    /// Kills whatever still runs in an ended executor's cgroup: the
+    /// workload of a supervisor that was killed with -9, or a daemon it
+    /// started in a session of its own. False without cgroups.
+    pub fn kill_all(&self, alloc: u64) -> bool {
+        let dir = match self {
+            Isolation::CgroupV2 { base, .. } => base.join(format!("alloc-{alloc}")),
+            Isolation::CgroupV1 { memory, .. } => memory.join(format!("alloc-{alloc}")),
+            Isolation::RssWatch => return false,
+        };
+        // cgroup v2 kills the whole group at once, also what forks meanwhile.
+        if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
+            return true;
+        }
+        for pid in fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default().lines() {
+            if let Ok(pid) = pid.trim().parse::<i32>()
+                && pid > 1
+            {
+                // SAFETY: kill(2) of one process that is in this executor's cgroup.
+                unsafe {
+                    libc::kill(pid, libc::SIGKILL);
                 }
             }
-            Isolation::RssWatch => {}
+        }
+        true
+    }
+
+    /// Removes an ended executor's cgroups, once the processes killed in
+    /// them have gone (for at most a second).
+    pub fn cleanup(&self, alloc: u64) {
+        let name = format!("alloc-{alloc}");
+        let dirs = match self {
+            Isolation::CgroupV2 { base, .. } => vec![base.join(name)],
+            Isolation::CgroupV1 { memory, cpu } => {
+                let mut dirs = vec![memory.join(&name)];
+                dirs.extend(cpu.iter().map(|(cpu, _)| cpu.join(&name)));
+                dirs
+            }
+            Isolation::RssWatch => vec![],
+        };
+        for dir in dirs {
+            for _ in 0..20 {
+                match fs::remove_dir(&dir) {
+                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(50)),
+                    _ => break,
+                }
+            }
         }
     }
 

@@ -89,3 +89,29 @@ fn an_agent_restart_keeps_its_executors_and_reports_how_one_ended_meanwhile() {
     let logs = String::from_utf8_lossy(&c.cli(&["logs", "long"]).stdout).to_string();
     assert_eq!(logs.trim(), "up", "one uninterrupted run");
 }
+
+/// Whether `pid` runs (a zombie no longer does).
+fn alive(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+}
+
+#[test]
+fn a_workload_does_not_outlive_its_executor_killed_with_minus_nine() {
+    // Given a job whose workload is one process, marked by this cluster's port
+    let c = Cluster::start(&[("a", 2)]);
+    let marker = format!("sleep 1{}", c.address.rsplit(':').next().unwrap());
+    let job = c.submit("orphan", 1, "100m", "batch", &format!("exec {marker}"));
+    c.wait_until("it runs", WAIT, |c| c.running_slots(job).len() == 1);
+    let workloads = || -> Vec<u32> {
+        let executors = pids_of(&[&marker, "executor"]);
+        pids_of(&[&marker]).into_iter().filter(|p| !executors.contains(p)).collect()
+    };
+    c.wait_until("its workload runs", WAIT, |_| workloads().len() == 1);
+    let (workload, executor) = (workloads()[0], pids_of(&[&marker, "executor"]));
+    assert_eq!(executor.len(), 1, "one executor: {executor:?}");
+    // When its executor (the slot's supervisor) is killed with -9
+    kill9(executor[0]);
+    // Then the agent kills the workload it left behind
+    c.wait_until("the orphaned workload is gone", WAIT, |_| !alive(workload));
+}
