@@ -188,6 +188,38 @@ async fn supervise(children: &mut [Supervised]) -> Result<()> {
     }
 }
 
+/// The data dirs this process runs a cluster on, locked (`flock`) for as
+/// long as it lives: a second `cohort up` on one would share its state
+/// and its agents' executors, and stop them when it stopped.
+static LOCKED: std::sync::Mutex<Vec<std::fs::File>> = std::sync::Mutex::new(Vec::new());
+
+fn lock_data_dir(dir: &Path) -> Result<()> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("up.lock");
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // SAFETY: flock(2) on a file this function owns.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let mut holder = String::new();
+        let _ = file.read_to_string(&mut holder);
+        bail!(
+            "{} is in use by another `cohort up` (pid {}): stop it first, or give this one its own --data-dir",
+            dir.display(),
+            holder.trim()
+        );
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    LOCKED.lock().expect("data dir locks").push(file);
+    Ok(())
+}
+
 /// Starts the coordinator, waits until it listens, then the agents, each
 /// offered an equal share of this host.
 pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
@@ -195,6 +227,7 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
         bail!("--agents must be at least 1");
     }
     std::fs::create_dir_all(&s.data_dir).with_context(|| format!("cannot create {}", s.data_dir.display()))?;
+    lock_data_dir(&s.data_dir)?;
     let mut children = Vec::new();
     let coordinator_dir = s.data_dir.join("coordinator").display().to_string();
     let mut args = vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--http".into(), s.http.clone()];

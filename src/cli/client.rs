@@ -397,7 +397,8 @@ fn pipeline_state(j: &pb::Job) -> &str {
 
 pub async fn pipeline_create(coordinator: &str, file: &PathBuf, output: Output) -> Result<()> {
     let text = read_spec(file)?;
-    if !crate::spec::is_pipeline(&text) {
+    // A file that is no TOML goes on, to be refused with its syntax error's line.
+    if !crate::spec::is_pipeline(&text) && text.parse::<toml::Table>().is_ok() {
         anyhow::bail!(
             "{}: not a pipeline spec (it has no [source.kafka] table); jobs go to `cohort submit`",
             file.display()

@@ -96,6 +96,8 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     for (bad, field) in [
         (spec("b", "clicks", "/tmp/x/", 1).replace("ts = \"Int64\"", "ts = \"Instant\""), "source.kafka.schema.ts"),
         (spec("b", "clicks", "/tmp/x/", 1).replace("SELECT user_id", "SELECT user_idd"), "transform.sql"),
+        // A TOML syntax error is reported where it is, not as "not a pipeline spec"
+        (spec("b", "clicks", "/tmp/x/", 1).replace("topic = \"clicks\"", "topic = \"clicks"), "bad.toml:4"),
     ] {
         let out = up.cli(&["pipeline", "create", &write(&up, "bad.toml", &bad)]);
         let err = String::from_utf8_lossy(&out.stderr);

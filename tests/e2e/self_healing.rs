@@ -115,3 +115,24 @@ fn a_workload_does_not_outlive_its_executor_killed_with_minus_nine() {
     // Then the agent kills the workload it left behind
     c.wait_until("the orphaned workload is gone", WAIT, |_| !alive(workload));
 }
+
+#[test]
+fn a_second_cohort_up_on_a_data_dir_in_use_is_refused_and_disturbs_nothing() {
+    // Given a cluster up
+    let up = Up::start(1);
+    let pid = up.pid_of("coordinator").expect("the coordinator runs");
+    // When `cohort up` is run again on its data dir (other ports, another client config)
+    let second = std::process::Command::new(crate::harness::cohort())
+        .args(["up", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(up.dir.path())
+        .env("COHORT_CONFIG", up.dir.path().join("second-client.toml"))
+        .output()
+        .expect("run cohort up");
+    // Then it stops at once, saying which process holds the dir
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(!second.status.success(), "a second `cohort up` ran: {err}");
+    assert!(err.contains("is in use by another `cohort up` (pid"), "{err}");
+    // And the first runs on as before
+    assert_eq!(up.pid_of("coordinator"), Some(pid));
+    assert_eq!(up.json(&["status"])["agents"], 1);
+}

@@ -350,7 +350,7 @@ impl pb::jobs_server::Jobs for Api {
         let who = caller(&req)?;
         let req = req.into_inner();
         let (id, instances) = (req.job_id, req.instances);
-        let job = self.ask_job(who.clone(), id, move |core| core.scale(id, instances)).await?;
+        let job = self.ask_job(who.clone(), id, move |core| core.scale_service(id, instances)).await?;
         self.record(&who, format!("scale job {id} to {instances}")).await;
         Ok(Response::new(job_to_pb(job)))
     }

@@ -41,6 +41,17 @@ impl Core {
         if spec.kind.service().is_some()
             && let Some(id) = self.running_service(&spec.name)
         {
+            // Only a service is updated in place: a pipeline's members have
+            // no health to roll on, and one kind never replaces another.
+            let running = &self.jobs[&id].record;
+            if running.kind != spec.kind.name() || matches!(spec.kind, crate::spec::JobKind::Pipeline { .. }) {
+                return Err(CoordinatorError::Conflict(format!(
+                    "{file}: {} `{}` already exists (job {id}); delete it first to replace it with this {}",
+                    running.kind,
+                    spec.name,
+                    spec.kind.name()
+                )));
+            }
             self.start_deployment(id, file, text, spec)?;
             return Ok(id);
         }

@@ -346,6 +346,25 @@ fn a_host_runs_at_most_its_executor_limit() {
     assert_eq!(h.core.job(job).unwrap().state, JobState::Running);
 }
 
+#[test]
+fn a_pipeline_is_neither_scaled_by_hand_nor_replaced_by_a_second_create() {
+    // Given a running pipeline
+    let mut h = Harness::new();
+    h.register("a", 8);
+    let pipeline = "name = \"clicks\"\n[source.kafka]\ntopic = \"clicks\"\nschema = { url = \"Utf8\" }\n\
+                    [sink.parquet]\npath = \"/data/clicks/\"\n";
+    let id = h.core.submit("p.toml", pipeline).unwrap();
+    // When a user scales it, then it is refused: its `[parallelism]` sizes it
+    let e = h.core.scale_service(id, 5).unwrap_err().to_string();
+    assert!(e.contains("is a pipeline job; only services scale"), "{e}");
+    // When it is created again, changed or not, or a service takes its name, then that is refused too
+    for (file, text) in [("p.toml", pipeline.to_string()), ("web.toml", WEB.replace("\"web\"", "\"clicks\""))] {
+        let e = h.core.submit(file, &text).unwrap_err().to_string();
+        assert!(e.contains("pipeline `clicks` already exists") && e.contains("delete it first"), "{e}");
+    }
+    assert_eq!(h.core.job(id).unwrap().state, JobState::Running, "the pipeline runs on, unchanged");
+}
+
 // ---------- services ----------
 
 const WEB: &str = r#"name = "web"

@@ -197,7 +197,22 @@ impl Core {
         })
     }
 
-    /// Sets a service's instance count (a rolling update in progress takes it too).
+    /// `cohort scale`: a service's instance count. The other long-running
+    /// kinds size themselves: a pipeline within its `[parallelism]`, the
+    /// SQL pool and the stores with their load.
+    pub fn scale_service(&mut self, id: u64, instances: u32) -> Result<JobView> {
+        if let Some(job) = self.jobs.get(&id)
+            && !matches!(job.spec.kind, crate::spec::JobKind::Service { .. })
+        {
+            return Err(CoordinatorError::InvalidInput(format!(
+                "job {id} is a {} job; only services scale",
+                job.record.kind
+            )));
+        }
+        self.scale(id, instances)
+    }
+
+    /// Sets a long-running job's instance count (a rolling update in progress takes it too).
     pub fn scale(&mut self, id: u64, instances: u32) -> Result<JobView> {
         self.turn(|core| {
             let job = core.jobs.get(&id).ok_or_else(|| CoordinatorError::NotFound(format!("no job {id}")))?;
