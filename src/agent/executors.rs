@@ -293,14 +293,25 @@ impl Executors {
             .ok()
             .and_then(|b| serde_json::from_slice::<ExitRecord>(&b).ok());
         match recorded {
-            Some(ExitRecord { code: Some(code), .. }) => {
-                pb::ExecutorExited { alloc_id: alloc, exit_code: code, stderr_tail: tail, ..Default::default() }
-            }
+            Some(ExitRecord { code: Some(code), error, .. }) => pb::ExecutorExited {
+                alloc_id: alloc,
+                exit_code: code,
+                stderr_tail: tail,
+                reason: error.unwrap_or_default(),
+                ..Default::default()
+            },
             Some(ExitRecord { signal: Some(sig), .. }) => pb::ExecutorExited {
                 alloc_id: alloc,
                 exit_code: -1,
                 signal: signal_name(sig),
                 stderr_tail: tail,
+                // The kernel's OOM killer sends a plain SIGKILL: say whose limit it was.
+                reason: match self.isolation.oom_kills(alloc) {
+                    Some(kills) if sig == libc::SIGKILL && kills > 0 => {
+                        "its memory limit was reached (the kernel's OOM killer)".into()
+                    }
+                    _ => String::new(),
+                },
                 ..Default::default()
             },
             // Killed before it could record (a stop's SIGKILL), or a record lost with its host.

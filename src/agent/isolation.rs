@@ -157,6 +157,17 @@ impl Isolation {
         true
     }
 
+    /// How many processes of an executor's cgroup the kernel's OOM killer
+    /// ended (`oom_kill` in `memory.events`, or v1's `memory.oom_control`).
+    pub fn oom_kills(&self, alloc: u64) -> Option<u64> {
+        let file = match self {
+            Isolation::CgroupV2 { base, .. } => base.join(format!("alloc-{alloc}")).join("memory.events"),
+            Isolation::CgroupV1 { memory, .. } => memory.join(format!("alloc-{alloc}")).join("memory.oom_control"),
+            Isolation::RssWatch => return None,
+        };
+        fs::read_to_string(file).ok()?.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
+    }
+
     /// Removes an ended executor's cgroups, once the processes killed in
     /// them have gone (for at most a second).
     pub fn cleanup(&self, alloc: u64) {

@@ -37,6 +37,9 @@ pub const EXIT_FILE: &str = "exit.json";
 pub struct ExitRecord {
     pub code: Option<i32>,
     pub signal: Option<i32>,
+    /// Why the workload never ran (its program missing or not executable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 pub fn run(kind: ExecutorKind, alloc_dir: Option<&Path>, argv: &[String]) -> Result<i32> {
@@ -132,7 +135,16 @@ fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)], 
             .env("USER", &user.name)
             .env("LOGNAME", &user.name);
     }
-    let mut child = cmd.spawn().with_context(|| format!("executor: cannot run `{program}`"))?;
+    let mut child = match cmd.spawn() {
+        Ok(child) => child,
+        Err(e) => {
+            // A shell's codes: 127 for a program not found, 126 for one that cannot run.
+            let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
+            let error = Some(format!("cannot run `{program}`: {e}"));
+            record_exit(dir, &ExitRecord { code: Some(code), signal: None, error })?;
+            return Ok(code);
+        }
+    };
     WORKLOAD.store(child.id() as i32, Ordering::SeqCst);
     let early = STOP.load(Ordering::SeqCst);
     if early != 0 {
@@ -140,9 +152,13 @@ fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)], 
         unsafe { libc::kill(child.id() as i32, early) };
     }
     let status = child.wait().context("executor: cannot wait for the workload")?;
-    let record = ExitRecord { code: status.code(), signal: status.signal() };
-    let tmp = dir.join("exit.tmp");
-    std::fs::write(&tmp, serde_json::to_vec(&record)?).context("executor: cannot record the exit")?;
-    std::fs::rename(&tmp, dir.join(EXIT_FILE)).context("executor: cannot record the exit")?;
+    record_exit(dir, &ExitRecord { code: status.code(), signal: status.signal(), error: None })?;
     Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// Writes how the workload ended where its agent reads it, whole or not at all.
+fn record_exit(dir: &Path, record: &ExitRecord) -> Result<()> {
+    let tmp = dir.join("exit.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(record)?).context("executor: cannot record the exit")?;
+    std::fs::rename(&tmp, dir.join(EXIT_FILE)).context("executor: cannot record the exit")
 }

@@ -407,9 +407,25 @@ fn toml_error(errors: &Errors, text: &str, e: &toml::de::Error) -> SpecError {
             (None, None) => key.to_string(),
         },
         (Some(key), None) => key.to_string(),
-        (None, _) => "spec".to_string(),
+        // A value of the wrong type: the span is the value, its key left of `=`.
+        (None, Some(span)) => match (key_of_value_at(text, span.start), table_at(text, span.start)) {
+            (Some(key), Some(table)) => format!("{table}.{key}"),
+            (Some(key), None) => key,
+            (None, _) => "spec".to_string(),
+        },
+        (None, None) => "spec".to_string(),
     };
     errors.at(e.span(), &field, message)
+}
+
+/// The key whose value starts at `offset` (`min` in `min = "4"`), if
+/// that value is on the key's line.
+fn key_of_value_at(text: &str, offset: usize) -> Option<String> {
+    let offset = offset.min(text.len());
+    let start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let (key, _) = text.get(start..offset)?.split_once('=')?;
+    let key = key.trim().trim_matches('"');
+    (!key.is_empty() && !key.starts_with('[') && !key.contains(char::is_whitespace)).then(|| key.to_string())
 }
 
 fn quantity(
@@ -514,6 +530,11 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert_eq!(e.line, 2, "{e}");
         let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
         assert_eq!(e.field, "command");
+        // A value of the wrong type names its key, in its table
+        let e = parse_job("job.toml", &GOOD.replace("min = 2", "min = \"2\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (8, "gang.min"), "{e}");
+        let e = parse_job("job.toml", &GOOD.replace("name = \"hello\"", "name = 5")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (2, "name"), "{e}");
     }
 
     #[test]

@@ -139,3 +139,24 @@ fn watching_a_job_follows_it_to_its_end() {
     assert!(text.contains("slot 0 succeeded on a") || text.contains("already succeeded"), "{text}");
     assert!(text.lines().last().is_some_and(|l| l.contains("succeeded")), "{text}");
 }
+
+#[test]
+fn a_program_that_cannot_start_and_one_over_its_memory_say_why() {
+    let c = Cluster::start(&[("a", 2)]);
+    let failed_reason = |c: &Cluster, id: u64| -> Option<String> {
+        let history = c.job(id)["history"].clone();
+        history.as_array()?.iter().find(|e| e["outcome"] == "failed").map(|e| e["reason"].to_string())
+    };
+    // Given a job whose program does not exist, then its failure says so (not "killed")
+    let spec = "name = \"missing\"\nmax_attempts = 1\n[gang]\ncpu = \"100m\"\nmemory = \"32MiB\"\n\
+                [command]\nargv = [\"/no/such/program\"]\n";
+    let missing = c.submit_file("missing.toml", spec);
+    c.wait_until("it fails", WAIT, |c| failed_reason(c, missing).is_some());
+    let why = failed_reason(&c, missing).unwrap();
+    assert!(why.contains("exited with code 127 (cannot run `/no/such/program`: No such file"), "{why}");
+    // Given one that holds 200 MB under a 64 MiB limit, then its failure names the limit
+    let hog = c.submit("hog", 1, "100m", "batch", "x=$(head -c 200000000 /dev/zero | tr '\\0' a); sleep 30");
+    c.wait_until("it is killed", WAIT, |c| failed_reason(c, hog).is_some());
+    let why = failed_reason(&c, hog).unwrap();
+    assert!(why.contains("SIGKILL") && why.contains("memory limit"), "{why}");
+}
