@@ -230,3 +230,13 @@ impl From<&pb::Node> for NodeDoc {
         }
     }
 }
+
+/// A moment as people read it in messages and tables: `2026-11-27 21:52 UTC`.
+pub fn utc_minute(ms: i64) -> String {
+    match time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000) {
+        Ok(t) => {
+            format!("{:04}-{:02}-{:02} {:02}:{:02} UTC", t.year(), u8::from(t.month()), t.day(), t.hour(), t.minute())
+        }
+        Err(_) => format!("{ms} ms after 1970"),
+    }
+}

@@ -590,14 +590,20 @@ pub async fn tokens(coordinator: &str, output: Output) -> Result<()> {
         Output::Json => println!("{}", serde_json::to_string_pretty(&list.iter().map(token_row).collect::<Vec<_>>())?),
         Output::Table | Output::Csv => {
             let mut t = table(&["id", "role", "queues", "created", "expires", "state", "description"]);
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64;
             for k in &list {
-                let state = if k.revoked { "revoked" } else { "active" };
-                let expires = if k.expires_ms > 0 { clock(k.expires_ms) } else { "never".into() };
+                let state = match (k.revoked, k.expires_ms) {
+                    (true, _) => "revoked",
+                    (false, e) if e > 0 && e <= now => "expired",
+                    _ => "active",
+                };
+                // Dates, not times of day: a token may live for a year.
+                let expires = if k.expires_ms > 0 { crate::json::utc_minute(k.expires_ms) } else { "never".into() };
                 t.add_row(vec![
                     k.id.clone(),
                     k.role.clone(),
                     k.queues.join(","),
-                    clock(k.created_ms),
+                    crate::json::utc_minute(k.created_ms),
                     expires,
                     state.into(),
                     k.description.clone(),

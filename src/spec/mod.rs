@@ -297,6 +297,14 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     if cpu == 0 && memory == 0 {
         return Err(errors.at(Some(gang_span), "gang", "a slot must ask for some cpu or memory"));
     }
+    // The memory a slot asks for is its hard limit: zero would be no limit at all.
+    if memory == 0 {
+        return Err(errors.at(
+            Some(gang.memory.span()),
+            "gang.memory",
+            "must be more than 0: it is the slot's hard limit (e.g. \"256MiB\")",
+        ));
+    }
     // Every slot is one executor process on its host.
     let slot = Resources::new(cpu, memory).with_scalar(EXECUTORS, 1);
     if !matches!(kind_name, "service" | "pool" | "store")
@@ -530,6 +538,8 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert_eq!(e.line, 2, "{e}");
         let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
         assert_eq!(e.field, "command");
+        let e = parse_job("job.toml", &GOOD.replace("memory = \"1GiB\"", "memory = \"0\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (11, "gang.memory"), "{e}");
         // A value of the wrong type names its key, in its table
         let e = parse_job("job.toml", &GOOD.replace("min = 2", "min = \"2\"")).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (8, "gang.min"), "{e}");

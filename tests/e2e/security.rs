@@ -162,6 +162,10 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
     let row = listed.as_array().unwrap().iter().find(|t| t["id"] == id.as_str()).cloned().unwrap();
     assert_eq!(row["revoked"], true);
     assert!(!listed.to_string().contains(&token), "secrets are never listed");
+    // The table says which token expired, and when, with its date
+    let table = String::from_utf8_lossy(&c.cli(&["token", "list"]).stdout).to_string();
+    let short_row = table.lines().find(|l| l.contains("admin") && l.contains("expired")).unwrap_or_default();
+    assert!(short_row.contains(" UTC"), "{table}");
 }
 
 #[test]

@@ -5,7 +5,7 @@
 //! pass over thousands of blocked gangs formats nothing.
 
 use crate::engine::{Engine, Gang};
-use crate::model::{GangId, Time};
+use crate::model::{GangId, Restart, Time};
 use crate::resources::{Resources, format_bytes, format_cpu};
 
 /// What held a gang back in the last scheduling pass.
@@ -62,7 +62,12 @@ impl Engine {
         match &g.blocker {
             PendingReason::NotYetTried => "waiting for the next scheduling pass".to_string(),
             PendingReason::Backoff { until } => {
-                format!("retrying after failure {} of {} at t={}", g.failures, g.spec.max_attempts, fmt_time(*until))
+                let wait = fmt_wait(until.saturating_sub(self.now));
+                match g.spec.restart {
+                    // Long-running work has no attempts to count.
+                    Restart::Always => format!("restarting in {wait} (backoff after its slot ended)"),
+                    _ => format!("retrying after failure {} of {} in {wait}", g.failures, g.spec.max_attempts),
+                }
             }
             PendingReason::QueueCap => {
                 let q = &self.queues[g.queue];
@@ -86,12 +91,12 @@ impl Engine {
             }
             PendingReason::Unschedulable(why) => format!("unschedulable: {why}"),
             PendingReason::Reserved { start, nodes } => format!(
-                "needs {shape}; holds a reservation on {nodes} node(s) expected to be free at t={}; smaller work backfills around it",
-                fmt_time(*start)
+                "needs {shape}; holds a reservation on {nodes} node(s) expected to be free in {}; smaller work backfills around it",
+                fmt_wait(start.saturating_sub(self.now))
             ),
             PendingReason::AwaitingVictims { deadline, victims } => format!(
-                "preempting {victims} lower-priority slot(s); starts when they stop (grace ends at t={})",
-                fmt_time(*deadline)
+                "preempting {victims} lower-priority slot(s); starts when they stop (their grace ends in {})",
+                fmt_wait(deadline.saturating_sub(self.now))
             ),
             PendingReason::Behind(first) => format!("waiting behind {first} (first come, first served)"),
         }
@@ -110,6 +115,13 @@ impl Engine {
     }
 }
 
-fn fmt_time(ms: Time) -> String {
-    if ms.is_multiple_of(1000) { format!("{}s", ms / 1000) } else { format!("{:.3}s", ms as f64 / 1000.0) }
+/// A wait from now, as people read it: `1.5 s`, `12 min`, `3.0 h`. Engine
+/// time is wall-clock milliseconds in the coordinator and trace time in
+/// simulations, so reasons never print an absolute time.
+fn fmt_wait(ms: Time) -> String {
+    match ms {
+        0..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
+        60_000..3_600_000 => format!("{} min", ms.div_ceil(60_000)),
+        _ => format!("{:.1} h", ms as f64 / 3_600_000.0),
+    }
 }

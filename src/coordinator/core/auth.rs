@@ -183,7 +183,10 @@ impl Core {
             return Err(CoordinatorError::Unauthenticated(format!("token {id} was revoked")));
         }
         if let Some(expires) = record.expires_ms.filter(|&e| e <= self.now_ms()) {
-            return Err(CoordinatorError::Unauthenticated(format!("token {id} expired at {expires} ms")));
+            return Err(CoordinatorError::Unauthenticated(format!(
+                "token {id} expired at {}",
+                crate::json::utc_minute(expires)
+            )));
         }
         let token = format!("token {id}");
         Ok(match record.role {
