@@ -121,12 +121,13 @@ impl Core {
         self.jobs.keys().filter_map(|&id| self.job_view(id)).collect()
     }
 
-    /// The newest job of this name.
+    /// The job of this name: the newest that has not ended, else the
+    /// newest (a finished command job never hides a running service).
     pub fn resolve(&self, name: &str) -> Result<u64> {
-        self.jobs
-            .values()
-            .rev()
-            .find(|j| j.record.name == name)
+        let named = || self.jobs.values().rev().filter(|j| j.record.name == name);
+        named()
+            .find(|j| self.job_state(j.record.id).is_some_and(|s| !s.is_final()))
+            .or_else(|| named().next())
             .map(|j| j.record.id)
             .ok_or_else(|| CoordinatorError::NotFound(format!("no job named `{name}`")))
     }

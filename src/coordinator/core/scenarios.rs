@@ -367,6 +367,22 @@ fn a_pipeline_is_neither_scaled_by_hand_nor_replaced_by_a_second_create() {
 
 // ---------- services ----------
 
+#[test]
+fn a_name_means_the_job_of_that_name_still_running_before_newer_ended_ones() {
+    // Given a running service `web`, then a command job also named `web` that has ended
+    let mut h = Harness::new();
+    h.register("a", 8);
+    let service = h.core.submit("web.toml", WEB).unwrap();
+    let command = "name = \"web\"\n[gang]\ncpu = \"100m\"\nmemory = \"16MiB\"\n[command]\nargv = [\"true\"]\n";
+    let ended = h.core.submit("cmd.toml", command).unwrap();
+    h.core.cancel(ended).unwrap();
+    // When `web` is named, then it is the service
+    assert_eq!(h.core.resolve("web").unwrap(), service);
+    // And once the service has ended too, the newest of them
+    h.core.cancel(service).unwrap();
+    assert_eq!(h.core.resolve("web").unwrap(), ended);
+}
+
 const WEB: &str = r#"name = "web"
 kind = "service"
 [gang]
