@@ -205,7 +205,12 @@ impl Core {
         if self.jobs[&id].gang() != gang {
             return;
         }
-        let starts_attempt = slots.iter().any(|p| !p.elastic);
+        // A long-running job's run is one history entry from its start to
+        // its end; an instance started again in between is recorded where
+        // the one it replaces ended (`instance_ended`), not as another run.
+        let long_running = self.jobs[&id].spec.kind.service().is_some();
+        let open_run = self.jobs[&id].record.history.iter().any(|e| e.ended_ms.is_none());
+        let starts_attempt = slots.iter().any(|p| !p.elastic) && !(long_running && open_run);
         let nodes: Vec<String> = slots.iter().map(|p| self.node_name(p.node)).collect();
         if starts_attempt {
             let record = &self.jobs[&id].record;

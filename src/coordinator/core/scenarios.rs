@@ -443,6 +443,26 @@ fn service_instances_get_distinct_ports_and_only_healthy_ones_are_endpoints() {
 }
 
 #[test]
+fn a_service_whose_only_instance_keeps_exiting_has_one_run_in_its_history() {
+    // Given a one-instance service
+    let mut h = Harness::new();
+    let node = h.register("a", 4);
+    let id = h.core.submit("web.toml", &WEB.replace("instances = 3", "instances = 1")).unwrap();
+    // When its instance exits three times and is started again each time
+    for _ in 0..3 {
+        let launched = h.launches();
+        assert_eq!(launched.len(), 1);
+        h.exit(node, launched[0].1.alloc, 3);
+        h.advance(Duration::from_secs(60), &[node]);
+    }
+    // Then its history has one run, still open, and an entry per exit
+    let view = h.core.job(id).unwrap();
+    let open = view.history.iter().filter(|e| e.ended_ms.is_none()).count();
+    assert_eq!(open, 1, "{:?}", view.history);
+    assert_eq!(view.history.iter().filter(|e| e.reason.contains("exited with code 3")).count(), 3);
+}
+
+#[test]
 fn a_service_scales_and_a_rolling_update_keeps_it_healthy() {
     let mut h = Harness::new();
     let node = h.register("a", 8);
