@@ -89,7 +89,7 @@ pub async fn jobs(coordinator: &str, output: Output) -> Result<()> {
                     j.attempts.to_string(),
                     j.priority.clone(),
                     j.queue.clone(),
-                    first_line(&j.reason),
+                    in_one_line(&j.reason),
                 ]);
             }
             println!("{t}");
@@ -223,7 +223,7 @@ fn print_job(j: &pb::Job, output: Output) -> Result<()> {
                         if a.ended_ms > 0 { clock(a.ended_ms) } else { String::new() },
                         a.nodes.join(","),
                         outcome,
-                        first_line(&a.reason),
+                        in_one_line(&a.reason),
                     ]);
                 }
                 println!("history\n{h}");
@@ -376,12 +376,18 @@ fn table(header: &[&str]) -> Table {
     t
 }
 
-fn first_line(s: &str) -> String {
-    let line = s.lines().next().unwrap_or("");
-    if line.len() > 80 {
-        format!("{}…", &line[..line.char_indices().nth(79).map_or(line.len(), |(i, _)| i)])
-    } else {
-        line.to_string()
+/// A reason in one table cell: its first line and, where it quotes a
+/// slot's output, that output's last line (`... its output ends: boom`).
+fn in_one_line(s: &str) -> String {
+    let mut lines = s.lines().map(str::trim).filter(|l| !l.is_empty());
+    let first = lines.next().unwrap_or("");
+    let line = match lines.next_back() {
+        Some(last) => format!("{first} {last}"),
+        None => first.to_string(),
+    };
+    match line.char_indices().nth(100) {
+        Some((cut, _)) => format!("{}…", &line[..cut]),
+        None => line,
     }
 }
 
@@ -428,7 +434,7 @@ pub async fn pipelines(coordinator: &str, output: Output) -> Result<()> {
                     j.name.clone(),
                     pipeline_state(j).to_string(),
                     format!("{running}/{}", j.slots.len()),
-                    first_line(&j.reason),
+                    in_one_line(&j.reason),
                 ]);
             }
             println!("{t}");

@@ -343,10 +343,27 @@ pub fn main() -> i32 {
         Ok(code) => code,
         Err(err) if is_broken_pipe(&err) && stdout_is_closed() => STDOUT_CLOSED,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            eprintln!("error: {}", readable(&err));
             1
         }
     }
+}
+
+/// An error and its causes on one line, each said once: transport errors
+/// repeat their causes' words (`tcp connect error: tcp connect error`).
+fn readable(err: &anyhow::Error) -> String {
+    let mut pieces: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if pieces.iter().any(|p| p.contains(text.as_str())) {
+            continue;
+        }
+        if pieces.last().is_some_and(|last| text.starts_with(last.as_str())) {
+            pieces.pop();
+        }
+        pieces.push(text);
+    }
+    pieces.join(": ")
 }
 
 /// How a command whose reader went away ends: as a Unix tool killed by
@@ -626,5 +643,25 @@ fn parse_port_range(text: &str) -> Result<(u16, u16)> {
     match parsed {
         Some((first, last)) if first > 0 && first <= last => Ok((first, last)),
         _ => anyhow::bail!("--ports: `{text}` is not a port range such as 31000-32000"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_says_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused");
+        let err = anyhow::Error::new(io)
+            .context("tcp connect error")
+            .context("tcp connect error")
+            .context("cannot reach the coordinator at 127.0.0.1:1");
+        assert_eq!(
+            readable(&err),
+            "cannot reach the coordinator at 127.0.0.1:1: tcp connect error: Connection refused"
+        );
+        let wider = anyhow::anyhow!("invalid peer certificate: UnknownIssuer").context("invalid peer certificate");
+        assert_eq!(readable(&wider), "invalid peer certificate: UnknownIssuer");
     }
 }

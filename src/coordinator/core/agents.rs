@@ -145,7 +145,7 @@ impl Core {
             };
             let tail = e.output_tail.trim();
             let why = if e.reason.is_empty() { String::new() } else { format!(" ({})", e.reason) };
-            if tail.is_empty() { format!("{how}{why}") } else { format!("{how}{why}; stderr ends:\n{tail}") }
+            if tail.is_empty() { format!("{how}{why}") } else { format!("{how}{why}; its output ends:\n{tail}") }
         };
         self.slot_ended(e.alloc, outcome, e.exit_code, detail)
     }
