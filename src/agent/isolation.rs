@@ -41,8 +41,9 @@ impl Isolation {
         }
     }
 
-    /// Finds a writable cgroup hierarchy for `agent`'s executors.
-    pub fn detect(agent: &str, cpu_limit: CpuLimit) -> Isolation {
+    /// Finds a writable cgroup hierarchy for the executors of `agent`,
+    /// whose state is in `data_dir`.
+    pub fn detect(agent: &str, data_dir: &Path, cpu_limit: CpuLimit) -> Isolation {
         let own = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
         let path_of = |controller: &str| {
             own.lines().find_map(|l| {
@@ -52,7 +53,10 @@ impl Isolation {
                     .then(|| path.to_string())
             })
         };
-        let dir_name = format!("cohort-{}", sanitize(agent));
+        // Named by the agent and its data dir: agents of two clusters on one
+        // host may share a name (and allocation numbers), never a cgroup,
+        // while one agent finds its executors' again after a restart.
+        let dir_name = format!("cohort-{}-{}", sanitize(agent), short_hash(data_dir));
         let root = Path::new("/sys/fs/cgroup");
         if root.join("cgroup.controllers").exists()
             && let Some(p) = path_of("")
@@ -224,6 +228,14 @@ fn rss_of_group(pgid: u32) -> u64 {
 
 fn sanitize(name: &str) -> String {
     name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect()
+}
+
+/// Eight hex digits of a path's SHA-256, its absolute form where it has one.
+fn short_hash(path: &Path) -> String {
+    use sha2::Digest;
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let digest = sha2::Sha256::digest(path.as_os_str().as_encoded_bytes());
+    digest[..4].iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

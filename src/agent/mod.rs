@@ -153,7 +153,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(settings.data_dir.join("logs"))
         .with_context(|| format!("cannot create {}", settings.data_dir.display()))?;
     let cpu_limit = if settings.cpu_hard_limit { isolation::CpuLimit::Quota } else { isolation::CpuLimit::Share };
-    let isolation = Isolation::detect(&settings.name, cpu_limit);
+    let isolation = Isolation::detect(&settings.name, &settings.data_dir, cpu_limit);
     let users = identity::SlotUsers::new(settings.run_as.as_deref(), settings.allow_root)?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
