@@ -137,13 +137,17 @@ impl Isolation {
 
     /// Kills whatever still runs in an ended executor's cgroup: the
     /// workload of a supervisor that was killed with -9, or a daemon it
-    /// started in a session of its own. False without cgroups.
+    /// started in a session of its own. False where the executor has no
+    /// cgroup (none on this host, or it was never made).
     pub fn kill_all(&self, alloc: u64) -> bool {
         let dir = match self {
             Isolation::CgroupV2 { base, .. } => base.join(format!("alloc-{alloc}")),
             Isolation::CgroupV1 { memory, .. } => memory.join(format!("alloc-{alloc}")),
             Isolation::RssWatch => return false,
         };
+        if !dir.is_dir() {
+            return false;
+        }
         // cgroup v2 kills the whole group at once, also what forks meanwhile.
         if fs::write(dir.join("cgroup.kill"), "1").is_ok() {
             return true;
@@ -172,8 +176,9 @@ impl Isolation {
         fs::read_to_string(file).ok()?.lines().find_map(|line| line.strip_prefix("oom_kill ")?.trim().parse().ok())
     }
 
-    /// Removes an ended executor's cgroups, once the processes killed in
-    /// them have gone (for at most a second).
+    /// Removes an ended executor's cgroups; one whose killed processes are
+    /// still going is tried again for a second, off the caller's thread
+    /// (an agent's async task).
     pub fn cleanup(&self, alloc: u64) {
         let name = format!("alloc-{alloc}");
         let dirs = match self {
@@ -185,13 +190,19 @@ impl Isolation {
             }
             Isolation::RssWatch => vec![],
         };
-        for dir in dirs {
-            for _ in 0..20 {
-                match fs::remove_dir(&dir) {
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) => std::thread::sleep(Duration::from_millis(50)),
-                    _ => break,
+        let busy = |dir: &Path| fs::remove_dir(dir).is_err_and(|e| e.raw_os_error() == Some(libc::EBUSY));
+        let still_busy: Vec<PathBuf> = dirs.into_iter().filter(|dir| busy(dir)).collect();
+        if !still_busy.is_empty() {
+            std::thread::spawn(move || {
+                for dir in still_busy {
+                    for _ in 0..20 {
+                        std::thread::sleep(Duration::from_millis(50));
+                        if !busy(&dir) {
+                            break;
+                        }
+                    }
                 }
-            }
+            });
         }
     }
 

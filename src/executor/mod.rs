@@ -140,7 +140,11 @@ fn supervise(dir: &Path, program: &str, args: &[String], env: &[(&str, &Path)], 
         Err(e) => {
             // A shell's codes: 127 for a program not found, 126 for one that cannot run.
             let code = if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 };
-            let error = Some(format!("cannot run `{program}`: {e}"));
+            // The same errors come from a run-as user's missing scratch dir: say which.
+            let error = Some(match run_as.filter(|user| !user.workdir.is_dir()) {
+                Some(user) => format!("cannot run `{program}`: its scratch dir {} is missing", user.workdir.display()),
+                None => format!("cannot run `{program}`: {e}"),
+            });
             record_exit(dir, &ExitRecord { code: Some(code), signal: None, error })?;
             return Ok(code);
         }

@@ -297,14 +297,6 @@ pub fn parse_job(file: &str, text: &str) -> Result<JobSpec, SpecError> {
     if cpu == 0 && memory == 0 {
         return Err(errors.at(Some(gang_span), "gang", "a slot must ask for some cpu or memory"));
     }
-    // The memory a slot asks for is its hard limit: zero would be no limit at all.
-    if memory == 0 {
-        return Err(errors.at(
-            Some(gang.memory.span()),
-            "gang.memory",
-            "must be more than 0: it is the slot's hard limit (e.g. \"256MiB\")",
-        ));
-    }
     // Every slot is one executor process on its host.
     let slot = Resources::new(cpu, memory).with_scalar(EXECUTORS, 1);
     if !matches!(kind_name, "service" | "pool" | "store")
@@ -436,6 +428,31 @@ fn key_of_value_at(text: &str, offset: usize) -> Option<String> {
     (!key.is_empty() && !key.starts_with('[') && !key.contains(char::is_whitespace)).then(|| key.to_string())
 }
 
+/// What a new submission must also satisfy, beyond what a spec stored by
+/// an earlier version (and parsed again at every start) was held to.
+pub fn check_new(file: &str, text: &str, spec: &JobSpec) -> Result<(), SpecError> {
+    let at = |field: &str, message: &str| SpecError {
+        file: file.to_string(),
+        line: line_of_field(text, field),
+        field: field.to_string(),
+        message: message.to_string(),
+    };
+    if spec.gang.slot.memory_bytes == 0 {
+        let field = if matches!(spec.kind, JobKind::Pipeline { .. }) { "parallelism.memory" } else { "gang.memory" };
+        // The memory a slot asks for is its hard limit: zero would be no limit at all.
+        return Err(at(field, "must be more than 0: it is the slot's hard limit (e.g. \"256MiB\")"));
+    }
+    if let JobKind::Pipeline { config, .. } = &spec.kind
+        && config.group.trim().is_empty()
+    {
+        return Err(at(
+            "source.kafka.group",
+            "empty: name a consumer group, or leave it out to use the pipeline's name",
+        ));
+    }
+    Ok(())
+}
+
 fn quantity(
     value: &Spanned<toml::Value>,
     parse: fn(&str) -> Result<u64, cohort_scheduler::resources::QuantityError>,
@@ -538,7 +555,9 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert_eq!(e.line, 2, "{e}");
         let e = parse_job("job.toml", &GOOD.replace("kind = \"command\"", "kind = \"sql\"")).unwrap_err();
         assert_eq!(e.field, "command");
-        let e = parse_job("job.toml", &GOOD.replace("memory = \"1GiB\"", "memory = \"0\"")).unwrap_err();
+        // Memory 0 parses (a stored spec of an earlier version may have it) but is no new submission
+        let zero = GOOD.replace("memory = \"1GiB\"", "memory = \"0\"");
+        let e = check_new("job.toml", &zero, &parse_job("job.toml", &zero).unwrap()).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (11, "gang.memory"), "{e}");
         // A value of the wrong type names its key, in its table
         let e = parse_job("job.toml", &GOOD.replace("min = 2", "min = \"2\"")).unwrap_err();

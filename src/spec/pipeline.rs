@@ -56,7 +56,7 @@ struct RawKafkaSource {
     brokers: Option<String>,
     topic: Spanned<String>,
     #[serde(default)]
-    group: Option<Spanned<String>>,
+    group: Option<String>,
     #[serde(default)]
     format: Option<Spanned<String>>,
     #[serde(default)]
@@ -204,20 +204,13 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
             )
         })?,
     };
-    if let Some(group) = kafka.group.as_ref().filter(|g| g.get_ref().trim().is_empty()) {
-        return Err(errors.at(
-            Some(group.span()),
-            "source.kafka.group",
-            "empty: name a consumer group, or leave it out to use the pipeline's name",
-        ));
-    }
     let sink = sink(errors, &raw.sink)?;
     let (max_records, max_latency) = batch(errors, raw.batch.as_ref())?;
     let config = PipelineConfig {
         name: name.clone(),
         brokers: kafka.brokers.clone().filter(|b| !b.trim().is_empty()),
         topic: kafka.topic.get_ref().clone(),
-        group: kafka.group.as_ref().map_or_else(|| name.clone(), |g| g.get_ref().clone()),
+        group: kafka.group.clone().unwrap_or_else(|| name.clone()),
         start_latest,
         schema: kafka.schema.get_ref().0.clone(),
         sql: raw.transform.as_ref().map(|t| t.sql.get_ref().clone()),
@@ -461,9 +454,11 @@ max = 4
 "#;
 
     #[test]
-    fn an_empty_consumer_group_is_refused_by_its_line() {
+    fn an_empty_consumer_group_is_refused_by_its_line_when_submitted() {
         let spec = GOOD.replace("topic = \"clicks\"", "topic = \"clicks\"\ngroup = \" \"");
-        let e = parse_job("p.toml", &spec).unwrap_err().to_string();
+        // Parsed, as a stored spec is at every start; refused as a new one
+        let job = parse_job("p.toml", &spec).unwrap();
+        let e = super::super::check_new("p.toml", &spec, &job).unwrap_err().to_string();
         assert!(e.contains("p.toml:5: source.kafka.group: empty"), "{e}");
     }
 

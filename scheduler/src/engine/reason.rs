@@ -120,8 +120,9 @@ impl Engine {
 /// simulations, so reasons never print an absolute time.
 fn fmt_wait(ms: Time) -> String {
     match ms {
-        0..60_000 => format!("{:.1} s", ms as f64 / 1000.0),
-        60_000..3_600_000 => format!("{} min", ms.div_ceil(60_000)),
+        // Bounds where the rounded figure would read as the next unit's (`60.0 s`, `60 min`).
+        0..59_950 => format!("{:.1} s", ms as f64 / 1000.0),
+        59_950..3_540_001 => format!("{} min", ms.div_ceil(60_000)),
         _ => format!("{:.1} h", ms as f64 / 3_600_000.0),
     }
 }

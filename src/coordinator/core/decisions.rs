@@ -232,8 +232,7 @@ impl Core {
                     reason: String::new(),
                     charged: false,
                 });
-                let excess = r.history.len().saturating_sub(HISTORY_KEPT);
-                r.history.drain(..excess);
+                trim_history(&mut r.history);
             }
         });
     }
@@ -278,8 +277,18 @@ impl Core {
                 reason: format!("instance {slot}: {why}"),
                 charged: false,
             });
-            let excess = r.history.len().saturating_sub(HISTORY_KEPT);
-            r.history.drain(..excess);
+            trim_history(&mut r.history);
         });
     }
+}
+
+/// Keeps the last [`HISTORY_KEPT`] entries, and always the open ones: a
+/// long-running job's run stays open under every restart recorded after it.
+fn trim_history(history: &mut Vec<AttemptRecord>) {
+    let mut excess = history.len().saturating_sub(HISTORY_KEPT);
+    history.retain(|entry| {
+        let drop = excess > 0 && entry.ended_ms.is_some();
+        excess -= usize::from(drop);
+        !drop
+    });
 }

@@ -38,11 +38,12 @@ impl Core {
 
     /// A parsed job, within the turn that submits it.
     fn accept(&mut self, file: &str, text: &str, spec: crate::spec::JobSpec) -> Result<u64> {
+        crate::spec::check_new(file, text, &spec).map_err(|e| CoordinatorError::InvalidInput(e.to_string()))?;
         if spec.kind.service().is_some()
             && let Some(id) = self.running_service(&spec.name)
         {
-            // Only a service is updated in place: a pipeline's members have
-            // no health to roll on, and one kind never replaces another.
+            // A pipeline is never updated in place (its members have no
+            // health to roll on), and one kind never replaces another.
             let running = &self.jobs[&id].record;
             if running.kind != spec.kind.name() || matches!(spec.kind, crate::spec::JobKind::Pipeline { .. }) {
                 return Err(CoordinatorError::Conflict(format!(

@@ -448,18 +448,20 @@ fn a_service_whose_only_instance_keeps_exiting_has_one_run_in_its_history() {
     let mut h = Harness::new();
     let node = h.register("a", 4);
     let id = h.core.submit("web.toml", &WEB.replace("instances = 3", "instances = 1")).unwrap();
-    // When its instance exits three times and is started again each time
-    for _ in 0..3 {
+    let started = h.core.job(id).unwrap().history[0].started_ms;
+    // When its instance exits 60 times (more than the history keeps) and is started again each time
+    for _ in 0..60 {
         let launched = h.launches();
         assert_eq!(launched.len(), 1);
         h.exit(node, launched[0].1.alloc, 3);
-        h.advance(Duration::from_secs(60), &[node]);
+        h.advance(Duration::from_secs(600), &[node]);
     }
     // Then its history has one run, still open, and an entry per exit
     let view = h.core.job(id).unwrap();
-    let open = view.history.iter().filter(|e| e.ended_ms.is_none()).count();
-    assert_eq!(open, 1, "{:?}", view.history);
-    assert_eq!(view.history.iter().filter(|e| e.reason.contains("exited with code 3")).count(), 3);
+    let open: Vec<_> = view.history.iter().filter(|e| e.ended_ms.is_none()).collect();
+    assert_eq!(open.len(), 1, "{:?}", view.history);
+    assert_eq!(open[0].started_ms, started, "the run that began with the service");
+    assert_eq!(view.history.iter().filter(|e| e.reason.contains("exited with code 3")).count(), 49, "the newest");
 }
 
 #[test]
