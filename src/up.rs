@@ -203,15 +203,20 @@ fn lock_data_dir(dir: &Path) -> Result<()> {
         .truncate(false)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
-    // SAFETY: flock(2) on a file this function owns.
-    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let mut holder = String::new();
-        let _ = file.read_to_string(&mut holder);
-        bail!(
-            "{} is in use by another `cohort up` (pid {}): stop it first, or give this one its own --data-dir",
-            dir.display(),
-            holder.trim()
-        );
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut holder = String::new();
+            let _ = file.read_to_string(&mut holder);
+            bail!(
+                "{} is in use by another `cohort up` (pid {}): stop it first, or give this one its own --data-dir",
+                dir.display(),
+                holder.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
     }
     file.set_len(0)?;
     file.rewind()?;
