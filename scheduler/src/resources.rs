@@ -222,7 +222,14 @@ pub enum QuantityError {
     Cpu(String),
     #[error("`{0}` is not a memory amount: use bytes or a unit (`512MiB`, `4GiB`, `1G`)")]
     Memory(String),
+    #[error("`{0}` is more than any machine has")]
+    TooLarge(String),
 }
+
+/// Quantities up to a million cores and an exbibyte: beyond, a typo, and
+/// a rounding of the float into a saturated `u64` would hide it.
+const MAX_MILLICORES: u64 = 1_000_000_000;
+const MAX_BYTES: u64 = 1 << 60;
 
 /// Parses a cpu amount in cores (`"2"`, `"0.5"`) or millicores (`"500m"`).
 pub fn parse_cpu(text: &str) -> Result<u64, QuantityError> {
@@ -231,14 +238,23 @@ pub fn parse_cpu(text: &str) -> Result<u64, QuantityError> {
         return Err(QuantityError::Empty);
     }
     let bad = || QuantityError::Cpu(text.to_string());
-    if let Some(m) = t.strip_suffix('m') {
-        return m.trim().parse::<u64>().map_err(|_| bad());
+    let millicores = if let Some(m) = t.strip_suffix('m') {
+        let digits = m.trim();
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad());
+        }
+        digits.parse::<u64>().unwrap_or(u64::MAX)
+    } else {
+        let cores: f64 = t.parse().map_err(|_| bad())?;
+        if !cores.is_finite() || cores < 0.0 {
+            return Err(bad());
+        }
+        (cores * 1000.0).round().min(u64::MAX as f64) as u64
+    };
+    if millicores > MAX_MILLICORES {
+        return Err(QuantityError::TooLarge(text.to_string()));
     }
-    let cores: f64 = t.parse().map_err(|_| bad())?;
-    if !cores.is_finite() || cores < 0.0 {
-        return Err(bad());
-    }
-    Ok((cores * 1000.0).round() as u64)
+    Ok(millicores)
 }
 
 /// Parses a memory amount: plain bytes or a number with a decimal (`K`, `M`,
@@ -270,7 +286,11 @@ pub fn parse_memory(text: &str) -> Result<u64, QuantityError> {
     if !value.is_finite() || value < 0.0 {
         return Err(bad());
     }
-    Ok((value * factor as f64).round() as u64)
+    let bytes = (value * factor as f64).round();
+    if bytes > MAX_BYTES as f64 {
+        return Err(QuantityError::TooLarge(text.to_string()));
+    }
+    Ok(bytes as u64)
 }
 
 #[cfg(test)]
@@ -284,6 +304,12 @@ mod tests {
         assert_eq!(parse_cpu("0.25"), Ok(250));
         assert!(parse_cpu("two").is_err());
         assert!(parse_cpu("-1").is_err());
+        assert!(parse_cpu("m").is_err());
+        assert_eq!(parse_cpu("1e12"), Err(QuantityError::TooLarge("1e12".into())));
+        assert_eq!(
+            parse_cpu("99999999999999999999999m"),
+            Err(QuantityError::TooLarge("99999999999999999999999m".into()))
+        );
     }
 
     #[test]
@@ -294,6 +320,10 @@ mod tests {
         assert_eq!(parse_memory("4096"), Ok(4096));
         assert_eq!(parse_memory("1.5GiB"), Ok(3 << 29));
         assert!(parse_memory("1 parsec").is_err());
+        // Not clamped to u64::MAX: refused
+        let huge = "99999999999999999999";
+        assert_eq!(parse_memory(huge), Err(QuantityError::TooLarge(huge.into())));
+        assert_eq!(parse_memory("2000000TiB"), Err(QuantityError::TooLarge("2000000TiB".into())));
     }
 
     #[test]

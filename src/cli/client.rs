@@ -391,8 +391,8 @@ fn in_one_line(s: &str) -> String {
     }
 }
 
-/// The contract's pipeline state: `running`, `pending`, `failed`, or the
-/// job's own word once it ended (`cancelled` after a delete).
+/// The contract's pipeline state: `running`, `pending`, `paused`, `failed`,
+/// or the job's own word once it ended (`cancelled` after a delete).
 fn pipeline_state(j: &pb::Job) -> &str {
     match j.state.as_str() {
         "running" | "pending" | "failed" | "paused" => &j.state,
@@ -416,7 +416,9 @@ pub async fn pipeline_create(coordinator: &str, file: &PathBuf, output: Output) 
 pub async fn pipelines(coordinator: &str, output: Output) -> Result<()> {
     let mut client = pb::jobs_client::JobsClient::new(channel(coordinator).await?);
     let list = client.list(pb::ListJobsRequest {}).await.map_err(status_error)?.into_inner().jobs;
-    let list: Vec<&pb::Job> = list.iter().filter(|j| j.kind == "pipeline").collect();
+    // A deleted pipeline is gone from the list (its job's history keeps it);
+    // a failed one stays, with why.
+    let list: Vec<&pb::Job> = list.iter().filter(|j| j.kind == "pipeline" && j.state != "cancelled").collect();
     match output {
         Output::Json => {
             let rows: Vec<serde_json::Value> = list

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::RwLock;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -81,12 +81,23 @@ static CA: RwLock<Option<String>> = RwLock::new(None);
 pub fn set_ca(configured: Option<String>) -> Result<()> {
     let ca = match std::env::var("COHORT_CA").ok().filter(|v| !v.trim().is_empty()) {
         Some(pem) if pem.trim_start().starts_with("-----BEGIN") => Some(pem),
-        Some(path) => Some(std::fs::read_to_string(&path).with_context(|| format!("COHORT_CA: cannot read {path}"))?),
+        Some(path) => {
+            let text = std::fs::read_to_string(&path).with_context(|| format!("COHORT_CA: cannot read {path}"))?;
+            // Otherwise every connection fails later as `UnknownIssuer`, naming neither.
+            if !text.contains(PEM_CERTIFICATE) {
+                bail!(
+                    "COHORT_CA: {path} holds no PEM certificate (a `{PEM_CERTIFICATE}` block), such as the cluster's ca.pem"
+                );
+            }
+            Some(text)
+        }
         None => configured,
     };
     *CA.write().expect("CA lock") = ca;
     Ok(())
 }
+
+const PEM_CERTIFICATE: &str = "-----BEGIN CERTIFICATE-----";
 
 /// What a client is told when it has no CA to check the coordinator with.
 const HOW_TO_GET_THE_CA: &str = "no cluster CA to check the coordinator with: `cohort up` writes it to the client \

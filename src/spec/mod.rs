@@ -428,6 +428,9 @@ fn key_of_value_at(text: &str, offset: usize) -> Option<String> {
     (!key.is_empty() && !key.starts_with('[') && !key.contains(char::is_whitespace)).then(|| key.to_string())
 }
 
+/// Below this, a slot's hard limit kills its program as it starts.
+const MIN_SLOT_MEMORY: u64 = 1 << 20;
+
 /// What a new submission must also satisfy, beyond what a spec stored by
 /// an earlier version (and parsed again at every start) was held to.
 pub fn check_new(file: &str, text: &str, spec: &JobSpec) -> Result<(), SpecError> {
@@ -437,10 +440,27 @@ pub fn check_new(file: &str, text: &str, spec: &JobSpec) -> Result<(), SpecError
         field: field.to_string(),
         message: message.to_string(),
     };
-    if spec.gang.slot.memory_bytes == 0 {
-        let field = if matches!(spec.kind, JobKind::Pipeline { .. }) { "parallelism.memory" } else { "gang.memory" };
+    if spec.name.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(at(
+            "name",
+            "is a number, which commands read as a job id: give the job a name with a letter in it",
+        ));
+    }
+    if let Some(c) = spec.name.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(at("name", &format!("contains {c:?}: names are one word, as commands and URLs take them")));
+    }
+    let memory = spec.gang.slot.memory_bytes;
+    let memory_field = if matches!(spec.kind, JobKind::Pipeline { .. }) { "parallelism.memory" } else { "gang.memory" };
+    if memory == 0 {
         // The memory a slot asks for is its hard limit: zero would be no limit at all.
-        return Err(at(field, "must be more than 0: it is the slot's hard limit (e.g. \"256MiB\")"));
+        return Err(at(memory_field, "must be more than 0: it is the slot's hard limit (e.g. \"256MiB\")"));
+    }
+    if memory < MIN_SLOT_MEMORY {
+        // A bare number is bytes, as in Kubernetes; `memory = 64` meant MiB.
+        return Err(at(
+            memory_field,
+            &format!("is {memory} bytes, less than a process needs to start: give a unit (e.g. \"{memory}MiB\")"),
+        ));
     }
     if let JobKind::Pipeline { config, .. } = &spec.kind
         && config.group.trim().is_empty()
@@ -564,6 +584,31 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert_eq!((e.line, e.field.as_str()), (8, "gang.min"), "{e}");
         let e = parse_job("job.toml", &GOOD.replace("name = \"hello\"", "name = 5")).unwrap_err();
         assert_eq!((e.line, e.field.as_str()), (2, "name"), "{e}");
+    }
+
+    #[test]
+    fn a_new_submission_is_refused_what_would_only_fail_later() {
+        let refused = |from: &str, to: &str| {
+            let text = GOOD.replace(from, to);
+            check_new("job.toml", &text, &parse_job("job.toml", &text).unwrap()).unwrap_err()
+        };
+        // A bare number is bytes: 64 bytes would kill the program as it starts
+        let e = refused("memory = \"1GiB\"", "memory = 64");
+        assert_eq!((e.line, e.field.as_str()), (11, "gang.memory"), "{e}");
+        assert!(e.message.contains("64 bytes") && e.message.contains("\"64MiB\""), "{e}");
+        // A name of digits reads as an id; one with a space is no single word
+        let e = refused("name = \"hello\"", "name = \"12\"");
+        assert_eq!((e.line, e.field.as_str()), (2, "name"), "{e}");
+        assert!(e.message.contains("job id"), "{e}");
+        let e = refused("name = \"hello\"", "name = \"my job\"");
+        assert_eq!(e.field, "name", "{e}");
+        // Still a valid spec: `12b` and "1MiB" pass
+        let text = GOOD.replace("\"hello\"", "\"12b\"").replace("\"1GiB\"", "\"1MiB\"");
+        check_new("job.toml", &text, &parse_job("job.toml", &text).unwrap()).unwrap();
+        // A quantity beyond any machine is refused, not clamped
+        let e = parse_job("job.toml", &GOOD.replace("\"1GiB\"", "\"99999999999999999999\"")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (11, "gang.memory"), "{e}");
+        assert!(e.message.contains("more than any machine has"), "{e}");
     }
 
     #[test]

@@ -184,6 +184,9 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     assert_eq!(listed.as_array().map(Vec::len), Some(2), "{listed}");
     assert!(up.cli(&["pipeline", "delete", "forward"]).status.success());
     up.wait_until("the deleted pipeline's member stops", WAIT, |u| stream_members(u, "forward").is_empty());
+    let listed = up.json(&["pipeline", "list"]);
+    let names: Vec<&str> = listed.as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert_eq!(names, ["checkouts"], "a deleted pipeline is no longer listed: {listed}");
 }
 
 const URGENT: &str = r#"name = "urgent"

@@ -1,4 +1,5 @@
-//! Who gets in: a client without a token is told how to get one; tenants
+//! Who gets in: a client without a token is told how to get one (and one
+//! whose CA file is no certificate, what is wrong with it); tenants
 //! see and touch only their queues' jobs, through the CLI (gRPC), Flight
 //! SQL and HTTP; revoked and expired tokens are refused at once; an agent
 //! needs a join token and checks the coordinator's CA against it; no port
@@ -60,6 +61,17 @@ fn a_client_without_a_token_is_refused_and_told_how_to_get_one() {
     }
     let out = cli_with_token(&c.address, "cohort_0000_forged", &["jobs"]);
     assert!(stderr(&out).contains("not one this cluster issued"), "{}", stderr(&out));
+    // A CA file that is no certificate is named, not reported as `UnknownIssuer`
+    let not_pem = c.write("ca.der", "\u{30}\u{82}binary");
+    let out = Command::new(cohort())
+        .args(["jobs"])
+        .env("COHORT_COORDINATOR", &c.address)
+        .env("COHORT_CA", &not_pem)
+        .env("COHORT_CONFIG", "/nonexistent/cohort-config.toml")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success() && err.contains("ca.der holds no PEM certificate"), "{err}");
 
     let address = http_address(&c);
     let (code, body) = http(&address, "", "GET", "/api/v1/jobs", None);
@@ -99,7 +111,6 @@ fn tenants_see_and_touch_only_their_queues_through_every_door() {
         &["cancel", &theirs_text],
         &["logs", &theirs_text],
         &["watch", &theirs_text],
-        &["job", "b-job"],
         &["drain", "a"],
         &["token", "list"],
     ] {
@@ -107,6 +118,9 @@ fn tenants_see_and_touch_only_their_queues_through_every_door() {
         assert!(!out.status.success(), "A could {args:?}");
         assert!(stderr(&out).contains("may not"), "{args:?}: {}", stderr(&out));
     }
+    // By name, another queue's job is not there for A
+    let out = cli_with_token(&c.address, &a, &["job", "b-job"]);
+    assert!(stderr(&out).contains("no job named `b-job`"), "{}", stderr(&out));
     assert_eq!(c.state(theirs), "running", "B's job survived A's attempts");
     let logs = cli_with_token(&c.address, &b, &["logs", &theirs_text]);
     assert!(String::from_utf8_lossy(&logs.stdout).contains("secret of b-job"), "B reads its own logs");
@@ -148,6 +162,8 @@ fn revoked_and_expired_tokens_are_refused_at_once() {
     assert!(c.cli(&["token", "revoke", &id]).status.success());
     let out = cli_with_token(&c.address, &token, &["jobs"]);
     assert!(stderr(&out).contains(&format!("token {id} was revoked")), "{}", stderr(&out));
+    let again = c.cli(&["token", "revoke", &id]);
+    assert!(!again.status.success() && stderr(&again).contains("already revoked"), "{}", stderr(&again));
     let deadline = Instant::now() + WAIT;
     loop {
         let out = cli_with_token(&c.address, &short, &["nodes"]);

@@ -409,13 +409,7 @@ impl pb::jobs_server::Jobs for Api {
     async fn resolve(&self, req: Request<pb::ResolveRequest>) -> Result<Response<pb::JobRef>, Status> {
         let who = caller(&req)?;
         let name = req.into_inner().name;
-        let job_id = self
-            .ask(move |core| {
-                let id = core.resolve(&name)?;
-                core.check_job(&who, id)?;
-                Ok(id)
-            })
-            .await?;
+        let job_id = self.ask(move |core| core.resolve_for(&who, &name)).await?;
         Ok(Response::new(pb::JobRef { job_id }))
     }
 

@@ -192,11 +192,14 @@ impl Http {
         .await
     }
 
-    /// A job by id or name.
-    async fn job_id(&self, job: String) -> ApiResult<u64> {
+    /// A job by id or name, among those `who` may see.
+    async fn job_id(&self, job: String, who: &Principal) -> ApiResult<u64> {
         match job.parse::<u64>() {
             Ok(id) => Ok(id),
-            Err(_) => Ok(self.core.call(move |c| c.resolve(&job)).await??),
+            Err(_) => {
+                let who = who.clone();
+                Ok(self.core.call(move |c| c.resolve_for(&who, &job)).await??)
+            }
         }
     }
 
@@ -292,7 +295,7 @@ async fn job(
     Extension(who): Extension<Principal>,
     Path(job): Path<String>,
 ) -> ApiResult<Json<JobDoc>> {
-    let id = http.job_id(job).await?;
+    let id = http.job_id(job, &who).await?;
     Ok(Json(JobDoc::from(&http.ask(move |c| c.check_job(&who, id).and_then(|()| c.job(id))).await?)))
 }
 
@@ -310,7 +313,7 @@ async fn logs(
     Path(job): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Response> {
-    let id = http.job_id(job).await?;
+    let id = http.job_id(job, &who).await?;
     http.ask(move |c| c.check_job(&who, id)).await?;
     let tail = q.tail.unwrap_or(64 * 1024).max(1);
     let text = crate::coordinator::logs::read(&http.core, id, q.slot, tail).await?;

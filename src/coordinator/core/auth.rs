@@ -258,6 +258,9 @@ impl Core {
     pub fn revoke_token(&mut self, id: &str) -> Result<TokenRecord> {
         self.turn(|core| {
             let record = core.tokens.get_mut(id).ok_or_else(|| CoordinatorError::NotFound(format!("no token {id}")))?;
+            if record.revoked {
+                return Err(CoordinatorError::Conflict(format!("token {id} is already revoked")));
+            }
             record.revoked = true;
             let record = record.clone();
             core.turn.tokens.insert(record.id.clone());

@@ -125,7 +125,19 @@ impl Core {
     /// The job of this name: the newest that has not ended, else the
     /// newest (a finished command job never hides a running service).
     pub fn resolve(&self, name: &str) -> Result<u64> {
-        let named = || self.jobs.values().rev().filter(|j| j.record.name == name);
+        self.resolve_among(name, |_| true)
+    }
+
+    /// [`Core::resolve`] among the jobs `who` may see: a tenant's `etl` is
+    /// theirs even where another queue has a newer one, whose existence
+    /// they do not learn.
+    pub fn resolve_for(&self, who: &super::auth::Principal, name: &str) -> Result<u64> {
+        self.check_user(who)?;
+        self.resolve_among(name, |queue| who.may_use_queue(queue))
+    }
+
+    fn resolve_among(&self, name: &str, visible: impl Fn(&str) -> bool) -> Result<u64> {
+        let named = || self.jobs.values().rev().filter(|j| j.record.name == name && visible(&j.record.queue));
         named()
             .find(|j| self.job_state(j.record.id).is_some_and(|s| !s.is_final()))
             .or_else(|| named().next())

@@ -577,6 +577,11 @@ fn a_paused_service_stops_its_instances_stays_paused_across_a_restart_and_resume
     }
     h.advance(Duration::from_secs(5), &[node]);
     assert!(h.launches().is_empty(), "nothing restarts a paused service");
+    // Its history says paused, not cancelled
+    let history = h.core.job(id).unwrap().history;
+    let last = history.last().unwrap();
+    assert_eq!(last.outcome, "paused", "{history:?}");
+    assert!(history.iter().all(|e| !e.reason.contains("cancel")), "{history:?}");
     // A restarted coordinator keeps it paused
     h.restart(None);
     let node = h.register("a", 4);
@@ -613,6 +618,17 @@ fn tokens_are_checked_by_queue_expire_on_the_clock_and_survive_a_restart() {
     let refused = h.core.check_job(&who, job).unwrap_err().to_string();
     assert!(refused.contains("may not use job") && refused.contains("`default`"), "{refused}");
     assert!(h.core.check_job(&h.core.authenticate(&admin).unwrap(), job).is_ok());
+    // A name means the tenant's own job, and another queue's is not there for them
+    let spec = |queue: &str| {
+        format!(
+            "name = \"etl\"\nqueue = \"{queue}\"\n[gang]\ncpu = \"100m\"\nmemory = \"16MiB\"\n[command]\nargv = [\"true\"]\n"
+        )
+    };
+    let own = h.core.submit("etl.toml", &spec("team-a")).unwrap();
+    h.core.submit("etl.toml", &spec("default")).unwrap();
+    assert_eq!(h.core.resolve_for(&who, "etl").unwrap(), own);
+    let hidden = h.core.resolve_for(&who, "theirs").unwrap_err();
+    assert!(matches!(hidden, CoordinatorError::NotFound(_)), "{hidden}");
 
     // Its executors' token works while the job lives, not after.
     let executors = h.core.authenticate(&job_token(&[0; 32], job)).unwrap();
@@ -627,6 +643,8 @@ fn tokens_are_checked_by_queue_expire_on_the_clock_and_survive_a_restart() {
     h.core.revoke_token(&tenant_id).unwrap();
     h.restart(None);
     assert!(h.core.authenticate(&tenant).unwrap_err().to_string().contains("revoked"));
+    let again = h.core.revoke_token(&tenant_id).unwrap_err();
+    assert!(matches!(again, CoordinatorError::Conflict(_)) && again.to_string().contains("already revoked"), "{again}");
     assert!(h.core.authenticate(&admin).is_ok(), "tokens come back from the store");
     assert!(h.core.authenticate("cohort_nope_nope").is_err());
 }

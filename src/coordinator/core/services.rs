@@ -302,6 +302,7 @@ impl Core {
                 r.reason = "paused; `resume` starts it again".into();
                 if let Some(last) = r.history.last_mut().filter(|e| e.outcome == "cancelled") {
                     last.outcome = "paused".into();
+                    last.reason = "`pause`: its instances stopped with their grace period".into();
                 }
             });
             core.announce(id, "paused".into());
