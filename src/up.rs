@@ -6,7 +6,9 @@
 //! 1 s once it has stayed up a minute), and the cluster keeps serving: a
 //! restarted coordinator reloads its state and its agents reconnect; a
 //! restarted agent re-adopts the executors it left running. Only Ctrl-C or
-//! SIGTERM stops everything (agents first, which stop their executors).
+//! SIGTERM stops everything (agents first, which stop their executors); if
+//! `up` itself is killed, its children get SIGTERM from the kernel
+//! (`PR_SET_PDEATHSIG`) and stop the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -92,13 +94,25 @@ impl Supervised {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("cannot open {}", self.log.display()))?;
-        let child = Command::new(std::env::current_exe()?)
-            .args(&self.args)
-            .envs(self.env.iter().cloned())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .with_context(|| format!("cannot start {}", self.name))?;
+        let mut command = Command::new(std::env::current_exe()?);
+        command.args(&self.args).envs(self.env.iter().cloned()).stdout(Stdio::null()).stderr(Stdio::from(log));
+        let up = std::process::id();
+        // SAFETY: only async-signal-safe calls (prctl, getppid, raise) between fork and exec.
+        unsafe {
+            command.pre_exec(move || {
+                // `up` killed with -9 takes its cluster with it, as Ctrl-C does
+                // (agents stop their executors on SIGTERM): nothing is left
+                // holding its ports, data dir and slots. The signal is tied to
+                // the forking thread: `up` spawns from its main thread, which
+                // lives as long as it does.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                if libc::getppid() as u32 != up {
+                    libc::raise(libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().with_context(|| format!("cannot start {}", self.name))?;
         self.child = Some(child);
         self.started = Instant::now();
         self.restart_at = None;
@@ -238,20 +252,30 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
     let mut args = vec!["coordinator".into(), "--listen".into(), s.listen.clone(), "--http".into(), s.http.clone()];
     args.extend(["--data-dir".into(), coordinator_dir]);
     args.extend(s.coordinator_args.iter().cloned());
+    // Else a process already there (say, another cluster's coordinator)
+    // would answer for ours, which fails behind it.
+    check_free(&s.listen, "--listen")?;
+    check_free(&s.http, "--http")?;
     let mut coordinator = Supervised::new("coordinator", args, &s.data_dir);
     coordinator.start()?;
-    children.push(coordinator);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&s.listen).await.is_err() {
+        let exited = coordinator.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+        if let Some(status) = exited {
+            let log = std::fs::read_to_string(&coordinator.log).unwrap_or_default();
+            let last = log.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("(nothing)");
+            bail!("the coordinator exited ({status}) before it listened on {}; its log ends: {last}", s.listen);
+        }
         if Instant::now() > deadline {
             bail!(
-                "the coordinator did not start listening on {} within 10 s (is the port taken? see {})",
+                "the coordinator did not start listening on {} within 10 s (see {})",
                 s.listen,
-                s.data_dir.join("coordinator.log").display()
+                coordinator.log.display()
             );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    children.push(coordinator);
     let coordinator_dir = s.data_dir.join("coordinator");
     let admin = read_token(&coordinator_dir.join("admin.token"), deadline).await?;
     let join = read_token(&coordinator_dir.join("join.token"), deadline).await?;
@@ -288,6 +312,17 @@ pub async fn start(s: &Settings) -> Result<Vec<Supervised>> {
         children.push(agent);
     }
     Ok(children)
+}
+
+/// Whether `address` (given as `flag`) can be listened on.
+fn check_free(address: &str, flag: &str) -> Result<()> {
+    match std::net::TcpListener::bind(address) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+            bail!("{address} ({flag}) is in use by another process: stop it, or give {flag} another port")
+        }
+        Err(e) => Err(e).with_context(|| format!("cannot listen on {address} ({flag})")),
+    }
 }
 
 /// A token the coordinator writes to its data dir on start.

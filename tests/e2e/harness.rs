@@ -450,6 +450,12 @@ impl Up {
         pids_of(&[&data, &role]).into_iter().find(|&p| p != self.up.id())
     }
 
+    /// kill -9 `cohort up` itself.
+    pub fn kill_up(&mut self) {
+        self.up.kill().expect("kill -9 cohort up");
+        self.up.wait().expect("reap cohort up");
+    }
+
     pub fn wait_until(&self, what: &str, timeout: Duration, mut f: impl FnMut(&Up) -> bool) {
         let start = Instant::now();
         while start.elapsed() < timeout {

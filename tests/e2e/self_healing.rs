@@ -117,6 +117,45 @@ fn a_workload_does_not_outlive_its_executor_killed_with_minus_nine() {
 }
 
 #[test]
+fn cohort_up_killed_with_minus_nine_takes_its_cluster_with_it() {
+    // Given a cluster up, running a job
+    let mut up = Up::start(1);
+    let marker = format!("sleep 2{}", up.address.rsplit(':').next().unwrap());
+    let spec = format!(
+        "name = \"long\"\n[gang]\ncpu = \"100m\"\nmemory = \"32MiB\"\n[command]\nargv = [\"sh\", \"-c\", \"exec {marker}\"]\n"
+    );
+    let path = up.dir.path().join("long.toml");
+    std::fs::write(&path, spec).unwrap();
+    assert!(up.cli(&["submit", path.to_str().unwrap()]).status.success());
+    up.wait_until("its workload runs", WAIT, |_| !pids_of(&[&marker]).is_empty());
+    let data = up.dir.path().display().to_string();
+    assert!(!pids_of(&[&data, "coordinator"]).is_empty());
+    // When `cohort up` is killed with -9
+    up.kill_up();
+    // Then its coordinator, agents, executors and their workloads stop too
+    up.wait_until("nothing of the cluster runs", WAIT, |_| {
+        pids_of(&[&data]).into_iter().chain(pids_of(&[&marker])).all(|p| !alive(p))
+    });
+}
+
+#[test]
+fn cohort_up_on_a_port_in_use_says_so_and_starts_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::cohort())
+        .args(["up", "--listen", &address, "--http", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .env("COHORT_CONFIG", dir.path().join("client.toml"))
+        .output()
+        .expect("run cohort up");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains(&format!("{address} (--listen) is in use by another process")), "{err}");
+    assert!(pids_of(&[&dir.path().display().to_string()]).is_empty(), "nothing was started");
+}
+
+#[test]
 fn a_second_cohort_up_on_a_data_dir_in_use_is_refused_and_disturbs_nothing() {
     // Given a cluster up
     let up = Up::start(1);
