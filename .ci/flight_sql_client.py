@@ -154,6 +154,15 @@ def jdbc_metadata(address, data_dir, token):
     assert keys.num_rows == 0 and "key_sequence" in keys.schema.names, keys
     imported = fetch(command("CommandGetImportedKeys", b"\x1a" + bytes([len(table)]) + table))
     assert imported.num_rows == 0 and len(imported.schema) == 13, imported.schema
+    # A query that fails while its rows are computed is the client's
+    # mistake (INVALID_ARGUMENT), not the server's (INTERNAL).
+    query = b"SELECT 1 / (id - id) FROM ci_events"
+    try:
+        fetch(command("CommandStatementQuery", b"\x0a" + bytes([len(query)]) + query))
+    except pa.ArrowInvalid as e:
+        assert "divide by zero" in str(e).lower(), e
+    else:
+        raise AssertionError("1 / 0 answered")
 
 
 if __name__ == "__main__":

@@ -226,6 +226,8 @@ fn read_log(path: &Path) -> Result<String> {
     if bytes.get(257..262) == Some(b"ustar") {
         bail!("{name} is a tar archive: extract the log from it first (tar xf)");
     }
+    // A byte-order mark (an editor on Windows) is no part of the first line.
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).map(<[u8]>::to_vec).unwrap_or(bytes);
     // Not UTF-8 (a Latin-1 comment in a header): kept as U+FFFD, so a
     // comment reads on and a field fails by its line as any bad value does.
     Ok(match String::from_utf8(bytes) {
@@ -238,7 +240,7 @@ fn load_cluster(path: &Path) -> Result<Vec<NodeSpec>> {
     let text = read_log(path)?;
     let name = path.display().to_string();
     if text.trim().is_empty() {
-        bail!("{name} is empty: there is nothing to replay");
+        bail!("{name} is empty: it lists no machines");
     }
     let first = text.lines().next().unwrap_or("");
     if first.starts_with("sn,") {

@@ -71,7 +71,38 @@ fn malformed_lines_are_reported_with_their_number() {
     .unwrap_err();
     assert!(err.to_string().starts_with("t.jsonl:2: "), "{err}");
     let err = trace::parse_swf_machines("x.machines", "0 zewura twenty 80 1 5\n").unwrap_err();
-    assert!(err.to_string().starts_with("x.machines:1: node count is not a number"), "{err}");
+    assert!(err.to_string().starts_with("x.machines:1: node count `twenty` is not a number"), "{err}");
+    // Names the simulator could not tell apart
+    let err = trace::parse_swf_machines("x.machines", "0 dup 1 4 1 1000\n1 dup 1 4 1 1000\n").unwrap_err();
+    assert!(err.to_string().starts_with("x.machines:2: cluster `dup` is listed twice (first on line 1)"), "{err}");
+    let err = trace::parse_swf_machines("x.machines", "0 a 12 4 1 1000\n1 a1 2 4 1 1000\n").unwrap_err();
+    assert!(err.to_string().contains("x.machines:2: its node `a10`"), "{err}");
+    // JSONL: a node named twice, a job id used twice, a class that does not exist, an overflowing time
+    let node = r#"{"node": {"name": "n0", "cpu": "4", "memory": "8GiB"}}"#;
+    let job = |id: u32, priority: &str, runtime: &str| {
+        format!(
+            r#"{{"job": {{"id": {id}, "submit": 0, "runtime": {runtime}, "priority": "{priority}", "min": 1, "max": 1, "cpu": "1", "memory": "1GiB"}}}}"#
+        )
+    };
+    let jsonl = |lines: &[String]| trace::parse_jsonl("t.jsonl", &lines.join("\n")).map(|t| t.jobs.len());
+    assert_eq!(jsonl(&[node.into(), job(1, "batch", "60")]), Ok(1), "queue defaults");
+    let err = jsonl(&[node.into(), node.into()]).unwrap_err().to_string();
+    assert_eq!(err, "t.jsonl:2: node `n0` is named twice (first on line 1)");
+    let err = jsonl(&[node.into(), job(1, "batch", "60"), job(1, "batch", "60")]).unwrap_err().to_string();
+    assert_eq!(err, "t.jsonl:3: job id 1 is used twice (first on line 2)");
+    let err = jsonl(&[node.into(), job(1, "nosuch", "60")]).unwrap_err().to_string();
+    assert!(err.starts_with("t.jsonl:2: job 1: priority `nosuch` is not a class of this trace ("), "{err}");
+    let err = jsonl(&[node.into(), job(1, "batch", "1e308")]).unwrap_err().to_string();
+    assert!(err.starts_with("t.jsonl:2: job 1: runtime") && err.contains("longer than any"), "{err}");
+    let err = jsonl(&[node.into(), "{\"job\": {\"id\": 1}}".into()]).unwrap_err().to_string();
+    assert!(err.starts_with("t.jsonl:2: missing field") && !err.contains("at line"), "{err}");
+    // SWF: a time past any log's
+    let huge =
+        format!("{SWF}6 1356996700 0 99999999999999999999 1 1 1024 1 3600 1 1 9 1 1 -1 1 1 1 {{1}} q_4h 1:ppn=1\n");
+    let err = trace::parse_swf("log.swf", &huge, Some(trace::parse_swf_machines("m", MACHINES).unwrap()))
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with("log.swf:8: field 4 (run time)") && err.contains("longer than any log runs"), "{err}");
 }
 
 #[test]

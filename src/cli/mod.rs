@@ -423,7 +423,10 @@ fn run(cli: Cli, coordinator: &str) -> Result<i32> {
     let result = match cli.command {
         Command::Executor { kind, alloc_dir, argv } => return executor::run(kind, alloc_dir.as_deref(), &argv),
         Command::Simulate(args) => simulate::run(args, cli.output),
-        command => tokio::runtime::Runtime::new()
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_stack_size(cohort_batch::RUNTIME_THREAD_STACK)
+            .build()
             .context("cannot start the runtime")
             .and_then(|rt| rt.block_on(dispatch(command, coordinator, cli.output))),
     };

@@ -48,8 +48,12 @@ pub struct Snapshot {
 
 type Labels = Vec<(String, String)>;
 
+/// Label values escaped as the exposition format asks (prometheus-client
+/// writes them as given): a queue named `q"x` would otherwise make the
+/// whole scrape unreadable.
 fn labels(pairs: &[(&str, &str)]) -> Labels {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    let escape = |v: &str| v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+    pairs.iter().map(|(k, v)| (k.to_string(), escape(v))).collect()
 }
 
 fn counter(v: u64) -> Counter {
@@ -340,6 +344,14 @@ mod tests {
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn label_values_are_escaped() {
+        let mut odd = busy();
+        odd.queues[0].name = "q\"x\\y\nz".into();
+        let text = render(&odd, &Metrics::default(), None).unwrap();
+        assert!(text.contains(r#"cohort_queue_share_ratio{queue="q\"x\\y\nz"} 0.5"#), "{text}");
     }
 
     /// Every coordinator metric the Grafana dashboard in `docs/` queries exists.

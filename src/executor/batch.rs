@@ -53,6 +53,7 @@ pub fn run(argv: &[String]) -> Result<i32> {
         tls,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        .thread_stack_size(cohort_batch::RUNTIME_THREAD_STACK)
         .worker_threads(cores.max(2))
         .enable_all()
         .build()

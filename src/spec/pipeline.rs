@@ -222,6 +222,8 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
     // The schema and the SQL, checked as a member would use them.
     config.source_schema().map_err(|e| errors.at(Some(kafka.schema.span()), &field_of(&e), message_of(&e)))?;
     if let Some(t) = &raw.transform {
+        cohort_batch::check_expression_depth(t.sql.get_ref())
+            .map_err(|e| errors.at(Some(t.sql.span()), "transform.sql", e.to_string()))?;
         futures::executor::block_on(config.output_schema())
             .map_err(|e| errors.at(Some(t.sql.span()), "transform.sql", message_of(&e)))?;
     }

@@ -76,7 +76,7 @@ fn a_client_without_a_token_is_refused_and_told_how_to_get_one() {
     let address = http_address(&c);
     let (code, body) = http(&address, "", "GET", "/api/v1/jobs", None);
     assert_eq!(code, 401, "{body}");
-    assert!(body.contains("no token"), "{body}");
+    assert!(body.contains("no token") && body.contains("Authorization: Bearer"), "{body}");
     assert_eq!(http(&address, "", "GET", "/metrics", None).0, 401);
     assert_eq!(http(&address, "", "GET", "/healthz", None).0, 200, "probes need no token");
     assert_eq!(http(&address, "", "GET", "/", None).0, 200, "the page itself asks for a token");

@@ -142,6 +142,15 @@ fn a_gzipped_log_is_read_as_archives_publish_it_and_other_packings_are_named() {
         &[b"; MaxNodes: 4\n".as_slice(), row, b"2 5 0 1\xe9 1 -1 -1 1 10 -1 1 1 1 1 1 1 -1 -1\n"].concat(),
     );
     assert!(err.contains("latin1-field.swf:3: field 4 (run time)"), "{err}");
+    // A byte-order mark before the header is no field
+    std::fs::write(dir.path().join("bom.swf"), [b"\xef\xbb\xbf; MaxNodes: 4\n".as_slice(), row].concat()).unwrap();
+    let out = simulate(dir.path(), &["bom.swf"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Two node lines naming one node are the trace's error, not a crash
+    let node = r#"{"node": {"name": "n0", "cpu": "4", "memory": "8GiB"}}"#;
+    let job = r#"{"job": {"id": 1, "submit": 0, "runtime": 5, "priority": "batch", "min": 1, "max": 1, "cpu": "1", "memory": "1GiB"}}"#;
+    let err = refused("twice.jsonl", format!("{node}\n{node}\n{job}\n").as_bytes());
+    assert!(err.contains("twice.jsonl:2: node `n0` is named twice (first on line 1)"), "{err}");
 }
 
 /// Issue scenario: 600 gangs no node can hold, then 100 small ones behind them.

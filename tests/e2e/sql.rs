@@ -211,6 +211,13 @@ fn missing_tables_bad_sql_and_vanished_files_get_clear_errors() {
     assert!(!piped.status.success() && stderr(&piped).contains("1 statement(s) failed"), "{}", stderr(&piped));
     assert_eq!(stdout(&piped), "c\n3\n");
 
+    // A long chain of operators (a generated query) is planned, not a
+    // stack overflow that takes the coordinator down with every query in it.
+    let long = format!("SELECT {} AS n", vec!["1"; 2000].join(" + "));
+    assert_eq!(sql_json(&c.address, &long)[0]["n"], 2000);
+    let deeper = c.cli(&["sql", "-e", &format!("SELECT {} AS n", vec!["1"; 5000].join(" + "))]);
+    assert!(stderr(&deeper).contains("nests more than 2000 operators deep"), "{}", stderr(&deeper));
+
     let relative = c.cli(&["sql", "-e", "CREATE EXTERNAL TABLE r STORED AS PARQUET LOCATION 'data/'"]);
     assert!(stderr(&relative).contains("relative"), "{}", stderr(&relative));
 
@@ -381,9 +388,12 @@ fn a_cached_table_is_served_from_the_stores_memory_until_it_is_uncached() {
     assert_eq!(from_files.len(), 10);
 
     // A mistyped name or a bad query is refused before any store starts
-    for (bad, says) in
-        [("CACHE TABLE evnets", "`evnets` not found"), ("CACHE TABLE t AS SELECT nope FROM events", "nope")]
-    {
+    for (bad, says) in [
+        ("CACHE TABLE evnets", "`evnets` not found"),
+        ("CACHE TABLE t AS SELECT nope FROM events", "nope"),
+        ("CACHE TABLE cohort.cache", "is a system table"),
+        ("CACHE TABLE information_schema.tables", "is a system table"),
+    ] {
         let out = cli_at(&c.address, &["sql", "-e", bad]);
         assert!(!out.status.success() && stderr(&out).contains(says), "{bad}: {}", stderr(&out));
     }

@@ -120,6 +120,9 @@ pub(crate) fn without_deleted(
         .boxed()
 }
 
+/// How long a store may take to say which partitions it holds.
+const HOLDS_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The stores (by URL; "" for none) that lack some of `parts` of table `table`.
 pub(crate) async fn missing_from_stores(channels: &Channels, table: &str, parts: &[Placement]) -> Vec<String> {
     let mut expected: BTreeMap<(&str, u64), Vec<u32>> = BTreeMap::new();
@@ -129,7 +132,14 @@ pub(crate) async fn missing_from_stores(channels: &Channels, table: &str, parts:
     let mut lost = Vec::new();
     for ((url, version), partitions) in expected {
         let held = match channels.flight(url) {
-            Ok(channel) if !url.is_empty() => store::holds(channel, url, table, version).await.ok(),
+            Ok(channel) if !url.is_empty() => {
+                // A store that accepts but never answers (stopped, swapping)
+                // counts as lost: the table is read from its source again.
+                tokio::time::timeout(HOLDS_WAIT, store::holds(channel, url, table, version))
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
             _ => None,
         };
         if !held.is_some_and(|held| partitions.iter().all(|p| held.binary_search(p).is_ok())) {

@@ -66,7 +66,7 @@ impl SqlEngine {
     /// live table, a name that is no table, a query that does not plan.
     /// The front door asks first, so a mistyped name starts no store.
     pub async fn check_cacheable(&self, name: &str, query: Option<&str>) -> Result<()> {
-        self.refuse_live(name)?;
+        self.refuse_uncacheable(name)?;
         match query {
             Some(sql) => self.plan(sql, None).await.map(drop),
             None if !self.context().table_exist(name)? => Err(not_found(name)),
@@ -74,7 +74,14 @@ impl SqlEngine {
         }
     }
 
-    fn refuse_live(&self, name: &str) -> Result<()> {
+    /// Live tables are in memory already; system tables are computed when
+    /// read, so a copy would go stale at once.
+    fn refuse_uncacheable(&self, name: &str) -> Result<()> {
+        let schema = name.rsplit_once('.').map(|(s, _)| s.rsplit('.').next().unwrap_or(s).trim_matches('"'));
+        if schema.is_some_and(|s| s.eq_ignore_ascii_case(SYSTEM_SCHEMA) || s.eq_ignore_ascii_case("information_schema"))
+        {
+            return Err(Error::Invalid(format!("`{name}` is a system table, read live: it is not cached")));
+        }
         match self.is_live(name) {
             true => Err(Error::Invalid(format!("`{name}` is a live table: it is in memory already"))),
             false => Ok(()),
@@ -97,7 +104,7 @@ impl SqlEngine {
         if stores.is_empty() {
             return Err(Error::Unavailable("no store executor is serving".into()));
         }
-        self.refuse_live(name)?;
+        self.refuse_uncacheable(name)?;
         let ctx = self.context();
         // A table cached AS SELECT is made again from its query.
         let query = match (query, self.cached_definition(name)) {

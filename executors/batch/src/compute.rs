@@ -24,6 +24,7 @@ impl Compute {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(threads.max(1))
             .thread_name("sql-compute")
+            .thread_stack_size(crate::RUNTIME_THREAD_STACK)
             .enable_all()
             .build()?;
         Ok(Compute { runtime: Some(runtime) })

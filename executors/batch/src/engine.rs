@@ -292,6 +292,7 @@ impl SqlEngine {
     /// Plans a statement without running it (its schema answers Flight
     /// SQL's GetFlightInfo and prepared statements).
     pub async fn plan(&self, sql: &str, params: Option<ParamValues>) -> Result<LogicalPlan> {
+        crate::statements::check_expression_depth(sql)?;
         let plan = self.ctx.state().create_logical_plan(sql).await?;
         Ok(match params {
             Some(p) => {
@@ -687,11 +688,21 @@ pub fn fit_parameters(plan: &LogicalPlan, params: ParamValues) -> Result<ParamVa
             && bound.value.data_type() != *wanted
         {
             let given = bound.value.data_type();
-            bound.value = bound.value.cast_to(wanted).map_err(|e| {
+            let cast = bound.value.cast_to(wanted).map_err(|e| {
                 Error::Invalid(format!(
                     "parameter {name}: a {given} value does not fit its place, which takes {wanted}: {e}"
                 ))
             })?;
+            // A number that changes on the way (10.7 into an integer's
+            // place is 10) would answer another question than the one asked.
+            if given.is_numeric() && wanted.is_numeric() && cast.cast_to(&given).ok().as_ref() != Some(&bound.value) {
+                return Err(Error::Invalid(format!(
+                    "parameter {name}: {} does not fit its place, which takes {wanted} (it would be {cast}); \
+                     cast the column in the query instead",
+                    bound.value
+                )));
+            }
+            bound.value = cast;
         }
         Ok(bound)
     };
@@ -765,6 +776,45 @@ mod tests {
         assert!(refused.contains("parameter $1") && refused.contains("Int32"), "{refused}");
         // Where the plan cannot tell a type, the value binds as it came
         engine.plan("SELECT $1", bound(ScalarValue::from("seven"))).await.unwrap();
+        // A number that would change is refused, one that stays the same is not
+        let compare = "SELECT count(*) FROM t WHERE a < $1";
+        let one = |v: f64| Some(ParamValues::from(vec![ScalarValue::Float64(Some(v))]));
+        let refused = engine.plan(compare, one(10.7)).await.unwrap_err().to_string();
+        assert!(refused.contains("parameter $1: 10.7 does not fit") && refused.contains("it would be 10"), "{refused}");
+        engine.plan(compare, one(10.0)).await.unwrap();
+        let too_big = Some(ParamValues::from(vec![ScalarValue::Int64(Some(i64::MAX))]));
+        assert!(engine.plan(compare, too_big).await.is_err(), "an Int64 past Int32's range");
+    }
+
+    #[test]
+    fn an_expression_as_deep_as_allowed_is_planned_on_a_runtime_threads_stack_and_a_deeper_one_refused() {
+        // A generated `1 + 1 + ...` of thousands of terms used to overflow
+        // a tokio worker's stack, taking the coordinator down.
+        let chain = |terms: usize| format!("SELECT {} AS n", vec!["1"; terms].join(" + "));
+        let answered = std::thread::Builder::new()
+            .stack_size(crate::RUNTIME_THREAD_STACK)
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                runtime.block_on(async {
+                    let engine = SqlEngine::new(EngineSettings::default()).unwrap();
+                    let plan = engine.plan(&chain(crate::MAX_EXPRESSION_DEPTH), None).await.unwrap();
+                    let out: Vec<RecordBatch> =
+                        engine.run(plan, &NoWorkers).await.unwrap().stream.try_collect().await.unwrap();
+                    let refused = engine.plan(&chain(crate::MAX_EXPRESSION_DEPTH + 2), None).await.unwrap_err();
+                    let n = out[0].column(0).as_any().downcast_ref::<arrow::array::Int64Array>().unwrap().value(0);
+                    (n, refused.to_string())
+                })
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(answered.0, crate::MAX_EXPRESSION_DEPTH as i64);
+        assert!(answered.1.contains("nests more than 2000 operators deep"), "{}", answered.1);
+        // Lists and many short expressions are no depth
+        let list = format!("SELECT * FROM t WHERE a IN ({})", vec!["1"; 50_000].join(", "));
+        crate::statements::check_expression_depth(&list).unwrap();
+        let columns = format!("SELECT {}", vec!["a + 1"; 50_000].join(", "));
+        crate::statements::check_expression_depth(&columns).unwrap();
     }
 
     fn def(name: &str, ddl: &str) -> TableDef {

@@ -49,11 +49,21 @@ pub mod tpch;
 mod worker;
 
 pub use channels::{CONNECT_TIMEOUT, Channels};
+
+/// The stack of every thread that plans or runs SQL (the runtimes of the
+/// coordinator, its compute threads and the workers): DataFusion clones,
+/// prints and drops an expression recursively, and one as deep as
+/// [`MAX_EXPRESSION_DEPTH`] needs more than tokio's 2 MiB (16 MiB overflow
+/// in an unoptimized build). Untouched stack costs no memory.
+pub const RUNTIME_THREAD_STACK: usize = 32 << 20;
 pub use engine::{
     EngineSettings, Footprint, QueryOutcome, SqlEngine, WorkerSource, fit_parameters, footprint, is_worker_loss,
 };
 pub use output::{Staged, commit_all, discard_all};
-pub use statements::{CacheDef, CatalogChange, Statement, TableDef, classify, same_definition, split_statements};
+pub use statements::{
+    CacheDef, CatalogChange, MAX_EXPRESSION_DEPTH, Statement, TableDef, check_expression_depth, classify,
+    same_definition, split_statements,
+};
 pub use stores::Stores;
 pub use worker::{WorkerSettings, runtime, serve};
 

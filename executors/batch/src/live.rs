@@ -353,6 +353,14 @@ impl SqlEngine {
     /// are evicted to make room, live ones never are.
     pub async fn append_live(&self, name: &str, ingest: Ingest, stores: &[Url], budget: u64) -> Result<Appended> {
         let Ingest { mode, schema, batches, from, key } = ingest;
+        if name.trim().is_empty() {
+            return Err(Error::Invalid("an ingest needs a table name".into()));
+        }
+        let mut columns = HashSet::new();
+        if let Some(twice) = schema.fields().iter().map(|f| f.name()).find(|c| !columns.insert(*c)) {
+            return Err(Error::Invalid(format!("ingest into `{name}`: column `{twice}` is there twice")));
+        }
+        let (schema, batches) = without_dictionaries(schema, batches)?;
         let entry = self.live_entry_for(name, mode, &schema, key.as_deref()).await?;
         let _one_at_a_time = entry.appending.lock().await;
         let batches = conform(&entry, &schema, batches)?;
@@ -507,8 +515,7 @@ impl SqlEngine {
 
     /// Where live table `name` keeps its snapshots, if the engine keeps any.
     fn snapshot_dir(&self, name: &str) -> Option<PathBuf> {
-        let plain: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' }).collect();
-        self.settings().live_dir.as_ref().map(|dir| dir.join(plain))
+        self.settings().live_dir.as_ref().map(|dir| dir.join(dir_name(name)))
     }
 
     /// Registers the live tables kept on disk (at start): their rows are
@@ -519,7 +526,7 @@ impl SqlEngine {
         let Ok(dirs) = std::fs::read_dir(&root) else { return Vec::new() };
         let mut failed = Vec::new();
         for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
-            let name = dir.file_name().to_string_lossy().to_string();
+            let name = table_name(&dir.file_name().to_string_lossy());
             if let Err(e) = self.restore_one(&name, &dir.path()) {
                 tracing::warn!(table = %name, error = %e, "cannot restore a live table");
                 failed.push((name, e));
@@ -1178,9 +1185,86 @@ pub(crate) fn live_offsets(live: &LiveRegistry) -> Vec<ArrayRef> {
     columns
 }
 
+/// Dictionary-encoded columns (a pandas categorical) as their values: a
+/// table's scan answers with one schema whichever ingest a partition came
+/// from, and Flight SQL clients check it against each endpoint's.
+fn without_dictionaries(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<(SchemaRef, Vec<RecordBatch>)> {
+    let values = |f: &Field| match f.data_type() {
+        DataType::Dictionary(_, value) => f.clone().with_data_type(value.as_ref().clone()),
+        _ => f.clone(),
+    };
+    if !schema.fields().iter().any(|f| matches!(f.data_type(), DataType::Dictionary(..))) {
+        return Ok((schema, batches));
+    }
+    let fields: Vec<Field> = schema.fields().iter().map(|f| values(f)).collect();
+    let plain = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let batches = batches
+        .iter()
+        .map(|b| {
+            let columns = b
+                .columns()
+                .iter()
+                .zip(plain.fields())
+                .map(|(c, f)| arrow::compute::cast(c, f.data_type()))
+                .collect::<std::result::Result<Vec<ArrayRef>, _>>()?;
+            RecordBatch::try_new(plain.clone(), columns)
+        })
+        .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()
+        .map_err(|e| Error::DataFusion(e.into()))?;
+    Ok((plain, batches))
+}
+
+/// A live table's directory: its name, with every byte but ASCII letters,
+/// digits, `_` and `-` written `%XX`, so that any name (`col a`,
+/// `../up`) is one directory of its own and comes back as it was.
+fn dir_name(table: &str) -> String {
+    let mut out = String::with_capacity(table.len());
+    for b in table.bytes() {
+        match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' => out.push(b as char),
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+/// The table a directory named by [`dir_name`] holds.
+fn table_name(dir: &str) -> String {
+    let bytes = dir.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = (bytes[i] == b'%').then(|| dir.get(i + 1..i + 3)).flatten();
+        match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn any_table_name_is_a_directory_of_its_own_and_comes_back_whole() {
+        let names = ["plain_Name-1", "col a", "col-a", "my table; drop", "../escape", "é%2F"];
+        let dirs: std::collections::BTreeSet<String> = names.iter().map(|n| dir_name(n)).collect();
+        assert_eq!(dirs.len(), names.len(), "no two share a directory: {dirs:?}");
+        for name in names {
+            let dir = dir_name(name);
+            assert!(!dir.contains('/') && !dir.contains(' ') && dir != "..", "{dir}");
+            assert_eq!(table_name(&dir), name);
+        }
+        assert_eq!(dir_name("plain_Name-1"), "plain_Name-1", "what older versions wrote stays where it is");
+    }
     use crate::store::{StoreSettings, serve_store};
     use crate::{EngineSettings, WorkerSource};
     use futures::TryStreamExt;
@@ -1558,5 +1642,41 @@ mod tests {
         // And a dropped table leaves nothing on disk
         assert!(again.drop_live("clicks").await.unwrap());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tables_named_alike_stay_apart_across_a_restart_and_odd_ingests_are_plain_or_refused() {
+        use arrow::array::DictionaryArray;
+        use arrow::datatypes::Int32Type;
+        let dir = tempfile::tempdir().unwrap();
+        let settings = EngineSettings { live_dir: Some(dir.path().to_path_buf()), ..Default::default() };
+        let engine = SqlEngine::new(settings.clone()).unwrap();
+        let stores = vec![store().await];
+        let create = IngestMode { create: true, if_exists: IfExists::Fail };
+        // Given two tables whose names differ only in a space and a dash, and a categorical column
+        engine.append_live("col a", ingest(create, vec![batch(0, 2)], None), &stores, 1 << 30).await.unwrap();
+        engine.append_live("col-a", ingest(create, vec![batch(0, 3)], None), &stores, 1 << 30).await.unwrap();
+        let dict: DictionaryArray<Int32Type> = vec!["x", "y", "x"].into_iter().collect();
+        let categorical = RecordBatch::try_from_iter([("c", Arc::new(dict) as ArrayRef)]).unwrap();
+        engine.append_live("cats", ingest(create, vec![categorical], None), &stores, 1 << 30).await.unwrap();
+        let plan = engine.plan("SELECT c FROM cats", None).await.unwrap();
+        assert_eq!(plan.schema().field(0).data_type(), &DataType::Utf8, "stored as its values");
+        // And an ingest naming a column twice is refused
+        let a = Arc::new(Int64Array::from(vec![1])) as ArrayRef;
+        let twice = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("a", DataType::Int64, true), Field::new("a", DataType::Int64, true)])),
+            vec![a.clone(), a],
+        )
+        .unwrap();
+        let e = engine.append_live("dup", ingest(create, vec![twice], None), &stores, 1 << 30).await.unwrap_err();
+        assert!(e.to_string().contains("column `a` is there twice"), "{e}");
+        // When the engine starts again, then each comes back under its own name
+        let again = SqlEngine::new(settings).unwrap();
+        assert!(again.restore_live().is_empty());
+        let stores = vec![store().await];
+        for (name, rows) in [("col a", 2), ("col-a", 3), ("cats", 3)] {
+            again.repair_live(name, &stores).await.unwrap();
+            assert_eq!(count(&again, &format!("SELECT count(*) FROM \"{name}\"")).await, rows, "{name}");
+        }
     }
 }

@@ -106,10 +106,100 @@ fn is_blank(sql: &str) -> bool {
         .unwrap_or(false)
 }
 
+/// How deep one expression may nest (`1 + 1 + ...` with this many
+/// operators). DataFusion clones, prints and drops expressions
+/// recursively: deeper ones would overflow a thread's stack and take the
+/// process down with every query in it, where they are now refused.
+pub const MAX_EXPRESSION_DEPTH: usize = 2_000;
+
+/// Refuses a statement with an expression nested deeper than
+/// [`MAX_EXPRESSION_DEPTH`], from its tokens alone (no parse tree is built,
+/// so a statement of any depth is safe to check). An expression's depth is
+/// at most its operators, counted from the last `,` or clause keyword at
+/// each parenthesis level, plus one per enclosing parenthesis.
+pub fn check_expression_depth(sql: &str) -> Result<()> {
+    use datafusion::sql::sqlparser::keywords::Keyword;
+    let Ok(tokens) = Tokenizer::new(&GenericDialect {}, sql).tokenize() else {
+        return Ok(()); // the parser reports it, with its position
+    };
+    let mut levels: Vec<usize> = vec![0];
+    let mut deepest = 0;
+    for token in &tokens {
+        let current = levels.last_mut().expect("the outermost level stays");
+        match token {
+            Token::LParen | Token::LBracket => levels.push(0),
+            Token::RParen | Token::RBracket => {
+                let inner = if levels.len() > 1 { levels.pop().unwrap_or(0) } else { 0 };
+                *levels.last_mut().expect("the outermost level stays") += inner + 1;
+            }
+            Token::Comma | Token::SemiColon => *current = 0,
+            Token::Word(w) => match w.keyword {
+                Keyword::AND | Keyword::OR | Keyword::NOT | Keyword::LIKE | Keyword::ILIKE | Keyword::IS => {
+                    *current += 1
+                }
+                Keyword::SELECT
+                | Keyword::FROM
+                | Keyword::WHERE
+                | Keyword::GROUP
+                | Keyword::HAVING
+                | Keyword::ORDER
+                | Keyword::LIMIT
+                | Keyword::ON
+                | Keyword::JOIN
+                | Keyword::UNION
+                | Keyword::INTERSECT
+                | Keyword::EXCEPT
+                | Keyword::CASE
+                | Keyword::WHEN
+                | Keyword::THEN
+                | Keyword::ELSE
+                | Keyword::END
+                | Keyword::AS
+                | Keyword::VALUES
+                | Keyword::SET => *current = 0,
+                _ => {}
+            },
+            Token::Plus
+            | Token::Minus
+            | Token::Mul
+            | Token::Div
+            | Token::Mod
+            | Token::DuckIntDiv
+            | Token::StringConcat
+            | Token::Eq
+            | Token::DoubleEq
+            | Token::Neq
+            | Token::Lt
+            | Token::Gt
+            | Token::LtEq
+            | Token::GtEq
+            | Token::Spaceship
+            | Token::Ampersand
+            | Token::Pipe
+            | Token::Caret
+            | Token::ShiftLeft
+            | Token::ShiftRight
+            | Token::DoubleColon
+            | Token::Arrow
+            | Token::LongArrow => *current += 1,
+            _ => {}
+        }
+        deepest = deepest.max(levels.iter().sum::<usize>());
+        if deepest > MAX_EXPRESSION_DEPTH {
+            return Err(Error::Invalid(format!(
+                "an expression nests more than {MAX_EXPRESSION_DEPTH} operators deep; split it (a long `OR` \
+                 chain reads as `IN (...)`, a long `+` chain as a sum over rows)"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Decides what one statement does. Statements whose effect would live
 /// only in one process's memory (CREATE TABLE, CREATE SCHEMA, ...) are
 /// refused, since the catalog could not keep them.
 pub fn classify(sql: &str) -> Result<Statement> {
+    check_expression_depth(sql)?;
     // sqlparser reads whatever follows `CACHE TABLE t` as its query, a `;` too.
     let mut statements = parse(sql.trim().trim_end_matches(';'))?;
     if statements.len() != 1 {

@@ -301,6 +301,11 @@ struct Transformer {
     thread: Option<JoinHandle<()>>,
 }
 
+/// As the SQL engine's threads have (cohort-batch's `RUNTIME_THREAD_STACK`):
+/// DataFusion plans a transform as deep as `pipeline create` allows
+/// recursively, beyond a default thread's 2 MiB.
+const TRANSFORM_THREAD_STACK: usize = 32 << 20;
+
 impl Transformer {
     fn start(mut decoder: JsonDecoder, sql: Option<String>) -> Result<Transformer> {
         let invalid = |e: std::io::Error| Error::Invalid { field: "runtime".into(), message: e.to_string() };
@@ -309,6 +314,7 @@ impl Transformer {
         let (outbox, from_thread) = sync_channel(1);
         let thread = std::thread::Builder::new()
             .name("transform".into())
+            .stack_size(TRANSFORM_THREAD_STACK)
             .spawn(move || {
                 // One micro-batch is one partition: no repartitioning across threads.
                 let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(1));

@@ -11,10 +11,10 @@
 //! Job fields beyond those: `completions` (slot runs that finish the job;
 //! default `max`), `one_per_node`, `exclusive`, `spread`, `labels` (node
 //! labels required), `within` (a label all slots share), `anti_affinity` (a
-//! group whose slots never share a node). Class lines are
+//! group whose slots never share a node). `queue` defaults to `default`. Class lines are
 //! optional; without them the default classes apply.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,6 +49,10 @@ struct ClassLine {
     preemptible: bool,
 }
 
+fn default_queue() -> String {
+    "default".into()
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JobLine {
@@ -60,6 +64,7 @@ struct JobLine {
     #[serde(default)]
     name: String,
     priority: String,
+    #[serde(default = "default_queue")]
     queue: String,
     min: u32,
     max: u32,
@@ -84,6 +89,10 @@ struct JobLine {
 /// Reads a JSONL trace. `cluster` replaces the trace's own node lines.
 pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
     let mut trace = Trace { format: "jsonl".into(), ..Trace::default() };
+    let mut node_lines: HashMap<String, usize> = HashMap::new();
+    let mut job_lines: HashMap<u64, usize> = HashMap::new();
+    // Checked once every class line is read: they may come after the jobs.
+    let mut priorities: Vec<(usize, u64, String)> = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
         let raw = raw.trim();
@@ -91,9 +100,12 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
             continue;
         }
         let err = |m: String| TraceError::line(file, line_no, m);
-        let line: Line = serde_json::from_str(raw).map_err(|e| err(e.to_string()))?;
+        let line: Line = serde_json::from_str(raw).map_err(|e| err(one_line_json_error(&e)))?;
         match line {
             Line::Node(n) => {
+                if let Some(first) = node_lines.insert(n.name.clone(), line_no) {
+                    return Err(err(format!("node `{}` is named twice (first on line {first})", n.name)));
+                }
                 let cpu = parse_cpu(&n.cpu).map_err(|e| err(format!("node `{}` cpu: {e}", n.name)))?;
                 let memory = parse_memory(&n.memory).map_err(|e| err(format!("node `{}` memory: {e}", n.name)))?;
                 trace.nodes.push(NodeSpec { name: n.name, capacity: Resources::new(cpu, memory), labels: n.labels });
@@ -107,10 +119,23 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
             Line::Job(j) => {
                 let cpu = parse_cpu(&j.cpu).map_err(|e| err(format!("job {} cpu: {e}", j.id)))?;
                 let memory = parse_memory(&j.memory).map_err(|e| err(format!("job {} memory: {e}", j.id)))?;
+                for (what, v) in [("submit", j.submit), ("runtime", j.runtime), ("estimate", j.estimate.unwrap_or(0.0))]
+                {
+                    if !v.is_finite() || v > super::MAX_TRACE_SECONDS as f64 {
+                        return Err(err(format!("job {}: {what} {v} s is longer than any trace runs", j.id)));
+                    }
+                }
+                if let Some(first) = job_lines.insert(j.id, line_no) {
+                    return Err(err(format!("job id {} is used twice (first on line {first})", j.id)));
+                }
+                if j.submit < 0.0 {
+                    return Err(err(format!("job {}: submit {} s is before the trace starts (0)", j.id, j.submit)));
+                }
                 if j.runtime < 0.0 {
                     trace.skip("negative runtime");
                     continue;
                 }
+                priorities.push((line_no, j.id, j.priority.clone()));
                 if j.min == 0 || j.max < j.min {
                     return Err(err(format!("job {}: need 1 <= min <= max, got min {} max {}", j.id, j.min, j.max)));
                 }
@@ -144,8 +169,27 @@ pub fn parse_jsonl(file: &str, text: &str) -> Result<Trace, TraceError> {
             }
         }
     }
+    let classes = if trace.classes.is_empty() { PriorityClass::defaults() } else { trace.classes.clone() };
+    if let Some((line_no, id, priority)) = priorities.iter().find(|(_, _, p)| !classes.iter().any(|c| &c.name == p)) {
+        let names: Vec<&str> = classes.iter().map(|c| c.name.as_str()).collect();
+        return Err(TraceError::line(
+            file,
+            *line_no,
+            format!("job {id}: priority `{priority}` is not a class of this trace ({})", names.join(", ")),
+        ));
+    }
     trace.sort();
     Ok(trace)
+}
+
+/// serde_json's message without its position: each line is one document,
+/// so its `at line 1 column N` would be a second, different line number.
+fn one_line_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(at) => format!("{} (column {})", &text[..at], e.column()),
+        None => text,
+    }
 }
 
 /// Writes a trace as JSONL (nodes, then classes, then jobs).

@@ -130,6 +130,9 @@ impl TraceError {
     }
 }
 
+/// About 300 years: no log's times reach it; a field that does is corrupt.
+pub(crate) const MAX_TRACE_SECONDS: i64 = 10_000_000_000;
+
 pub(crate) fn secs(s: f64) -> Time {
     (s * 1000.0).round().max(0.0) as Time
 }

@@ -50,6 +50,8 @@ const OTHER_QUEUE_PRIORITY: i32 = 100;
 /// Reads an Alea machines file: `id name nodes cores speed ram_kb` per line.
 pub fn parse_swf_machines(file: &str, text: &str) -> Result<Vec<NodeSpec>, TraceError> {
     let mut nodes = Vec::new();
+    let mut clusters: BTreeMap<String, usize> = BTreeMap::new();
+    let mut names = std::collections::HashSet::new();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with(';') || line.starts_with('#') {
@@ -62,17 +64,27 @@ pub fn parse_swf_machines(file: &str, text: &str) -> Result<Vec<NodeSpec>, Trace
             return Err(bad("too few columns"));
         }
         let name = f[1];
-        let count: u32 = f[2].parse().map_err(|_| bad("node count is not a number"))?;
-        let cores: u64 = f[3].parse().map_err(|_| bad("cores per node is not a number"))?;
-        let ram_kb: u64 = f[5].parse().map_err(|_| bad("memory is not a number of KB"))?;
+        let count: u32 = f[2].parse().map_err(|_| bad(&format!("node count `{}` is not a number of nodes", f[2])))?;
+        let cores: u64 = f[3].parse().map_err(|_| bad(&format!("cores per node `{}` is not a number", f[3])))?;
+        let ram_kb: u64 = f[5].parse().map_err(|_| bad(&format!("memory `{}` is not a number of KB", f[5])))?;
+        let named = |message: String| TraceError::line(file, i + 1, message);
+        if let Some(first) = clusters.insert(name.to_string(), i + 1) {
+            return Err(named(format!("cluster `{name}` is listed twice (first on line {first})")));
+        }
         let cpu = cores.checked_mul(1000).ok_or_else(|| bad("cores per node is out of range"))?;
         let memory = ram_kb.checked_mul(1024).ok_or_else(|| bad("memory is out of range"))?;
         if nodes.len() as u64 + count as u64 > MAX_TRACE_NODES {
             return Err(bad(&format!("more than {MAX_TRACE_NODES} nodes in all")));
         }
         for n in 0..count {
+            let node = format!("{name}{n}");
+            if !names.insert(node.clone()) {
+                return Err(named(format!(
+                    "its node `{node}` has the name of another cluster's node: rename `{name}`"
+                )));
+            }
             nodes.push(NodeSpec {
-                name: format!("{name}{n}"),
+                name: node,
                 capacity: Resources::new(cpu, memory),
                 labels: BTreeMap::from([("cluster".to_string(), name.to_string())]),
             });
@@ -140,12 +152,25 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
                 TraceError::line(file, line_no, format!("field {} ({what}) is `{}`, not a number", k + 1, f[k]))
             })
         };
+        // A time past any real log's (centuries) is a corrupt field, which
+        // would otherwise saturate and stretch the replay to match.
+        let time = |k: usize, what: &str| -> Result<i64, TraceError> {
+            let v = num(k, what)?;
+            if v > super::MAX_TRACE_SECONDS {
+                return Err(TraceError::line(
+                    file,
+                    line_no,
+                    format!("field {} ({what}) is {} s, longer than any log runs", k + 1, f[k]),
+                ));
+            }
+            Ok(v)
+        };
         let id = num(0, "job number")?;
-        let submit = num(1, "submit time")?;
-        let run = num(3, "run time")?;
+        let submit = time(1, "submit time")?;
+        let run = time(3, "run time")?;
         let allocated = num(4, "allocated processors")?;
         let procs = if allocated > 0 { allocated } else { num(7, "requested processors")? };
-        let walltime = num(8, "requested time")?;
+        let walltime = time(8, "requested time")?;
         let memory = num(9, "requested memory")?;
         let user = num(11, "user id")?;
         let base = *first_submit.get_or_insert(submit);

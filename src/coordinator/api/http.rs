@@ -225,8 +225,14 @@ async fn authenticate(
     mut request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
-    let token = crate::coordinator::api::auth::bearer(request.headers());
-    match crate::coordinator::api::auth::principal(&http.core, token).await {
+    let Some(token) = crate::coordinator::api::auth::bearer(request.headers()) else {
+        // Said the HTTP way: CLI flags mean nothing to curl or Prometheus.
+        let how = "no token: send `Authorization: Bearer <token>` (`cohort up` prints a signed-in link to the web \
+                   UI; its client config and a standalone coordinator's admin.token hold one); an admin creates \
+                   more with `cohort token create`";
+        return ApiError::from(CoordinatorError::Unauthenticated(how.into())).into_response();
+    };
+    match crate::coordinator::api::auth::principal(&http.core, Some(token)).await {
         Ok(who) => {
             request.extensions_mut().insert(who);
             next.run(request).await

@@ -56,6 +56,13 @@ impl Core {
                     let kill =
                         AgentCommand::Kill { alloc: r.alloc, grace_ms: 10_000, reason: "unknown to the coordinator".into() };
                     core.command(id, kill);
+                } else if core.is_stopping(r.alloc) {
+                    // Its kill went to the connection this registration
+                    // just voided (say, a job cancelled while the agent was
+                    // away): without this it would run on, a ghost slot.
+                    tracing::info!(alloc = r.alloc, node = %reg.name, "stopping an executor again after its agent returned");
+                    let kill = AgentCommand::Kill { alloc: r.alloc, grace_ms: 10_000, reason: "stopping".into() };
+                    core.command(id, kill);
                 }
             }
             // What ended while the agent was down, as it recorded it.
@@ -79,6 +86,14 @@ impl Core {
                 heartbeat_interval_ms: core.settings.heartbeat_interval.as_millis() as u64,
                 logs_token: core.logs_token(&reg.name),
             })
+        })
+    }
+
+    /// Whether `alloc`'s slot has been told to stop.
+    fn is_stopping(&self, alloc: u64) -> bool {
+        self.allocs.get(&alloc).is_some_and(|a| {
+            let gang = if a.gang == 0 { a.job } else { a.gang };
+            self.slot(gang, a.slot).is_some_and(|s| s.alloc_id == alloc && s.state == SlotState::Stopping)
         })
     }
 

@@ -210,6 +210,35 @@ fn a_restarted_coordinator_adopts_running_executors_and_launches_nothing() {
 }
 
 #[test]
+fn a_job_cancelled_while_its_agent_is_away_is_stopped_when_the_agent_returns() {
+    // Given a job running on an agent, and a coordinator that restarted
+    let mut h = Harness::new();
+    h.register("a", 4);
+    let job = h.submit("stale", 2, "1", 1);
+    let launched = h.launches();
+    h.restart(None);
+    // When the job is cancelled before the agent is back (so its kills are
+    // held for a connection that registration voids)
+    h.core.cancel(job).unwrap();
+    h.sink.take();
+    // Then registering, with the executors still running, kills them again
+    h.register("a", 4);
+    let mut killed: Vec<u64> = h
+        .sink
+        .take()
+        .into_iter()
+        .filter_map(|(_, c)| match c {
+            AgentCommand::Kill { alloc, .. } => Some(alloc),
+            _ => None,
+        })
+        .collect();
+    killed.sort_unstable();
+    let mut allocs: Vec<u64> = launched.iter().map(|(_, l)| l.alloc).collect();
+    allocs.sort_unstable();
+    assert_eq!(killed, allocs);
+}
+
+#[test]
 fn a_failed_gang_is_retried_after_a_backoff_that_doubles() {
     let mut h = Harness::new();
     let node = h.register("a", 2);

@@ -573,9 +573,9 @@ impl FlightSqlService for FlightSql {
         let outcome = self.front.query(&handle.sql, params).await.map_err(st)?;
         // Send the schema FlightInfo advertised (clients compare the two).
         let target = schema.clone();
-        let batches = outcome
-            .stream
-            .map(move |batch| to_client(batch.map_err(|e| FlightError::ExternalError(Box::new(e)))?, &target));
+        let batches = outcome.stream.map(move |batch| {
+            to_client(batch.map_err(|e| FlightError::from(status_of_datafusion(&e, e.to_string())))?, &target)
+        });
         Ok(batches_stream(schema, batches))
     }
 
