@@ -252,15 +252,20 @@ fn load_cluster(path: &Path) -> Result<Vec<NodeSpec>> {
     }
 }
 
+/// `1 job`, `2 jobs`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 { format!("1 {what}") } else { format!("{n} {what}s") }
+}
+
 fn render(trace: &Trace, path: &Path, reports: &[Report]) -> String {
     let mut out = String::new();
     let cores: u64 = trace.nodes.iter().map(|n| n.capacity.cpu_millis).sum::<u64>() / 1000;
     let _ = writeln!(
         out,
-        "{}: {} jobs on {} nodes ({} cores), format {}",
+        "{}: {} on {} ({} cores), format {}",
         path.display(),
-        trace.jobs.len(),
-        trace.nodes.len(),
+        counted(trace.jobs.len(), "job"),
+        counted(trace.nodes.len(), "node"),
         cores,
         trace.format
     );

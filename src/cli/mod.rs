@@ -363,7 +363,12 @@ fn readable(err: &anyhow::Error) -> String {
         }
         pieces.push(text);
     }
-    pieces.join(": ")
+    let mut text = pieces.join(": ");
+    // gRPC reading an HTTP answer takes its first byte (`{`, `<`) as a frame flag.
+    if text.contains("invalid compression flag") || text.contains("protocol error: received message with invalid") {
+        text.push_str(" (the address answered, but not as Cohort's gRPC and Flight SQL port: is it the HTTP port?)");
+    }
+    text
 }
 
 /// How a command whose reader went away ends: as a Unix tool killed by
@@ -666,5 +671,8 @@ mod tests {
         );
         let wider = anyhow::anyhow!("invalid peer certificate: UnknownIssuer").context("invalid peer certificate");
         assert_eq!(readable(&wider), "invalid peer certificate: UnknownIssuer");
+        // The HTTP port given for the gRPC one
+        let http = anyhow::anyhow!("protocol error: invalid compression flag: 123");
+        assert!(readable(&http).ends_with("is it the HTTP port?)"), "{}", readable(&http));
     }
 }

@@ -213,10 +213,14 @@ fn a_plain_swf_log_replays_on_the_machine_its_header_describes() {
     }
     // Without a header, the error names both ways to describe the machine.
     let body: String = PLAIN.lines().filter(|l| !l.starts_with(';')).map(|l| format!("{l}\n")).collect();
-    std::fs::write(dir.path().join("bare.swf"), body).unwrap();
+    std::fs::write(dir.path().join("bare.swf"), &body).unwrap();
     let out = simulate(dir.path(), &["--trace", "bare.swf"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("MaxNodes") && err.contains("--cluster"), "{err}");
+    // A header that says 0 is not mistaken for no header
+    std::fs::write(dir.path().join("zero.swf"), format!("; MaxNodes: 0\n{body}")).unwrap();
+    let err = String::from_utf8_lossy(&simulate(dir.path(), &["--trace", "zero.swf"]).stderr).to_string();
+    assert!(err.contains("the header's `MaxNodes: 0` is no count of nodes"), "{err}");
 }
 
 #[test]

@@ -706,6 +706,16 @@ pub fn fit_parameters(plan: &LogicalPlan, params: ParamValues) -> Result<ParamVa
         }
         Ok(bound)
     };
+    if let ParamValues::List(values) = &params
+        && values.len() > expected.len()
+    {
+        // Surplus values would be dropped silently: the client meant another statement.
+        return Err(Error::Invalid(format!(
+            "{} values are bound, and the statement has {} placeholder(s)",
+            values.len(),
+            expected.len()
+        )));
+    }
     Ok(match params {
         ParamValues::List(values) => ParamValues::List(
             values.into_iter().enumerate().map(|(i, v)| fit(format!("${}", i + 1), v)).collect::<Result<_>>()?,
@@ -775,7 +785,7 @@ mod tests {
         let refused = engine.plan(insert, bound(ScalarValue::from("seven"))).await.unwrap_err().to_string();
         assert!(refused.contains("parameter $1") && refused.contains("Int32"), "{refused}");
         // Where the plan cannot tell a type, the value binds as it came
-        engine.plan("SELECT $1", bound(ScalarValue::from("seven"))).await.unwrap();
+        engine.plan("SELECT $1", Some(ParamValues::from(vec![ScalarValue::from("seven")]))).await.unwrap();
         // A number that would change is refused, one that stays the same is not
         let compare = "SELECT count(*) FROM t WHERE a < $1";
         let one = |v: f64| Some(ParamValues::from(vec![ScalarValue::Float64(Some(v))]));
@@ -784,6 +794,10 @@ mod tests {
         engine.plan(compare, one(10.0)).await.unwrap();
         let too_big = Some(ParamValues::from(vec![ScalarValue::Int64(Some(i64::MAX))]));
         assert!(engine.plan(compare, too_big).await.is_err(), "an Int64 past Int32's range");
+        // More values than placeholders is another statement than the one sent
+        let three = Some(ParamValues::from(vec![ScalarValue::Int32(Some(1)); 3]));
+        let refused = engine.plan(compare, three).await.unwrap_err().to_string();
+        assert!(refused.contains("3 values are bound, and the statement has 1 placeholder"), "{refused}");
     }
 
     #[test]

@@ -101,6 +101,9 @@ pub fn parse_swf_machines(file: &str, text: &str) -> Result<Vec<NodeSpec>, Trace
 struct Header {
     max_nodes: Option<u64>,
     max_procs: Option<u64>,
+    /// `MaxNodes: 0` or `MaxProcs: many`, as written: no machine, but not
+    /// an absent line either.
+    unusable: Vec<String>,
 }
 
 impl Header {
@@ -109,10 +112,14 @@ impl Header {
         for line in text.lines().take_while(|l| l.trim_start().starts_with(';') || l.trim().is_empty()) {
             let line = line.trim_start_matches(|c: char| c == ';' || c.is_whitespace());
             let Some((key, value)) = line.split_once(':') else { continue };
-            let value = value.trim().parse::<u64>().ok().filter(|v| *v > 0);
-            match key.trim() {
-                "MaxNodes" => h.max_nodes = value,
-                "MaxProcs" => h.max_procs = value,
+            let parsed = value.trim().parse::<u64>().ok().filter(|v| *v > 0);
+            let key = key.trim();
+            if matches!(key, "MaxNodes" | "MaxProcs") && parsed.is_none() {
+                h.unusable.push(format!("{key}: {}", value.trim()));
+            }
+            match key {
+                "MaxNodes" => h.max_nodes = parsed,
+                "MaxProcs" => h.max_procs = parsed,
                 _ => {}
             }
         }
@@ -266,11 +273,16 @@ pub fn parse_swf(file: &str, text: &str, nodes: Option<Vec<NodeSpec>>) -> Result
 fn header_machine(file: &str, text: &str, trace: &mut Trace) -> Result<Vec<NodeSpec>, TraceError> {
     let header = Header::read(text);
     let Some(nodes) = header.max_nodes.or(header.max_procs) else {
+        let header_says = match header.unusable.as_slice() {
+            [] => "the log has no `MaxNodes` (or `MaxProcs`) header line".to_string(),
+            lines => format!("the header's `{}` is no count of nodes", lines.join("`, `")),
+        };
         return Err(TraceError::File {
             file: file.to_string(),
-            message: "no machine is described: the log has no `MaxNodes` (or `MaxProcs`) header line and no machines \
-                      file was found; pass --cluster FILE or put FILE.machines beside it"
-                .into(),
+            message: format!(
+                "no machine is described: {header_says} and no machines file was found; pass --cluster FILE or put \
+                 FILE.machines beside it"
+            ),
         });
     };
     // MaxProcs cores in all: where they do not divide evenly (100 nodes,

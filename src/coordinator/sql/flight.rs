@@ -404,7 +404,9 @@ fn status_of_datafusion(e: &DataFusionError, message: String) -> Status {
     let missing = lower.contains("not found") || lower.contains("no such file") || lower.contains("doesn't exist");
     match e.find_root() {
         DataFusionError::ObjectStore(_) | DataFusionError::IoError(_) if missing => Status::not_found(message),
-        DataFusionError::Plan(_) | DataFusionError::SchemaError(..) if missing => Status::not_found(message),
+        DataFusionError::Plan(_) | DataFusionError::SchemaError(..) | DataFusionError::Execution(_) if missing => {
+            Status::not_found(message)
+        }
         DataFusionError::SQL(..)
         | DataFusionError::Plan(_)
         | DataFusionError::SchemaError(..)
@@ -512,6 +514,23 @@ impl FlightSql {
 #[tonic::async_trait]
 impl FlightSqlService for FlightSql {
     type FlightService = FlightSql;
+
+    async fn do_put_error_callback(
+        &self,
+        _request: Request<PeekableFlightDataStream>,
+        error: arrow_flight::sql::server::DoPutError,
+    ) -> Result<Response<<Self as arrow_flight::flight_service_server::FlightService>::DoPutStream>, Status> {
+        use arrow_flight::sql::server::DoPutError;
+        Err(match error {
+            // ADBC sends nothing at all for an ingest of no rows.
+            DoPutError::MissingCommand => Status::invalid_argument(
+                "the upload is empty: it names no statement nor table (an ingest of 0 rows sends nothing; skip it)",
+            ),
+            DoPutError::MissingFlightDescriptor => {
+                Status::invalid_argument("the upload's first message has no descriptor naming its statement or table")
+            }
+        })
+    }
 
     async fn do_handshake(
         &self,
@@ -974,6 +993,16 @@ mod tests {
         assert_eq!(values.len(), 1);
         let two = arrow::compute::concat_batches(&batch.schema(), &[batch.clone(), batch]).unwrap();
         assert!(params_from(&[two]).unwrap_err().message().contains("one row"));
+    }
+
+    #[test]
+    fn the_clients_mistakes_are_not_internal_errors() {
+        let code = |e: DataFusionError| status_of_datafusion(&e, e.to_string()).code();
+        let divide = DataFusionError::ArrowError(Box::new(arrow::error::ArrowError::DivideByZero), None);
+        assert_eq!(code(divide), tonic::Code::InvalidArgument);
+        assert_eq!(code(DataFusionError::Execution("Table 'nope' doesn't exist.".into())), tonic::Code::NotFound);
+        assert_eq!(code(DataFusionError::Plan("table 'x' not found".into())), tonic::Code::NotFound);
+        assert_eq!(code(DataFusionError::Internal("a bug".into())), tonic::Code::Internal);
     }
 
     /// A valid parameter stream, then prefixes and bit flips of it.
