@@ -352,6 +352,8 @@ impl SqlEngine {
     /// cached tables hold at most `budget` bytes together: cached tables
     /// are evicted to make room, live ones never are.
     pub async fn append_live(&self, name: &str, ingest: Ingest, stores: &[Url], budget: u64) -> Result<Appended> {
+        let name = live_name(name);
+        let name = name.as_str();
         let Ingest { mode, schema, batches, from, key } = ingest;
         if name.trim().is_empty() {
             return Err(Error::Invalid("an ingest needs a table name".into()));
@@ -498,6 +500,8 @@ impl SqlEngine {
 
     /// Drops live table `name`; whether there was one.
     pub async fn drop_live(&self, name: &str) -> Result<bool> {
+        let name = live_name(name);
+        let name = name.as_str();
         let Some(entry) = self.live_registry().lock().expect("live tables").remove(name) else {
             return Ok(false);
         };
@@ -526,8 +530,15 @@ impl SqlEngine {
         let Ok(dirs) = std::fs::read_dir(&root) else { return Vec::new() };
         let mut failed = Vec::new();
         for dir in dirs.flatten().filter(|d| d.path().is_dir()) {
-            let name = table_name(&dir.file_name().to_string_lossy());
-            if let Err(e) = self.restore_one(&name, &dir.path()) {
+            let name = live_name(&table_name(&dir.file_name().to_string_lossy()));
+            // Written by a version that kept the name's case (`Events`): moved
+            // to where this one looks for it, unless a table is there already.
+            let mut path = dir.path();
+            let canonical = root.join(dir_name(&name));
+            if canonical != path && !canonical.exists() && std::fs::rename(&path, &canonical).is_ok() {
+                path = canonical;
+            }
+            if let Err(e) = self.restore_one(&name, &path) {
                 tracing::warn!(table = %name, error = %e, "cannot restore a live table");
                 failed.push((name, e));
             }
@@ -609,6 +620,8 @@ impl SqlEngine {
 
     /// Whether every partition of live table `name` is held where it was put.
     pub async fn live_intact(&self, name: &str) -> bool {
+        let name = live_name(name);
+        let name = name.as_str();
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return true;
         };
@@ -618,6 +631,8 @@ impl SqlEngine {
     /// Puts back, from its snapshots, what live table `name` lost with a
     /// store (or with a coordinator restart); how many partitions.
     pub async fn repair_live(&self, name: &str, stores: &[Url]) -> Result<usize> {
+        let name = live_name(name);
+        let name = name.as_str();
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return Ok(0);
         };
@@ -659,6 +674,8 @@ impl SqlEngine {
 
     /// Whether live table `name` has partitions to merge ([`SqlEngine::compact_live`]).
     pub fn live_needs_compaction(&self, name: &str) -> bool {
+        let name = live_name(name);
+        let name = name.as_str();
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return false;
         };
@@ -671,6 +688,8 @@ impl SqlEngine {
     /// their stores. How many partitions were merged. Ingests wait only
     /// while a merge is chosen and swapped in.
     pub async fn compact_live(&self, name: &str, stores: &[Url]) -> Result<usize> {
+        let name = live_name(name);
+        let name = name.as_str();
         let Some(entry) = self.live_registry().lock().expect("live tables").get(name).cloned() else {
             return Ok(0);
         };
@@ -936,6 +955,8 @@ impl SqlEngine {
 
     /// Whether `name` is a live table.
     pub fn is_live(&self, name: &str) -> bool {
+        let name = live_name(name);
+        let name = name.as_str();
         self.live_registry().lock().expect("live tables").contains_key(name)
     }
 
@@ -1212,6 +1233,18 @@ fn without_dictionaries(schema: SchemaRef, batches: Vec<RecordBatch>) -> Result<
         .collect::<std::result::Result<Vec<_>, arrow::error::ArrowError>>()
         .map_err(|e| Error::DataFusion(e.into()))?;
     Ok((plain, batches))
+}
+
+/// The name a live table is filed under: an ingest's table name read as
+/// SQL reads an unquoted one (`Events` is `events`, which `SELECT * FROM
+/// Events` finds), kept as written where it is no plain identifier (`col
+/// a`). The catalog files it so too; a registry keyed otherwise would call
+/// `Events` no live table after it was made.
+fn live_name(name: &str) -> String {
+    match datafusion::common::TableReference::from(name) {
+        datafusion::common::TableReference::Bare { table } => table.to_string(),
+        _ => name.to_string(),
+    }
 }
 
 /// A live table's directory: its name, with every byte but ASCII letters,
@@ -1670,11 +1703,17 @@ mod tests {
         .unwrap();
         let e = engine.append_live("dup", ingest(create, vec![twice], None), &stores, 1 << 30).await.unwrap_err();
         assert!(e.to_string().contains("column `a` is there twice"), "{e}");
+        // And names differing only in case are one table, as unquoted SQL reads them
+        engine.append_live("Events", ingest(create, vec![batch(0, 2)], None), &stores, 1 << 30).await.unwrap();
+        let append = IngestMode { create: false, if_exists: IfExists::Append };
+        engine.append_live("EVENTS", ingest(append, vec![batch(2, 2)], None), &stores, 1 << 30).await.unwrap();
+        assert!(engine.is_live("events"));
+        assert_eq!(count(&engine, "SELECT count(*) FROM Events").await, 4);
         // When the engine starts again, then each comes back under its own name
         let again = SqlEngine::new(settings).unwrap();
         assert!(again.restore_live().is_empty());
         let stores = vec![store().await];
-        for (name, rows) in [("col a", 2), ("col-a", 3), ("cats", 3)] {
+        for (name, rows) in [("col a", 2), ("col-a", 3), ("cats", 3), ("events", 4)] {
             again.repair_live(name, &stores).await.unwrap();
             assert_eq!(count(&again, &format!("SELECT count(*) FROM \"{name}\"")).await, rows, "{name}");
         }
