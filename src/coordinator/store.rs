@@ -165,6 +165,8 @@ pub struct Snapshot {
     pub allocs: Vec<AllocRecord>,
     pub nodes: Vec<NodeRecord>,
     pub next_job: u64,
+    /// Above every allocation id issued, ended ones too.
+    pub next_alloc: u64,
     /// The SQL catalog, in the order its entries were created.
     pub tables: Vec<TableDef>,
     /// The cached tables, in the order they were cached.
@@ -232,13 +234,16 @@ impl SqliteStore {
 
 impl StateStore for SqliteStore {
     fn load(&self) -> Result<Snapshot, StoreError> {
-        let next_job: Option<i64> =
-            self.conn.query_row("SELECT value FROM meta WHERE key = 'next_job'", [], |r| r.get(0)).optional()?;
+        let meta = |key: &str| -> Result<Option<i64>, StoreError> {
+            Ok(self.conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+        };
+        let (next_job, next_alloc) = (meta("next_job")?, meta("next_alloc")?);
         Ok(Snapshot {
             jobs: self.all("SELECT record FROM jobs ORDER BY id")?,
             allocs: self.all("SELECT record FROM allocs ORDER BY id")?,
             nodes: self.all("SELECT record FROM nodes ORDER BY name")?,
             next_job: next_job.unwrap_or(1) as u64,
+            next_alloc: next_alloc.unwrap_or(1) as u64,
             tables: self.all("SELECT record FROM catalog ORDER BY seq")?,
             caches: self.all("SELECT record FROM caches ORDER BY seq")?,
             tokens: self.all("SELECT record FROM tokens ORDER BY id")?,
@@ -260,10 +265,18 @@ impl StateStore for SqliteStore {
                     "INSERT OR REPLACE INTO jobs (id, record) VALUES (?1, ?2)",
                     params![job.id as i64, serde_json::to_string(job)?],
                 )?,
-                Write::Alloc(alloc) => tx.execute(
-                    "INSERT OR REPLACE INTO allocs (id, record) VALUES (?1, ?2)",
-                    params![alloc.id as i64, serde_json::to_string(alloc)?],
-                )?,
+                Write::Alloc(alloc) => {
+                    // Its row goes when it ends; the floor it sets stays.
+                    tx.execute(
+                        "INSERT INTO meta (key, value) VALUES ('next_alloc', ?1)
+                         ON CONFLICT(key) DO UPDATE SET value = max(value, excluded.value)",
+                        params![alloc.id as i64 + 1],
+                    )?;
+                    tx.execute(
+                        "INSERT OR REPLACE INTO allocs (id, record) VALUES (?1, ?2)",
+                        params![alloc.id as i64, serde_json::to_string(alloc)?],
+                    )?
+                }
                 Write::DeleteAlloc(id) => tx.execute("DELETE FROM allocs WHERE id = ?1", params![*id as i64])?,
                 Write::Node(node) => tx.execute(
                     "INSERT OR REPLACE INTO nodes (name, record) VALUES (?1, ?2)",

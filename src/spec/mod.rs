@@ -428,8 +428,31 @@ fn key_of_value_at(text: &str, offset: usize) -> Option<String> {
     (!key.is_empty() && !key.starts_with('[') && !key.contains(char::is_whitespace)).then(|| key.to_string())
 }
 
-/// Below this, a slot's hard limit kills its program as it starts.
-const MIN_SLOT_MEMORY: u64 = 1 << 20;
+/// Below this, a slot's hard limit kills its program, or the executor
+/// that supervises it in the same cgroup (about 10 MiB), as it starts.
+const MIN_SLOT_MEMORY: u64 = 16 << 20;
+
+/// Longest job or queue name: tables and URLs stay readable.
+const MAX_NAME_CHARS: usize = 128;
+
+/// A job's or queue's name is one word a command line, a table row and a
+/// URL take as it is.
+fn check_name(name: &str) -> Result<(), String> {
+    // Whitespace, controls, and the invisible ones (zero-width, BOM) that make two names look alike.
+    let invisible = |c: &char| {
+        c.is_whitespace() || c.is_control() || matches!(*c, '\u{200B}'..='\u{200F}' | '\u{2060}' | '\u{FEFF}')
+    };
+    if let Some(c) = name.chars().find(invisible) {
+        return Err(format!("contains {c:?}: names are one word, as commands and URLs take them"));
+    }
+    if name.starts_with('-') {
+        return Err("starts with `-`, which commands read as a flag".into());
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(format!("is {} characters long; at most {MAX_NAME_CHARS}", name.chars().count()));
+    }
+    Ok(())
+}
 
 /// What a new submission must also satisfy, beyond what a spec stored by
 /// an earlier version (and parsed again at every start) was held to.
@@ -446,9 +469,8 @@ pub fn check_new(file: &str, text: &str, spec: &JobSpec) -> Result<(), SpecError
             "is a number, which commands read as a job id: give the job a name with a letter in it",
         ));
     }
-    if let Some(c) = spec.name.chars().find(|c| c.is_whitespace() || c.is_control()) {
-        return Err(at("name", &format!("contains {c:?}: names are one word, as commands and URLs take them")));
-    }
+    check_name(&spec.name).map_err(|m| at("name", &m))?;
+    check_name(&spec.gang.queue).map_err(|m| at("queue", &m))?;
     let memory = spec.gang.slot.memory_bytes;
     let memory_field = if matches!(spec.kind, JobKind::Pipeline { .. }) { "parallelism.memory" } else { "gang.memory" };
     if memory == 0 {
@@ -456,11 +478,13 @@ pub fn check_new(file: &str, text: &str, spec: &JobSpec) -> Result<(), SpecError
         return Err(at(memory_field, "must be more than 0: it is the slot's hard limit (e.g. \"256MiB\")"));
     }
     if memory < MIN_SLOT_MEMORY {
-        // A bare number is bytes, as in Kubernetes; `memory = 64` meant MiB.
-        return Err(at(
-            memory_field,
-            &format!("is {memory} bytes, less than a process needs to start: give a unit (e.g. \"{memory}MiB\")"),
-        ));
+        let hint = if memory < 1 << 20 {
+            // A bare number is bytes, as in Kubernetes; `memory = 64` meant MiB.
+            format!("give a unit (e.g. \"{memory}MiB\")")
+        } else {
+            "a slot's memory also holds the executor that supervises it (about 10 MiB): give at least \"16MiB\"".into()
+        };
+        return Err(at(memory_field, &format!("is {memory} bytes, too little to start in: {hint}")));
     }
     if let JobKind::Pipeline { config, .. } = &spec.kind
         && config.group.trim().is_empty()
@@ -602,8 +626,18 @@ argv = ["sh", "-c", "echo slot $COHORT_SLOT of $COHORT_GANG_SIZE"]
         assert!(e.message.contains("job id"), "{e}");
         let e = refused("name = \"hello\"", "name = \"my job\"");
         assert_eq!(e.field, "name", "{e}");
-        // Still a valid spec: `12b` and "1MiB" pass
-        let text = GOOD.replace("\"hello\"", "\"12b\"").replace("\"1GiB\"", "\"1MiB\"");
+        let e = refused("memory = \"1GiB\"", "memory = \"8MiB\"");
+        assert!(e.message.contains("supervises it"), "{e}");
+        for (bad, says) in [("--help", "flag"), ("a\u{200B}b", "one word")] {
+            let e = refused("name = \"hello\"", &format!("name = \"{bad}\""));
+            assert!(e.field == "name" && e.message.contains(says), "{e}");
+        }
+        let e = refused("name = \"hello\"", &format!("name = \"{}\"", "x".repeat(129)));
+        assert!(e.message.contains("at most 128"), "{e}");
+        let e = refused("priority = \"batch\"", "priority = \"batch\"\nqueue = \"q\\nx\"");
+        assert_eq!(e.field, "queue", "{e}");
+        // Still a valid spec: `12b` and "16MiB" pass
+        let text = GOOD.replace("\"hello\"", "\"12b\"").replace("\"1GiB\"", "\"16MiB\"");
         check_new("job.toml", &text, &parse_job("job.toml", &text).unwrap()).unwrap();
         // A quantity beyond any machine is refused, not clamped
         let e = parse_job("job.toml", &GOOD.replace("\"1GiB\"", "\"99999999999999999999\"")).unwrap_err();

@@ -66,6 +66,16 @@ impl Compute {
     }
 }
 
+impl Compute {
+    /// Runs `work` (planning) on the compute threads, so that a statement
+    /// that takes long to plan holds up queries, never the runtime that
+    /// answers agents' heartbeats.
+    pub(crate) async fn run<T: Send + 'static>(&self, work: impl Future<Output = T> + Send + 'static) -> Result<T> {
+        let runtime = self.runtime.as_ref().expect("the compute runtime lives as long as the engine");
+        runtime.spawn(work).await.map_err(|e| DataFusionError::Internal(format!("planning ended early: {e}")))
+    }
+}
+
 impl Drop for Compute {
     fn drop(&mut self) {
         if let Some(runtime) = self.runtime.take() {

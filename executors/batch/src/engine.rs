@@ -293,7 +293,8 @@ impl SqlEngine {
     /// SQL's GetFlightInfo and prepared statements).
     pub async fn plan(&self, sql: &str, params: Option<ParamValues>) -> Result<LogicalPlan> {
         crate::statements::check_expression_depth(sql)?;
-        let plan = self.ctx.state().create_logical_plan(sql).await?;
+        let (state, sql) = (self.ctx.state(), sql.to_string());
+        let plan = self.compute.run(async move { state.create_logical_plan(&sql).await }).await??;
         Ok(match params {
             Some(p) => {
                 let p = fit_parameters(&plan, p)?;

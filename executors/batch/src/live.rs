@@ -358,6 +358,9 @@ impl SqlEngine {
         if name.trim().is_empty() {
             return Err(Error::Invalid("an ingest needs a table name".into()));
         }
+        if schema.fields().is_empty() {
+            return Err(Error::Invalid(format!("an ingest into `{name}` has no columns")));
+        }
         let mut columns = HashSet::new();
         if let Some(twice) = schema.fields().iter().map(|f| f.name()).find(|c| !columns.insert(*c)) {
             return Err(Error::Invalid(format!("ingest into `{name}`: column `{twice}` is there twice")));

@@ -784,6 +784,26 @@ impl Engine {
         self.node_names.get(name).copied()
     }
 
+    /// After a restart: ids below `next` were issued before, also to
+    /// allocations that have ended since, and are never issued again (an
+    /// agent's logs and directories are named by them).
+    pub fn resume_alloc_ids(&mut self, next: u64) {
+        self.next_alloc = self.next_alloc.max(next);
+    }
+
+    /// After a restart: the attempts gang `gang` already used up on
+    /// failures (its job's history says), which it is not given again.
+    pub fn resume_failures(&mut self, gang: GangId, failures: u32) {
+        if let Some(g) = self.gangs.get_mut(&gang) {
+            g.failures = failures;
+        }
+    }
+
+    /// The id the next allocation gets.
+    pub fn next_alloc_id(&self) -> u64 {
+        self.next_alloc
+    }
+
     /// The node a live allocation (running or stopping) is on.
     pub fn alloc_node(&self, alloc: AllocId) -> Option<NodeId> {
         self.allocs.get(&alloc).map(|a| a.node)

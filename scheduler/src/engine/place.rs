@@ -463,7 +463,7 @@ impl Engine {
         }
         let g = self.gangs.get_mut(&gang).expect("checked above");
         g.phase = GangPhase::Running;
-        g.attempts = g.attempts.max(1);
+        g.attempts = g.attempts.max(g.failures + 1);
         g.todo.retain(|&s| s != slot);
         self.next_alloc = self.next_alloc.max(alloc.0 + 1);
         self.attach(gang, slot, node, alloc, started);

@@ -179,6 +179,8 @@ impl Core {
             if !job.record.state.is_final() && job.record.state != JobState::Paused {
                 let gang = GangId(job.gang());
                 engine.apply(Event::GangSubmitted { gang, spec: job.spec.gang.clone() }).map_err(internal)?;
+                let failures = job.record.history.iter().filter(|a| a.charged).count() as u32;
+                engine.resume_failures(gang, failures);
                 if let Some(d) = job.record.deployment.as_ref().filter(|d| d.state == DeploymentState::Rolling) {
                     let mut next = stored(&d.file, &d.spec_toml)?;
                     next.gang.max = d.instances;
@@ -213,6 +215,7 @@ impl Core {
             failed: false,
             stats: CoreStats::default(),
         };
+        core.engine.resume_alloc_ids(snapshot.next_alloc);
         core.turn(|core| {
             for a in snapshot.allocs {
                 core.restore_alloc(a);

@@ -210,6 +210,26 @@ fn a_restarted_coordinator_adopts_running_executors_and_launches_nothing() {
 }
 
 #[test]
+fn allocation_ids_are_never_issued_twice_across_a_restart() {
+    // Given a job that ran and ended (its allocation's row is gone)
+    let mut h = Harness::new();
+    let node = h.register("a", 4);
+    h.submit("first", 2, "1", 1);
+    let first = h.launches();
+    for (_, l) in &first {
+        h.exit(node, l.alloc, 0);
+    }
+    let used = first.iter().map(|(_, l)| l.alloc).max().unwrap();
+    // When the coordinator restarts with nothing running, and a job is submitted
+    h.restart(None);
+    h.register("a", 4);
+    h.submit("second", 1, "1", 1);
+    // Then its allocation has a new id: agents name logs and directories by them
+    let second = h.launches();
+    assert!(second.iter().all(|(_, l)| l.alloc > used), "{used} reused: {second:?}");
+}
+
+#[test]
 fn a_job_cancelled_while_its_agent_is_away_is_stopped_when_the_agent_returns() {
     // Given a job running on an agent, and a coordinator that restarted
     let mut h = Harness::new();
@@ -265,6 +285,27 @@ fn a_failed_gang_is_retried_after_a_backoff_that_doubles() {
     assert_eq!(view.state, JobState::Failed);
     assert!(view.reason.contains("3 of 3 attempts used"), "{}", view.reason);
     assert!(view.reason.contains("exited with code 1"), "the last failure's own words stay: {}", view.reason);
+}
+
+#[test]
+fn failures_count_against_a_jobs_attempts_across_a_restart() {
+    // Given a job of 2 attempts whose first failed, retried and running
+    let mut h = Harness::new();
+    let node = h.register("a", 2);
+    let job = h.submit("flaky", 1, "1", 2);
+    let (_, first) = h.launches().remove(0);
+    h.exit(node, first.alloc, 1);
+    h.advance(Duration::from_secs(1), &[node]);
+    let (_, second) = h.launches().remove(0);
+    assert_eq!(second.env["COHORT_ATTEMPT"], "2");
+    // When the coordinator restarts, the agent returns, and the second attempt fails
+    h.restart(None);
+    let node = h.register("a", 2);
+    h.exit(node, second.alloc, 1);
+    // Then that was the last attempt: no third run
+    let view = h.core.job(job).unwrap();
+    assert_eq!(view.state, JobState::Failed, "{}", view.reason);
+    assert!(view.reason.contains("2 of 2 attempts used"), "{}", view.reason);
 }
 
 #[test]
@@ -365,13 +406,13 @@ fn a_host_runs_at_most_its_executor_limit() {
     let mut reg = registration("a", 4);
     reg.max_executors = 3;
     h.register_as(reg);
-    let spec = "name = \"tiny\"\n[gang]\nmin = 1\nmax = 100000\ncpu = \"1m\"\nmemory = \"1MiB\"\n[command]\nargv = [\"true\"]\n";
+    let spec = "name = \"tiny\"\n[gang]\nmin = 1\nmax = 100000\ncpu = \"1m\"\nmemory = \"16MiB\"\n[command]\nargv = [\"true\"]\n";
     let job = h.core.submit("tiny.toml", spec).unwrap();
     assert_eq!(h.launches().len(), 3, "no more than the host's limit");
-    let wide = "name = \"wide\"\n[gang]\nmin = 4\ncpu = \"1m\"\nmemory = \"1MiB\"\n[command]\nargv = [\"true\"]\n";
+    let wide = "name = \"wide\"\n[gang]\nmin = 4\ncpu = \"1m\"\nmemory = \"16MiB\"\n[command]\nargv = [\"true\"]\n";
     let w = h.core.submit("wide.toml", wide).unwrap();
     let reason = h.core.job(w).unwrap().reason;
-    assert!(reason.contains("4×(1m cpu, 1 MiB)"), "{reason}");
+    assert!(reason.contains("4×(1m cpu, 16 MiB)"), "{reason}");
     assert_eq!(h.core.job(job).unwrap().state, JobState::Running);
 }
 
