@@ -392,6 +392,7 @@ fn a_cached_table_is_served_from_the_stores_memory_until_it_is_uncached() {
         ("CACHE TABLE evnets", "`evnets` not found"),
         ("CACHE TABLE t AS SELECT nope FROM events", "nope"),
         ("CACHE TABLE cohort.cache", "is a system table"),
+        ("CACHE TABLE COHORT.cache", "is a system table"),
         ("CACHE TABLE information_schema.tables", "is a system table"),
     ] {
         let out = cli_at(&c.address, &["sql", "-e", bad]);

@@ -77,9 +77,9 @@ impl SqlEngine {
     /// Live tables are in memory already; system tables are computed when
     /// read, so a copy would go stale at once.
     fn refuse_uncacheable(&self, name: &str) -> Result<()> {
-        let schema = name.rsplit_once('.').map(|(s, _)| s.rsplit('.').next().unwrap_or(s).trim_matches('"'));
-        if schema.is_some_and(|s| s.eq_ignore_ascii_case(SYSTEM_SCHEMA) || s.eq_ignore_ascii_case("information_schema"))
-        {
+        // As DataFusion reads the name: `COHORT.cache`, `"cohort".cache`, `datafusion.cohort.cache`.
+        let reference = datafusion::common::TableReference::from(name);
+        if matches!(reference.schema(), Some(SYSTEM_SCHEMA | "information_schema")) {
             return Err(Error::Invalid(format!("`{name}` is a system table, read live: it is not cached")));
         }
         match self.is_live(name) {
