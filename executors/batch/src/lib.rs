@@ -38,6 +38,7 @@ mod channels;
 mod compute;
 mod engine;
 pub mod live;
+mod memory;
 mod output;
 mod readers;
 mod routing;

@@ -365,12 +365,41 @@ pub async fn put(
     let data = FlightDataEncoderBuilder::new()
         .with_schema(schema)
         .with_flight_descriptor(Some(descriptor))
-        .build(futures::stream::iter(batches.into_iter().map(Ok)));
+        .build(futures::stream::iter(batches.into_iter().map(|b| Ok(compact(&b)))));
     let mut client = FlightClient::new(channel);
     let results = client.do_put(data).await.map_err(|e| flight_error(store, e))?;
     let results = results.try_collect::<Vec<_>>().await.map_err(|e| flight_error(store, e))?;
     let path = results.first().map(|r| String::from_utf8_lossy(&r.app_metadata).to_string());
     Ok(path.filter(|p| !p.is_empty()))
+}
+
+/// `batch` with each string or binary view column holding only the bytes
+/// its rows point to. Views decoded from Parquet or sliced from a larger
+/// batch share whole buffers, which Arrow IPC sends, and a store would
+/// hold, in full with every batch and every piece the Flight encoder cuts
+/// it into: a 36 MB table once took 300 MB of its store's memory.
+pub fn compact(batch: &RecordBatch) -> RecordBatch {
+    use arrow::array::{Array, ArrayRef, AsArray};
+    use arrow::datatypes::DataType;
+    let columns = batch
+        .columns()
+        .iter()
+        .map(|column| match column.data_type() {
+            DataType::Utf8View if !column.as_string_view().data_buffers().is_empty() => {
+                Arc::new(column.as_string_view().gc()) as ArrayRef
+            }
+            DataType::BinaryView if !column.as_binary_view().data_buffers().is_empty() => {
+                Arc::new(column.as_binary_view().gc()) as ArrayRef
+            }
+            _ => column.clone(),
+        })
+        .collect();
+    RecordBatch::try_new_with_options(
+        batch.schema(),
+        columns,
+        &arrow::record_batch::RecordBatchOptions::new().with_row_count(Some(batch.num_rows())),
+    )
+    .expect("the same columns, compacted")
 }
 
 /// The batches of one partition, with only `projection`'s columns.
@@ -508,5 +537,26 @@ mod tests {
         let strings = StringViewArray::from_iter_values(["short", long.as_str(), long.as_str()]);
         let batch = RecordBatch::try_from_iter([("s", Arc::new(strings) as arrow::array::ArrayRef)]).unwrap();
         assert_eq!(rows_bytes(&batch), 3 * 16 + 200, "three views and two strings out of line");
+    }
+
+    #[test]
+    fn a_slice_of_view_strings_is_sent_with_only_the_strings_it_holds() {
+        use arrow::array::{AsArray, StringViewArray};
+        // Given 10,000 rows of 100-byte strings, of which a partition takes 10
+        let long: Vec<String> = (0..10_000).map(|i| format!("{i:0>100}")).collect();
+        let strings = StringViewArray::from_iter_values(long.iter());
+        let batch = RecordBatch::try_from_iter([("s", Arc::new(strings) as arrow::array::ArrayRef)]).unwrap();
+        let slice = batch.slice(500, 10);
+        let ipc_bytes = |b: &RecordBatch| {
+            let mut writer = arrow::ipc::writer::StreamWriter::try_new(Vec::new(), &b.schema()).unwrap();
+            writer.write(b).unwrap();
+            writer.into_inner().unwrap().len()
+        };
+        assert!(ipc_bytes(&slice) > 1_000_000, "a slice alone carries every string of the batch");
+        // When it is compacted, then it carries its own 10 strings, the same values
+        let compacted = compact(&slice);
+        assert!(ipc_bytes(&compacted) < 10_000, "{} bytes", ipc_bytes(&compacted));
+        assert_eq!(compacted.column(0).as_string_view().value(0), long[500]);
+        assert_eq!(compacted, slice);
     }
 }

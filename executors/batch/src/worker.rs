@@ -12,7 +12,6 @@ use std::time::Duration;
 use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::execution::disk_manager::{DiskManagerBuilder, DiskManagerMode};
-use datafusion::execution::memory_pool::FairSpillPool;
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
 use datafusion_distributed::{DistributedExt, Worker, WorkerQueryContext};
 
@@ -32,7 +31,7 @@ pub struct WorkerSettings {
 }
 
 /// A runtime whose memory pool is `memory_bytes`, shared fairly among the
-/// operators that can spill, spilling into `spill_dir`, reading local
+/// operators that can spill ([`crate::memory::QueryMemory`]), spilling into `spill_dir`, reading local
 /// files and S3 buckets ([`crate::Stores`]).
 ///
 /// A table's directory is listed afresh by every query: DataFusion's list
@@ -43,7 +42,7 @@ pub fn runtime(memory_bytes: usize, spill_dir: PathBuf) -> Result<Arc<RuntimeEnv
     RuntimeEnvBuilder::new()
         .with_object_list_cache_limit(0)
         .with_object_store_registry(Arc::new(crate::Stores::default()))
-        .with_memory_pool(Arc::new(FairSpillPool::new(memory_bytes)))
+        .with_memory_pool(Arc::new(crate::memory::QueryMemory::new(memory_bytes)))
         .with_disk_manager_builder(
             DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir])),
         )

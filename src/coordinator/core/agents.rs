@@ -2,7 +2,9 @@
 //! what they report, heartbeats, and node maintenance.
 
 use cohort_scheduler::resources::{EXECUTORS, PORTS};
-use cohort_scheduler::{AllocId, EngineError, Event, NodeId, NodeSpec, NodeState, Resources, SlotOutcome};
+use cohort_scheduler::{
+    AllocId, EngineError, Event, GangId, GangPhase, NodeId, NodeSpec, NodeState, Resources, SlotOutcome,
+};
 
 use super::error::{CoordinatorError, Result};
 use super::model::{AgentCommand, AgentReport, ExitReport, NodeOp, NodeView, Registered, Registration, SlotState};
@@ -190,21 +192,27 @@ impl Core {
         if outcome == SlotOutcome::Failed && !detail.is_empty() {
             self.update_job(job, |r| r.reason = format!("slot {} {detail}", record.slot));
         }
+        let instance = self.jobs.get(&job).is_some_and(|j| j.spec.kind.service().is_some()) && !was_stopping;
         if self.jobs.contains_key(&job) {
             let what = format!("slot {} {state} on {} (exit code {exit_code})", record.slot, record.node);
             self.announce(job, what);
-            // A service instance that ended on its own restarts: keep why.
-            if self.jobs[&job].spec.kind.service().is_some() && !was_stopping {
-                let how = match outcome {
-                    SlotOutcome::Lost => "lost",
-                    SlotOutcome::Stopped => "stopped",
-                    _ => "restarted",
-                };
-                let why = if detail.is_empty() { format!("exited with code {exit_code}") } else { detail };
-                self.instance_ended(job, record.slot, &record.node, record.started_ms, how, &why);
-            }
         }
-        match self.engine.apply(Event::SlotFinished { alloc: AllocId(alloc), outcome }) {
+        let applied = self.engine.apply(Event::SlotFinished { alloc: AllocId(alloc), outcome });
+        // A service instance that ended on its own restarts: keep why. A
+        // loss that takes the gang below its minimum ends the whole run
+        // instead, which its history entry says once.
+        let ends_run = outcome == SlotOutcome::Lost
+            && self.engine.gang(GangId(gang)).is_none_or(|g| g.phase == GangPhase::Pending);
+        if instance && !ends_run {
+            let (how, why) = match outcome {
+                SlotOutcome::Lost => ("lost", "lost with its host".to_string()),
+                SlotOutcome::Stopped => ("stopped", format!("exited with code {exit_code}")),
+                _ => ("restarted", format!("exited with code {exit_code}")),
+            };
+            let why = if detail.is_empty() { why } else { detail };
+            self.instance_ended(job, record.slot, &record.node, record.started_ms, how, &why);
+        }
+        match applied {
             Ok(()) | Err(EngineError::UnknownAlloc(_)) => Ok(()),
             Err(e) => Err(internal(e)),
         }

@@ -28,24 +28,12 @@ impl Core {
         let decisions = self.engine.schedule();
         // Slots placed together learn their peers.
         let mut placed: BTreeMap<GangId, Vec<Placed>> = BTreeMap::new();
-        for d in &decisions {
-            if let Decision::Place { gang, slot, node, alloc, resources, elastic } = d {
-                self.stats.placements += 1;
-                placed.entry(*gang).or_default().push(Placed {
-                    slot: *slot,
-                    node: *node,
-                    alloc: *alloc,
-                    limits: *resources,
-                    elastic: *elastic,
-                });
-            }
-        }
-        for (gang, slots) in placed {
-            self.launch(gang.0, &slots);
-        }
         for d in decisions {
             match d {
-                Decision::Place { .. } => {}
+                Decision::Place { gang, slot, node, alloc, resources, elastic } => {
+                    self.stats.placements += 1;
+                    placed.entry(gang).or_default().push(Placed { slot, node, alloc, limits: resources, elastic });
+                }
                 Decision::Stop { gang, slot, alloc, reason, deadline, .. } => {
                     let grace_ms = deadline.saturating_sub(self.engine.now());
                     if matches!(reason, StopReason::Preempted { .. }) {
@@ -119,6 +107,11 @@ impl Core {
                 Decision::ClearReservation { .. } => {}
                 Decision::NodeDrained { node } => tracing::info!(node = node.0, "node drained"),
             }
+        }
+        // Launched once the pass's ends are recorded: a job lost and placed
+        // again in one pass ends its run, then starts the next.
+        for (gang, slots) in placed {
+            self.launch(gang.0, &slots);
         }
         Ok(())
     }
@@ -237,8 +230,7 @@ impl Core {
         });
     }
 
-    /// Closes the job's running history entry (the oldest open one: a pass
-    /// may already have started the next).
+    /// Closes the job's running history entry (the oldest open one).
     pub(super) fn end_attempt(&mut self, job: u64, outcome: &str, reason: &str, charged: bool) {
         let now = self.now() as i64;
         *self.stats.attempts_ended.entry(outcome.to_string()).or_default() += 1;

@@ -401,6 +401,33 @@ fn an_agent_back_from_a_restart_reports_how_its_executors_ended_meanwhile() {
 }
 
 #[test]
+fn a_job_lost_and_placed_again_in_one_pass_runs_with_no_stale_reason_and_one_open_run() {
+    for (what, spec) in [
+        (
+            "command",
+            "name = \"pair\"\n[gang]\nmin = 2\ncpu = \"1\"\nmemory = \"64MiB\"\n[command]\nargv = [\"true\"]\n",
+        ),
+        ("service", &WEB.replace("instances = 3", "instances = 1")),
+    ] {
+        // Given a running job whose agent restarts and comes back without its executors
+        let mut h = Harness::new();
+        h.register("a", 4);
+        let job = h.core.submit("job.toml", spec).unwrap();
+        h.launches();
+        h.register_as(registration("a", 4));
+        // When the same pass records the loss and places the job again
+        assert!(!h.launches().is_empty(), "{what}: placed again at once");
+        // Then the job is running, says nothing of the loss, and its history has the loss and one open run
+        let view = h.core.job(job).unwrap();
+        assert_eq!(view.state, JobState::Running, "{what}");
+        assert_eq!(view.reason, "", "{what}: a running job keeps no reason from before");
+        let entries: Vec<(&str, bool)> =
+            view.history.iter().map(|e| (e.outcome.as_str(), e.ended_ms.is_none())).collect();
+        assert_eq!(entries, [("lost", false), ("running", true)], "{what}: the loss once, then the new run");
+    }
+}
+
+#[test]
 fn a_host_runs_at_most_its_executor_limit() {
     let mut h = Harness::new();
     let mut reg = registration("a", 4);

@@ -1,8 +1,10 @@
-//! The coordinator's recent queries (for the web UI) and their latency
-//! histogram (for `/metrics`). A query counts from planning until its last
-//! batch is sent, or until it fails or its client goes away.
+//! The coordinator's running and recent queries (for the web UI) and their
+//! latency histogram (for `/metrics`). A query counts from planning until
+//! its last batch is sent, or until it fails or its client goes away; one
+//! still going is listed as `running`, so a query that hangs shows.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,7 +24,8 @@ pub struct QueryRecord {
     /// How many pool workers answered it; 0: the coordinator did (a small
     /// scan, or cached tables it maps).
     pub workers: usize,
-    /// `ok`, `failed` or `abandoned` (its client stopped reading).
+    /// `running` (its duration so far), `ok`, `failed` or `abandoned`
+    /// (its client stopped reading).
     pub outcome: &'static str,
     pub error: String,
 }
@@ -30,6 +33,9 @@ pub struct QueryRecord {
 #[derive(Debug)]
 pub struct QueryLog {
     recent: Mutex<VecDeque<QueryRecord>>,
+    /// Queries on their way, by a number of their own: their SQL and start.
+    running: Mutex<BTreeMap<u64, (String, i64, Instant)>>,
+    next: AtomicU64,
     latency: Histogram,
 }
 
@@ -37,6 +43,8 @@ impl Default for QueryLog {
     fn default() -> Self {
         QueryLog {
             recent: Mutex::default(),
+            running: Mutex::default(),
+            next: AtomicU64::new(0),
             // 1 ms to about 2 minutes.
             latency: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 18)),
         }
@@ -44,9 +52,19 @@ impl Default for QueryLog {
 }
 
 impl QueryLog {
-    /// The newest first.
+    /// The running ones, then the ended ones; the newest first in each.
     pub fn recent(&self) -> Vec<QueryRecord> {
-        self.recent.lock().expect("query log").iter().rev().cloned().collect()
+        let running = self.running.lock().expect("running queries");
+        let going = running.values().rev().map(|(sql, started_ms, started)| QueryRecord {
+            sql: sql.clone(),
+            started_ms: *started_ms,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+            rows: 0,
+            workers: 0,
+            outcome: "running",
+            error: String::new(),
+        });
+        going.chain(self.recent.lock().expect("query log").iter().rev().cloned()).collect()
     }
 
     pub fn latency(&self) -> &Histogram {
@@ -66,6 +84,7 @@ impl QueryLog {
 /// One query on its way: recorded once, when it is dropped.
 pub struct Running {
     log: Arc<QueryLog>,
+    id: u64,
     sql: String,
     started: Instant,
     started_ms: i64,
@@ -78,10 +97,13 @@ pub struct Running {
 impl Running {
     pub fn start(log: &Arc<QueryLog>, sql: &str) -> Running {
         let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64;
+        let (id, started) = (log.next.fetch_add(1, Ordering::Relaxed), Instant::now());
+        log.running.lock().expect("running queries").insert(id, (sql.to_string(), started_ms, started));
         Running {
             log: log.clone(),
+            id,
             sql: sql.to_string(),
-            started: Instant::now(),
+            started,
             started_ms,
             rows: 0,
             workers: 0,
@@ -117,6 +139,7 @@ impl Drop for Running {
             (None, true) => "ok",
             (None, false) => "abandoned",
         };
+        self.log.running.lock().expect("running queries").remove(&self.id);
         self.log.record(QueryRecord {
             sql: std::mem::take(&mut self.sql),
             started_ms: self.started_ms,
@@ -146,10 +169,19 @@ mod tests {
             let mut q = Running::start(&log, "SELEC");
             q.failed("syntax".into());
         }
+        let going = Running::start(&log, "SELECT 3");
         let outcomes: Vec<_> = log.recent().iter().map(|r| (r.sql.clone(), r.outcome)).collect();
         assert_eq!(
             outcomes,
-            [("SELEC".to_string(), "failed"), ("SELECT 2".to_string(), "abandoned"), ("SELECT 1".to_string(), "ok")]
+            [
+                ("SELECT 3".to_string(), "running"),
+                ("SELEC".to_string(), "failed"),
+                ("SELECT 2".to_string(), "abandoned"),
+                ("SELECT 1".to_string(), "ok")
+            ]
         );
+        drop(going);
+        assert_eq!(log.recent()[0].outcome, "abandoned", "listed once, as it ended");
+        assert_eq!(log.recent().len(), 4);
     }
 }

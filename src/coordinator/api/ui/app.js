@@ -211,10 +211,10 @@ const tabs = {
     } else if (sqlResult) result = `<p class="muted">done: ${esc(sqlResult.rows_affected ?? "catalog changed")} in ${sqlResult.duration_ms.toFixed(1)} ms</p>`;
     return `<section><h2>Run SQL</h2><textarea id="sql-text" spellcheck="false">${esc(text)}</textarea>
       <button id="sql-run">Run</button>${result}</section>
-      <section><h2>Recent queries</h2>${table(["started", "query", "duration", "rows", "ran on", "outcome"], recent.map((q) =>
+      <section><h2>Running and recent queries</h2>${table(["started", "query", "duration", "rows", "ran on", "outcome"], recent.map((q) =>
         `<tr><td>${clock(q.started_ms)}</td><td><code>${esc(q.sql)}</code>${q.error ? `<div class="error">${esc(q.error)}</div>` : ""}</td>
          <td>${q.duration_ms.toFixed(1)} ms</td><td>${q.rows}</td>
-         <td>${q.workers ? `${q.workers} worker(s)` : "coordinator"}</td><td>${state(q.outcome)}</td></tr>`))}</section>`;
+         <td>${q.outcome === "running" ? "" : q.workers ? `${q.workers} worker(s)` : "coordinator"}</td><td>${state(q.outcome)}</td></tr>`))}</section>`;
   },
 };
 
