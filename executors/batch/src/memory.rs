@@ -6,10 +6,10 @@
 //! Why: DataFusion 55's `RepartitionExec` writes batches it cannot reserve
 //! memory for to spill files, and its reader waits forever when two input
 //! tasks spill at once (apache/datafusion#24883, fixed upstream, in no
-//! release yet: 55.2 is the latest). Under
-//! the fair policy a repartition's share is a fraction of the pool, which
-//! a fast input (a cached table in memory) fills while the join above it
-//! is still building: TPC-H q12 on cached tables hung in about one run in
+//! release yet: 55.2 is the latest). Under the fair policy a
+//! repartition's share is a fraction of the pool, which a fast input (a
+//! cached table in memory) fills while the join above it is still
+//! building: TPC-H q12 on cached tables hung in about one run in
 //! three. As memory that cannot spill, its buffers grow into whatever the
 //! pool has free and it spills only when the whole pool is taken, as
 //! every other operator then must too.
