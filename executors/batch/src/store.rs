@@ -327,19 +327,24 @@ pub fn rows_bytes(batch: &RecordBatch) -> u64 {
 
 /// The bytes of the values one array holds (see [`rows_bytes`]).
 pub fn array_bytes(array: &arrow::array::ArrayRef) -> u64 {
-    use arrow::array::AsArray;
-    use arrow::datatypes::DataType;
     // A view array's slice size counts its views, not the strings they
     // point to; those out of line are counted here.
-    let out_of_line =
-        |lengths: &mut dyn Iterator<Item = u32>| -> u64 { lengths.filter(|len| *len > 12).map(u64::from).sum() };
     let slice = array.to_data().get_slice_memory_size().unwrap_or(0) as u64;
-    slice
-        + match array.data_type() {
-            DataType::Utf8View => out_of_line(&mut array.as_string_view().views().iter().map(|v| *v as u32)),
-            DataType::BinaryView => out_of_line(&mut array.as_binary_view().views().iter().map(|v| *v as u32)),
-            _ => 0,
-        }
+    slice + out_of_line(array).map_or(0, |(used, _)| used)
+}
+
+/// For a string or binary view array: the bytes its rows point to out of
+/// line (strings over 12 bytes), and the bytes of the buffers it holds.
+fn out_of_line(array: &arrow::array::ArrayRef) -> Option<(u64, u64)> {
+    use arrow::array::AsArray;
+    use arrow::datatypes::DataType;
+    let (views, buffers) = match array.data_type() {
+        DataType::Utf8View => (array.as_string_view().views(), array.as_string_view().data_buffers()),
+        DataType::BinaryView => (array.as_binary_view().views(), array.as_binary_view().data_buffers()),
+        _ => return None,
+    };
+    let used = views.iter().map(|v| *v as u32).filter(|len| *len > 12).map(u64::from).sum();
+    Some((used, buffers.iter().map(|b| b.len() as u64).sum()))
 }
 
 fn flight_error(store: &str, e: FlightError) -> DataFusionError {
@@ -379,18 +384,17 @@ pub async fn put(
 /// hold, in full with every batch and every piece the Flight encoder cuts
 /// it into: a 36 MB table once took 300 MB of its store's memory.
 pub fn compact(batch: &RecordBatch) -> RecordBatch {
-    use arrow::array::{Array, ArrayRef, AsArray};
+    use arrow::array::{ArrayRef, AsArray};
     use arrow::datatypes::DataType;
     let columns = batch
         .columns()
         .iter()
-        .map(|column| match column.data_type() {
-            DataType::Utf8View if !column.as_string_view().data_buffers().is_empty() => {
-                Arc::new(column.as_string_view().gc()) as ArrayRef
-            }
-            DataType::BinaryView if !column.as_binary_view().data_buffers().is_empty() => {
-                Arc::new(column.as_binary_view().gc()) as ArrayRef
-            }
+        .map(|column| match out_of_line(column) {
+            // Compact already (an ingest's own arrays): kept, not copied.
+            Some((used, held)) if held > used.saturating_mul(2) => match column.data_type() {
+                DataType::Utf8View => Arc::new(column.as_string_view().gc()) as ArrayRef,
+                _ => Arc::new(column.as_binary_view().gc()) as ArrayRef,
+            },
             _ => column.clone(),
         })
         .collect();
@@ -558,5 +562,7 @@ mod tests {
         assert!(ipc_bytes(&compacted) < 10_000, "{} bytes", ipc_bytes(&compacted));
         assert_eq!(compacted.column(0).as_string_view().value(0), long[500]);
         assert_eq!(compacted, slice);
+        // A batch that holds only its own strings is sent as it is, not copied
+        assert!(Arc::ptr_eq(compact(&batch).column(0), batch.column(0)));
     }
 }

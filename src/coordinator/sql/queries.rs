@@ -84,10 +84,8 @@ impl QueryLog {
 /// One query on its way: recorded once, when it is dropped.
 pub struct Running {
     log: Arc<QueryLog>,
+    /// Its SQL and start are kept under this in the log's running ones.
     id: u64,
-    sql: String,
-    started: Instant,
-    started_ms: i64,
     rows: u64,
     workers: usize,
     error: Option<String>,
@@ -99,17 +97,7 @@ impl Running {
         let started_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis() as i64;
         let (id, started) = (log.next.fetch_add(1, Ordering::Relaxed), Instant::now());
         log.running.lock().expect("running queries").insert(id, (sql.to_string(), started_ms, started));
-        Running {
-            log: log.clone(),
-            id,
-            sql: sql.to_string(),
-            started,
-            started_ms,
-            rows: 0,
-            workers: 0,
-            error: None,
-            finished: false,
-        }
+        Running { log: log.clone(), id, rows: 0, workers: 0, error: None, finished: false }
     }
 
     /// It runs on this many workers (0: here).
@@ -139,11 +127,12 @@ impl Drop for Running {
             (None, true) => "ok",
             (None, false) => "abandoned",
         };
-        self.log.running.lock().expect("running queries").remove(&self.id);
+        let taken = self.log.running.lock().expect("running queries").remove(&self.id);
+        let Some((sql, started_ms, started)) = taken else { return };
         self.log.record(QueryRecord {
-            sql: std::mem::take(&mut self.sql),
-            started_ms: self.started_ms,
-            duration_ms: self.started.elapsed().as_secs_f64() * 1000.0,
+            sql,
+            started_ms,
+            duration_ms: started.elapsed().as_secs_f64() * 1000.0,
             rows: self.rows,
             workers: self.workers,
             outcome,
