@@ -21,6 +21,7 @@ use arrow::datatypes::{Schema, SchemaRef};
 use arrow::record_batch::RecordBatch;
 use async_trait::async_trait;
 use datafusion::catalog::{Session, TableProvider};
+use datafusion::common::config::ConfigOptions;
 use datafusion::common::stats::Precision;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{ColumnStatistics, Statistics};
@@ -31,7 +32,13 @@ use datafusion::functions_aggregate::min_max::{MaxAccumulator, MinAccumulator};
 use datafusion::logical_expr::Accumulator;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
-use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType, apply_expression_roots};
+use datafusion::physical_plan::filter_pushdown::{
+    ChildPushdownResult, FilterPushdownPhase, FilterPushdownPropagation, PushedDown,
+};
+use datafusion::physical_plan::metrics::{
+    BaselineMetrics, ExecutionPlanMetricsSet, MetricBuilder, MetricsSet, RecordOutput,
+};
 use datafusion::physical_plan::statistics::StatisticsArgs;
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::{DisplayAs, DisplayFormatType, ExecutionPlan, Partitioning, PlanProperties};
@@ -41,6 +48,7 @@ use futures::{StreamExt, TryFutureExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::Channels;
+use crate::runtime_filters::RuntimeFilters;
 use crate::store::{self, PartId};
 
 /// Where one partition of a cached table is held.
@@ -329,7 +337,11 @@ pub struct CachedScanExec {
     /// Columns of the table (the schema is projected).
     columns: usize,
     parts: Vec<Placement>,
+    /// Filters joins and top-k sorts above set while the query runs
+    /// ([`crate::runtime_filters`]); never shipped to another process.
+    filters: RuntimeFilters,
     properties: Arc<PlanProperties>,
+    metrics: ExecutionPlanMetricsSet,
 }
 
 impl CachedScanExec {
@@ -348,7 +360,9 @@ impl CachedScanExec {
             EmissionType::Incremental,
             Boundedness::Bounded,
         ));
-        CachedScanExec { table, schema, projection, outputs, columns, parts, properties }
+        let filters = RuntimeFilters::default();
+        let metrics = ExecutionPlanMetricsSet::new();
+        CachedScanExec { table, schema, projection, outputs, columns, parts, filters, properties, metrics }
     }
 
     /// The stored partitions it reads.
@@ -368,11 +382,20 @@ impl CachedScanExec {
             outputs,
             parts,
         );
+        scan.filters = self.filters.clone();
         scan.outputs = outputs.max(1);
         scan.properties = Arc::new(
             scan.properties.as_ref().clone().with_partitioning(Partitioning::UnknownPartitioning(scan.outputs)),
         );
         scan
+    }
+
+    /// The same scan without the filters `producers` made; none if it had none of theirs.
+    pub(crate) fn without_filters_of(&self, producers: &std::collections::HashSet<u64>) -> Option<CachedScanExec> {
+        let filters = self.filters.without(producers)?;
+        let mut scan = self.with_parts(self.parts.clone(), self.outputs);
+        scan.filters = filters;
+        Some(scan)
     }
 
     /// Whether every partition it reads is mapped from this host's shared
@@ -459,11 +482,44 @@ impl ExecutionPlan for CachedScanExec {
         vec![]
     }
 
+    /// Its filters, so that a join sees its dynamic filter is read here
+    /// and fills it.
     fn apply_expressions(
         &self,
-        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+        f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
     ) -> Result<TreeNodeRecursion> {
-        Ok(TreeNodeRecursion::Continue)
+        apply_expression_roots(self.filters.exprs(), f)
+    }
+
+    /// Keeps the filters pushed after the plan is optimised (joins' and
+    /// top-k sorts' dynamic filters), to apply as it reads. It reports
+    /// none as applied: the plan above keeps every operator it has.
+    fn handle_child_pushdown_result(
+        &self,
+        phase: FilterPushdownPhase,
+        child_pushdown_result: ChildPushdownResult,
+        _config: &ConfigOptions,
+    ) -> Result<FilterPushdownPropagation<Arc<dyn ExecutionPlan>>> {
+        let filters: Vec<_> = child_pushdown_result.parent_filters.into_iter().map(|f| f.filter).collect();
+        let propagation = FilterPushdownPropagation::with_parent_pushdown_result(vec![PushedDown::No; filters.len()]);
+        if phase != FilterPushdownPhase::Post || filters.is_empty() {
+            return Ok(propagation);
+        }
+        let mut scan = self.with_parts(self.parts.clone(), self.outputs);
+        scan.filters = RuntimeFilters::new(self.filters.exprs().cloned().chain(filters));
+        Ok(propagation.with_updated_node(Arc::new(scan)))
+    }
+
+    fn metrics(&self) -> Option<MetricsSet> {
+        Some(self.metrics.clone_inner())
+    }
+
+    /// Without its filters: a join reset to run again drops its dynamic
+    /// filter, whose last values must not narrow the next run.
+    fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
+        let mut scan = self.with_parts(self.parts.clone(), self.outputs);
+        scan.filters = RuntimeFilters::default();
+        Ok(Arc::new(scan))
     }
 
     fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -489,6 +545,20 @@ impl ExecutionPlan for CachedScanExec {
             .collect::<Result<Vec<_>>>()?;
         // An empty table has one partition, with nothing in it.
         let stream = futures::stream::iter(reads).flatten();
+        let output = BaselineMetrics::new(&self.metrics, partition);
+        let pruned = MetricBuilder::new(&self.metrics).counter("rows_pruned", partition);
+        let filters = self.filters.clone();
+        let stream = stream.map(move |batch| {
+            let batch = batch?;
+            if filters.is_empty() {
+                return Ok(batch).record_output(&output);
+            }
+            let rows = batch.num_rows();
+            let _timer = output.elapsed_compute().timer();
+            let kept = filters.apply(batch)?;
+            pruned.add(rows - kept.num_rows());
+            Ok(kept).record_output(&output)
+        });
         Ok(Box::pin(RecordBatchStreamAdapter::new(self.schema.clone(), stream)))
     }
 }
@@ -590,6 +660,102 @@ mod tests {
 
         let other = Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));
         assert!(CacheCodec.try_encode(other, &mut Vec::new(), &DefaultPhysicalProtoConverter {}).is_err());
+    }
+
+    /// Given a cached fact table of 100,000 keys and a cached dimension of
+    /// three, when they are joined, then the join tells the scan of the
+    /// facts which keys can match, and where the facts are aggregated
+    /// before the join, the scan drops the rest as it reads; where the
+    /// join reads the scan directly, its probe is that test already and
+    /// the scan is left to read everything.
+    #[tokio::test]
+    async fn a_join_tells_the_scan_beneath_an_aggregation_which_keys_can_match() {
+        use arrow::array::{AsArray, Int64Array};
+        use arrow::datatypes::Int64Type;
+        use datafusion::execution::session_state::SessionStateBuilder;
+        use datafusion::physical_plan::collect;
+        use datafusion::prelude::{SessionConfig, SessionContext};
+
+        let dir = tempfile::tempdir().unwrap();
+        let cache = |name: &str, keys: Vec<i64>| {
+            let schema = Arc::new(Schema::new(vec![
+                Field::new("k", DataType::Int64, false),
+                Field::new("v", DataType::Int64, false),
+            ]));
+            let values = keys.iter().map(|k| k * 10).collect::<Vec<_>>();
+            let batches: Vec<RecordBatch> = (0..keys.len())
+                .step_by(8192)
+                .map(|start| {
+                    let end = (start + 8192).min(keys.len());
+                    let column = |v: &[i64]| Arc::new(Int64Array::from(v[start..end].to_vec())) as ArrayRef;
+                    RecordBatch::try_new(schema.clone(), vec![column(&keys), column(&values)]).unwrap()
+                })
+                .collect();
+            let part = PartId { table: name.into(), version: 1, partition: 0 };
+            let shm = crate::shm::write(dir.path(), &part, &schema, &batches).unwrap();
+            let placement = Placement {
+                store: "https://s:1".into(),
+                part,
+                rows: keys.len() as u64,
+                bytes: 16 * keys.len() as u64,
+                shm: Some(shm.display().to_string()),
+                stats: Some(Arc::new(partition_statistics(&schema, &batches))),
+                deleted: None,
+            };
+            Arc::new(CachedTable(Arc::new(CacheEntry::new(name.into(), schema, vec![placement], None, None))))
+        };
+        let state = SessionStateBuilder::new()
+            .with_default_features()
+            .with_config(SessionConfig::new().with_target_partitions(2))
+            .with_physical_optimizer_rule(Arc::new(crate::runtime_filters::KeepFiltersThatSpareWork))
+            .build();
+        let ctx = SessionContext::new_with_state(state);
+        ctx.register_table("facts", cache("facts", (0..100_000).collect())).unwrap();
+        ctx.register_table("dims", cache("dims", vec![5, 500, 50_000])).unwrap();
+
+        let run = async |sql: &str| {
+            let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+            let rows = collect(plan.clone(), ctx.task_ctx()).await.unwrap();
+            let mut pairs: Vec<(i64, i64)> = rows
+                .iter()
+                .flat_map(|b| {
+                    let (k, v) = (b.column(0).as_primitive::<Int64Type>(), b.column(1).as_primitive::<Int64Type>());
+                    k.values().iter().copied().zip(v.values().iter().copied()).collect::<Vec<_>>()
+                })
+                .collect();
+            pairs.sort_unstable();
+            let mut pruned = None;
+            datafusion::physical_plan::accept(plan.as_ref(), &mut FindScan("facts", &mut pruned)).unwrap();
+            (pairs, pruned.expect("the plan scans the facts"))
+        };
+        let expected = [(5, 50), (500, 5_000), (50_000, 500_000)];
+
+        let (pairs, pruned) = run(
+            "SELECT f.k, f.total FROM dims d JOIN (SELECT k, sum(v) AS total FROM facts GROUP BY k) f ON f.k = d.k",
+        )
+        .await;
+        assert_eq!(pairs, expected);
+        assert!(pruned >= 99_000, "the facts scan dropped {pruned} of 100,000 rows before the aggregation");
+
+        let (pairs, pruned) = run("SELECT f.k, f.v FROM facts f JOIN dims d ON f.k = d.k").await;
+        assert_eq!(pairs, expected);
+        assert_eq!(pruned, 0, "the join probes the facts itself");
+    }
+
+    /// Finds a table's scan in a plan: the rows its filters dropped.
+    struct FindScan<'a>(&'a str, &'a mut Option<usize>);
+
+    impl datafusion::physical_plan::ExecutionPlanVisitor for FindScan<'_> {
+        type Error = DataFusionError;
+
+        fn pre_visit(&mut self, plan: &dyn ExecutionPlan) -> Result<bool> {
+            if let Some(scan) = plan.downcast_ref::<CachedScanExec>()
+                && scan.table == self.0
+            {
+                *self.1 = scan.metrics().and_then(|m| m.sum_by_name("rows_pruned")).map(|v| v.as_usize());
+            }
+            Ok(true)
+        }
     }
 
     #[test]

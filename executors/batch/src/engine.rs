@@ -193,6 +193,7 @@ impl SqlEngine {
             .with_distributed_desired_task_count_handler(crate::routing::desired_tasks)
             .with_distributed_scale_up_leaf_node_handler(crate::routing::split_by_host)
             .with_distributed_route_tasks_handler(crate::routing::route_to_hosts)
+            .with_physical_optimizer_rule(Arc::new(crate::runtime_filters::KeepFiltersThatSpareWork))
             .with_distributed_planner()
             .with_distributed_file_scan_config_bytes_per_partition(settings.scan_bytes_per_partition.max(1))?
             .with_distributed_compression(settings.shuffle_compression)?
@@ -203,6 +204,7 @@ impl SqlEngine {
             .with_config(config)
             .with_runtime_env(runtime)
             .with_catalog_list(state.catalog_list().clone())
+            .with_physical_optimizer_rule(Arc::new(crate::runtime_filters::KeepFiltersThatSpareWork))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let cache = crate::caching::Registry::default();

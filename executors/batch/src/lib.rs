@@ -42,6 +42,7 @@ mod memory;
 mod output;
 mod readers;
 mod routing;
+mod runtime_filters;
 pub mod shm;
 mod statements;
 pub mod store;
