@@ -164,12 +164,26 @@ impl Session {
     }
 }
 
-/// The server's own words, without gRPC's wrapping.
+/// The server's own words, without gRPC's wrapping; a connection cut
+/// mid-statement (the coordinator stopped or restarted) said as such,
+/// where gRPC would only say `h2 protocol error`.
 fn readable(e: FlightError) -> anyhow::Error {
     match e {
+        FlightError::Tonic(status) if connection_broke(&status) => anyhow::anyhow!(
+            "the connection to the coordinator broke before the statement finished ({}): it stopped or restarted; \
+             a query can be run again once it is up, a write may or may not have been applied",
+            status.message()
+        ),
         FlightError::Tonic(status) => anyhow::anyhow!("{}", status.message()),
         other => anyhow::anyhow!("{other}"),
     }
+}
+
+/// Whether the transport failed under a statement, rather than the
+/// coordinator answering with an error of its own.
+fn connection_broke(status: &tonic::Status) -> bool {
+    let message = status.message();
+    message.starts_with("h2 protocol error") || message.starts_with("transport error")
 }
 
 fn history_path() -> PathBuf {
@@ -262,4 +276,23 @@ async fn run_all(session: &mut Session, text: &str, output: Output) -> usize {
         }
     }
     0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_connection_cut_under_a_statement_is_named_and_the_servers_own_errors_pass_unchanged() {
+        let cut = readable(FlightError::Tonic(Box::new(tonic::Status::unknown(
+            "h2 protocol error: error reading a body from connection",
+        ))))
+        .to_string();
+        assert!(cut.starts_with("the connection to the coordinator broke"), "{cut}");
+        assert!(cut.contains("error reading a body"), "the transport's words stay: {cut}");
+
+        let refused = "no batch executor is ready: the pool could not start (2 nodes are down)";
+        let own = readable(FlightError::Tonic(Box::new(tonic::Status::unavailable(refused)))).to_string();
+        assert_eq!(own, refused);
+    }
 }
