@@ -53,8 +53,9 @@ struct PoolArgs {
     /// Instances a large query grows the pool to (0: one per node).
     #[arg(long = "sql-pool-max", default_value_t = 0)]
     max: u32,
-    /// Cores per instance.
-    #[arg(long = "sql-pool-cpu", default_value = "1")]
+    /// Cores per instance (with a store's quarter core, one core: a
+    /// 1-core node holds both).
+    #[arg(long = "sql-pool-cpu", default_value = "750m")]
     cpu: String,
     /// Memory per instance (queries spill beyond it).
     #[arg(long = "sql-pool-memory", default_value = "2GiB")]

@@ -48,7 +48,7 @@ impl Default for PoolSettings {
             name: "sql-pool".into(),
             warm: 1,
             max: 0,
-            cpu: "1".into(),
+            cpu: "750m".into(),
             memory: "2GiB".into(),
             idle: Duration::from_secs(60),
             grow_at_bytes: 64 << 20,
