@@ -56,10 +56,10 @@ use datafusion::physical_plan::{ExecutionPlan, Partitioning, ReplaceChildrenOpti
 use crate::cached::CachedScanExec;
 
 /// Rows a filter is tested on before it may be judged useless.
-pub(crate) const TRIAL_ROWS: u64 = 65_536;
+const TRIAL_ROWS: u64 = 65_536;
 
 /// The share of rows above which a filter is not worth testing.
-pub(crate) const USELESS_ABOVE: f64 = 0.8;
+const USELESS_ABOVE: f64 = 0.8;
 
 /// One scan's filters and what each has kept so far, shared by its streams.
 #[derive(Clone, Debug, Default)]
