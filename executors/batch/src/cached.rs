@@ -392,10 +392,14 @@ impl CachedScanExec {
 
     /// The same scan without the filters `producers` made; none if it had none of theirs.
     pub(crate) fn without_filters_of(&self, producers: &std::collections::HashSet<u64>) -> Option<CachedScanExec> {
-        let filters = self.filters.without(producers)?;
+        self.filters.without(producers).map(|filters| self.with_filters(filters))
+    }
+
+    /// The same scan, applying `filters` instead of its own.
+    fn with_filters(&self, filters: RuntimeFilters) -> CachedScanExec {
         let mut scan = self.with_parts(self.parts.clone(), self.outputs);
         scan.filters = filters;
-        Some(scan)
+        scan
     }
 
     /// Whether every partition it reads is mapped from this host's shared
@@ -505,8 +509,7 @@ impl ExecutionPlan for CachedScanExec {
         if phase != FilterPushdownPhase::Post || filters.is_empty() {
             return Ok(propagation);
         }
-        let mut scan = self.with_parts(self.parts.clone(), self.outputs);
-        scan.filters = RuntimeFilters::new(self.filters.exprs().cloned().chain(filters));
+        let scan = self.with_filters(RuntimeFilters::new(self.filters.exprs().cloned().chain(filters)));
         Ok(propagation.with_updated_node(Arc::new(scan)))
     }
 
@@ -517,9 +520,7 @@ impl ExecutionPlan for CachedScanExec {
     /// Without its filters: a join reset to run again drops its dynamic
     /// filter, whose last values must not narrow the next run.
     fn reset_state(self: Arc<Self>) -> Result<Arc<dyn ExecutionPlan>> {
-        let mut scan = self.with_parts(self.parts.clone(), self.outputs);
-        scan.filters = RuntimeFilters::default();
-        Ok(Arc::new(scan))
+        Ok(Arc::new(self.with_filters(RuntimeFilters::default())))
     }
 
     fn with_new_children(self: Arc<Self>, _children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
