@@ -38,6 +38,7 @@ pub fn health_to_pb(h: &HealthSpec) -> pb::HealthCheck {
         Probe::Http(path) => pb::health_check::Probe::HttpPath(path.clone()),
         Probe::Tcp => pb::health_check::Probe::Tcp(true),
         Probe::Command(argv) => pb::health_check::Probe::Command(pb::CommandProbe { argv: argv.clone() }),
+        Probe::Grpc(service) => pb::health_check::Probe::Grpc(pb::GrpcProbe { service: service.clone() }),
     };
     pb::HealthCheck {
         probe: Some(probe),
@@ -55,6 +56,7 @@ pub fn health_from_pb(h: &pb::HealthCheck) -> Option<HealthSpec> {
         pb::health_check::Probe::HttpPath(path) => Probe::Http(path.clone()),
         pb::health_check::Probe::Tcp(_) => Probe::Tcp,
         pb::health_check::Probe::Command(c) => Probe::Command(c.argv.clone()),
+        pb::health_check::Probe::Grpc(g) => Probe::Grpc(g.service.clone()),
     };
     Some(HealthSpec {
         probe,

@@ -242,7 +242,13 @@ impl Executors {
         let executor = Executor { job: r.job, slot: r.slot, pid: r.pid, stop_requested: false, killed_for: None };
         self.table.lock().expect("executor table").insert(r.alloc, executor);
         if let Some(spec) = &r.health {
-            super::health::watch(self.clone(), r.alloc, spec.clone(), r.ports.clone());
+            let tls = match r.kind {
+                ExecutorKind::Batch | ExecutorKind::Store => {
+                    crate::tls::Credentials::load(&self.tls_dir).map(|c| c.client(crate::tls::AGENT_NAME))
+                }
+                ExecutorKind::Command | ExecutorKind::Stream | ExecutorKind::Service => None,
+            };
+            super::health::watch(self.clone(), r.alloc, spec.clone(), r.ports.clone(), tls);
         }
     }
 
@@ -407,6 +413,9 @@ impl Executors {
         };
         tracing::info!(alloc, pid, ?grace, reason, "stopping executor: SIGTERM");
         signal_group(pid, libc::SIGTERM);
+        // A stopped process (SIGSTOP, a debugger) takes its SIGTERM only
+        // once continued, as systemd knows: else it waits out the grace.
+        signal_group(pid, libc::SIGCONT);
         let table = self.table.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;

@@ -71,7 +71,10 @@ fn job_document() -> impl Strategy<Value = String> {
         table("gang", &["min", "max", "cpu", "memory", "spread"]),
         table("command", &["argv"]),
         table("service", &["instances", "ports", "unique_nodes", "min_healthy", "update_deadline"]),
-        table("service.health", &["http", "tcp", "command", "interval", "timeout", "grace", "max_failures", "port"]),
+        table(
+            "service.health",
+            &["http", "tcp", "grpc", "command", "interval", "timeout", "grace", "max_failures", "port"],
+        ),
         table("sql", &["statements"]),
         prop::collection::vec(any::<bool>(), 5),
     )

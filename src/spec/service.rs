@@ -48,6 +48,9 @@ pub enum Probe {
     Tcp,
     /// This command exits 0.
     Command(Vec<String>),
+    /// gRPC's health service (`grpc.health.v1`) answers `SERVING` for this
+    /// service name ("": the server as a whole).
+    Grpc(String),
 }
 
 #[derive(Deserialize)]
@@ -77,6 +80,8 @@ struct RawHealth {
     #[serde(default)]
     command: Option<Spanned<Vec<String>>>,
     #[serde(default)]
+    grpc: Option<Spanned<RawGrpc>>,
+    #[serde(default)]
     port: Option<Spanned<String>>,
     #[serde(default)]
     interval: Option<Spanned<String>>,
@@ -86,6 +91,22 @@ struct RawHealth {
     grace: Option<Spanned<String>>,
     #[serde(default)]
     max_failures: Option<Spanned<i64>>,
+}
+
+/// `grpc = true` (the server as a whole) or `grpc = "package.Service"`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawGrpc {
+    Server(bool),
+    Service(String),
+}
+
+/// A fully qualified protobuf service name: dotted identifiers.
+fn is_grpc_service_name(name: &str) -> bool {
+    name.split('.').all(|part| {
+        part.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && part.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    })
 }
 
 const MAX_INSTANCES: i64 = 10_000;
@@ -169,12 +190,26 @@ pub(super) fn parse(errors: &Errors, raw: Spanned<RawService>) -> Result<Service
                 }
                 probes.push(("command", Probe::Command(argv.get_ref().clone()), argv.span()));
             }
+            match h.grpc.as_ref().map(|g| (g.get_ref(), g.span())) {
+                Some((RawGrpc::Server(true), span)) => probes.push(("grpc", Probe::Grpc(String::new()), span)),
+                Some((RawGrpc::Service(name), span)) if !is_grpc_service_name(name) => {
+                    return Err(errors.at(
+                        Some(span),
+                        "service.health.grpc",
+                        format!(
+                            "`{name}` is not a gRPC service name (`package.Service`); give `true` to check the server as a whole"
+                        ),
+                    ));
+                }
+                Some((RawGrpc::Service(name), span)) => probes.push(("grpc", Probe::Grpc(name.clone()), span)),
+                Some((RawGrpc::Server(false), _)) | None => {}
+            }
             let (kind, probe, probe_span) = match probes.len() {
                 0 => {
                     return Err(errors.at(
                         Some(span),
                         "service.health",
-                        "give one of http = \"/path\", tcp = true or command = [...]",
+                        "give one of http = \"/path\", tcp = true, grpc = true or command = [...]",
                     ));
                 }
                 1 => probes.pop().expect("one probe"),
@@ -183,7 +218,7 @@ pub(super) fn parse(errors: &Errors, raw: Spanned<RawService>) -> Result<Service
                     return Err(errors.at(
                         Some(probes[1].2.clone()),
                         "service.health",
-                        format!("give one of http, tcp or command, not {}", names.join(" and ")),
+                        format!("give one of http, tcp, grpc or command, not {}", names.join(" and ")),
                     ));
                 }
             };
@@ -271,6 +306,24 @@ max_failures = 3
         assert_eq!((health.interval, health.grace), (Duration::from_secs(2), Duration::from_secs(10)));
         assert_eq!((job.gang.min, job.gang.max, job.gang.priority.as_str()), (1, 3, "service"));
         assert_eq!(job.gang.restart, cohort_scheduler::Restart::Always);
+    }
+
+    #[test]
+    fn a_grpc_check_names_a_service_or_the_whole_server() {
+        let probe = |grpc: &str| {
+            let job = parse_job("web.toml", &WEB.replace("http = \"/\"", &format!("grpc = {grpc}"))).unwrap();
+            let JobKind::Service { service, .. } = job.kind else { panic!("a service") };
+            service.health.unwrap().probe
+        };
+        assert_eq!(probe("true"), Probe::Grpc(String::new()));
+        assert_eq!(probe("\"shop.v1.Orders\""), Probe::Grpc("shop.v1.Orders".into()));
+        for bad in ["\"\"", "\"shop..Orders\"", "\"1shop\"", "\"/\""] {
+            let text = WEB.replace("http = \"/\"", &format!("grpc = {bad}"));
+            let e = parse_job("web.toml", &text).unwrap_err();
+            assert_eq!((e.line, e.field.as_str()), (14, "service.health.grpc"), "{bad}: {e}");
+        }
+        let e = parse_job("web.toml", &WEB.replace("http = \"/\"", "grpc = false")).unwrap_err();
+        assert_eq!(e.field, "service.health", "no probe left: {e}");
     }
 
     /// Each bad spec, and the line and field its error names.

@@ -74,13 +74,18 @@ pub(super) fn parse(errors: &Errors, raw: Spanned<RawSql>) -> Result<String, Spe
 pub const CACHING_IN_JOBS: &str =
     "CACHE TABLE and UNCACHE TABLE run through the SQL front door (`cohort sql`, Flight SQL clients), not in jobs";
 
-/// A batch executor is serving once its worker port accepts.
+/// A batch executor or a store is serving while its gRPC server answers.
+/// A TCP check would pass a process that is stopped or wedged, whose
+/// kernel still accepts connections: queries would wait on it instead of
+/// its being restarted.
 pub(super) fn serving_check() -> HealthSpec {
     HealthSpec {
-        probe: Probe::Tcp,
+        probe: Probe::Grpc(String::new()),
         port: Some(FLIGHT_PORT.to_string()),
         interval: Duration::from_millis(500),
-        timeout: Duration::from_secs(1),
+        // A busy executor's runtime answers within milliseconds; this
+        // leaves room for a loaded machine before five in a row fail.
+        timeout: Duration::from_secs(2),
         grace: Duration::from_secs(60),
         max_failures: 5,
     }

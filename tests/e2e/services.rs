@@ -155,7 +155,10 @@ fn bad_service_specs_name_file_line_and_field() {
     let good = spec(&c, "v1", "");
     let cases = [
         (good.replace("http = \"/\"", "grpc = \"/\""), "service.health.grpc"),
-        (good.replace("http = \"/\"", "http = \"/\"\ntcp = true"), "service.health: give one of http, tcp or command"),
+        (
+            good.replace("http = \"/\"", "http = \"/\"\ntcp = true"),
+            "service.health: give one of http, tcp, grpc or command",
+        ),
         (good.replace("instances = 3", "instances = 0"), "service.instances: must be between 1 and 10000, got 0"),
         (good.replace("ports = [\"http\"]\n", ""), "service.health.http: a http check needs a port"),
         (good.replace("interval = \"500ms\"", "interval = \"half a second\""), "service.health.interval"),

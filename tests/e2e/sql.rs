@@ -448,7 +448,7 @@ fn a_cached_table_is_served_from_the_stores_memory_until_it_is_uncached() {
 }
 
 #[test]
-fn a_cached_table_that_loses_a_store_is_cached_again_and_answers_whole() {
+fn a_cached_table_that_loses_a_store_killed_or_stopped_is_cached_again_and_answers_whole() {
     let c = Cluster::start(&[("a", 2), ("b", 2)]);
     let data = c.dir.path().join("events");
     make_table(&c.address, "events", &data, 20_000);
@@ -469,6 +469,19 @@ fn a_cached_table_that_loses_a_store_is_cached_again_and_answers_whole() {
     // And both are cached still
     let listed = sql_json(&c.address, "SELECT table_name FROM cohort.cache ORDER BY table_name");
     assert_eq!(listed.len(), 2, "{listed:?}");
+
+    // Given the other store stopped (SIGSTOP): its port still accepts, it answers nothing
+    let stopped = stores[1];
+    let _ = std::process::Command::new("kill").args(["-STOP", &stopped.to_string()]).status();
+    // Then its agent's gRPC health check restarts it, and answers stay whole and right
+    c.wait_until("the stopped store is restarted", WAIT, |c| {
+        c.job_named("sql-store")["history"]
+            .as_array()
+            .is_some_and(|h| h.iter().any(|e| e["reason"].as_str().is_some_and(|r| r.contains("health check"))))
+    });
+    c.wait_until("the stopped store is gone", WAIT, |_| !pids_of(&["executor --kind store"]).contains(&stopped));
+    assert_eq!(sql_json(&c.address, query), expected);
+    assert_eq!(sql_json(&c.address, "SELECT count(*) AS n FROM hot")[0]["n"], 2000);
 }
 
 #[test]

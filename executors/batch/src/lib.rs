@@ -69,6 +69,16 @@ pub use statements::{
 pub use stores::Stores;
 pub use worker::{WorkerSettings, runtime, serve};
 
+use cohort_proto::health::pb::health_server::{Health, HealthServer};
+
+/// gRPC's health service, answering `SERVING` for the server as a whole:
+/// agents probe it, since a port that accepts connections proves nothing
+/// of a process that is stopped or wedged (the kernel completes the
+/// handshake for it).
+fn serving_health() -> HealthServer<impl Health> {
+    cohort_proto::health::server::health_reporter().1
+}
+
 /// What can go wrong running SQL on batch executors.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -121,6 +121,7 @@ pub async fn serve_store(settings: StoreSettings, shutdown: impl Future<Output =
     }
     server
         .tcp_nodelay(true)
+        .add_service(crate::serving_health())
         .add_service(FlightServiceServer::new(store).max_decoding_message_size(256 << 20))
         .serve_with_shutdown(settings.listen, shutdown)
         .await?;

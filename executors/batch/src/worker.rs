@@ -77,6 +77,7 @@ pub async fn serve(settings: WorkerSettings, shutdown: impl Future<Output = ()>)
     server
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(5)))
+        .add_service(crate::serving_health())
         .add_service(worker.into_worker_server())
         .serve_with_shutdown(settings.listen, shutdown)
         .await?;

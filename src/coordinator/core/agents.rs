@@ -152,7 +152,10 @@ impl Core {
         } else {
             SlotOutcome::Failed
         };
-        let detail = if e.exit_code == 0 && e.signal.is_empty() {
+        // An instance its agent stopped for failing health checks may
+        // still exit 0 (it shuts down cleanly on SIGTERM): the agent's
+        // reason is kept all the same.
+        let detail = if e.exit_code == 0 && e.signal.is_empty() && e.reason.is_empty() {
             String::new()
         } else {
             let how = if e.signal.is_empty() {

@@ -537,6 +537,18 @@ fn service_instances_get_distinct_ports_and_only_healthy_ones_are_endpoints() {
     let view = h.core.job(id).unwrap();
     assert_eq!(view.state, JobState::Running);
     assert!(view.history.iter().any(|e| e.outcome == "restarted" && e.reason.contains("exited with code 1")));
+    // An instance its agent stopped for failing health checks, which shut down cleanly: the reason stays
+    let why = "failed 5 health check(s) in a row: no answer within 2s";
+    let report = ExitReport { alloc: launched[1].1.alloc, exit_code: 0, reason: why.into(), ..ExitReport::default() };
+    h.core.report(node, AgentReport::Exited(report)).unwrap();
+    let view = h.core.job(id).unwrap();
+    assert!(
+        view.history
+            .iter()
+            .any(|e| e.outcome == "restarted" && e.reason.ends_with(&format!("exited with code 0 ({why})"))),
+        "{:?}",
+        view.history
+    );
 }
 
 #[test]
