@@ -137,8 +137,8 @@ pub(crate) async fn missing_from_stores(channels: &Channels, table: &str, parts:
     for p in parts {
         expected.entry((p.store.as_str(), p.part.version)).or_default().push(p.part.partition);
     }
-    let mut lost = Vec::new();
-    for ((url, version), partitions) in expected {
+    // The stores are asked at once: a query waits one round trip, not one per store.
+    let answers = futures::future::join_all(expected.into_iter().map(|((url, version), partitions)| async move {
         let held = match channels.flight(url) {
             Ok(channel) if !url.is_empty() => {
                 // A store that accepts but never answers (stopped, swapping)
@@ -150,10 +150,11 @@ pub(crate) async fn missing_from_stores(channels: &Channels, table: &str, parts:
             }
             _ => None,
         };
-        if !held.is_some_and(|held| partitions.iter().all(|p| held.binary_search(p).is_ok())) {
-            lost.push(url.to_string());
-        }
-    }
+        let whole = held.is_some_and(|held| partitions.iter().all(|p| held.binary_search(p).is_ok()));
+        (!whole).then(|| url.to_string())
+    }))
+    .await;
+    let mut lost: Vec<String> = answers.into_iter().flatten().collect();
     lost.dedup();
     lost
 }

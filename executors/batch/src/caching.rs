@@ -151,6 +151,13 @@ impl SqlEngine {
         let count =
             (stores.len() * self.settings().target_partitions.max(1)).max(total.div_ceil(PARTITION_BYTES) as usize);
         let partitions = split_rows(&batches, count);
+        drop(batches);
+        let batch_rows = ctx.state().config().batch_size();
+        let partitions = partitions
+            .into_iter()
+            .map(|part| in_full_batches(&schema, part, batch_rows))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(DataFusionError::from)?;
         let version = self.next_cache_version();
         let placements = loop {
             match self.put_parts(name, version, &schema, &partitions, stores).await {
@@ -386,6 +393,29 @@ fn split_rows(batches: &[RecordBatch], n: usize) -> Vec<Vec<RecordBatch>> {
     parts
 }
 
+/// A partition's rows in batches of about `rows` each. Rows computed on
+/// several workers come back through their shuffle in batches of a few
+/// hundred rows, and each batch costs every later scan of the table its
+/// own overhead (the scan and each operator above it run per batch): TPC-H
+/// q6 on a `lineitem` cached that way read 12,000 batches and took twice
+/// as long. Batches that are already large pass as they are, uncopied.
+fn in_full_batches(
+    schema: &SchemaRef,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+) -> std::result::Result<Vec<RecordBatch>, arrow::error::ArrowError> {
+    let mut coalescer = arrow::compute::BatchCoalescer::new(schema.clone(), rows.max(1))
+        .with_biggest_coalesce_batch_size(Some(rows / 2));
+    let mut out = Vec::new();
+    for batch in batches {
+        coalescer.push_batch(batch)?;
+        out.extend(std::iter::from_fn(|| coalescer.next_completed_batch()));
+    }
+    coalescer.finish_buffered_batch()?;
+    out.extend(std::iter::from_fn(|| coalescer.next_completed_batch()));
+    Ok(out)
+}
+
 /// A table cached `AS SELECT` while evicted: its query, planned at each
 /// scan, so that it reads what its tables are then (cached or not), not
 /// what they were when it was evicted, as a view's bound plan would.
@@ -593,6 +623,29 @@ mod tests {
             .collect();
         assert_eq!(values, (0..10).collect::<Vec<_>>(), "every row once, in order");
         assert_eq!(split_rows(&[], 3).len(), 3, "an empty table still has its parts");
+    }
+
+    #[test]
+    fn a_partition_of_small_batches_is_held_in_full_ones_and_large_batches_pass_uncopied() {
+        let schema = Arc::new(Schema::new(vec![Field::new("i", DataType::Int64, false)]));
+        let batch = |from: i64, n: i64| {
+            RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from_iter_values(from..from + n))]).unwrap()
+        };
+        // Given 25 batches of 40 rows, as a shuffle returns them
+        let small: Vec<RecordBatch> = (0..25).map(|i| batch(i * 40, 40)).collect();
+        // Then they are held as batches of 100 rows, every row once, in order
+        let held = in_full_batches(&schema, small, 100).unwrap();
+        assert_eq!(held.iter().map(RecordBatch::num_rows).collect::<Vec<_>>(), [100; 10]);
+        let values: Vec<i64> = held
+            .iter()
+            .flat_map(|b| b.column(0).as_any().downcast_ref::<Int64Array>().unwrap().values().to_vec())
+            .collect();
+        assert_eq!(values, (0..1000).collect::<Vec<_>>());
+        // And a batch that is large already is kept, not copied
+        let large = batch(0, 90);
+        let held = in_full_batches(&schema, vec![large.clone()], 100).unwrap();
+        assert_eq!(held.len(), 1);
+        assert_eq!(held[0].column(0).to_data().buffers()[0].as_ptr(), large.column(0).to_data().buffers()[0].as_ptr());
     }
 
     #[tokio::test]

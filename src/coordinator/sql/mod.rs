@@ -249,15 +249,24 @@ impl SqlFront {
     /// query runs, so that it answers whole. Whether any was rebuilt.
     async fn rebuild_lost_caches(&self, plan: &datafusion::logical_expr::LogicalPlan) -> Result<bool> {
         let mut rebuilt = false;
-        for name in cohort_batch::footprint(plan)?.cached {
-            if self.engine.is_live(&name) {
-                if !self.engine.live_intact(&name).await {
-                    let stores = self.stores.urls().await?;
-                    rebuilt |= self.engine.repair_live(&name, &stores).await? > 0;
-                }
+        let tables = cohort_batch::footprint(plan)?.cached;
+        // Every table's stores are asked at once; only a table that lost
+        // something waits for more.
+        let intact = futures::future::join_all(tables.iter().map(|name| async move {
+            if self.engine.is_live(name) {
+                self.engine.live_intact(name).await
+            } else {
+                self.engine.cache_intact(name).await
+            }
+        }))
+        .await;
+        for (name, intact) in tables.into_iter().zip(intact) {
+            if intact {
                 continue;
             }
-            if self.engine.cache_intact(&name).await {
+            if self.engine.is_live(&name) {
+                let stores = self.stores.urls().await?;
+                rebuilt |= self.engine.repair_live(&name, &stores).await? > 0;
                 continue;
             }
             let _one_at_a_time = self.catalog_lock.lock().await;
