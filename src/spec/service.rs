@@ -94,11 +94,30 @@ struct RawHealth {
 }
 
 /// `grpc = true` (the server as a whole) or `grpc = "package.Service"`.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum RawGrpc {
     Server(bool),
     Service(String),
+}
+
+/// By hand, so that another value is refused saying what is expected
+/// (serde's untagged enums say only that no variant matched).
+impl<'de> Deserialize<'de> for RawGrpc {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<RawGrpc, D::Error> {
+        struct Expected;
+        impl serde::de::Visitor<'_> for Expected {
+            type Value = RawGrpc;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("`true` (the server as a whole) or a service name such as \"shop.v1.Orders\"")
+            }
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<RawGrpc, E> {
+                Ok(RawGrpc::Server(v))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawGrpc, E> {
+                Ok(RawGrpc::Service(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(Expected)
+    }
 }
 
 /// A fully qualified protobuf service name: dotted identifiers.
@@ -324,6 +343,9 @@ max_failures = 3
         }
         let e = parse_job("web.toml", &WEB.replace("http = \"/\"", "grpc = false")).unwrap_err();
         assert_eq!(e.field, "service.health", "no probe left: {e}");
+        let e = parse_job("web.toml", &WEB.replace("http = \"/\"", "grpc = 7")).unwrap_err();
+        assert_eq!((e.line, e.field.as_str()), (14, "service.health.grpc"), "{e}");
+        assert!(e.message.contains("expected `true` (the server as a whole) or a service name"), "{e}");
     }
 
     /// Each bad spec, and the line and field its error names.
