@@ -77,6 +77,11 @@ struct PoolArgs {
     /// it saves on a small scan (0: every query runs on the pool).
     #[arg(long = "sql-local-query-bytes", value_parser = parse_memory_flag, default_value = "64MiB")]
     local_query_bytes: u64,
+    /// Memory of the queries the coordinator runs itself (small scans,
+    /// and every query on cached tables alone); their operators spill
+    /// beyond their share of it.
+    #[arg(long = "sql-coordinator-memory", value_parser = parse_memory_flag, default_value = "2GiB")]
+    coordinator_memory: u64,
 }
 
 fn parse_memory_flag(text: &str) -> Result<u64, String> {
@@ -94,6 +99,7 @@ impl PoolArgs {
             format!("--sql-pool-idle={}", self.idle),
             format!("--sql-store-memory={}", self.store_memory),
             format!("--sql-local-query-bytes={}", self.local_query_bytes),
+            format!("--sql-coordinator-memory={}", self.coordinator_memory),
         ]
         .into_iter()
         .chain(self.cache_memory.map(|bytes| format!("--sql-cache-memory={bytes}")))
@@ -520,6 +526,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                         ..Default::default()
                     },
                     local_query_bytes: pool.local_query_bytes,
+                    memory_bytes: pool.coordinator_memory,
                 },
                 listen,
                 http,

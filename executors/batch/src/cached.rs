@@ -396,6 +396,11 @@ impl CachedScanExec {
         self.filters.without(producers).map(|filters| self.with_filters(filters))
     }
 
+    /// The same scan, testing `predicate` before its filters.
+    pub(crate) fn with_first(&self, predicate: Arc<dyn PhysicalExpr>) -> Option<CachedScanExec> {
+        self.filters.with_first(predicate).map(|filters| self.with_filters(filters))
+    }
+
     /// The same scan, applying `filters` instead of its own.
     fn with_filters(&self, filters: RuntimeFilters) -> CachedScanExec {
         let mut scan = self.with_parts(self.parts.clone(), self.outputs);
@@ -470,7 +475,15 @@ impl CachedScanExec {
 
 impl DisplayAs for CachedScanExec {
     fn fmt_as(&self, _: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "CachedScanExec: table={}, partitions={}", self.table, self.parts.len())
+        write!(f, "CachedScanExec: table={}, partitions={}", self.table, self.parts.len())?;
+        if !self.filters.is_empty() {
+            let filters: Vec<String> = self.filters.exprs().map(|filter| filter.to_string()).collect();
+            write!(f, ", dynamic_filters=[{}]", filters.join(", "))?;
+        }
+        if let Some(first) = self.filters.first() {
+            write!(f, ", tested_first={first}")?;
+        }
+        Ok(())
     }
 }
 
@@ -510,7 +523,7 @@ impl ExecutionPlan for CachedScanExec {
         if phase != FilterPushdownPhase::Post || filters.is_empty() {
             return Ok(propagation);
         }
-        let scan = self.with_filters(RuntimeFilters::new(self.filters.exprs().cloned().chain(filters)));
+        let scan = self.with_filters(self.filters.and(filters));
         Ok(propagation.with_updated_node(Arc::new(scan)))
     }
 
@@ -731,6 +744,10 @@ mod tests {
             (pairs, pruned.expect("the plan scans the facts"))
         };
         let expected = [(5, 50), (500, 5_000), (50_000, 500_000)];
+        let explain = async |sql: &str| {
+            let plan = ctx.sql(sql).await.unwrap().create_physical_plan().await.unwrap();
+            datafusion::physical_plan::displayable(plan.as_ref()).indent(false).to_string()
+        };
 
         let (pairs, pruned) = run(
             "SELECT f.k, f.total FROM dims d JOIN (SELECT k, sum(v) AS total FROM facts GROUP BY k) f ON f.k = d.k",
@@ -742,6 +759,19 @@ mod tests {
         let (pairs, pruned) = run("SELECT f.k, f.v FROM facts f JOIN dims d ON f.k = d.k").await;
         assert_eq!(pairs, expected);
         assert_eq!(pruned, 0, "the join probes the facts itself");
+
+        // A comparison above the scan is tested there before the join's keys
+        // (the lookups see only the rows it keeps); the filter above stays.
+        let sql = "SELECT f.k, f.total FROM dims d \
+                   JOIN (SELECT k, sum(v) AS total FROM facts WHERE v < 10000 GROUP BY k) f ON f.k = d.k";
+        let plan = explain(sql).await;
+        assert!(plan.contains("FilterExec: v@1 < 10000"), "{plan}");
+        assert!(plan.contains("dynamic_filters=[") && plan.contains("tested_first=v@1 < 10000"), "{plan}");
+        let (pairs, pruned) = run(sql).await;
+        assert_eq!(pairs, expected[..2]);
+        assert!(pruned >= 99_900, "the facts scan dropped {pruned} of 100,000 rows");
+        let plan = explain("SELECT k, v FROM facts WHERE v < 10000").await;
+        assert!(!plan.contains("tested_first"), "with no dynamic filter the FilterExec alone tests it: {plan}");
     }
 
     /// Finds a table's scan in a plan: the rows its filters dropped.

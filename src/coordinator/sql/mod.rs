@@ -38,12 +38,25 @@ pub use pool::PoolSettings;
 use queries::QueryLog;
 
 /// How the coordinator runs SQL.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct SqlSettings {
     pub pool: PoolSettings,
     pub stores: stores::StoreSettings,
     /// See [`cohort_batch::EngineSettings::local_query_bytes`].
     pub local_query_bytes: u64,
+    /// See [`cohort_batch::EngineSettings::memory_bytes`].
+    pub memory_bytes: u64,
+}
+
+impl Default for SqlSettings {
+    fn default() -> Self {
+        SqlSettings {
+            pool: PoolSettings::default(),
+            stores: stores::StoreSettings::default(),
+            local_query_bytes: 0,
+            memory_bytes: cohort_batch::EngineSettings::default().memory_bytes as u64,
+        }
+    }
 }
 
 /// Tries at caching a table again after it lost a store.
@@ -83,6 +96,7 @@ impl SqlFront {
             worker_tls: Some(worker_tls),
             live_dir: Some(data_dir.join("live")),
             local_query_bytes: settings.local_query_bytes,
+            memory_bytes: usize::try_from(settings.memory_bytes).unwrap_or(usize::MAX),
             ..Default::default()
         })?;
         let tables = core.call(|c| c.tables()).await?;
