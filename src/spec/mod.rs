@@ -142,7 +142,7 @@ impl JobKind {
                 ports,
                 health: service.health.clone(),
             },
-            JobKind::Pipeline { config, .. } => LaunchShape {
+            JobKind::Pipeline { config, service } => LaunchShape {
                 executor: ExecutorKind::Stream,
                 argv: vec!["pipeline".into()],
                 env: BTreeMap::from([(
@@ -150,7 +150,7 @@ impl JobKind {
                     serde_json::to_string(config).expect("a pipeline config serializes"),
                 )]),
                 ports,
-                health: None,
+                health: service.health.clone(),
             },
         }
     }

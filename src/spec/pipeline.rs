@@ -14,7 +14,19 @@ use serde::Deserialize;
 use serde::de::{MapAccess, Visitor};
 use toml::Spanned;
 
+use super::service::HealthSpec;
 use super::{Errors, JobKind, JobSpec, ServiceSpec, SpecError, parse_duration, quantity};
+
+/// The port a member answers gRPC health checks on.
+pub const HEALTH_PORT: &str = "health";
+
+/// How the agents check a member: a process that is stopped or wedged
+/// holds its slot and, until Kafka's session times out, its partitions;
+/// one that does not answer five checks in a row is restarted, as a pool
+/// instance is. Only its health service listens on the port.
+fn member_check() -> HealthSpec {
+    HealthSpec::grpc_on(HEALTH_PORT, Duration::from_secs(1))
+}
 
 /// Whether a spec's text is a pipeline's (it has a `[source]`).
 pub fn is_pipeline(text: &str) -> bool {
@@ -245,11 +257,11 @@ pub(super) fn parse(errors: &Errors, text: &str) -> Result<JobSpec, SpecError> {
     let gang = gang(errors, &name, raw.priority.as_deref(), raw.queue.as_deref(), raw.parallelism.as_ref())?;
     let service = ServiceSpec {
         instances: gang.max,
-        ports: Vec::new(),
+        ports: vec![HEALTH_PORT.to_string()],
         unique_nodes: false,
         min_healthy: 0.5,
         update_deadline: Duration::from_secs(120),
-        health: None,
+        health: Some(member_check()),
     };
     Ok(JobSpec { name, kind: JobKind::Pipeline { config: Box::new(config), service }, gang })
 }
@@ -436,6 +448,7 @@ fn check_topic_name(topic: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::super::parse_job;
+    use super::super::service::Probe;
     use super::*;
 
     pub const GOOD: &str = r#"name = "checkouts"
@@ -474,6 +487,11 @@ max = 4
         let names: Vec<&str> = config.schema.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, ["user_id", "url", "ts"], "columns keep their order");
         assert_eq!(config.on_error, OnError::DeadLetter);
+        // Each member answers gRPC health checks on a port of its own.
+        let launch = job.kind.launch_shape();
+        assert_eq!(launch.ports, [HEALTH_PORT]);
+        let health = launch.health.expect("members are health-checked");
+        assert_eq!((health.probe, health.port.as_deref()), (Probe::Grpc(String::new()), Some(HEALTH_PORT)));
     }
 
     #[test]

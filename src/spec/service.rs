@@ -39,6 +39,23 @@ pub struct HealthSpec {
     pub max_failures: u32,
 }
 
+impl HealthSpec {
+    /// How Cohort's own executors are checked: gRPC's health service on
+    /// the port named `port`, every `interval`. A busy executor's runtime
+    /// answers within milliseconds; 2 s leaves room for a loaded machine
+    /// before five failures in a row restart it.
+    pub(crate) fn grpc_on(port: &str, interval: Duration) -> HealthSpec {
+        HealthSpec {
+            probe: Probe::Grpc(String::new()),
+            port: Some(port.to_string()),
+            interval,
+            timeout: Duration::from_secs(2),
+            grace: Duration::from_secs(60),
+            max_failures: 5,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Probe {

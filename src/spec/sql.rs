@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::service::RawService;
-use super::{Errors, HealthSpec, Probe, ServiceSpec, SpecError, line_of};
+use super::{Errors, HealthSpec, ServiceSpec, SpecError, line_of};
 
 /// The port a batch executor serves its worker on.
 pub const FLIGHT_PORT: &str = "flight";
@@ -79,16 +79,7 @@ pub const CACHING_IN_JOBS: &str =
 /// kernel still accepts connections: queries would wait on it instead of
 /// its being restarted.
 pub(super) fn serving_check() -> HealthSpec {
-    HealthSpec {
-        probe: Probe::Grpc(String::new()),
-        port: Some(FLIGHT_PORT.to_string()),
-        interval: Duration::from_millis(500),
-        // A busy executor's runtime answers within milliseconds; this
-        // leaves room for a loaded machine before five in a row fail.
-        timeout: Duration::from_secs(2),
-        grace: Duration::from_secs(60),
-        max_failures: 5,
-    }
+    HealthSpec::grpc_on(FLIGHT_PORT, Duration::from_millis(500))
 }
 
 /// A pool's or a store's `[service]`: its instances serve the `flight` port.

@@ -144,6 +144,18 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     assert!(up.cli(&["pipeline", "resume", "checkouts"]).status.success());
     up.wait_until("the resumed pipeline catches up", WAIT, |u| lag(u, "checkouts") == Some(0));
 
+    // A member stopped (SIGSTOP) answers no health check: it is restarted,
+    // and what it held is read again.
+    up.wait_until("both checkouts members run again", WAIT, |u| stream_members(u, "checkouts").len() == 2);
+    let stopped = stream_members(&up, "checkouts")[0];
+    let _ = std::process::Command::new("kill").args(["-STOP", &stopped.to_string()]).status();
+    produce(&brokers, "clicks", 9_000..10_000);
+    up.wait_until("the stopped member is replaced", WAIT, |u| {
+        let members = stream_members(u, "checkouts");
+        members.len() == 2 && !members.contains(&stopped)
+    });
+    up.wait_until("the pipeline catches up without it", WAIT, |u| lag(u, "checkouts") == Some(0));
+
     // The HTTP side sees the same: lag per partition in the API and in /metrics.
     let http_address = status["http"].as_str().expect("an HTTP address");
     let (code, body) = http(http_address, &up.token, "GET", "/api/v1/pipelines", None);
@@ -156,7 +168,7 @@ fn pipelines_deliver_every_record_through_kills_and_preemption() {
     assert!(metrics.contains("cohort_pipeline_lag_messages{pipeline=\"checkouts\",partition=\"0\"} 0"), "{metrics}");
 
     // Every even id (the filter) is in the Parquet files; nothing lost.
-    let expected: BTreeSet<u64> = (0..9_000).filter(|i| i % 2 == 0).collect();
+    let expected: BTreeSet<u64> = (0..10_000).filter(|i| i % 2 == 0).collect();
     let got = parquet_ids(&out_dir);
     let distinct: BTreeSet<u64> = got.iter().copied().collect();
     assert_eq!(distinct, expected, "no record lost in Parquet");

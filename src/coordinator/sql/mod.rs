@@ -266,19 +266,17 @@ impl SqlFront {
         let tables = cohort_batch::footprint(plan)?.cached;
         // Every table's stores are asked at once; only a table that lost
         // something waits for more.
-        let intact = futures::future::join_all(tables.iter().map(|name| async move {
-            if self.engine.is_live(name) {
-                self.engine.live_intact(name).await
-            } else {
-                self.engine.cache_intact(name).await
-            }
+        let checks = futures::future::join_all(tables.iter().map(|name| async move {
+            let live = self.engine.is_live(name);
+            let intact = if live { self.engine.live_intact(name).await } else { self.engine.cache_intact(name).await };
+            (live, intact)
         }))
         .await;
-        for (name, intact) in tables.into_iter().zip(intact) {
+        for (name, (live, intact)) in tables.into_iter().zip(checks) {
             if intact {
                 continue;
             }
-            if self.engine.is_live(&name) {
+            if live {
                 let stores = self.stores.urls().await?;
                 rebuilt |= self.engine.repair_live(&name, &stores).await? > 0;
                 continue;
