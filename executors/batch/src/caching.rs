@@ -19,7 +19,7 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::SessionState;
 use datafusion::logical_expr::{Expr, LogicalPlanBuilder};
 use datafusion::physical_plan::ExecutionPlan;
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use url::Url;
 
 use crate::cached::{CacheEntry, CachedTable, Placement};
@@ -206,7 +206,11 @@ impl SqlEngine {
             let (schema, batches) = (schema.clone(), batches.clone());
             puts.push(async move { store::put(channel, &store_url, &part, schema, batches).await });
         }
-        match futures::future::try_join_all(puts).await {
+        // One put at a time per store: a store holds a put's rows decoded
+        // and its message while it writes them to its file, and ten at once
+        // (`lineitem` on two stores) took a 1 GiB store past its memory.
+        // Round robin, any `stores.len()` puts in a row reach each store once.
+        match futures::stream::iter(puts).buffered(stores.len().max(1)).try_collect::<Vec<_>>().await {
             Ok(paths) => {
                 for (placement, path) in placements.iter_mut().zip(paths) {
                     placement.shm = path;
