@@ -206,11 +206,7 @@ impl SqlEngine {
             let (schema, batches) = (schema.clone(), batches.clone());
             puts.push(async move { store::put(channel, &store_url, &part, schema, batches).await });
         }
-        // One put at a time per store: a store holds a put's rows decoded
-        // and its message while it writes them to its file, and ten at once
-        // (`lineitem` on two stores) took a 1 GiB store past its memory.
-        // Round robin, any `stores.len()` puts in a row reach each store once.
-        match futures::stream::iter(puts).buffered(stores.len().max(1)).try_collect::<Vec<_>>().await {
+        match one_at_a_time_per_store(puts, stores.len()).await {
             Ok(paths) => {
                 for (placement, path) in placements.iter_mut().zip(paths) {
                     placement.shm = path;
@@ -606,6 +602,19 @@ impl TableProvider for SystemTable {
     }
 }
 
+/// Runs `puts`, the `i`th to store `i % stores`, at most one at a time per
+/// store and the stores in parallel; their results in order. A store holds
+/// a put's rows decoded and its message while it writes them to its file:
+/// ten puts at once (`lineitem` on `cohort up`'s two stores) took a 1 GiB
+/// store past its memory. Any `stores` puts in a row reach each store
+/// once, so a window of that many in flight is one per store.
+async fn one_at_a_time_per_store<T, E>(
+    puts: Vec<impl Future<Output = std::result::Result<T, E>>>,
+    stores: usize,
+) -> std::result::Result<Vec<T>, E> {
+    futures::stream::iter(puts).buffered(stores.max(1)).try_collect().await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -650,6 +659,38 @@ mod tests {
         let held = in_full_batches(&schema, vec![large.clone()], 100).unwrap();
         assert_eq!(held.len(), 1);
         assert_eq!(held[0].column(0).to_data().buffers()[0].as_ptr(), large.column(0).to_data().buffers()[0].as_ptr());
+    }
+
+    #[tokio::test]
+    async fn puts_reach_each_store_one_at_a_time_and_the_stores_in_parallel() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        // Given 3 stores and 10 partitions, round robin, each put taking its time
+        let stores = 3;
+        let in_flight: Vec<AtomicUsize> = (0..stores).map(|_| AtomicUsize::new(0)).collect();
+        let (most_per_store, most_stores) = (AtomicUsize::new(0), AtomicUsize::new(0));
+        let total = AtomicUsize::new(0);
+        let puts: Vec<_> = (0..10)
+            .map(|i| {
+                let (in_flight, most_per_store, most_stores, total) =
+                    (&in_flight, &most_per_store, &most_stores, &total);
+                async move {
+                    let now = in_flight[i % stores].fetch_add(1, Ordering::SeqCst) + 1;
+                    most_per_store.fetch_max(now, Ordering::SeqCst);
+                    most_stores.fetch_max(total.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                    // Later puts finish first: a window in order must still hold.
+                    tokio::time::sleep(std::time::Duration::from_millis(20 - i as u64)).await;
+                    total.fetch_sub(1, Ordering::SeqCst);
+                    in_flight[i % stores].fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, ()>(i)
+                }
+            })
+            .collect();
+        // When they are run
+        let done = one_at_a_time_per_store(puts, stores).await.unwrap();
+        // Then every result comes back in order, no store had two at once, and all three worked together
+        assert_eq!(done, (0..10).collect::<Vec<_>>());
+        assert_eq!(most_per_store.load(Ordering::SeqCst), 1);
+        assert_eq!(most_stores.load(Ordering::SeqCst), stores);
     }
 
     #[tokio::test]
