@@ -1446,9 +1446,10 @@ mod tests {
             tokio::spawn(async move { engine.compact_live("clicks", &stores).await })
         };
         let mut waited = 0;
-        while engine.live()[0].parts().len() != 6 {
+        // A merge is swapped in, then the files it replaced are removed: wait for both.
+        while engine.live()[0].parts().len() != 6 || files(&table_dir) != 6 {
             waited += 1;
-            assert!(waited < 500, "the merged partitions never replaced the ingests");
+            assert!(waited < 500, "the merged partitions never replaced the ingests, in memory and on disk");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         // Then two runs of 8 became one partition each, on disk too, and the 4 newest wait for more
