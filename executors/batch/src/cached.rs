@@ -371,6 +371,11 @@ impl CachedScanExec {
         &self.parts
     }
 
+    /// The table's columns it reads (all when none).
+    pub(crate) fn projection(&self) -> Option<&[usize]> {
+        self.projection.as_deref()
+    }
+
     /// The same scan over `parts`, in exactly `outputs` partitions (some
     /// empty if there are fewer parts): the per-task variants of one scan
     /// must all have as many.
@@ -642,7 +647,7 @@ impl PhysicalExtensionCodec for CacheCodec {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use arrow::datatypes::{DataType, Field};
     use datafusion::common::ScalarValue;
@@ -697,27 +702,9 @@ mod tests {
                 Field::new("k", DataType::Int64, false),
                 Field::new("v", DataType::Int64, false),
             ]));
-            let values = keys.iter().map(|k| k * 10).collect::<Vec<_>>();
-            let batches: Vec<RecordBatch> = (0..keys.len())
-                .step_by(8192)
-                .map(|start| {
-                    let end = (start + 8192).min(keys.len());
-                    let column = |v: &[i64]| Arc::new(Int64Array::from(v[start..end].to_vec())) as ArrayRef;
-                    RecordBatch::try_new(schema.clone(), vec![column(&keys), column(&values)]).unwrap()
-                })
-                .collect();
-            let part = PartId { table: name.into(), version: 1, partition: 0 };
-            let shm = crate::shm::write(dir.path(), &part, &schema, &batches).unwrap();
-            let placement = Placement {
-                store: "https://s:1".into(),
-                part,
-                rows: keys.len() as u64,
-                bytes: 16 * keys.len() as u64,
-                shm: Some(shm.display().to_string()),
-                stats: Some(Arc::new(partition_statistics(&schema, &batches))),
-                deleted: None,
-            };
-            Arc::new(CachedTable(Arc::new(CacheEntry::new(name.into(), schema, vec![placement], None, None))))
+            let values: Vec<i64> = keys.iter().map(|k| k * 10).collect();
+            let columns = vec![Arc::new(Int64Array::from(keys)) as ArrayRef, Arc::new(Int64Array::from(values))];
+            cached_in_shm(dir.path(), name, RecordBatch::try_new(schema, columns).unwrap(), 1)
         };
         let state = SessionStateBuilder::new()
             .with_default_features()
@@ -774,8 +761,43 @@ mod tests {
         assert!(!plan.contains("tested_first"), "with no dynamic filter the FilterExec alone tests it: {plan}");
     }
 
+    /// `rows` as a cached table of `partitions` partitions in shared memory
+    /// under `dir`, mapped here, in batches of up to 8,192 rows, with their
+    /// statistics.
+    pub(crate) fn cached_in_shm(
+        dir: &std::path::Path,
+        name: &str,
+        rows: RecordBatch,
+        partitions: usize,
+    ) -> Arc<CachedTable> {
+        let schema = rows.schema();
+        let per_part = rows.num_rows().div_ceil(partitions);
+        let placements = (0..partitions)
+            .map(|partition| {
+                let first = (partition * per_part).min(rows.num_rows());
+                let part_rows = rows.slice(first, per_part.min(rows.num_rows() - first));
+                let batches: Vec<RecordBatch> = (0..part_rows.num_rows())
+                    .step_by(8192)
+                    .map(|start| part_rows.slice(start, (part_rows.num_rows() - start).min(8192)))
+                    .collect();
+                let part = PartId { table: name.into(), version: 1, partition: partition as u32 };
+                let shm = crate::shm::write(dir, &part, &schema, &batches).unwrap();
+                Placement {
+                    store: "https://s:1".into(),
+                    part,
+                    rows: part_rows.num_rows() as u64,
+                    bytes: part_rows.get_array_memory_size() as u64,
+                    shm: Some(shm.display().to_string()),
+                    stats: Some(Arc::new(partition_statistics(&schema, &batches))),
+                    deleted: None,
+                }
+            })
+            .collect();
+        Arc::new(CachedTable(Arc::new(CacheEntry::new(name.into(), schema, placements, None, None))))
+    }
+
     /// Finds a table's scan in a plan: the rows its filters dropped.
-    struct FindScan<'a>(&'a str, &'a mut Option<usize>);
+    pub(crate) struct FindScan<'a>(pub &'a str, pub &'a mut Option<usize>);
 
     impl datafusion::physical_plan::ExecutionPlanVisitor for FindScan<'_> {
         type Error = DataFusionError;

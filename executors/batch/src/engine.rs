@@ -199,12 +199,16 @@ impl SqlEngine {
             .with_distributed_compression(settings.shuffle_compression)?
             .build();
 
+        // Queries on cached tables alone: their filters are estimated on samples.
+        config.options_mut().optimizer.use_statistics_registry = true;
         let local = SessionStateBuilder::new()
             .with_default_features()
             .with_config(config)
+            .with_statistics_registry(crate::estimates::registry())
             .with_runtime_env(runtime)
             .with_catalog_list(state.catalog_list().clone())
             .with_physical_optimizer_rule(Arc::new(crate::runtime_filters::KeepFiltersThatSpareWork))
+            .with_physical_optimizer_rule(Arc::new(crate::build_sides::StartBuildSidesWhenPolled))
             .build();
         let ctx = SessionContext::new_with_state(state);
         let cache = crate::caching::Registry::default();

@@ -21,6 +21,10 @@
 //! - `cached.rs`: the catalog's side of a cached table: its provider, the
 //!   scan that reads it from the stores, and the codec that ships that
 //!   scan to workers;
+//! - `build_sides.rs`: joins' build sides started when first polled, after
+//!   the dynamic filters of the joins above them are set;
+//! - `estimates.rs`: filters on cached tables estimated on a sample of
+//!   their rows, for the planner's choice of join sides;
 //! - `readers.rs`: the queries running now, which hold the partitions a
 //!   compaction replaced until they end;
 //! - `routing.rs`: the tasks that read cached partitions, split by host
@@ -32,11 +36,13 @@
 //! It knows nothing of the coordinator: where the workers are and where
 //! table definitions are kept is told to it ([`WorkerSource`], [`TableDef`]).
 
+mod build_sides;
 pub mod cached;
 mod caching;
 mod channels;
 mod compute;
 mod engine;
+mod estimates;
 pub mod live;
 mod memory;
 mod output;
