@@ -29,6 +29,8 @@
 //!   compaction replaced until they end;
 //! - `routing.rs`: the tasks that read cached partitions, split by host
 //!   and sent to workers on the hosts that hold them;
+//! - `like.rs`: `LIKE` patterns of literal pieces between `%`s matched by
+//!   finding the pieces in turn, not by a regular expression;
 //! - `live.rs`: live tables, which grow by Flight SQL bulk ingest (and so
 //!   by pipelines) while queries read whole ingests only;
 //! - `tpch.rs`: TPC-H data (tpchgen) and the 22 queries, for benchmarks.
@@ -43,6 +45,7 @@ mod channels;
 mod compute;
 mod engine;
 mod estimates;
+mod like;
 pub mod live;
 mod memory;
 mod output;
