@@ -46,10 +46,11 @@ impl PhysicalOptimizerRule for MatchLikeByPieces {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
         plan.transform_up(|plan| {
             let Some(filter) = plan.downcast_ref::<FilterExec>() else { return Ok(Transformed::no(plan)) };
+            let schema = filter.input().schema();
             let predicate = filter
                 .predicate()
                 .clone()
-                .transform_up(|expr| Ok(by_pieces(&expr).map_or(Transformed::no(expr), Transformed::yes)))?;
+                .transform_up(|expr| Ok(by_pieces(&expr, &schema).map_or(Transformed::no(expr), Transformed::yes)))?;
             if !predicate.transformed {
                 return Ok(Transformed::no(plan));
             }
@@ -68,11 +69,14 @@ impl PhysicalOptimizerRule for MatchLikeByPieces {
     }
 }
 
-/// `expr` matched by pieces, if it is a `LIKE` that arrow would match with
-/// a regular expression and pieces can match exactly.
-fn by_pieces(expr: &Arc<dyn PhysicalExpr>) -> Option<Arc<dyn PhysicalExpr>> {
+/// `expr` matched by pieces, if it is a `LIKE` on a string (not a
+/// dictionary of them) that arrow would match with a regular expression,
+/// and pieces can match exactly.
+fn by_pieces(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Arc<dyn PhysicalExpr>> {
     let like = expr.downcast_ref::<LikeExpr>()?;
-    if like.case_insensitive() {
+    let strings =
+        matches!(like.expr().data_type(schema).ok()?, DataType::Utf8 | DataType::Utf8View | DataType::LargeUtf8);
+    if like.case_insensitive() || !strings {
         return None;
     }
     let pattern = match like.pattern().downcast_ref::<Literal>()?.value() {
@@ -296,7 +300,7 @@ mod tests {
     /// Given filters with `LIKE`s, when the rule runs, then a pattern of
     /// several pieces is matched by pieces (under `NOT` and `AND` too) and
     /// one arrow matches without a regular expression, or with `_`, an
-    /// escape or `ILIKE`, is left as it is.
+    /// escape or `ILIKE`, or over a dictionary, is left as it is.
     #[test]
     fn only_patterns_of_several_pieces_are_matched_by_pieces() {
         let schema = Arc::new(Schema::new(vec![Field::new("s", DataType::Utf8, true)]));
@@ -320,5 +324,12 @@ mod tests {
         for kept in [like(false, false, "a_b%c"), like(false, false, "a\\%b%c"), like(false, true, "%a%b%")] {
             assert!(!shown(kept).contains("by pieces"));
         }
+        let dictionary = DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8));
+        let schema = Arc::new(Schema::new(vec![Field::new("s", dictionary, true)]));
+        let input = Arc::new(datafusion::physical_plan::empty::EmptyExec::new(schema));
+        let filter = Arc::new(FilterExec::try_new(like(false, false, "%a%b%"), input).unwrap());
+        let plan = MatchLikeByPieces.optimize(filter, &ConfigOptions::default()).unwrap();
+        let predicate = plan.downcast_ref::<FilterExec>().unwrap().predicate().to_string();
+        assert!(!predicate.contains("by pieces"), "a dictionary column is left to arrow: {predicate}");
     }
 }
