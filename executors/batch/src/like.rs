@@ -94,7 +94,7 @@ fn by_pieces(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<Arc<dyn Ph
 
 /// A pattern's literal pieces, and whether the first and last must sit at
 /// the string's ends.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 struct Pieces {
     finders: Vec<Finder<'static>>,
     at_start: bool,
@@ -225,12 +225,11 @@ impl PhysicalExpr for PiecesLikeExpr {
     }
 
     fn with_new_children(self: Arc<Self>, mut children: Vec<Arc<dyn PhysicalExpr>>) -> Result<Arc<dyn PhysicalExpr>> {
-        let pieces = Pieces::of(&self.pattern).expect("a pattern that made pieces once makes them again");
         Ok(Arc::new(PiecesLikeExpr {
             expr: children.swap_remove(0),
             pattern: self.pattern.clone(),
             negated: self.negated,
-            pieces,
+            pieces: self.pieces.clone(),
         }))
     }
 
@@ -280,7 +279,7 @@ mod tests {
                         expr: col("s", &schema).unwrap(),
                         pattern: pattern.clone(),
                         negated,
-                        pieces: Pieces::of(pattern).unwrap(),
+                        pieces: pieces.clone(),
                     };
                     let ours = expr.evaluate(&batch).unwrap().into_array(batch.num_rows()).unwrap();
                     let like = StringViewArray::new_scalar(pattern.as_str());
