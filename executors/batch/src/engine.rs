@@ -208,6 +208,7 @@ impl SqlEngine {
             .with_runtime_env(runtime)
             .with_catalog_list(state.catalog_list().clone())
             .with_physical_optimizer_rule(Arc::new(crate::like::MatchLikeByPieces))
+            .with_physical_optimizer_rule(Arc::new(crate::decimals::DecimalArithmeticInI64))
             .with_physical_optimizer_rule(Arc::new(crate::runtime_filters::KeepFiltersThatSpareWork))
             .with_physical_optimizer_rule(Arc::new(crate::build_sides::StartBuildSidesWhenPolled))
             .build();

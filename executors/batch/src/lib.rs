@@ -43,6 +43,7 @@ pub mod cached;
 mod caching;
 mod channels;
 mod compute;
+mod decimals;
 mod engine;
 mod estimates;
 mod like;
