@@ -9,7 +9,7 @@
 //! `... * (1 + l_tax)`. Two values that each fit in an `i64` cannot
 //! overflow an `i128` when multiplied, and the product is one machine
 //! multiplication; only values beyond that take the checked path. The
-//! answer, including the error on an overflow, is arrow's.
+//! values, and which rows fail with an overflow, are arrow's.
 //!
 //! [`DecimalArithmeticInI64`] puts a [`DecimalArithmeticExpr`] in place of
 //! such arithmetic in the projections, filters and aggregate arguments of
