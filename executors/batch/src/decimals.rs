@@ -27,16 +27,14 @@ use arrow::error::ArrowError;
 use arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::error::Result;
 use datafusion::logical_expr::{ColumnarValue, Operator};
+use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::BinaryExpr;
-use datafusion::physical_expr::{PhysicalExpr, PhysicalSortExpr};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::aggregates::AggregateExec;
-use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
-use datafusion::physical_plan::projection::{ProjectionExec, ProjectionExpr};
+
+use crate::expr_rewrite::rewrite_expressions;
 
 /// Computes the decimal arithmetic of projections, filters and aggregate
 /// arguments with [`DecimalArithmeticExpr`] (see the module's documentation).
@@ -45,59 +43,7 @@ pub(crate) struct DecimalArithmeticInI64;
 
 impl PhysicalOptimizerRule for DecimalArithmeticInI64 {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|plan| {
-            if let Some(projection) = plan.downcast_ref::<ProjectionExec>() {
-                let schema = projection.input().schema();
-                let mut changed = false;
-                let exprs = projection
-                    .expr()
-                    .iter()
-                    .map(|p| {
-                        let expr = rewrite(&p.expr, &schema)?;
-                        changed |= expr.transformed;
-                        Ok(ProjectionExpr { expr: expr.data, alias: p.alias.clone() })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                if !changed {
-                    return Ok(Transformed::no(plan));
-                }
-                let rewritten = ProjectionExec::try_new(exprs, projection.input().clone())?;
-                return Ok(Transformed::yes(Arc::new(rewritten) as Arc<dyn ExecutionPlan>));
-            }
-            if let Some(filter) = plan.downcast_ref::<FilterExec>() {
-                let predicate = rewrite(filter.predicate(), &filter.input().schema())?;
-                if !predicate.transformed {
-                    return Ok(Transformed::no(plan));
-                }
-                let filter = FilterExecBuilder::from(filter).with_predicate(predicate.data).build()?;
-                return Ok(Transformed::yes(Arc::new(filter) as Arc<dyn ExecutionPlan>));
-            }
-            if let Some(aggregate) = plan.downcast_ref::<AggregateExec>() {
-                let schema = aggregate.input_schema();
-                let mut changed = false;
-                let mut aggr_exprs = Vec::with_capacity(aggregate.aggr_expr().len());
-                for function in aggregate.aggr_expr() {
-                    let mut args = Vec::new();
-                    for arg in function.expressions() {
-                        let arg = rewrite(&arg, &schema)?;
-                        changed |= arg.transformed;
-                        args.push(arg.data);
-                    }
-                    let order_by = function.order_bys().iter().map(|s: &PhysicalSortExpr| s.expr.clone()).collect();
-                    match function.with_new_expressions(args, order_by) {
-                        Some(rewritten) => aggr_exprs.push(Arc::new(rewritten)),
-                        None => return Ok(Transformed::no(plan)),
-                    }
-                }
-                if !changed {
-                    return Ok(Transformed::no(plan));
-                }
-                let rewritten = aggregate.with_new_aggr_exprs(aggr_exprs);
-                return Ok(Transformed::yes(Arc::new(rewritten) as Arc<dyn ExecutionPlan>));
-            }
-            Ok(Transformed::no(plan))
-        })
-        .data()
+        rewrite_expressions(plan, &in_i64)
     }
 
     fn name(&self) -> &str {
@@ -107,10 +53,6 @@ impl PhysicalOptimizerRule for DecimalArithmeticInI64 {
     fn schema_check(&self) -> bool {
         true
     }
-}
-
-fn rewrite(expr: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Result<Transformed<Arc<dyn PhysicalExpr>>> {
-    expr.clone().transform_up(|expr| Ok(in_i64(&expr, schema).map_or(Transformed::no(expr), Transformed::yes)))
 }
 
 /// `expr` as a [`DecimalArithmeticExpr`], if it is `+`, `-` or `*` of two
@@ -241,12 +183,7 @@ impl DecimalArithmeticExpr {
             DecimalOp::Mul => each_row(&left, &right, rows, mul),
         }
         .map_err(|(a, b)| {
-            let sign = match self.op {
-                DecimalOp::Add => "+",
-                DecimalOp::Sub => "-",
-                DecimalOp::Mul => "*",
-            };
-            ArrowError::ArithmeticOverflow(format!("Overflow happened on: {a:?} {sign} {b:?}"))
+            ArrowError::ArithmeticOverflow(format!("Overflow happened on: {a:?} {} {b:?}", self.op.operator()))
         })?;
         let array = Decimal128Array::new(values, nulls).with_precision_and_scale(precision, scale)?;
         Ok(ColumnarValue::Array(Arc::new(array)))
@@ -361,7 +298,9 @@ mod tests {
     use super::*;
     use arrow::array::ArrayRef;
     use arrow::datatypes::Field;
+    use datafusion::common::tree_node::{TreeNode, TreeNodeRecursion};
     use datafusion::physical_expr::expressions::{Column, Literal};
+    use datafusion::physical_plan::aggregates::AggregateExec;
     use datafusion::prelude::SessionContext;
 
     /// SplitMix64: the same values on every run.
@@ -496,7 +435,7 @@ mod tests {
                     let args = aggregate.aggr_expr().iter().flat_map(|f| f.expressions());
                     shown.extend(args.map(|arg| format!("\naggregate argument: {arg}")));
                 }
-                Ok(datafusion::common::tree_node::TreeNodeRecursion::Continue)
+                Ok(TreeNodeRecursion::Continue)
             })
             .unwrap();
         assert!(shown.contains("decimal(price@0 * decimal(1 - discount@1)) as __common_expr_1"), "{shown}");

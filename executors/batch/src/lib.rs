@@ -46,6 +46,7 @@ mod compute;
 mod decimals;
 mod engine;
 mod estimates;
+mod expr_rewrite;
 mod like;
 pub mod live;
 mod memory;

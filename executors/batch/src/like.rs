@@ -13,8 +13,9 @@
 //! a later one only leaves less room for the pieces after it.
 //!
 //! [`MatchLikeByPieces`] puts a [`PiecesLikeExpr`] in place of such a
-//! `LIKE` in the predicates of the session that runs queries on cached
-//! tables alone (it has no wire form, so it never leaves the process).
+//! `LIKE` in the filters, projections and aggregate arguments of the
+//! session that runs queries on cached tables alone (it has no wire form,
+//! so it never leaves the process).
 //! Patterns with `_`, an escape, or `ILIKE` are left to arrow.
 
 use std::fmt;
@@ -27,37 +28,24 @@ use arrow::datatypes::{DataType, Schema};
 use arrow::record_batch::RecordBatch;
 use datafusion::common::ScalarValue;
 use datafusion::common::config::ConfigOptions;
-use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode};
 use datafusion::error::{DataFusionError, Result};
 use datafusion::logical_expr::ColumnarValue;
 use datafusion::physical_expr::PhysicalExpr;
 use datafusion::physical_expr::expressions::{LikeExpr, Literal};
 use datafusion::physical_optimizer::PhysicalOptimizerRule;
 use datafusion::physical_plan::ExecutionPlan;
-use datafusion::physical_plan::filter::{FilterExec, FilterExecBuilder};
 use memchr::memmem::Finder;
 
-/// Matches the `LIKE`s of every `FilterExec` predicate by pieces where the
-/// pattern allows it (see the module's documentation).
+use crate::expr_rewrite::rewrite_expressions;
+
+/// Matches the `LIKE`s of filters, projections and aggregate arguments by
+/// pieces where the pattern allows it (see the module's documentation).
 #[derive(Debug, Default)]
 pub(crate) struct MatchLikeByPieces;
 
 impl PhysicalOptimizerRule for MatchLikeByPieces {
     fn optimize(&self, plan: Arc<dyn ExecutionPlan>, _config: &ConfigOptions) -> Result<Arc<dyn ExecutionPlan>> {
-        plan.transform_up(|plan| {
-            let Some(filter) = plan.downcast_ref::<FilterExec>() else { return Ok(Transformed::no(plan)) };
-            let schema = filter.input().schema();
-            let predicate = filter
-                .predicate()
-                .clone()
-                .transform_up(|expr| Ok(by_pieces(&expr, &schema).map_or(Transformed::no(expr), Transformed::yes)))?;
-            if !predicate.transformed {
-                return Ok(Transformed::no(plan));
-            }
-            let filter = FilterExecBuilder::from(filter).with_predicate(predicate.data).build()?;
-            Ok(Transformed::yes(Arc::new(filter) as Arc<dyn ExecutionPlan>))
-        })
-        .data()
+        rewrite_expressions(plan, &by_pieces)
     }
 
     fn name(&self) -> &str {
@@ -246,6 +234,7 @@ mod tests {
     use arrow::array::StringViewArray;
     use arrow::datatypes::Field;
     use datafusion::physical_expr::expressions::{Column, col, lit};
+    use datafusion::physical_plan::filter::FilterExec;
 
     /// Every string of `a`, `b` and `c` up to six long, and a null.
     fn strings() -> StringViewArray {
