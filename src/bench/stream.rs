@@ -2,21 +2,24 @@
 //! (the embedded broker by default, `--brokers` for a real one), read in
 //! the same run by a bare rdkafka consumer loop and by a pipeline member
 //! (JSON → Arrow → `WHERE url LIKE '%checkout%'` → Parquet, offsets
-//! committed after each file), one core each, and by a pipeline member
-//! writing to Kafka in transactions (exactly-once). Then a live phase: messages
-//! produced at a steady rate to each reader in turn, once it has joined
-//! its group, for end-to-end latency (produced → consumed, and produced →
-//! visible in a committed Parquet file).
+//! committed after each file), and by a pipeline member writing to Kafka
+//! in transactions (exactly-once); a member is timed until its last
+//! offset is committed, asked to stop once it has polled every message.
+//! Then a live phase: messages produced at a steady rate to each reader
+//! in turn, once it has joined its group, for end-to-end latency (produced
+//! → consumed, and produced → visible in a committed Parquet file). Last,
+//! the member's decoder alone on the same messages: the floor of what a
+//! member adds to a bare consumer.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, Int64Array};
 use cohort_connectors::broker::EmbeddedBroker;
 use cohort_connectors::kafka::{KafkaSink, KafkaSource, Start, topic_partitions};
+use cohort_stream::member::Progress;
 use cohort_stream::{OnError, PipelineConfig, SinkConfig};
 use rdkafka::Message;
 
@@ -87,30 +90,68 @@ struct Phase {
     cpu: Duration,
 }
 
-/// CPU time so far of each thread of this process, by thread id, from
-/// `/proc/self/task/*/schedstat` (Linux), leaving out the embedded
-/// broker's (`rdk:mock`): what a reader costs, wherever its broker runs.
-fn reader_threads_cpu() -> BTreeMap<u64, u64> {
-    let mut out = BTreeMap::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
-    for task in tasks.flatten() {
-        let Ok(tid) = task.file_name().to_string_lossy().parse::<u64>() else { continue };
-        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-        if comm.starts_with("rdk:mock") {
-            continue;
-        }
-        let schedstat = std::fs::read_to_string(task.path().join("schedstat")).unwrap_or_default();
-        if let Some(ns) = schedstat.split_whitespace().next().and_then(|ns| ns.parse().ok()) {
-            out.insert(tid, ns);
-        }
-    }
-    out
+/// The CPU time a reader spends: this process's (every thread's, those
+/// that ended included) less the embedded broker's (`rdk:mock`), so that a
+/// reader is charged what it costs wherever its broker runs.
+struct CpuMeter {
+    process: Duration,
+    broker: Duration,
 }
 
-/// CPU spent since `before` by threads alive now (a thread that ended in
-/// between is missed: each reader's threads live until it is measured).
-fn cpu_since(before: &BTreeMap<u64, u64>) -> Duration {
-    let ns = reader_threads_cpu().iter().map(|(tid, ns)| ns - before.get(tid).copied().unwrap_or(0).min(*ns)).sum();
+impl CpuMeter {
+    fn start() -> CpuMeter {
+        CpuMeter { process: process_cpu(), broker: broker_cpu() }
+    }
+
+    fn spent(&self) -> Duration {
+        process_cpu().saturating_sub(self.process).saturating_sub(broker_cpu().saturating_sub(self.broker))
+    }
+}
+
+fn process_cpu() -> Duration {
+    cpu_clock(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock(clock: libc::clockid_t) -> Duration {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime only writes into `now`.
+    unsafe { libc::clock_gettime(clock, &mut now) };
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// CPU time per message of decoding alone, on this thread: the messages of
+/// one micro-batch into the columns the bench's transform reads, by the
+/// member's decoder (arrow-json). The least a member adds to a bare
+/// consumer's work, before filtering, encoding and committing. With the
+/// number of columns decoded.
+fn decode_cost() -> Result<(Duration, usize)> {
+    const MESSAGES: usize = 20_000;
+    const ROUNDS: u32 = 20;
+    let config = pipeline_config("decode", parquet_sink(std::path::Path::new("unused"), 1000), "decode");
+    let used = tokio::runtime::Handle::current().block_on(config.used_columns())?;
+    let mut decoder = cohort_connectors::json::JsonDecoder::new(cohort_connectors::schema::schema_of(&used)?);
+    let messages: Vec<Vec<u8>> = (0..MESSAGES as u64).map(message).collect();
+    let views: Vec<&[u8]> = messages.iter().map(Vec::as_slice).collect();
+    decoder.decode(&views)?;
+    let before = cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID);
+    for _ in 0..ROUNDS {
+        std::hint::black_box(decoder.decode(&views)?);
+    }
+    Ok(((cpu_clock(libc::CLOCK_THREAD_CPUTIME_ID) - before) / (ROUNDS * MESSAGES as u32), used.len()))
+}
+
+/// The embedded broker's threads' CPU time so far, from
+/// `/proc/self/task/*/schedstat` (Linux; they live as long as the bench).
+fn broker_cpu() -> Duration {
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return Duration::ZERO };
+    let ns: u64 = tasks
+        .flatten()
+        .filter(|task| std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.starts_with("rdk:mock")))
+        .filter_map(|task| {
+            let schedstat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+            schedstat.split_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum();
     Duration::from_nanos(ns)
 }
 
@@ -132,7 +173,7 @@ fn bare(brokers: &str, topic: &str, n: u64, mut latencies: Option<&mut Vec<i64>>
     let group = format!("bench-bare-{}-{}", std::process::id(), now_us());
     let source = KafkaSource::open(brokers, topic, &group, Start::Earliest, "bench-bare")?;
     let (mut seen, mut bytes) = (0u64, 0usize);
-    let cpu_before = reader_threads_cpu();
+    let cpu = CpuMeter::start();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
     while seen < n {
@@ -149,7 +190,7 @@ fn bare(brokers: &str, topic: &str, n: u64, mut latencies: Option<&mut Vec<i64>>
         }
     }
     std::hint::black_box(bytes);
-    Ok(Phase { messages: seen, elapsed: started.elapsed(), cpu: cpu_since(&cpu_before) })
+    Ok(Phase { messages: seen, elapsed: started.elapsed(), cpu: cpu.spent() })
 }
 
 /// The `ts` field of a message this bench wrote.
@@ -180,31 +221,50 @@ fn parquet_sink(out: &std::path::Path, roll_ms: u64) -> SinkConfig {
     SinkConfig::Parquet { path: out.display().to_string(), roll_bytes: 64 << 20, roll_ms }
 }
 
+/// How a pipeline phase ends.
+#[derive(Clone, Copy, PartialEq)]
+enum End {
+    /// Once the member has polled every record it is asked to stop, as a
+    /// pause does: it commits the open file and its offsets then, where it
+    /// would otherwise wait for the file's roll interval. That wait is
+    /// latency (measured apart) and, on a burst of a few seconds, would
+    /// hide the member's speed behind the roll timer.
+    StopOncePolled,
+    /// When files roll by themselves (for latency).
+    AtRoll,
+}
+
 /// A pipeline member until `n` records' offsets are committed.
-fn pipeline(brokers: &str, topic: &str, n: u64, sink: SinkConfig) -> Result<Phase> {
+fn pipeline(brokers: &str, topic: &str, n: u64, sink: SinkConfig, end: End) -> Result<Phase> {
     let group = format!("bench-pipeline-{}-{}", std::process::id(), now_us());
     let config = pipeline_config(topic, sink, &group);
     let stop = Arc::new(AtomicBool::new(false));
-    let committed = Arc::new(AtomicU64::new(0));
-    let cpu_before = reader_threads_cpu();
+    let progress = Arc::new(Progress::default());
+    let cpu = CpuMeter::start();
     let started = Instant::now();
     let member = {
-        let (brokers, stop, committed) = (brokers.to_string(), stop.clone(), committed.clone());
-        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", 0, &stop, &committed, None))
+        let (brokers, stop, progress) = (brokers.to_string(), stop.clone(), progress.clone());
+        std::thread::spawn(move || cohort_stream::member::run(&config, &brokers, "bench-0", 0, &stop, &progress, None))
     };
     let deadline = started + Duration::from_secs(600);
-    while committed.load(Ordering::SeqCst) < n {
-        if member.is_finished() || Instant::now() > deadline {
+    while progress.committed.load(Ordering::SeqCst) < n && !member.is_finished() && Instant::now() < deadline {
+        if end == End::StopOncePolled && progress.polled.load(Ordering::SeqCst) >= n {
             stop.store(true, Ordering::SeqCst);
-            let ended = member.join().map_err(|_| anyhow::anyhow!("the member panicked"))?;
-            bail!("the pipeline committed {} of {n} records ({:?})", committed.load(Ordering::SeqCst), ended.err());
         }
         std::thread::sleep(Duration::from_millis(2));
     }
-    let (elapsed, cpu) = (started.elapsed(), cpu_since(&cpu_before));
+    let (elapsed, cpu) = (started.elapsed(), cpu.spent());
     stop.store(true, Ordering::SeqCst);
-    let counters = member.join().map_err(|_| anyhow::anyhow!("the member panicked"))??;
-    Ok(Phase { messages: counters.records_in.max(n), elapsed, cpu })
+    let ended = member.join().map_err(|_| anyhow::anyhow!("the member panicked"))?;
+    let committed = progress.committed.load(Ordering::SeqCst);
+    if committed < n {
+        bail!(
+            "the pipeline committed {committed} of {n} records in {:.0} s ({:?})",
+            elapsed.as_secs_f64(),
+            ended.err()
+        );
+    }
+    Ok(Phase { messages: ended?.records_in.max(n), elapsed, cpu })
 }
 
 /// Produced → visible in Parquet, per row, from each file's commit time.
@@ -267,9 +327,10 @@ fn measure(args: &Args) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let bare_phase = bare(&brokers, &topic, n, None)?;
-    let pipeline_phase = pipeline(&brokers, &topic, n, parquet_sink(&dir.path().join("throughput"), args.roll_ms))?;
+    let throughput_out = parquet_sink(&dir.path().join("throughput"), args.roll_ms);
+    let pipeline_phase = pipeline(&brokers, &topic, n, throughput_out, End::StopOncePolled)?;
     let to_kafka = SinkConfig::Kafka { brokers: None, topic: forwarded, exactly_once: true };
-    let kafka_phase = pipeline(&brokers, &topic, n, to_kafka)?;
+    let kafka_phase = pipeline(&brokers, &topic, n, to_kafka, End::StopOncePolled)?;
 
     // Latency: a steady rate once each reader has joined its group.
     let live_n = args.rate * args.seconds;
@@ -287,7 +348,7 @@ fn measure(args: &Args) -> Result<()> {
     let pipeline_reader = {
         let (brokers, topic, out) = (brokers.clone(), live_pipeline.clone(), live_out.clone());
         let roll_ms = args.roll_ms;
-        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, parquet_sink(&out, roll_ms)))
+        std::thread::spawn(move || pipeline(&brokers, &topic, live_n, parquet_sink(&out, roll_ms), End::AtRoll))
     };
     std::thread::sleep(JOIN_TIME);
     produce(&brokers, &live_pipeline, 0..live_n, Some(args.rate))?;
@@ -326,6 +387,15 @@ fn measure(args: &Args) -> Result<()> {
     println!(
         "CPU-seconds count each reader's threads with librdkafka's, not the embedded broker's; \
          in messages/s the readers share this machine's cores with the embedded broker"
+    );
+    let ((decode, columns), bare_per_message) = (decode_cost()?, bare_phase.cpu / bare_phase.messages as u32);
+    println!(
+        "decoding alone (arrow-json, the {} columns read): {:.2} µs of CPU per message, against {:.2} µs for all of \
+         the bare consumer's work: a member that did nothing else would reach {:.2} of it per CPU-second",
+        columns,
+        decode.as_secs_f64() * 1e6,
+        bare_per_message.as_secs_f64() * 1e6,
+        bare_per_message.as_secs_f64() / (bare_per_message + decode).as_secs_f64()
     );
     Ok(())
 }

@@ -9,7 +9,7 @@
 //! and exit 0. With COHORT_PORT_HEALTH set, it answers gRPC health checks
 //! there.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use cohort_stream::PipelineConfig;
@@ -53,8 +53,8 @@ pub fn run(argv: &[String]) -> Result<i32> {
         }
         _ => None,
     };
-    let counters =
-        cohort_stream::member::run(&config, &brokers, &id, slot, &STOP, &AtomicU64::new(0), coordinator.as_ref())?;
+    let progress = cohort_stream::member::Progress::default();
+    let counters = cohort_stream::member::run(&config, &brokers, &id, slot, &STOP, &progress, coordinator.as_ref())?;
     println!(
         "member {id} stopped: {} records in, {} out, {} bad",
         counters.records_in, counters.records_out, counters.bad

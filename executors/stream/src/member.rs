@@ -49,6 +49,15 @@ use crate::{Error, Result};
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 const REPORT_EVERY: Duration = Duration::from_secs(10);
 
+/// What a member has done so far, for a thread watching it.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Records polled from the source.
+    pub polled: AtomicU64,
+    /// Records whose offsets were committed.
+    pub committed: AtomicU64,
+}
+
 /// Counters a member reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
@@ -402,16 +411,15 @@ impl MadeSafe {
 /// a fatal error. `brokers` is used where the config names none; `id`
 /// names the member to Kafka and in file names; `slot` is its place in the
 /// gang, the same across its restarts (a transactional sink's identity);
-/// `committed` counts the records whose offsets were committed (for
-/// whoever watches progress); `coordinator` is where a `[sink.store]`
-/// table lives.
+/// `progress` counts records polled and committed (for whoever watches);
+/// `coordinator` is where a `[sink.store]` table lives.
 pub fn run(
     config: &PipelineConfig,
     brokers: &str,
     id: &str,
     slot: u32,
     stop: &AtomicBool,
-    committed: &AtomicU64,
+    progress: &Progress,
     coordinator: Option<&Coordinator>,
 ) -> Result<Counters> {
     let runtime = Arc::new(
@@ -492,6 +500,7 @@ pub fn run(
                 d.finish_in_flight(&runtime)?;
             } else {
                 d.counters.records_in += messages.len() as u64;
+                progress.polled.store(d.counters.records_in, Ordering::SeqCst);
                 // What the sink holds already is not written again.
                 let kept: Vec<&BorrowedMessage> = match &mut d.sink {
                     Sink::Store(_) => {
@@ -537,7 +546,7 @@ pub fn run(
             }
             d.settle(&runtime, stopping, source.consumer(), &config.topic)?;
             d.counters.commits = d.commits;
-            committed.store(d.committed_records, Ordering::SeqCst);
+            progress.committed.store(d.committed_records, Ordering::SeqCst);
             d.counters.clone()
         };
         if reported.0.elapsed() >= REPORT_EVERY || stopping {
