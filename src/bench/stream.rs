@@ -26,19 +26,19 @@ use rdkafka::Message;
 #[derive(clap::Args)]
 pub struct Args {
     /// Messages in the throughput phase.
-    #[arg(long, default_value_t = 500_000)]
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u64).range(1..))]
     messages: u64,
     /// A real Kafka cluster (default: an embedded broker in this process).
     #[arg(long)]
     brokers: Option<String>,
     /// Partitions of the topics the embedded broker creates.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(i32).range(1..))]
     partitions: i32,
     /// Messages per second in the latency phase.
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     rate: u64,
     /// Seconds the latency phase produces for.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     seconds: u64,
     /// Milliseconds after which the pipeline's Parquet files roll (are committed).
     #[arg(long, default_value_t = 1000)]
