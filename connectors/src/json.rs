@@ -51,10 +51,13 @@ impl JsonDecoder {
             _ => (self.decoder(messages.len())?, messages.len()),
         };
         for (i, message) in messages.iter().enumerate() {
-            if let Err(why) = one_object(message) {
-                bad.push((i, why));
-                continue;
-            }
+            let message = match one_object(message) {
+                Ok(object) => object,
+                Err(why) => {
+                    bad.push((i, why));
+                    continue;
+                }
+            };
             let before = decoder.len();
             match decoder.decode(message) {
                 Ok(n) if n == message.len() && !decoder.has_partial_record() && decoder.len() == before + 1 => {
@@ -89,7 +92,7 @@ impl JsonDecoder {
     fn replay(&self, messages: &[&[u8]], good: &[usize]) -> Result<Decoder> {
         let mut decoder = self.decoder(messages.len())?;
         for &i in good {
-            decoder.decode(messages[i])?;
+            decoder.decode(trimmed(messages[i]))?;
         }
         Ok(decoder)
     }
@@ -98,7 +101,7 @@ impl JsonDecoder {
         let mut good = Vec::with_capacity(candidates.len());
         for &i in candidates {
             let mut one = self.decoder(1)?;
-            match one.decode(messages[i]).and_then(|_| one.flush()) {
+            match one.decode(trimmed(messages[i])).and_then(|_| one.flush()) {
                 Ok(_) => good.push(i),
                 Err(e) => bad.push((i, e.to_string())),
             }
@@ -110,15 +113,23 @@ impl JsonDecoder {
     }
 }
 
-/// A cheap first look: one object starts and ends the message. The
-/// decoder checks the rest (and the count of rows it made).
-fn one_object(message: &[u8]) -> Result<(), String> {
-    let text = message.trim_ascii();
+/// A cheap first look: one object starts and ends the message, which is
+/// returned for the decoder to check the rest (and the count of rows it
+/// made).
+fn one_object(message: &[u8]) -> Result<&[u8], String> {
+    let text = trimmed(message);
     match (text.first(), text.last()) {
         (None, _) => Err("empty message".into()),
-        (Some(b'{'), Some(b'}')) => Ok(()),
+        (Some(b'{'), Some(b'}')) => Ok(text),
         _ => Err("not a JSON object".into()),
     }
+}
+
+/// The message without surrounding whitespace or a leading UTF-8
+/// byte-order mark, which RFC 8259 lets a parser ignore and some Windows
+/// producers write.
+fn trimmed(message: &[u8]) -> &[u8] {
+    message.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(message).trim_ascii()
 }
 
 #[cfg(test)]
@@ -134,12 +145,16 @@ mod tests {
 
     #[test]
     fn good_messages_become_rows_in_order() {
-        let messages: Vec<&[u8]> =
-            vec![br#"{"id": 1, "url": "/a"}"#, br#"{"url": "/b", "id": 2, "extra": true}"#, br#"{"id": 3}"#];
+        let messages: Vec<&[u8]> = vec![
+            br#"{"id": 1, "url": "/a"}"#,
+            br#"{"url": "/b", "id": 2, "extra": true}"#,
+            br#"{"id": 3}"#,
+            b"\xEF\xBB\xBF{\"id\": 4} ",
+        ];
         let out = decoder().decode(&messages).unwrap();
-        assert!(out.bad.is_empty());
+        assert!(out.bad.is_empty(), "{:?}", out.bad);
         let ids = out.batch.column(0).as_any().downcast_ref::<Int64Array>().unwrap();
-        assert_eq!(ids.values(), &[1, 2, 3]);
+        assert_eq!(ids.values(), &[1, 2, 3, 4], "a byte-order mark before the object is ignored");
         let urls = out.batch.column(1).as_any().downcast_ref::<StringArray>().unwrap();
         assert!(urls.is_null(2), "a missing key reads as null");
     }
