@@ -466,8 +466,9 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
             let (broker, bootstrap) = match kafka_brokers {
                 Some(brokers) => (None, brokers),
                 None => {
-                    let broker = cohort_connectors::broker::EmbeddedBroker::start()
-                        .context("cannot start the embedded Kafka broker")?;
+                    let broker =
+                        cohort_connectors::broker::EmbeddedBroker::start(cohort_connectors::broker::Clients::Any)
+                            .context("cannot start the embedded Kafka broker")?;
                     let bootstrap = broker.bootstrap().to_string();
                     (Some(broker), bootstrap)
                 }
