@@ -21,17 +21,26 @@ use rdkafka::producer::{BaseProducer, Producer};
 
 use crate::{Error, Result};
 
-/// Which clients an embedded broker serves.
+/// What an embedded broker is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Clients {
-    /// Any Kafka client (Java, kafka-python, librdkafka's): connections
-    /// pass a front that copies their bytes, after fixing the version
-    /// negotiation for the clients the mock cluster fails.
-    Any,
-    /// librdkafka's clients only, connecting to the mock cluster itself: no
-    /// bytes copied on the way (`cohort bench stream`, which measures reads).
-    Librdkafka,
+pub enum Setup {
+    /// `cohort up`'s: any Kafka client (kafka-python, librdkafka's, Java's)
+    /// through a front that copies their bytes after fixing the version
+    /// negotiation the mock gets wrong for some. A new group waits Kafka's
+    /// `group.initial.rebalance.delay.ms` (3 s) for more members before its
+    /// first assignment, so the members of a pipeline started together
+    /// share its partitions from the start instead of rebalancing at once:
+    /// the embedded broker refuses commits during a rebalance, and the
+    /// records read before it would be read again.
+    Shared,
+    /// `cohort bench stream`'s: librdkafka's clients straight to the mock
+    /// (no bytes copied on the way) and groups formed at once (its one
+    /// member's wait would be timed as reading).
+    Bench,
 }
+
+/// Kafka's default `group.initial.rebalance.delay.ms`.
+const INITIAL_REBALANCE_DELAY_MS: i32 = 3000;
 
 /// A running embedded broker; dropping it stops it.
 pub struct EmbeddedBroker {
@@ -47,7 +56,7 @@ enum Command {
 
 impl EmbeddedBroker {
     /// Starts a one-broker cluster on a free loopback port.
-    pub fn start(clients: Clients) -> Result<EmbeddedBroker> {
+    pub fn start(setup: Setup) -> Result<EmbeddedBroker> {
         let (ready_tx, ready_rx) = mpsc::channel::<Result<String>>();
         let (commands_tx, commands_rx) = mpsc::channel::<Command>();
         // The mock cluster is not Send: it lives and dies on its own thread.
@@ -70,12 +79,15 @@ impl EmbeddedBroker {
                 };
                 // SAFETY: the handle belongs to `anchor`, which outlives this call.
                 let cluster = unsafe { rdkafka::bindings::rd_kafka_handle_mock_cluster(anchor.client().native_ptr()) };
+                let join_delay_ms = match setup {
+                    Setup::Shared => INITIAL_REBALANCE_DELAY_MS,
+                    Setup::Bench => 0,
+                };
                 // SAFETY: as above.
-                // Groups form at once instead of after the broker's 3 s default.
-                unsafe { rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, 0) };
-                let front = match clients {
-                    Clients::Librdkafka => None,
-                    Clients::Any => match start_front(cluster, &bootstrap) {
+                unsafe { rdkafka::bindings::rd_kafka_mock_group_initial_rebalance_delay_ms(cluster, join_delay_ms) };
+                let front = match setup {
+                    Setup::Bench => None,
+                    Setup::Shared => match start_front(cluster, &bootstrap) {
                         Ok(front) => Some(front),
                         Err(e) => {
                             let _ = ready_tx.send(Err(e));
@@ -161,7 +173,7 @@ mod tests {
 
     #[test]
     fn a_produced_message_is_consumed_committed_and_lag_reported() {
-        let broker = EmbeddedBroker::start(Clients::Any).unwrap();
+        let broker = EmbeddedBroker::start(Setup::Shared).unwrap();
         let brokers = broker.bootstrap().to_string();
         assert!(
             topic_partitions(&brokers, "nothing-here", Duration::from_secs(5))
@@ -197,7 +209,7 @@ mod tests {
 
     #[test]
     fn a_transaction_commits_records_with_offsets_and_a_restarted_member_takes_over_its_id() {
-        let broker = EmbeddedBroker::start(Clients::Any).unwrap();
+        let broker = EmbeddedBroker::start(Setup::Shared).unwrap();
         let brokers = broker.bootstrap().to_string();
         let mut input = KafkaSink::open(&brokers, "in", "test").unwrap();
         for i in 0..5 {

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use arrow::array::{Array, Int64Array};
-use cohort_connectors::broker::{Clients, EmbeddedBroker};
+use cohort_connectors::broker::{EmbeddedBroker, Setup};
 use cohort_connectors::kafka::{KafkaSink, KafkaSource, Start, topic_partitions};
 use cohort_stream::member::Progress;
 use cohort_stream::{OnError, PipelineConfig, SinkConfig};
@@ -298,7 +298,7 @@ fn p99_ms(mut v: Vec<i64>) -> f64 {
 fn measure(args: &Args) -> Result<()> {
     let embedded = match &args.brokers {
         Some(_) => None,
-        None => Some(EmbeddedBroker::start(Clients::Librdkafka)?),
+        None => Some(EmbeddedBroker::start(Setup::Bench)?),
     };
     let brokers = match (&args.brokers, &embedded) {
         (Some(b), _) => b.clone(),

@@ -467,7 +467,7 @@ async fn dispatch(command: Command, coordinator: &str, output: Output) -> Result
                 Some(brokers) => (None, brokers),
                 None => {
                     let broker =
-                        cohort_connectors::broker::EmbeddedBroker::start(cohort_connectors::broker::Clients::Any)
+                        cohort_connectors::broker::EmbeddedBroker::start(cohort_connectors::broker::Setup::Shared)
                             .context("cannot start the embedded Kafka broker")?;
                     let bootstrap = broker.bootstrap().to_string();
                     (Some(broker), bootstrap)
