@@ -24,7 +24,7 @@ use crate::{Error, Result};
 /// What an embedded broker is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Setup {
-    /// `cohort up`'s: any Kafka client (kafka-python, librdkafka's, Java's)
+    /// `cohort up`'s: any Kafka client (kafka-python's, librdkafka's, …)
     /// through a front that copies their bytes after fixing the version
     /// negotiation the mock gets wrong for some. A new group waits Kafka's
     /// `group.initial.rebalance.delay.ms` (3 s) for more members before its
